@@ -1,0 +1,35 @@
+"""`mlxsuite eval`: validation cross-entropy, bits per character and unigram-normalized loss of a model."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..train_lm import eval_model
+from .common import err, out, positive, print_json
+
+
+def evaluate(
+    model: str = typer.Argument(..., help="Model name in the store, or a model folder."),
+    corpus: Optional[str] = typer.Option(None, help="Text file, folder or JSONL (default: the Python stdlib)."),
+    seq_len: int = typer.Option(128, "--seq-len"),
+    windows: int = typer.Option(64, "--windows", help="Validation windows of seq-len tokens."),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Evaluate a stored model on a corpus's validation split."""
+    positive("seq-len", seq_len)
+    positive("windows", windows)
+    with err.status("evaluating"):
+        result = eval_model(model, corpus, seq_len, windows)
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title=f"{result['model']} on {result['corpus']} (validation)")
+    for col in ("tokens", "CE (nats/token)", "perplexity", "bits/char", "L_u (nats/token)"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{result['tokens']:,}", f"{result['ce']:.4f}", f"{result['ppl']:.2f}", f"{result['bpc']:.4f}", f"{result['lu']:.4f}"
+    )
+    out.print(table)

@@ -1,0 +1,44 @@
+"""`mlxsuite generate`: sample text from a stored model."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .. import generate as gen
+from .. import store
+from ..errors import UserError
+from .common import print_json
+
+
+def generate(
+    model: str = typer.Argument(..., help="Model name in the store, or a model folder."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Prompt text ('-' reads stdin)."),
+    max_tokens: int = typer.Option(64, "--max-tokens", "-m"),
+    temperature: float = typer.Option(0.0, "--temp", help="0 is greedy."),
+    top_k: int = typer.Option(0, "--top-k"),
+    seed: int = typer.Option(0),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Generate a continuation of a prompt."""
+    import mlx.core as mx
+
+    if max_tokens <= 0:
+        raise UserError(f"max-tokens must be positive, got {max_tokens}")
+    if temperature < 0:
+        raise UserError(f"temperature must be >= 0, got {temperature}")
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    m, tok, folder = store.load_model(model)
+    if tok is None:
+        raise UserError(f"{folder} has no tokenizer")
+    mx.random.seed(seed)
+    stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    if stream:
+        sys.stdout.write(prompt)
+    text = gen.generate_text(m, tok, prompt, max_tokens, temperature, top_k, on_token=stream)
+    if json_out:
+        print_json({"model": str(folder), "prompt": prompt, "completion": text})
+    else:
+        sys.stdout.write("\n")

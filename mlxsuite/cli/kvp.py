@@ -1,0 +1,148 @@
+"""`mlxsuite kvp`: KV Prediction: train an auxiliary model and KV predictor, generate with it, evaluate it."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from .. import platform
+from ..errors import UserError
+from .common import TrainProgress, out, print_json
+
+app = typer.Typer(help="KV Prediction: train an auxiliary model and KV predictor, evaluate it.", no_args_is_help=True)
+
+
+@app.command("train")
+def train(
+    base: str = typer.Option(..., help="The (frozen) base model: store name or folder."),
+    aux: str = typer.Option("prune:0.5", help="prune:0.75|0.5|0.25 (KVP-LP) or a smaller model sharing the base's "
+                            "tokenizer (KVP-C)."),
+    out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the KVP pair to write."),
+    lambda_kv: Optional[float] = typer.Option(None, "--lambda-kv", help="λ_C on the layer-summed KV L1 loss "
+                                              "(default 1/n_base, the paper's choice; 1 = released configs; 0 = off)."),
+    lambda_aux: float = typer.Option(1.0, "--lambda-aux", help="λ_A on the auxiliary's own CE."),
+    z_loss: float = typer.Option(0.0, "--z-loss", help="z-loss weight on both logits (configs: 1e-4)."),
+    corpus: Optional[str] = typer.Option(None, help="Text file, folder or JSONL (default: the Python stdlib)."),
+    seq_len: int = typer.Option(128, "--seq-len"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    steps: int = typer.Option(200),
+    lr: float = typer.Option(1e-3),
+    warmup: int = typer.Option(20),
+    grad_accum: int = typer.Option(1, "--grad-accum"),
+    save_every: int = typer.Option(50, "--save-every"),
+    eval_every: int = typer.Option(100, "--eval-every"),
+    eval_windows: int = typer.Option(16, "--eval-windows"),
+    seed: int = typer.Option(0),
+    compile: bool = typer.Option(True, "--compile/--no-compile"),
+    device: Optional[str] = typer.Option(None, help="cpu or gpu (default: MLX's default)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    force: bool = typer.Option(False, help="Start over, replacing an existing --out."),
+    json_out: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False),
+):
+    """Train the auxiliary and predictor against a frozen base."""
+    from ..kvp import KVPRunSpec, train_kvp
+    from ..trainer import TrainConfig
+
+    platform.set_device(device)
+    spec = KVPRunSpec(
+        out=out_name, base=base, aux=aux, lambda_kv=lambda_kv, lambda_aux=lambda_aux, z_loss=z_loss, corpus=corpus,
+        seq_len=seq_len, batch_size=batch_size, seed=seed, eval_windows=eval_windows,
+        train=TrainConfig(steps=steps, lr=lr, warmup=warmup, grad_accum=grad_accum, save_every=save_every,
+                          eval_every=eval_every, compile=compile),
+    )
+    import mlx.core as mx
+
+    rank = mx.distributed.init().rank()
+    with TrainProgress(quiet=quiet or json_out or rank != 0, label="kvp") as progress:
+        result = train_kvp(spec, resume=resume, force=force, callback=progress)
+    if rank != 0:
+        return
+    if json_out:
+        print_json(result)
+    else:
+        out.print(f"kvp: {result['folder']}  val KVP CE {result.get('val_kvp_ce', float('nan')):.4f}  "
+                  f"aux CE {result.get('val_aux_ce', float('nan')):.4f}")
+
+
+@app.command("generate")
+def generate(
+    kvp_dir: str = typer.Argument(..., help="KVP folder or store name."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Prompt text ('-' reads stdin)."),
+    max_tokens: int = typer.Option(64, "--max-tokens", "-m"),
+    temperature: float = typer.Option(0.0, "--temp"),
+    top_k: int = typer.Option(0, "--top-k"),
+    seed: int = typer.Option(0),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Generate with KV Prediction: the auxiliary prefills, the base produces every token."""
+    import mlx.core as mx
+
+    from ..kvp import kvp_generate_text, load_pair
+
+    if max_tokens <= 0:
+        raise UserError(f"max-tokens must be positive, got {max_tokens}")
+    if temperature < 0:
+        raise UserError(f"temperature must be >= 0, got {temperature}")
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    pair, tok, folder, _ = load_pair(kvp_dir)
+    mx.random.seed(seed)
+    stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    if stream:
+        sys.stdout.write(prompt)
+    text = kvp_generate_text(pair, tok, prompt, max_tokens, temperature, top_k, on_token=stream)
+    if json_out:
+        print_json({"kvp": str(folder), "prompt": prompt, "completion": text})
+    else:
+        sys.stdout.write("\n")
+
+
+@app.command("eval")
+def evaluate(
+    kvp_dir: str = typer.Argument(..., help="KVP folder or store name."),
+    corpus: Optional[str] = typer.Option(None, help="Held-out text (default: the embedded corpus's validation files)."),
+    prompt_len: int = typer.Option(64, "--prompt-len", help="Prompt tokens."),
+    cont_len: int = typer.Option(32, "--cont-len", help="Continuation tokens scored after the prompt."),
+    samples: int = typer.Option(32, help="Prompt+continuation windows."),
+    lines: int = typer.Option(32, help="Code lines for greedy next-line exact match (0: skip)."),
+    seed: int = typer.Option(0),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write per-layer KV error vs depth to this PNG."),
+    device: Optional[str] = typer.Option(None, help="cpu or gpu (default: MLX's default)."),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Base alone vs auxiliary alone vs KV Prediction: continuation CE, first-token accuracy, next-line exact
+    match, TTFT FLOPs and per-layer KV error."""
+    from rich.table import Table
+
+    from ..kvp import evaluate_kvp, plot_kv_errors
+
+    platform.set_device(device)
+    if plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+    result = evaluate_kvp(kvp_dir, corpus, prompt_len, cont_len, samples, lines, seed)
+    if plot:
+        plot_kv_errors(result, plot)
+        result["plot"] = plot
+    if json_out:
+        print_json(result)
+        return
+    fl = result["flops"]
+    table = Table(title=f"KV Prediction: {result['kvp']} ({result['samples']} prompts of {prompt_len} tokens)")
+    for col in ("method", f"CE next {cont_len}", "first-token acc", "next-line EM", "prefill FLOPs", "FLOPs red."):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    base_f = fl["prefill_flops"]["base"]
+    for m, d in result["methods"].items():
+        f = fl["prefill_flops"][m]
+        em = f"{d['next_line_em']:.3f}" if "next_line_em" in d else "-"
+        table.add_row(m, f"{d['ce']:.4f}", f"{d['first_acc']:.3f}", em, f"{f:.3g}", f"{base_f / f:.2f}×")
+    out.print(table)
+    out.print(f"parameter ratio base/aux (the paper's FLOPs reduction): {fl['param_ratio']:.2f}×")
+    k, v = result["kv_error"]["k_l1"], result["kv_error"]["v_l1"]
+    out.print("per-layer L1  keys: " + " ".join(f"{x:.3f}" for x in k))
+    out.print("            values: " + " ".join(f"{x:.3f}" for x in v))

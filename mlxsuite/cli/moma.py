@@ -1,0 +1,205 @@
+"""`mlxsuite moma`: MoMa: mixed-modal early-fusion models with modality-aware experts."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ..errors import UserError
+from .common import TrainProgress, err, out, positive, print_json
+
+app = typer.Typer(help="MoMa: mixed-modal early-fusion models with modality-aware experts.", no_args_is_help=True)
+
+
+def _train_config(steps, lr, warmup, grad_accum, save_every, eval_every, log_every, compile):
+    from ..trainer import TrainConfig
+
+    return TrainConfig(steps=steps, lr=lr, warmup=warmup, grad_accum=grad_accum, save_every=save_every,
+                       eval_every=eval_every, log_every=log_every, compile=compile)
+
+
+class _Progress(TrainProgress):
+    def __call__(self, event: str, info: dict) -> None:
+        if self.quiet:
+            return
+        if event == "step" and self.task is not None:
+            stats = (f"loss {info['loss']:.3f} (text {info.get('loss_text', float('nan')):.3f}, "
+                     f"image {info.get('loss_image', float('nan')):.3f})  {info['tokens_per_s']:,.0f} tok/s")
+            if "router_acc" in info:
+                stats = f"BCE {info['loss']:.4f}  acc {info['router_acc']:.3f}"
+            self.progress.update(self.task, completed=info["step"], stats=stats)
+        elif event == "start":
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            super().__call__(event, info)
+        elif event == "variant":
+            self.progress.console.print(f"[bold]{info['variant']}[/bold]: {info['steps']} steps, "
+                                        f"{info['flops_per_token']:,.0f} FLOPs/token" + (" (done)" if info["done"] else ""))
+        elif event == "model":
+            self.progress.console.print("[dim]model: " + "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
+                                                                     for k, v in info.items()) + "[/dim]")
+        else:
+            super().__call__(event, info)
+
+
+@app.command("train")
+def train(
+    variant: str = typer.Option("moma4t4i", help="dense | moe8x (moe<E>x) | moma1t1i | moma4t4i (moma<T>t<I>i)."),
+    mod: bool = typer.Option(False, "--mod", help="Mixture-of-depths in alternating layers (FLOPs re-matched)."),
+    upcycle_from: Optional[str] = typer.Option(None, "--upcycle-from", help="Start from this trained moma1t1i run."),
+    out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the run."),
+    preset: str = typer.Option("tiny", help="Dense model size the variant is FLOPs-matched to (micro, tiny, …)."),
+    images: Optional[str] = typer.Option(None, help="Folder of PNG/JPEG images (default: scikit-learn digits)."),
+    captions: Optional[str] = typer.Option(None, help="Captions JSONL {file, caption} (default FOLDER/captions.jsonl)."),
+    corpus: Optional[str] = typer.Option(None, help="Text-only corpus (default: the Python stdlib)."),
+    text_tokens: int = typer.Option(300_000, "--text-tokens", help="Text budget (tokens of the corpus)."),
+    codebook_size: int = typer.Option(64, "--codebook-size", help="Image codebook entries K."),
+    seq_len: int = typer.Option(128, "--seq-len"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    steps: int = typer.Option(300),
+    lr: float = typer.Option(3e-3),
+    warmup: int = typer.Option(20),
+    grad_accum: int = typer.Option(1, "--grad-accum"),
+    save_every: int = typer.Option(50, "--save-every"),
+    eval_every: int = typer.Option(25, "--eval-every"),
+    seed: int = typer.Option(0),
+    compile: bool = typer.Option(True, "--compile/--no-compile"),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    force: bool = typer.Option(False, help="Start over, replacing an existing --out."),
+    json_out: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False),
+):
+    """Train a dense, MoE or MoMa early-fusion model on interleaved captions, images and text."""
+    from ..moma import MomaRunSpec, train_moma
+
+    spec = MomaRunSpec(out=out_name, variant=variant, mod=mod, upcycle_from=upcycle_from, preset=preset, images=images,
+                       captions=captions, corpus=corpus, text_tokens=text_tokens, codebook_size=codebook_size,
+                       seq_len=seq_len, batch_size=batch_size, seed=seed,
+                       train=_train_config(steps, lr, warmup, grad_accum, save_every, eval_every, 10, compile))
+    with _Progress(quiet=quiet or json_out) as progress:
+        result = train_moma(spec, resume=resume, force=force, callback=progress)
+    if json_out:
+        print_json(result)
+    else:
+        out.print(f"run: {result['folder']}  val loss {result.get('val_loss', float('nan')):.4f}  "
+                  f"text {result.get('val_loss_text', float('nan')):.4f}  "
+                  f"image {result.get('val_loss_image', float('nan')):.4f}")
+
+
+@app.command("train-routers")
+def train_routers(
+    run: str = typer.Argument(..., help="A trained MoMa run."),
+    steps: Optional[int] = typer.Option(None, help="Router-training steps (default: the run's router_steps)."),
+    resume: bool = typer.Option(False),
+    json_out: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False),
+):
+    """Stage 2: train the auxiliary routers (main model frozen) that make inference causal."""
+    from ..moma import train_routers as tr
+
+    if steps is not None:
+        positive("steps", steps)
+    with _Progress(quiet=quiet or json_out, label="routers") as progress:
+        result = tr(run, steps=steps, callback=progress, resume=resume)
+    if json_out:
+        print_json(result)
+        return
+    if "router_acc" in result:
+        out.print(f"auxiliary-router accuracy {result['router_acc']:.4f} (per router: {result['router_acc_per_router']})")
+    for key, label in (("val_ec", "expert choice (non-causal)"), ("val_causal", "auxiliary routers (causal)")):
+        v = result[key]
+        out.print(f"{label:>28}: loss {v['loss']:.4f}  text {v['loss_text']:.4f}  image {v['loss_image']:.4f}")
+
+
+def _fmt(x, spec=".2f", suffix=""):
+    return "–" if x is None else f"{x:{spec}}{suffix}"
+
+
+@app.command("compare")
+def compare(
+    variants: str = typer.Option("dense,moe8x,moma4t4i,moma4t4i+mod", help="Comma-separated variants."),
+    flops: float = typer.Option(3e11, "--flops", help="Training FLOPs budget per variant."),
+    prefix: str = typer.Option("moma-compare", help="Run names: PREFIX-VARIANT (resumable)."),
+    preset: str = typer.Option("micro"),
+    seq_len: int = typer.Option(64, "--seq-len"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    text_tokens: int = typer.Option(200_000, "--text-tokens"),
+    corpus: Optional[str] = typer.Option(None),
+    images: Optional[str] = typer.Option(None),
+    captions: Optional[str] = typer.Option(None),
+    lr: float = typer.Option(3e-3),
+    compile: bool = typer.Option(True, "--compile/--no-compile"),
+    plot: Optional[str] = typer.Option(None, help="Write loss-vs-FLOPs curves per modality to this PNG."),
+    json_out: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False),
+):
+    """Train each variant at the same FLOPs budget and report losses, η (overall/text/image) and throughput."""
+    from ..moma import compare as run_compare
+
+    positive("flops", flops)
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    base = dict(preset=preset, seq_len=seq_len, batch_size=batch_size, text_tokens=text_tokens, corpus=corpus,
+                images=images, captions=captions, train=dict(lr=lr, compile=compile, warmup=10))
+    with _Progress(quiet=quiet or json_out, label="compare") as progress:
+        result = run_compare(names, flops, prefix=prefix, base=base, callback=progress, plot=plot)
+    if json_out:
+        print_json({k: v for k, v in result.items()})
+        return
+    from rich.table import Table
+
+    t = Table(title=f"MoMa comparison at {flops:.3g} FLOPs (image tokens {result['image_fraction']:.0%})")
+    for col in ("variant", "params", "loss", "text", "image", "causal loss", "η all", "η text", "η image", "tok/s",
+                "× dense", "router acc"):
+        t.add_column(col, justify="right")
+    for r in result["variants"]:
+        c = r.get("final_causal") or {}
+        t.add_row(r["variant"], f"{r['params']:,}", f"{r['final']['loss']:.4f}", f"{r['final']['loss_text']:.4f}",
+                  f"{r['final']['loss_image']:.4f}", _fmt(c.get("loss"), ".4f"), _fmt(r["eta"]["overall"], ".2f", "×"),
+                  _fmt(r["eta"]["text"], ".2f", "×"), _fmt(r["eta"]["image"], ".2f", "×"), f"{r['tokens_per_s']:,.0f}",
+                  _fmt(r["throughput_ratio"], ".2f"), _fmt(r["router_acc"], ".3f"))
+    out.print(t)
+    out.print("η: dense FLOPs / FLOPs at which the variant first reaches dense's final validation loss (EC routing); "
+              "– means not reached within the budget (η < 1).")
+    if plot:
+        out.print(f"plot: {plot}")
+
+
+@app.command("generate")
+def generate(
+    run: str = typer.Argument(...),
+    prompt: str = typer.Option(..., help="Caption to draw, e.g. 'a handwritten digit seven'."),
+    out_file: str = typer.Option("moma.png", "--out", "-o", help="PNG to write."),
+    temperature: float = typer.Option(0.7),
+    seed: int = typer.Option(0),
+    scale: int = typer.Option(8, help="Pixel upscaling of the PNG."),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Caption → image through the causal inference path; writes a PNG and prints a block-character preview."""
+    from ..images import preview, save_png
+    from ..moma import generate_image
+
+    positive("scale", scale)
+    result = generate_image(run, prompt, temperature=temperature, seed=seed)
+    path = save_png(result["image"], out_file, scale=scale)
+    if json_out:
+        print_json({"prompt": prompt, "codes": result["codes"], "png": str(path)})
+        return
+    out.print(preview(result["image"]), highlight=False)
+    out.print(f"wrote {path}")
+
+
+@app.command("caption")
+def caption(
+    run: str = typer.Argument(...),
+    image: str = typer.Argument(..., help="PNG/JPEG image."),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Image → caption through the causal inference path."""
+    from ..moma import caption_image
+
+    text = caption_image(run, image)
+    if json_out:
+        print_json({"image": image, "caption": text})
+    else:
+        out.print(text, highlight=False)

@@ -1,0 +1,141 @@
+"""SentencePiece BPE tokenizers with the vocabulary paper's settings, and the unigram table behind L_u.
+
+Settings follow sail-sg/scaling-with-vocab `train_tokenizer.py` (notes §7): BPE, byte fallback, split digits, split
+by unicode script, whitespace-only pieces allowed, no whitespace folding (indentation survives), NFKC, pad id 3.
+SentencePiece trains on lines; newlines inside a document are encoded through byte fallback (<0x0A>).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .errors import UserError
+
+TOKENIZER_FILE = "tokenizer.model"
+UNIGRAM_FILE = "unigram.safetensors"
+
+
+class Tokenizer:
+    """One interface over a SentencePiece model: encode/decode, special ids, vocabulary size."""
+
+    def __init__(self, path: str | Path):
+        import sentencepiece as spm
+
+        self.path = Path(path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (OSError, RuntimeError) as e:
+            raise UserError(f"cannot read tokenizer {self.path}: {e}") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def bos_id(self) -> int:
+        return self.sp.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        return self.sp.eos_id()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts, num_threads=os.cpu_count() or 1)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / TOKENIZER_FILE).write_bytes(self.path.read_bytes())
+
+
+def _lines(texts: list[str], max_lines: int) -> Iterator[str]:
+    """Up to `max_lines` non-blank lines, sampled evenly across the whole corpus (not just its first files)."""
+    total = sum(t.count("\n") + 1 for t in texts)
+    stride = max(1, total // max_lines)
+    n = 0
+    for text in texts:
+        for line in text.splitlines():
+            if (n % stride == 0 or stride == 1) and line.strip():
+                yield line
+            n += 1
+
+
+def train_tokenizer(
+    texts: list[str], vocab_size: int, out_file: str | Path, max_lines: int = 200_000
+) -> Tokenizer:
+    """Train a BPE tokenizer of exactly `vocab_size` pieces on about `max_lines` lines sampled from `texts`."""
+    import sentencepiece as spm
+
+    if vocab_size < 320:
+        raise UserError(f"vocabulary size {vocab_size} is too small: byte fallback alone needs 260 ids, use >= 320")
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    prefix = out_file.with_name(f".{out_file.stem}.tmp{os.getpid()}")
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_lines(texts, max_lines),
+            model_prefix=str(prefix),
+            vocab_size=vocab_size,
+            model_type="bpe",
+            byte_fallback=True,
+            split_digits=True,
+            split_by_unicode_script=True,
+            allow_whitespace_only_pieces=True,
+            remove_extra_whitespaces=False,
+            normalization_rule_name="nfkc",
+            pad_id=3,
+            max_sentence_length=10000,
+            shuffle_input_sentence=False,
+            hard_vocab_limit=True,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise UserError(f"tokenizer training failed at vocabulary size {vocab_size}: {str(e).splitlines()[0]}") from None
+    finally:
+        Path(f"{prefix}.vocab").unlink(missing_ok=True)
+    os.replace(f"{prefix}.model", out_file)
+    return Tokenizer(out_file)
+
+
+def unigram_probs(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """p(w | V): token frequencies in the tokenized corpus; ids never seen count 1 (as the paper's code does)."""
+    counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+    counts[counts == 0] = 1.0
+    return counts / counts.sum()
+
+
+def save_unigram(folder: Path, probs: np.ndarray) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({"probs": probs.astype(np.float64)}, str(Path(folder) / UNIGRAM_FILE))
+
+
+def load_unigram(folder: Path) -> np.ndarray | None:
+    path = Path(folder) / UNIGRAM_FILE
+    if not path.exists():
+        return None
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))["probs"]
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer stored in a model folder: SentencePiece (`tokenizer.model`, ours) or Hugging Face
+    (`tokenizer.json`, converted models; see `mlxsuite.hf_tokenizer`). None when the folder has neither."""
+    folder = Path(folder)
+    if (folder / TOKENIZER_FILE).exists():
+        return Tokenizer(folder / TOKENIZER_FILE)
+    if (folder / "tokenizer.json").exists():
+        from .hf_tokenizer import HFTokenizer
+
+        return HFTokenizer(folder)
+    return None

@@ -1,0 +1,183 @@
+"""Train a vocab-scaled LM end to end: tokenizer → token streams → unigram table → model → trainer → model folder.
+
+The model folder (in the store) is the run: `config.json`, `tokenizer.model` and `unigram.safetensors` are written
+at the start, `run/` holds the spec, checkpoint and metrics log, and `model.safetensors` appears (atomically) when
+training ends. `resume=True` continues from `run/checkpoint` with the spec saved at the start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from . import data, store, trainer
+from .errors import UserError
+from .evaluate import evaluate_lm, lm_loss
+from .models import lm
+from .tokenizer import Tokenizer, load_unigram, save_unigram, train_tokenizer, unigram_probs
+
+
+@dataclass
+class LMRunSpec:
+    out: str
+    preset: str = "tiny"
+    vocab_size: int = 2048
+    tokenizer: Optional[str] = None  # reuse the tokenizer of this model/tokenizer folder instead of training one
+    corpus: Optional[str] = None  # None: the embedded stdlib corpus
+    seq_len: int = 128
+    batch_size: int = 16  # sequences per optimizer step, over all processes
+    seed: int = 0
+    eval_windows: int = 64
+    model_overrides: dict = field(default_factory=dict)
+    train: trainer.TrainConfig = field(default_factory=trainer.TrainConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMRunSpec":
+        d = dict(d)
+        d["train"] = trainer.TrainConfig.from_dict(d.get("train", {}))
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.preset not in lm.PRESETS:
+            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(lm.PRESETS)}")
+        for name in ("seq_len", "batch_size", "eval_windows", "vocab_size"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        self.train.validate()
+
+
+def _barrier(group) -> None:
+    mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group))
+
+
+def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus) -> Tokenizer:
+    """The run's tokenizer in `folder`: copied from spec.tokenizer, or trained at spec.vocab_size."""
+    path = folder / "tokenizer.model"
+    if path.exists():
+        return Tokenizer(path)
+    if spec.tokenizer:
+        src = Path(spec.tokenizer)
+        if not src.is_file():
+            src = store.resolve(spec.tokenizer) / "tokenizer.model"
+        if not src.exists():
+            raise UserError(f"{spec.tokenizer} has no SentencePiece tokenizer (tokenizer.model)")
+        shutil.copy(src, path)
+        return Tokenizer(path)
+    return train_tokenizer(corpus.train, spec.vocab_size, path)
+
+
+def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None) -> dict:
+    """Train (or resume) the run described by `spec`; returns final metrics and the model folder."""
+    callback = callback or (lambda event, info: None)
+    group = mx.distributed.init()
+    rank = group.rank()
+    folder = store.output_path(spec.out)
+    run_dir = folder / "run"
+    spec_file = run_dir / "spec.json"
+    if resume:
+        if not spec_file.exists():
+            raise UserError(f"nothing to resume: {folder} has no run")
+        spec = LMRunSpec.from_dict(json.loads(spec_file.read_text()))  # exactly the run that was started
+    spec.validate()
+    if not resume and folder.exists() and rank == 0:
+        if not force:
+            raise UserError(f"{folder} exists: pass --resume to continue its run or --force to start over")
+        shutil.rmtree(folder)
+    _barrier(group)
+    mx.random.seed(spec.seed)
+
+    corpus = data.load_corpus(spec.corpus)
+    callback("corpus", {"name": corpus.name, "train_docs": len(corpus.train), "val_docs": len(corpus.val)})
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        store.write_json(spec_file, asdict(spec))
+        tok = prepare_tokenizer(spec, folder, corpus)
+    _barrier(group)
+    tok = Tokenizer(folder / "tokenizer.model")
+    callback("tokenizer", {"vocab_size": tok.vocab_size, "path": str(tok.path)})
+
+    train_tokens = data.token_stream(tok, corpus, "train")
+    val_tokens = data.token_stream(tok, corpus, "val")
+    unigram = load_unigram(folder)
+    if unigram is None or len(unigram) != tok.vocab_size:
+        unigram = unigram_probs(train_tokens, tok.vocab_size)
+        if rank == 0:
+            save_unigram(folder, unigram)
+    windows = data.eval_windows(val_tokens, spec.seq_len, spec.eval_windows)
+    chars = data.chars_in(corpus, "val", tok, windows.shape[0] * spec.seq_len + 1)
+
+    args = lm.preset_args(spec.preset, tok.vocab_size, **spec.model_overrides)
+    model = lm.build(args, seed=spec.seed)
+    if rank == 0 and not (folder / "config.json").exists():
+        store.write_json(folder / "config.json", {**args.to_dict(), "mlxsuite": {"format": 1, "preset": spec.preset}})
+    callback(
+        "model",
+        {"preset": spec.preset, "n_nonvocab": args.n_nonvocab_params, "n_vocab": args.n_vocab_params,
+         "n_params": args.n_params, "train_tokens": int(len(train_tokens)), "val_tokens": int(windows.size)},
+    )
+
+    batches = data.Batches(train_tokens, spec.seq_len, spec.batch_size, spec.seed, rank, group.size())
+    metrics = trainer.train(
+        model,
+        lm_loss,
+        batches,
+        spec.train,
+        run_dir,
+        evaluate=lambda m: evaluate_lm(m, windows, unigram, chars),
+        callback=callback,
+        resume=resume,
+        tokens_per_row=spec.seq_len,
+        group=group,
+    )
+    if rank == 0:
+        write_weights(folder, model)
+        config = store.read_config(folder)
+        config["mlxsuite"].update({"corpus": corpus.name, "seq_len": spec.seq_len, "final": metrics})
+        store.write_json(folder / "config.json", config)
+    return {**metrics, "folder": str(folder)}
+
+
+def auto_vocab_size(preset: str, flops: Optional[float] = None, multiple: int = 128, minimum: int = 512) -> dict:
+    """V for a preset from the vocabulary paper's approach 3 (parametric L_u fit) at its N_nv and width d, at a
+    training budget of `flops` (default: the paper's compute-optimal budget for that N_nv). Rounded to a multiple of
+    128 as in the paper's configs; at least `minimum` (byte fallback plus a useful merge table). The published fit
+    was made at 33M–3B non-vocabulary parameters, so for the tiny presets this is an extrapolation."""
+    from . import scaling
+
+    if preset not in lm.PRESETS:
+        raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(lm.PRESETS)}")
+    args = lm.preset_args(preset, 1)
+    pred = scaling.predict_parametric(args.n_nonvocab_params, flops, d=args.hidden_size)
+    vocab = max(minimum, int(round(pred.vocab / multiple)) * multiple)
+    return {"vocab_size": vocab, "predicted_vocab": pred.vocab, "nnv": args.n_nonvocab_params, "flops": pred.flops}
+
+
+def write_weights(folder: Path, model) -> None:
+    tmp = folder / f".model.tmp{os.getpid()}.safetensors"
+    mx.save_safetensors(str(tmp), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
+    os.replace(tmp, folder / store.WEIGHTS_FILE)
+
+
+def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128, windows: int = 64) -> dict:
+    """Validation metrics of a stored model on a corpus's validation split (default: the embedded corpus)."""
+    model, tok, folder = store.load_model(name)
+    if tok is None:
+        raise UserError(f"{folder} has no tokenizer")
+    corpus = data.load_corpus(corpus_spec)
+    val = data.token_stream(tok, corpus, "val")
+    w = data.eval_windows(val, seq_len, windows)
+    if len(w) == 0:
+        raise UserError(f"validation text is shorter than one window of {seq_len} tokens")
+    unigram = load_unigram(folder)
+    if unigram is None:
+        unigram = unigram_probs(data.token_stream(tok, corpus, "train"), tok.vocab_size)
+    chars = data.chars_in(corpus, "val", tok, w.shape[0] * seq_len + 1)
+    return {"model": str(folder), "corpus": corpus.name, **evaluate_lm(model, w, np.asarray(unigram), chars)}

@@ -1,0 +1,381 @@
+"""Time to first token: the measurement behind `mlxsuite bench ttft`. Never prints; progress goes to a callback.
+
+TTFT is the wall time from the prompt's token ids being ready to the first sampled token being materialized
+(`mx.eval`): the prefill, the last-token logits and the sampling, as mlx-lm's `prompt_time`. Tokenization is timed
+apart. Warm-up runs are not counted, each trial starts with a fresh KV cache and `mx.reset_peak_memory()`, and
+the modes of one configuration are interleaved (ABBA order) so load on a shared machine hits them alike.
+
+A mode is one way to produce the first token: a function from token ids (B, T) to the first token ids (B,),
+plus the FLOPs it spends. `base` is our prefill, `mlx-lm` is mlx-lm's `generate_step` on the same weights; the
+KV Prediction work registers `aux` and `kvp` with `register_mode`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import mlx.core as mx
+import numpy as np
+
+from . import platform
+from .errors import UserError
+from .generate import default_prefill_step, fused_prefill_supported, prefill, sample
+from .models.lm import Model, ModelArgs
+
+# The KV Prediction paper's on-device regimes (§4.5): TriviaQA's 59-token prompts at batch 64 (Table 5) and
+# batch 8 at 128-1024 tokens (Fig. 5b).
+PAPER_REGIME: list[tuple[int, int]] = [(59, 64), (128, 8), (256, 8), (512, 8), (1024, 8)]
+
+Progress = Callable[[int, int, str], None]  # (done, total, what)
+
+
+@dataclass
+class Setup:
+    """What a mode builder gets: the model under test and the settings shared by all modes."""
+
+    model: Model
+    prefill_step: int
+    folder: Optional[Path] = None  # the model folder, None for a preset with random weights
+    extras: dict = field(default_factory=dict)  # options for modes that need more (e.g. an auxiliary model)
+
+
+@dataclass
+class Mode:
+    name: str
+    first_token: Callable[[mx.array], mx.array]  # token ids (B, T) -> first token ids (B,), lazy is fine
+    flops: Callable[[int, int], int]  # (prompt_tokens, batch) -> FLOPs spent before the first token
+    max_batch: Optional[int] = None  # None: any batch size
+
+
+ModeBuilder = Callable[[Setup], Mode]
+MODES: dict[str, ModeBuilder] = {}
+PLANNED_MODES = ("aux", "kvp")  # registered by the KV Prediction work
+
+
+def register_mode(name: str, builder: ModeBuilder) -> None:
+    MODES[name] = builder
+
+
+def check_mode_names(names: list[str]) -> None:
+    """Unknown or not-yet-available mode names are errors."""
+    if not names:
+        raise UserError("no modes to measure")
+    for name in names:
+        if name not in MODES:
+            if name in PLANNED_MODES:
+                raise UserError(f"mode {name!r} is not available yet: it comes with KV Prediction")
+            later = [m for m in PLANNED_MODES if m not in MODES]
+            raise UserError(
+                f"unknown mode {name!r}: choose from {', '.join(MODES)}"
+                + (f" ({' and '.join(later)} come with KV Prediction)" if later else "")
+            )
+
+
+def build_modes(names: list[str], setup: Setup) -> list[Mode]:
+    """Mode objects for `names`, in order, without duplicates."""
+    check_mode_names(names)
+    return [MODES[name](setup) for name in dict.fromkeys(names)]
+
+
+# ---- FLOPs --------------------------------------------------------------------------------------------------
+
+
+def prefill_flops(args: ModelArgs, prompt_tokens: int, batch: int = 1) -> int:
+    """Matmul FLOPs (2 per multiply-add) from the prompt to the first token's logits, for `batch` prompts:
+
+    - linear layers on all T prompt tokens: 2·T·layers·(d·q + 2·d·kv + q·d + 3·d·f), q = heads·head_dim,
+      kv = kv_heads·head_dim;
+    - causal attention: each of the T(T+1)/2 (query, key) pairs costs 2·head_dim for q·k and 2·head_dim for the
+      weighted sum of values, per head and layer: 2·layers·heads·head_dim·T(T+1);
+    - the LM head on the last token only: 2·V·d.
+
+    Norms, RoPE, softmax, the activation and the embedding lookup are not counted."""
+    T, a = prompt_tokens, args
+    q, kv, d = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim, a.hidden_size
+    linear = 2 * T * a.num_hidden_layers * (d * q + 2 * d * kv + q * d + 3 * d * a.intermediate_size)
+    attention = 2 * a.num_hidden_layers * q * T * (T + 1)
+    head = 2 * a.vocab_size * d
+    return batch * (linear + attention + head)
+
+
+# ---- modes --------------------------------------------------------------------------------------------------
+
+
+def _base_mode(setup: Setup) -> Mode:
+    model, step = setup.model, setup.prefill_step
+
+    def first_token(tokens: mx.array) -> mx.array:
+        return sample(prefill(model, tokens, model.make_cache(), step))
+
+    return Mode("base", first_token, lambda T, B: prefill_flops(model.args, T, B))
+
+
+def mlx_lm_model(model: Model):
+    """mlx-lm's own model class holding the same weights (shared arrays, no copy)."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama, qwen3
+
+    args = model.args
+    arch = qwen3 if args.qk_norm else llama
+    config = args.to_dict()
+    if args.qk_norm:
+        config["model_type"] = "qwen3"
+    ref = arch.Model(arch.ModelArgs.from_dict(config))
+    weights = dict(tree_flatten(model.parameters()))
+    quantized = [m for _, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
+    if quantized:
+        q = quantized[0]
+        nn.quantize(ref, group_size=q.group_size, bits=q.bits, class_predicate=lambda p, m: f"{p}.scales" in weights)
+    try:
+        ref.load_weights(list(ref.sanitize(weights).items()), strict=True)
+    except ValueError as e:
+        raise UserError(f"the weights do not load into mlx-lm's {arch.__name__.rsplit('.', 1)[-1]} model: {e}") from None
+    ref.eval()
+    return ref
+
+
+def _mlx_lm_mode(setup: Setup) -> Mode:
+    from mlx_lm.generate import generate_step
+    from mlx_lm.models.cache import make_prompt_cache
+
+    ref, step = mlx_lm_model(setup.model), setup.prefill_step
+    stream = mx.new_stream(mx.default_device())  # mlx-lm's own stream is bound to the device at its import
+
+    def first_token(tokens: mx.array) -> mx.array:
+        gen = generate_step(
+            tokens[0], ref, stream=stream, max_tokens=1, prompt_cache=make_prompt_cache(ref), prefill_step_size=step
+        )
+        token, _ = next(gen)
+        gen.close()
+        return mx.array([token])
+
+    return Mode("mlx-lm", first_token, lambda T, B: prefill_flops(setup.model.args, T, B), max_batch=1)
+
+
+register_mode("base", _base_mode)
+register_mode("mlx-lm", _mlx_lm_mode)
+
+
+# ---- statistics ---------------------------------------------------------------------------------------------
+
+
+def summarize(samples: list[float]) -> dict:
+    """median, p10, p90 (numpy's linear interpolation), mean, sample std (n-1; None for one sample), samples."""
+    s = np.asarray(samples, dtype=np.float64)
+    return {
+        "median": float(np.median(s)),
+        "p10": float(np.percentile(s, 10)),
+        "p90": float(np.percentile(s, 90)),
+        "mean": float(s.mean()),
+        "std": float(s.std(ddof=1)) if len(s) > 1 else None,
+        "samples": [float(x) for x in s],
+    }
+
+
+# ---- the measurement ----------------------------------------------------------------------------------------
+
+
+def check_configs(args: ModelArgs, configs: list[tuple[int, int]], reps: int, warmup: int) -> None:
+    if not configs:
+        raise UserError("no prompt lengths or batch sizes to measure")
+    for T, B in configs:
+        if T < 1 or B < 1:
+            raise UserError(f"prompt lengths and batch sizes must be positive, got {T} tokens × batch {B}")
+        if T > args.max_position_embeddings:
+            raise UserError(
+                f"a {T}-token prompt is longer than the model's context ({args.max_position_embeddings} tokens)"
+            )
+    if reps < 1:
+        raise UserError(f"--reps must be at least 1, got {reps}")
+    if warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {warmup}")
+
+
+def _trial(mode: Mode, tokens: mx.array) -> tuple[float, int]:
+    mx.synchronize()
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    mx.eval(mode.first_token(tokens))
+    dt = time.perf_counter() - t0
+    peak = mx.get_peak_memory()
+    mx.synchronize()  # mlx-lm schedules its next decode step before returning the first token: let it drain
+    return dt, peak
+
+
+def _tokenize_text(tokenizer, ids: mx.array) -> list[str]:
+    return [tokenizer.decode(row) for row in ids.tolist()]
+
+
+def measure_gemm(n: int = 1024, reps: int = 7) -> float:
+    """The device's float32 GEMM rate (n³, median GFLOP/s), the roofline for the effective rate."""
+    return platform.measure_sgemm(n, reps)["mlx_sgemm_gflops"]
+
+
+def run(
+    setup: Setup,
+    mode_names: list[str],
+    configs: list[tuple[int, int]],
+    reps: int = 5,
+    warmup: int = 1,
+    tokenizer=None,
+    seed: int = 0,
+    progress: Optional[Progress] = None,
+) -> dict:
+    """Measure TTFT for every (prompt_tokens, batch) in `configs` and every mode; returns the report (JSON-ready)."""
+    args = setup.model.args
+    check_configs(args, configs, reps, warmup)
+    modes = build_modes(mode_names, setup)
+    notes = []
+    progress = progress or (lambda done, total, what: None)
+    plan = [(T, B, [m for m in modes if m.max_batch is None or B <= m.max_batch]) for T, B in configs]
+    for T, B, ms in plan:
+        for m in modes:
+            if m.max_batch is not None and B > m.max_batch:
+                notes.append(f"{m.name} measures batch {m.max_batch} only: skipped at batch {B}")
+    total = sum((warmup + reps) * len(ms) for _, _, ms in plan)
+    done = 0
+
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    progress(done, total, "GEMM rate")
+    gemm = [measure_gemm()]
+    results = []
+    for T, B, ms in plan:
+        mx.random.seed(seed)
+        tokens = mx.random.randint(0, args.vocab_size, (B, T))
+        mx.eval(tokens)
+        texts = _tokenize_text(tokenizer, tokens) if tokenizer is not None else None
+        times: dict[str, list[float]] = {m.name: [] for m in ms}
+        peaks: dict[str, int] = {m.name: 0 for m in ms}
+        tokenize, n_text_tokens = [], None
+        for r in range(warmup + reps):
+            timed = r >= warmup
+            if texts is not None and timed:
+                t0 = time.perf_counter()
+                encoded = [tokenizer.encode(t) for t in texts]
+                tokenize.append(time.perf_counter() - t0)
+                n_text_tokens = sum(len(e) for e in encoded)
+            for m in ms if r % 2 == 0 else reversed(ms):
+                progress(done, total, f"{m.name} {T} tokens × {B}" + ("" if timed else " (warm-up)"))
+                dt, peak = _trial(m, tokens)
+                done += 1
+                if timed:
+                    times[m.name].append(dt)
+                    peaks[m.name] = max(peaks[m.name], peak)
+        for m in ms:
+            ttft = summarize(times[m.name])
+            flops = m.flops(T, B)
+            row: dict[str, Any] = {
+                "mode": m.name,
+                "prompt_tokens": T,
+                "batch": B,
+                "ttft_s": ttft,
+                "prompt_tps": B * T / ttft["median"],
+                "flops": flops,
+                "gflops_per_s": flops / ttft["median"] / 1e9,
+                "peak_memory_bytes": peaks[m.name],
+            }
+            if texts is not None:
+                row["tokenize_s"] = summarize(tokenize)
+                row["tokenize_tokens"] = n_text_tokens
+            results.append(row)
+        _add_ratios(results[-len(ms) :], times)
+    progress(done, total, "GEMM rate")
+    gemm.append(measure_gemm())
+    rate = max(gemm)  # the better of the two: the device's rate as seen in this run
+    for row in results:
+        row["roofline_fraction"] = row["gflops_per_s"] / rate
+    progress(total, total, "done")
+    device = platform.set_device(None)
+    return {
+        "device": device,
+        "cpu": platform.cpu_name(),
+        "blas": asdict(platform.blas_info()),
+        "gemm_gflops": rate,
+        "gemm_gflops_runs": gemm,
+        "dtype": str(setup.model.model.norm.weight.dtype).replace("mlx.core.", ""),
+        "params": {"total": args.n_params, "nonvocab": args.n_nonvocab_params},
+        "prefill_step": setup.prefill_step,
+        "fused_prefill": fused_prefill_supported(setup.model, setup.model.make_cache()),
+        "reps": reps,
+        "warmup": warmup,
+        "seed": seed,
+        "load_average": {"start": load_start, "end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        "flops_counted": "matmuls: linear layers on all prompt tokens, causal attention, LM head on the last token",
+        "notes": list(dict.fromkeys(notes)),
+        "results": results,
+    }
+
+
+def _add_ratios(rows: list[dict], times: dict[str, list[float]]) -> None:
+    """speedup_vs_mlx_lm = mlx-lm's median TTFT / this mode's (> 1: faster than mlx-lm), and the median of the
+    per-repetition ratios (each pair measured back to back, so less sensitive to drifting load)."""
+    if "mlx-lm" not in times:
+        return
+    ref = times["mlx-lm"]
+    for row in rows:
+        if row["mode"] == "mlx-lm":
+            continue
+        mine = times[row["mode"]]
+        row["speedup_vs_mlx_lm"] = statistics.median(ref) / statistics.median(mine)
+        row["speedup_vs_mlx_lm_paired"] = statistics.median(r / m for r, m in zip(ref, mine))
+
+
+# ---- plot ---------------------------------------------------------------------------------------------------
+
+
+def check_plot_path(path: Path) -> None:
+    """Fail before measuring: matplotlib missing, not a .png, or a folder that does not exist."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plot needs matplotlib: pip install 'mlxsuite[plot]'")
+    if Path(path).suffix.lower() != ".png":
+        raise UserError(f"--plot writes a PNG: give a file name ending in .png, got {path}")
+    if not Path(path).parent.resolve().is_dir():
+        raise UserError(f"--plot: folder {Path(path).parent} does not exist")
+
+
+def plot(report: dict, path: Path) -> None:
+    """TTFT (median, p10-p90 band) against prompt length, one line per mode and batch size; written atomically."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[tuple[str, int], list[dict]] = {}
+    for row in report["results"]:
+        series.setdefault((row["mode"], row["batch"]), []).append(row)
+    for (mode, batch), rows in series.items():
+        rows = sorted(rows, key=lambda r: r["prompt_tokens"])
+        x = [r["prompt_tokens"] for r in rows]
+        y = [r["ttft_s"]["median"] for r in rows]
+        (line,) = ax.plot(x, y, marker="o", label=f"{mode}, batch {batch}")
+        ax.fill_between(x, [r["ttft_s"]["p10"] for r in rows], [r["ttft_s"]["p90"] for r in rows],
+                        color=line.get_color(), alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sorted({r["prompt_tokens"] for r in report["results"]}))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("prompt tokens")
+    ax.set_ylabel("time to first token (s)")
+    ax.set_title(f"TTFT on {report['device']} ({report['dtype']}), median and p10-p90")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)

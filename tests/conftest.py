@@ -1,0 +1,27 @@
+import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_store(tmp_path_factory, monkeypatch):
+    """Every test writes models into its own store, never into the repo's models/."""
+    monkeypatch.setenv("MLXSUITE_MODELS", str(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """A ~400 KB folder corpus cut from the stdlib: fast to tokenize and train on."""
+    from mlxsuite.data import stdlib_files
+
+    root, files = stdlib_files()
+    folder = tmp_path_factory.mktemp("corpus")
+    total = 0
+    for p in files:
+        if p.parent != root or p.stat().st_size > 60_000:
+            continue
+        text = p.read_text(encoding="utf-8", errors="ignore")
+        (folder / (p.name + ".txt")).write_text(text)
+        total += len(text)
+        if total > 400_000:
+            break
+    return folder

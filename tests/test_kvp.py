@@ -1,0 +1,301 @@
+"""KV Prediction: equivalence with the base under an identity predictor, key-tap placement, layer maps, training
+with exact resume, the stored pair, and the CLI's refusals."""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+
+import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxsuite import store
+from mlxsuite.cli import main
+from mlxsuite.models import kv_prediction as kvm
+from mlxsuite.models import lm
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLXSUITE_MODELS", str(tmp_path / "store"))
+
+
+def run(capsys, *args):
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def micro_base(qk_norm=False, kv_heads=None, layers=3, vocab=61, seed=1) -> lm.Model:
+    args = lm.ModelArgs(hidden_size=64, num_hidden_layers=layers, intermediate_size=96, num_attention_heads=4,
+                        num_key_value_heads=kv_heads, vocab_size=vocab, qk_norm=qk_norm)
+    model = lm.build(args, seed=seed)
+    if qk_norm:  # non-trivial norm weights, so a missing or doubled k-norm shows
+        for i, layer in enumerate(model.layers):
+            k = mx.random.split(mx.random.key(100 + i))
+            layer.self_attn.k_norm.weight = mx.random.uniform(0.5, 1.5, (args.head_dim,), key=k[0])
+            layer.self_attn.q_norm.weight = mx.random.uniform(0.5, 1.5, (args.head_dim,), key=k[1])
+    mx.eval(model.parameters())
+    return model
+
+
+def identity_pair(base: lm.Model, scale_keys: float = 1.0) -> kvm.KVPredictionModel:
+    n = base.args.num_hidden_layers
+    aux = kvm.layer_pruned(base, list(range(n)))  # a copy of the base
+    pred = kvm.KVPredictor(kvm.PredictorArgs.for_models(base, aux, list(range(n))))
+    pred.set_identity()
+    for t in pred.key_transforms:
+        t.weight = t.weight * scale_keys
+    return kvm.KVPredictionModel(base, aux, pred)
+
+
+# ---- equivalence --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("qk_norm,kv_heads", [(False, None), (True, None), (False, 2), (True, 1)])
+def test_identity_predictor_reproduces_the_base(qk_norm, kv_heads):
+    base = micro_base(qk_norm, kv_heads)
+    pair = identity_pair(base)
+    tokens = mx.random.randint(0, base.args.vocab_size, (2, 11), key=mx.random.key(3))
+    ref_cache = base.make_cache()
+    ref = base(tokens, ref_cache)
+    # prompt step: aux on N−1 tokens, predicted cache, base on the last token
+    logits, cache = pair.prefill(tokens)
+    assert cache[0].offset == tokens.shape[1]
+    assert mx.allclose(logits, ref[:, -1], atol=1e-5)
+    # later decoding steps: plain base steps over the predicted cache
+    for step in range(3):
+        nxt = mx.array([[step + 5], [step + 7]])
+        assert mx.allclose(base(nxt, cache), base(nxt, ref_cache), atol=1e-5)
+    # training / log-likelihood path: predicted KV at every position
+    base_logits, aux_logits, pk, pv = pair(tokens)
+    assert mx.allclose(base_logits, ref, atol=1e-5)
+    assert mx.allclose(aux_logits, ref, atol=1e-5)
+    tk, tv = pair.base_targets(tokens)
+    assert all(mx.allclose(a, b, atol=1e-6) for a, b in zip(pk + pv, tk + tv))
+    # a one-token prompt has no prefix: the base alone
+    one, _ = pair.prefill(tokens[:, :1])
+    assert mx.allclose(one, base(tokens[:, :1])[:, -1], atol=1e-5)
+
+
+def test_keys_are_tapped_before_k_norm_and_rope():
+    """Scaling predicted keys is invisible behind the base's k-norm (RMSNorm is scale-invariant) only if the k-norm
+    is applied after the predictor; without k-norm the same scaling must change the logits."""
+    tokens = mx.random.randint(0, 61, (1, 9), key=mx.random.key(4))
+    base = micro_base(qk_norm=True)
+    logits, _ = identity_pair(base, scale_keys=3.0).prefill(tokens)
+    assert mx.allclose(logits, base(tokens)[:, -1], atol=1e-4)
+    plain = micro_base(qk_norm=False)
+    logits, _ = identity_pair(plain, scale_keys=3.0).prefill(tokens)
+    assert not mx.allclose(logits, plain(tokens)[:, -1], atol=1e-3)
+
+
+def test_predictor_shapes_with_different_widths():
+    base = micro_base(kv_heads=2, layers=4)
+    aux_args = lm.ModelArgs(hidden_size=48, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
+                            num_key_value_heads=1, head_dim=16, vocab_size=61)
+    aux = lm.build(aux_args, seed=2)
+    pred = kvm.KVPredictor(kvm.PredictorArgs.for_models(base, aux, kvm.contiguous_layer_map(4, 2)))
+    pair = kvm.KVPredictionModel(base, aux, pred)
+    tokens = mx.random.randint(0, 61, (2, 7), key=mx.random.key(5))
+    bl, al, pk, pv = pair(tokens)
+    assert bl.shape == (2, 7, 61) and al.shape == (2, 7, 61)
+    assert len(pk) == 4 and pk[0].shape == (2, 2, 7, 16) and pv[3].shape == (2, 2, 7, 16)
+    assert pred.key_transforms[0].weight.shape == (32, 16)
+    logits, cache = pair.prefill(tokens)
+    assert logits.shape == (2, 61) and cache[0].offset == 7 and cache[0].keys.shape[1] == 2
+
+
+# ---- layer maps (notes §1.5) ---------------------------------------------------------------------------------------
+
+
+def test_layer_maps_reproduce_the_released_lists():
+    c = kvm.contiguous_layer_map
+    assert c(28, 16) == [j for j in range(12) for _ in range(2)] + [12, 13, 14, 15]
+    assert c(28, 20) == [j for j in range(8) for _ in range(2)] + list(range(8, 20))
+    assert c(36, 28) == [j for j in range(8) for _ in range(2)] + list(range(8, 28))
+    assert c(36, 20) == [j for j in range(16) for _ in range(2)] + [16, 17, 18, 19]
+    assert c(36, 16) == [j for j in range(4) for _ in range(3)] + [j for j in range(4, 16) for _ in range(2)]
+    assert c(3, 2) == [0, 0, 1]  # corenet's gpt-test-base ← gpt-test-aux
+
+
+def test_lp_layer_maps_follow_the_paper():
+    from mlxsuite.convert import pruned_layers
+
+    for n in (28, 36):
+        for keep, expect in ((0.5, [i // 2 for i in range(n)]), (0.25, [i // 4 for i in range(n)])):
+            kept = pruned_layers(n, keep)
+            assert kvm.lp_layer_map(keep, kept, n) == expect == kvm.retained_layer_map(kept, n)
+        kept = pruned_layers(n, 0.75)
+        m = kvm.lp_layer_map(0.75, kept, n)
+        assert m[:8] == [0, 1, 2, 2, 3, 4, 5, 5] and len(set(m)) == len(kept) == n * 3 // 4
+        assert all(kept[m[i]] <= i and (m[i] + 1 == len(kept) or kept[m[i] + 1] > i) for i in range(n))
+        assert m != kvm.contiguous_layer_map(n, len(kept))
+    with pytest.raises(ValueError):
+        kvm.PredictorArgs(layer_map=[0, 2], aux_kv_dims=[8, 8], base_kv_heads=[1, 1], base_head_dims=[8, 8])
+
+
+def test_layer_pruned_aux_copies_the_retained_layers():
+    base = micro_base(layers=4)
+    aux = kvm.layer_pruned(base, [0, 2])
+    assert aux.args.num_hidden_layers == 2
+    assert mx.array_equal(aux.layers[1].mlp.up_proj.weight, base.layers[2].mlp.up_proj.weight)
+    assert mx.array_equal(aux.model.embed_tokens.weight, base.model.embed_tokens.weight)
+
+
+# ---- training, storing, the CLI -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus_and_tokenizer(tmp_path_factory):
+    from mlxsuite.tokenizer import train_tokenizer
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    folder = tmp_path_factory.mktemp("corpus")
+    texts = []
+    for name in ("textwrap.py", "bisect.py", "heapq.py", "fnmatch.py", "shlex.py", "glob.py", "colorsys.py",
+                 "keyword.py", "stat.py", "struct.py", "this.py", "queue.py"):
+        if (root / name).exists():
+            texts.append((root / name).read_text())
+            (folder / name.replace(".py", ".txt")).write_text(texts[-1])
+    tok = train_tokenizer(texts, 384, tmp_path_factory.mktemp("tok") / "tokenizer.model")
+    return folder, tok
+
+
+def save_base(name: str, tok, seed=0, layers=4, **kw) -> Path:
+    args = lm.ModelArgs(hidden_size=64, num_hidden_layers=layers, intermediate_size=128, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=tok.vocab_size, **kw)
+    model = lm.build(args, seed=seed)
+    return store.save_model(store.output_path(name), model, tok)
+
+
+def spec_for(corpus, **kw):
+    from mlxsuite.kvp import KVPRunSpec
+    from mlxsuite.trainer import TrainConfig
+
+    train = TrainConfig(steps=kw.pop("steps", 12), lr=3e-3, warmup=2, save_every=kw.pop("save_every", 6),
+                        eval_every=100, log_every=1, compile=False)
+    return KVPRunSpec(out=kw.pop("out", "pair"), base="base", aux=kw.pop("aux", "prune:0.5"), corpus=str(corpus),
+                      seq_len=32, batch_size=4, eval_windows=2, train=train, **kw)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_training_lowers_the_loss_resumes_exactly_and_loads(corpus_and_tokenizer, capsys):
+    from mlxsuite import trainer
+    from mlxsuite.kvp import load_pair, train_kvp
+
+    corpus, tok = corpus_and_tokenizer
+    save_base("base", tok, qk_norm=True)
+    full = train_kvp(spec_for(corpus))
+    folder = Path(full["folder"])
+    log = [r for r in trainer.read_metrics(folder / "run") if r["event"] == "train"]
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert set(log[0]) >= {"base_ce", "aux_ce", "k_l1", "v_l1"}
+    pair, _, _, meta = load_pair("pair")
+    assert abs(meta["lambda_kv"] - 1 / 4) < 1e-9 and meta["layer_map"] == [0, 0, 1, 1]
+    final = dict(pair.predictor.parameters()["key_transforms"][0])
+
+    def interrupt(event, info):
+        if event == "save" and info["step"] == 6:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_kvp(spec_for(corpus, out="pair2"), callback=interrupt)
+    train_kvp(spec_for(corpus, out="pair2"), resume=True)
+    pair2, _, _, _ = load_pair("pair2")
+    again = pair2.predictor.parameters()["key_transforms"][0]
+    assert all(mx.allclose(final[k], again[k], atol=1e-6) for k in ("weight", "bias"))
+    aux_a = pair.auxiliary.layers[1].mlp.up_proj.weight
+    assert mx.allclose(aux_a, pair2.auxiliary.layers[1].mlp.up_proj.weight, atol=1e-6)
+    # the stored aux is a normal model folder
+    aux, _, _ = store.load_model(str(folder / "aux"))
+    assert aux.args.num_hidden_layers == 2
+
+    # generation through the CLI: the first token comes from the base over the predicted cache
+    code, out, err = run(capsys, "kvp", "generate", "pair", "--prompt", "def f(x):", "-m", "5", "--json")
+    assert code == 0, err
+    assert "completion" in json.loads(out)
+
+    # evaluation through the CLI, with the per-layer error plot
+    png = folder / "err.png"
+    code, out, err = run(capsys, "kvp", "eval", "pair", "--corpus", str(corpus), "--prompt-len", "8", "--cont-len",
+                         "4", "--samples", "2", "--lines", "2", "--json", "--plot", str(png))
+    assert code == 0, err
+    r = json.loads(out)
+    assert set(r["methods"]) == {"base", "aux", "kvp"} and len(r["kv_error"]["v_l1"]) == 4 and png.stat().st_size
+    assert r["flops"]["prefill_flops"]["kvp"] < r["flops"]["prefill_flops"]["base"]
+
+    # the hook for `mlxsuite generate BASE --kvp DIR`: the pair must belong to that base
+    from mlxsuite.errors import UserError
+    from mlxsuite.kvp import kvp_generate_text
+
+    assert isinstance(kvp_generate_text("pair", prompt="def", max_tokens=2, base="base"), str)
+    save_base("other", tok, seed=5)
+    with pytest.raises(UserError, match="trained for the base"):
+        kvp_generate_text("pair", prompt="def", max_tokens=2, base="other")
+
+    # a changed base is detected
+    base_folder = store.output_path("base")
+    w = mx.load(str(base_folder / "model.safetensors"))
+    w["model.norm.weight"] = w["model.norm.weight"] * 2
+    mx.save_safetensors(str(base_folder / "model.safetensors"), w)
+    code, _, err = run(capsys, "kvp", "generate", "pair", "--prompt", "x", "-m", "2")
+    assert code == 2 and "changed" in err and len(err.strip().splitlines()) == 1
+
+
+def test_mismatched_tokenizer_is_refused(corpus_and_tokenizer, tmp_path, capsys):
+    from mlxsuite.tokenizer import train_tokenizer
+
+    corpus, tok = corpus_and_tokenizer
+    save_base("base", tok)
+    other = train_tokenizer(["alpha beta gamma delta\n" * 50, "one two three four five\n" * 40], 330,
+                            tmp_path / "other" / "tokenizer.model")
+    save_base("small", other, layers=2)
+    code, out, err = run(capsys, "kvp", "train", "--base", "base", "--aux", "small", "--out", "p", "--steps", "2",
+                         "--corpus", str(corpus))
+    assert code == 2 and "tokenizer" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run(capsys, "kvp", "train", "--base", "base", "--aux", "prune:0.3", "--out", "p")
+    assert code == 2 and "prune" in err
+
+
+def test_eval_reports_all_methods(corpus_and_tokenizer, capsys, tmp_path):
+    from mlxsuite.kvp import evaluate_kvp, kvp_prefill_flops
+
+    corpus, tok = corpus_and_tokenizer
+    base = micro_base(qk_norm=True, vocab=tok.vocab_size)
+    pair = identity_pair(base)
+    r = evaluate_kvp(str(tmp_path), str(corpus), prompt_len=12, cont_len=4, samples=4, lines=3,
+                     pair_and_tok=(pair, tok))
+    m = r["methods"]
+    # identity pair: KVP is the base exactly; aux is a copy of the base too
+    assert abs(m["kvp"]["ce"] - m["base"]["ce"]) < 1e-4 and m["kvp"]["next_line_em"] == m["base"]["next_line_em"]
+    assert max(r["kv_error"]["k_l1"] + r["kv_error"]["v_l1"]) < 1e-5
+    fl = r["flops"]
+    assert fl["prefill_flops"]["kvp"] == kvp_prefill_flops(pair, 12) and abs(fl["param_ratio"] - 1) < 1e-9
+    assert fl["prefill_flops"]["kvp"] > fl["prefill_flops"]["base"]  # same-size aux + predictor: no saving
+
+
+def test_flops_match_the_ttft_bench_and_first_token():
+    from mlxsuite import ttft
+    from mlxsuite.kvp import aux_first_token, forward_flops, kvp_first_token, kvp_prefill_flops
+
+    base = micro_base(kv_heads=2, layers=4)
+    assert forward_flops(base.args, 37) == ttft.prefill_flops(base.args, 37)
+    pair = identity_pair(base)
+    pred = pair.predictor.flops(36)
+    assert kvp_prefill_flops(pair, 37, 2) == 2 * (forward_flops(base.args, 36, logits_tokens=0) + pred
+                                                  + forward_flops(base.args, 1, 36))
+    tokens = mx.random.randint(0, 61, (2, 9), key=mx.random.key(6))
+    tok, cache = kvp_first_token(pair, tokens)
+    assert tok.shape == (2,) and mx.array_equal(tok, mx.argmax(base(tokens)[:, -1], axis=-1))
+    assert mx.array_equal(aux_first_token(pair, tokens)[0], tok)

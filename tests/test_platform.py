@@ -1,0 +1,54 @@
+"""The fast-BLAS loader: the loaded library agrees with numpy; a broken one is refused with a warning."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from mlxsuite import platform
+
+
+def test_loaded_blas_matches_numpy():
+    import mlx.core as mx
+
+    info = platform.blas_info()
+    assert info.status in ("loaded", "stock", "disabled")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 200)).astype(np.float32), rng.standard_normal((200, 150)).astype(np.float32)
+    np.testing.assert_allclose(np.array(mx.array(a) @ mx.array(b)), a @ b, rtol=1e-4, atol=1e-4)
+
+
+CHILD = "import json, mlxsuite; from dataclasses import asdict; print(json.dumps(asdict(mlxsuite.platform.blas_info())))"
+
+
+def _child(env):
+    r = subprocess.run([sys.executable, "-W", "always", "-c", CHILD], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout), r.stderr
+
+
+def test_a_library_that_fails_the_self_test_falls_back_with_a_warning(tmp_path):
+    fake = tmp_path / "libnotblas.so"
+    fake.write_bytes(b"not a shared library")
+    env = {**os.environ, "MLXSUITE_BLAS": str(fake), "XDG_CACHE_HOME": str(tmp_path)}
+    info, stderr = _child(env)
+    assert info["library"] == "reference" and info["status"] == "failed-self-test"
+    assert "no optimized BLAS passed the self-test" in stderr
+
+
+def test_blas_can_be_disabled_and_user_variables_are_kept(tmp_path):
+    info, _ = _child({**os.environ, "MLXSUITE_BLAS": "reference"})
+    assert info["status"] == "disabled"
+    code = "import os, mlxsuite; print(os.environ.get('OPENBLAS_CORETYPE'), os.environ.get('MKL_NUM_THREADS'))"
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "MKL_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.stdout.split() == ["Haswell", "1"]
+
+
+def test_cpu_defaults_to_float32():
+    import mlx.core as mx
+
+    if mx.default_device().type == mx.DeviceType.cpu:
+        assert platform.default_dtype() == mx.float32

@@ -1,0 +1,191 @@
+"""`mlxsuite vocab sweep`: the fits on synthetic runs, and a tiny real sweep end to end with interruption + resume."""
+
+import json
+import math
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from mlxsuite import sweep as sw
+from mlxsuite.errors import UserError
+
+# ---- analysis on synthetic data (numpy only, instant) -------------------------------------------------------------
+
+
+def test_parabola_optimum_interior_edges_and_two_points():
+    v = [512, 1024, 2048, 4096]
+    lu = [(math.log(x) - math.log(1300)) ** 2 for x in v]
+    opt = sw.parabola_optimum(v, lu)
+    assert opt["flag"] == "interior" and opt["vocab"] == pytest.approx(1300, rel=1e-6)
+    assert opt["measured_best_vocab"] == 1024 and opt["points"] == 4
+    falling = sw.parabola_optimum(v, [(math.log(x) - math.log(9000)) ** 2 for x in v])
+    assert falling["flag"] == "high-edge" and falling["vocab"] == pytest.approx(4096)
+    rising = sw.parabola_optimum(v, [(math.log(x) - math.log(100)) ** 2 for x in v])
+    assert rising["flag"] == "low-edge" and rising["vocab"] == pytest.approx(512)
+    two = sw.parabola_optimum([512, 1024], [1.0, 0.5])
+    assert two["flag"] == "two-points" and two["vocab"] == 1024
+    concave = sw.parabola_optimum(v, [0.0, 1.0, 1.0, 0.5])
+    assert concave["flag"].startswith("not-convex") and concave["vocab"] == 512
+
+
+def _synthetic_rows():
+    """Runs whose L_u follows a known parametric loss, on a 3-budget × 2-size × 4-vocabulary grid."""
+    truth = sw.scaling.ParametricLoss(A1=0.5, A2=0.3, B=2.0, E=3.0, alpha1=0.4, alpha2=0.6, beta=0.4)
+    rows = []
+    for c in (1e12, 1e13, 1e14):
+        for preset, nnv, d in (("a", 1e5, 64), ("b", 8e5, 128)):
+            for v in (512, 1024, 2048, 4096):
+                nv = v * d
+                tokens = c / (6 * (nnv + nv))
+                rows.append({"preset": preset, "vocab": v, "budget": c, "d": d, "nnv": nnv, "nv": nv,
+                             "tokens": tokens, "lu": float(truth(nnv, nv, tokens)),
+                             "characters": tokens / 0.3})
+    return truth, rows
+
+
+def test_analyze_recovers_parametric_loss_and_reports_fits():
+    truth, rows = _synthetic_rows()
+    a = sw.analyze(rows, {512: 0.4, 1024: 0.35, 2048: 0.32, 4096: 0.3})
+    a3 = a["fits"]["parametric"]
+    assert a3["points"] == 24
+    assert a3["alpha2"] == pytest.approx(truth.alpha2, abs=0.02)
+    assert a3["beta"] == pytest.approx(truth.beta, abs=0.02)
+    assert a3["rmse"] < 1e-3
+    assert len(a["optimal_vocab"]) == 3 and len(a["per_model"]) == 6
+    a1 = a["fits"]["isoflops"]
+    assert a1["points"] == 3 and set(a1) >= {"nnv", "nv", "characters", "vocab"}
+    # with this loss the optimal N_v grows with compute at fixed size, as in the paper
+    for p in ("a", "b"):
+        ms = [m for m in a["per_model"] if m["preset"] == p]
+        vs = [m["vocab"] for m in ms]
+        assert vs == sorted(vs)
+    json.dumps(a)  # JSON-serializable as is
+
+
+def test_plan_rejects_budgets_too_small_and_bad_grids():
+    settings = sw.SweepSettings(seq_len=32, batch_size=4)
+    with pytest.raises(UserError, match="buys only"):
+        sw.plan_runs(sw.SweepGrid([1e6], ["micro"], [512]), settings)
+    with pytest.raises(UserError, match="unknown preset"):
+        sw.plan_runs(sw.SweepGrid([1e9], ["nope"], [512]), settings)
+    with pytest.raises(UserError, match="too small"):
+        sw.plan_runs(sw.SweepGrid([1e9], ["micro"], [100]), settings)
+    plans = sw.plan_runs(sw.SweepGrid([3e9, 1.5e9], ["micro"], [512, 1024]), settings)
+    assert [p.budget for p in plans] == [1.5e9, 1.5e9, 3e9, 3e9]
+    for p in plans:
+        assert p.flops == pytest.approx(p.budget, rel=0.1)  # whole steps
+        assert p.tokens == p.steps * 128
+
+
+# ---- a real tiny sweep ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLXSUITE_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("argparse.py", "textwrap.py", "difflib.py", "enum.py", "dataclasses.py", "inspect.py", "typing.py"):
+        (corpus / name).write_text((stdlib / name).read_text())
+    return tmp_path, str(corpus)
+
+
+GRID = dict(budgets=[1.5e9, 3e9], presets=["micro"], vocab_sizes=[400, 512, 640])
+
+
+def _settings(corpus):
+    return sw.SweepSettings(corpus=corpus, seq_len=32, batch_size=4, eval_windows=8)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_sweep_end_to_end_interrupt_and_resume(env):
+    tmp_path, corpus = env
+    events = []
+
+    def interrupting(event, info):
+        events.append((event, info))
+        # stop at the first checkpoint of the second run, after the first run finished
+        if event == "save" and info["run"] == plans[1].name and info["step"] < plans[1].steps:
+            raise Interrupt
+
+    plans = sw.plan_runs(sw.SweepGrid(**GRID), _settings(corpus))
+    assert len(plans) == 6 and all(p.steps >= 5 for p in plans)
+    with pytest.raises(Interrupt):
+        sw.run_sweep("sw", sw.SweepGrid(**GRID), _settings(corpus), callback=interrupting)
+    folder = tmp_path / "models" / "sw"
+    first = folder / "runs" / plans[0].name / "model.safetensors"
+    assert first.exists() and math.isfinite(sw.finished_metrics(first.parent)["val_lu"])
+    assert (folder / "runs" / plans[1].name / "run" / "checkpoint").exists()
+    assert not (folder / "runs" / plans[1].name / "model.safetensors").exists()
+    first_mtime = first.stat().st_mtime_ns
+    assert sum(e == "shared_tokenizer" and i["trained"] for e, i in events) == 3
+
+    events.clear()
+    doc = sw.run_sweep("sw", sw.SweepGrid(**GRID), _settings(corpus), callback=lambda e, i: events.append((e, i)))
+    assert first.stat().st_mtime_ns == first_mtime  # not redone
+    ends = [i for e, i in events if e == "run_end"]
+    assert [i["skipped"] for i in ends] == [True] + [False] * 5
+    starts = {i["run"]: i for e, i in events if e == "run_start"}
+    assert plans[0].name not in starts and starts[plans[1].name]["resume"] is True
+    resumed = next(i for e, i in events if e == "start" and i["run"] == plans[1].name)
+    assert 0 < resumed["step"] < plans[1].steps
+    assert not any(e == "shared_tokenizer" and i["trained"] for e, i in events)  # tokenizers shared, trained once
+
+    # the shared tokenizer is the one every run of that V used
+    tok = (folder / "tokenizers" / "v512.model").read_bytes()
+    for p in plans:
+        assert (folder / "runs" / p.name / "tokenizer.model").read_bytes() == (
+            folder / "tokenizers" / f"v{p.vocab}.model").read_bytes()
+    assert tok
+
+    saved = json.loads((folder / "sweep.json").read_text())
+    assert set(saved["runs"]) == {p.name for p in plans}
+    a = doc["analysis"]
+    assert len(a["per_model"]) == 2 and len(a["optimal_vocab"]) == 2
+    assert a["fits"]["isoflops"]["points"] == 2
+    assert a["fits"]["parametric"]["points"] == 6
+    for o in a["optimal_vocab"]:
+        assert 400 <= o["vocab"] <= 640 and o["flag"]
+    for r in saved["runs"].values():
+        assert math.isfinite(r["lu"]) and r["ce"] > 0 and r["bpc"] > 0
+
+    # a third call redoes nothing
+    events.clear()
+    sw.run_sweep("sw", sw.SweepGrid(**GRID), _settings(corpus), callback=lambda e, i: events.append((e, i)))
+    assert all(i["skipped"] for e, i in events if e == "run_end") and not any(e == "run_start" for e, _ in events)
+
+    # other settings in the same folder are refused
+    with pytest.raises(UserError, match="other settings"):
+        sw.run_sweep("sw", sw.SweepGrid(**GRID), sw.SweepSettings(corpus=corpus, seq_len=16, batch_size=4))
+
+
+def test_cli_sweep_json_and_plot(env, capsys):
+    from test_cli_vocab import run
+
+    tmp_path, corpus = env
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "sweep.png"
+    args = ["vocab", "sweep", "--corpus", corpus, "--budgets", "1.5e9,3e9", "--presets", "micro",
+            "--vocab-sizes", "400,512", "--seq-len", "32", "--batch-size", "4", "--eval-windows", "8",
+            "--out", "cli-sweep", "--plot", str(plot)]
+    code, out, err = run(capsys, *args, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert len(doc["runs"]) == 4
+    assert set(doc["runs"][0]) >= {"preset", "vocab", "budget", "steps", "lu", "ce", "bpc"}
+    assert [o["flag"] for o in doc["optimal_vocab"]] == ["two-points"] * 2
+    assert doc["fits"]["isoflops"]["points"] == 2
+    assert "skipped" in doc["fits"]["parametric"]  # 4 runs < 6
+    assert plot.stat().st_size > 1000
+    # rerun as a table: everything reused
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert "optimal V per budget" in out and "already finished" in err
+    code, out, err = run(capsys, "vocab", "sweep", "--budgets", "1e3", "--presets", "micro", "--out", "x")
+    assert code == 2 and "buys only" in err
