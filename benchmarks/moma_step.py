@@ -64,7 +64,7 @@ def main():
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--image-fraction", type=float, default=0.375)
+    p.add_argument("--image-fraction", type=float, default=0.5)
     p.add_argument("--variants", default="dense,moe8x,moma1t1i,moma4t4i,moma4t4i+mod")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
@@ -94,13 +94,15 @@ def main():
     rows = [{"variant": v, "median_s": med[v], "ratio_to_dense": med[v] / dense if dense else None,
              "flops_ratio_to_dense": flops[v] / flops["dense"] if "dense" in flops else None} for v in med]
     if a.json:
-        print(json.dumps({"preset": a.preset, "seq_len": a.seq_len, "batch_size": a.batch_size, "rows": rows}, indent=2))
+        report = {"preset": a.preset, "seq_len": a.seq_len, "batch_size": a.batch_size, "rows": rows}
+        print(json.dumps(report, indent=2))
     else:
         print(f"preset {a.preset}, {a.batch_size}×{a.seq_len} tokens, image fraction {a.image_fraction}, "
               f"{a.rounds} interleaved rounds")
         for r in rows:
             ratio = f"{r['ratio_to_dense']:.3f}×" if r["ratio_to_dense"] else ""
-            print(f"  {r['variant']:>14}  {r['median_s'] * 1e3:8.1f} ms  {ratio:>8}  FLOPs {r['flops_ratio_to_dense']:.3f}×")
+            flops = f"FLOPs {r['flops_ratio_to_dense']:.3f}×"
+            print(f"  {r['variant']:>14}  {r['median_s'] * 1e3:8.1f} ms  {ratio:>8}  {flops}")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def main() -> None:
             report = ttft.run(ttft.Setup(model, steps[0]), [f"step-{s}" for s in steps], [(T, 1)], a.reps, a.warmup)
             best = min(r["ttft_s"]["median"] for r in report["results"])
             print(f"\n## {preset} ({model.args.n_nonvocab_params / 1e6:.1f}M non-vocab params), {T} tokens, "
-                  f"GEMM {report['gemm_gflops']:.0f} GFLOP/s, load {report['load_average']['start']:.2f} → "
+                  f"GEMM {report['gemm_gflops']:.0f} GFLOP/s (best {report['gemm_gflops_best']:.0f}), load {report['load_average']['start']:.2f} → "
                   f"{report['load_average']['end']:.2f}")
             print("| step | TTFT median ms | p10–p90 ms | GFLOP/s | × best |")
             print("|---:|---:|---:|---:|---:|")

@@ -69,7 +69,7 @@ def main() -> None:
         load = report["load_average"]
         print(f"\n## {preset}: {model.args.n_nonvocab_params / 1e6:.1f}M non-vocab params, d={model.args.hidden_size}, "
               f"{model.args.num_hidden_layers} layers, V={a.vocab_size}; GEMM {report['gemm_gflops']:.1f} GFLOP/s "
-              f"(runs {', '.join(f'{g:.1f}' for g in report['gemm_gflops_runs'])}); load {load['start']:.2f} → "
+              f"(median between trials; best {report['gemm_gflops_best']:.1f}); load {load['start']:.2f} → "
               f"{load['end']:.2f}")
         medians = {(r["mode"], r["prompt_tokens"]): r["ttft_s"]["median"] for r in report["results"]}
         refs = [m for m in ("mlx-lm", "mlx-lm-2048") if m in modes]

@@ -147,10 +147,22 @@ def digit_captions(label: int) -> list[str]:
 
 @lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits as sk_load
+    """Read scikit-learn's bundled digits.csv.gz directly (importing sklearn takes seconds); sklearn as fallback."""
+    import importlib.util
 
-    d = sk_load()
-    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
+        raise UserError("the default image data needs scikit-learn: pip install scikit-learn")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if path.exists():
+        raw = np.loadtxt(path, delimiter=",", dtype=np.float32)
+        images, target = raw[:, :-1].reshape(-1, 8, 8), raw[:, -1]
+    else:
+        from sklearn.datasets import load_digits as sk_load
+
+        d = sk_load()
+        images, target = d.images, d.target
+    return (images / 16.0).astype(np.float32), target.astype(np.int64)
 
 
 def load_digits(val_fraction: float = 0.1, seed: int = 0) -> ImageSet:
@@ -202,7 +214,9 @@ def load_image_folder(folder: str | Path, captions_file: str | Path | None = Non
         caps.setdefault(name, []).append(text.strip())
     missing = [f for f in files if f not in caps]
     if missing:
-        raise UserError(f"{cap_path} does not match {folder}: no caption for {len(missing)} image(s), e.g. {missing[0]}")
+        raise UserError(
+            f"{cap_path} does not match {folder}: no caption for {len(missing)} image(s), e.g. {missing[0]}"
+        )
     images = np.stack([read_image(folder / f, size) for f in files])
     rng = np.random.default_rng(seed)
     val = rng.random(len(files)) < val_fraction

@@ -14,8 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -170,13 +169,14 @@ def kvp_loss(lambda_kv: float, lambda_aux: float = 1.0, z_loss: float = 0.0) -> 
             total = total + lambda_kv * (k_l1 + v_l1)
         if z_loss > 0:
             total = total + z_loss * (_z(base_logits) + _z(aux_logits))
-        return total, {"base_ce": base_ce, "aux_ce": aux_ce, "k_l1": k_l1, "v_l1": v_l1}
+        return total, {"base_ce": base_ce, "aux_ce": aux_ce, "k_l1_sum": k_l1, "v_l1_sum": v_l1}
 
     return loss
 
 
 def eval_pair(pair: kvm.KVPredictionModel, windows: np.ndarray, batch_size: int = 8) -> dict:
-    """Mean CE of base-with-predicted-KV (all positions) and of the aux, and the layer-mean KV L1, over windows."""
+    """Mean CE of base-with-predicted-KV (all positions) and of the aux, and the KV L1 averaged over layers (the
+    training log reports the layer sums, k_l1_sum and v_l1_sum, which the loss weights by λ_C), over windows."""
     sums = {"kvp_ce": 0.0, "aux_ce": 0.0, "k_l1": 0.0, "v_l1": 0.0}
     n = 0
     for i in range(0, len(windows), batch_size):
@@ -205,16 +205,7 @@ def train_kvp(spec: KVPRunSpec, resume: bool = False, force: bool = False, callb
     rank = group.rank()
     folder = store.output_path(spec.out)
     run_dir = folder / "run"
-    spec_file = run_dir / "spec.json"
-    if resume:
-        if not spec_file.exists():
-            raise UserError(f"nothing to resume: {folder} has no run")
-        spec = KVPRunSpec.from_dict(json.loads(spec_file.read_text()))
-    spec.validate()
-    if not resume and folder.exists() and rank == 0:
-        if not force:
-            raise UserError(f"{folder} exists: pass --resume to continue its run or --force to start over")
-        shutil.rmtree(folder)
+    spec = trainer.open_run(folder, spec, resume, force, group)
 
     pair, tok, base_folder, info = build_pair(spec.base, spec.aux, spec.seed)
     base_hash = weights_hash(base_folder)
@@ -237,8 +228,6 @@ def train_kvp(spec: KVPRunSpec, resume: bool = False, force: bool = False, callb
         },
     }
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        store.write_json(spec_file, asdict(spec))
         store.write_json(folder / KVP_FILE, meta)
 
     corpus = data.load_corpus(spec.corpus)
@@ -322,7 +311,7 @@ def kvp_first_token(pair: kvm.KVPredictionModel, tokens, temperature: float = 0.
 
 
 def aux_first_token(pair: kvm.KVPredictionModel, tokens, temperature: float = 0.0, top_k: int = 0):
-    """The auxiliary-alone baseline for TTFT: (first token ids (B,), aux caches). FLOPs: `forward_flops(aux.args, T)`."""
+    """The auxiliary-alone TTFT baseline: (first token ids (B,), aux caches). FLOPs: `forward_flops(aux.args, T)`."""
     from .generate import sample
 
     tokens = mx.array(tokens)
@@ -549,6 +538,7 @@ def plot_kv_errors(result: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(len(k)), k, "o-", label="keys (after base k-norm, pre-RoPE)")
     ax.plot(range(len(v)), v, "s-", label="values")
+    ax.set_xticks(range(len(k)))
     ax.set_xlabel("base layer")
     ax.set_ylabel("mean |predicted − true|")
     ax.set_title("KV Prediction error by depth")

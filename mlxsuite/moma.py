@@ -15,10 +15,8 @@ run/ (spec, checkpoint, metrics), routers/ (router-training run), model.safetens
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -190,7 +188,8 @@ class MixedBatches:
     """batches(step) for the trainer: a pure function of (seed, step); rank r takes rows r::size."""
 
     def __init__(self, mixed: MixedData, batch_size: int, seed: int, rank: int = 0, size: int = 1, offset: int = 0):
-        self.mixed, self.batch_size, self.seed, self.rank, self.size, self.offset = mixed, batch_size, seed, rank, size, offset
+        self.mixed, self.batch_size, self.seed = mixed, batch_size, seed
+        self.rank, self.size, self.offset = rank, size, offset
 
     def __call__(self, step: int):
         rng = np.random.default_rng([self.seed, step + self.offset])
@@ -226,11 +225,12 @@ class MomaRunSpec:
     seq_len: int = 128
     batch_size: int = 16
     images_per_row: int = 0  # 0: as many as fit
+    augment: bool = True  # one-pixel shifts of the training images
     seed: int = 0
     eval_batches: int = 2
     data_offset: int = 0  # upcycling keeps the data position of the seed run
-    router_steps: int = 60
-    router_lr: float = 3e-3
+    router_steps: int = 200
+    router_lr: float = 1e-2
     train: trainer.TrainConfig = field(default_factory=trainer.TrainConfig)
 
     @classmethod
@@ -272,7 +272,9 @@ def check_divisible(args: mm.ModelArgs, rows: int, seq_len: int, image_tokens_pe
 # ---- assets (text tokenizer, image codebook) ----------------------------------------------------------------------
 
 
-def prepare_assets(spec: MomaRunSpec, folder: Path, imageset: ImageSet, corpus: data.Corpus) -> tuple[Tokenizer, ImageTokenizer]:
+def prepare_assets(
+    spec: MomaRunSpec, folder: Path, imageset: ImageSet, corpus: data.Corpus
+) -> tuple[Tokenizer, ImageTokenizer]:
     folder.mkdir(parents=True, exist_ok=True)
     if spec.assets:
         src = store.resolve(spec.assets) if not Path(spec.assets).is_dir() else Path(spec.assets)
@@ -298,6 +300,15 @@ def layout_of(tok: Tokenizer, imtok: ImageTokenizer) -> Layout:
     return Layout(tok.vocab_size, imtok.num_codes, tok.bos_id, tok.eos_id)
 
 
+def shift_augment(images: np.ndarray, captions: list) -> tuple[np.ndarray, list]:
+    """Each training image also shifted by one pixel in the 8 directions (zero fill): 9× the images, same captions.
+    Digits are few (1,618 training images); without this a few hundred steps already overfit them."""
+    n, S, _ = images.shape
+    pad = np.pad(images, ((0, 0), (1, 1), (1, 1)))
+    out = [pad[:, 1 + dy : 1 + dy + S, 1 + dx : 1 + dx + S] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return np.concatenate(out), captions * 9
+
+
 def build_data(spec: MomaRunSpec, tok: Tokenizer, imtok: ImageTokenizer, imageset: ImageSet, corpus: data.Corpus):
     layout = layout_of(tok, imtok)
     out = {}
@@ -306,6 +317,8 @@ def build_data(spec: MomaRunSpec, tok: Tokenizer, imtok: ImageTokenizer, imagese
         imgs, caps = imageset.split(part)
         if len(imgs) == 0:
             imgs, caps = imageset.split("train")
+        if part == "train" and spec.augment:
+            imgs, caps = shift_augment(imgs, caps)
         uniq = sorted({c for cs in caps for c in cs})
         enc = dict(zip(uniq, tok.encode_batch(uniq)))
         text = data.token_stream(tok, corpus, part, max_tokens=text_budget[part])
@@ -397,7 +410,9 @@ def _load_sources(spec: MomaRunSpec):
     return imageset, corpus
 
 
-def train_moma(spec: MomaRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None) -> dict:
+def train_moma(
+    spec: MomaRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None
+) -> dict:
     """Train (or resume) a MoMa run; returns final metrics (train and val per modality) and the folder."""
     callback = callback or (lambda event, info: None)
     folder = store.output_path(spec.out)
@@ -548,28 +563,48 @@ def eta(dense_final: float, flops: list[float], losses: list[float], dense_total
     return None
 
 
-def curves(folder: Path) -> dict:
-    """Validation (EC) losses against training FLOPs from a run's metrics log."""
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing mean over `window` points (fewer at the start)."""
+    c = np.cumsum(np.concatenate([[0.0], np.asarray(values, np.float64)]))
+    i = np.arange(1, len(values) + 1)
+    lo = np.maximum(0, i - window)
+    return ((c[i] - c[lo]) / (i - lo)).tolist()
+
+
+def curves(folder: Path, window: Optional[int] = None) -> dict:
+    """Loss curves against training FLOPs from a run's metrics log: the training loss per modality (logged every
+    step by `compare`, trailing mean over `window` steps, default a tenth of the run) and the validation losses
+    (expert-choice routing) at the evaluation points."""
     config = store.read_config(folder)
     m = config["mlxsuite"]
     per_step = m["flops_per_token"] * m["tokens_per_step"]
-    evals = [r for r in trainer.read_metrics(folder / "run") if r.get("event") == "eval"]
-    trains = [r for r in trainer.read_metrics(folder / "run") if r.get("event") == "train"]
-    tps = [r["tokens_per_s"] for r in trains[1:]] or [r["tokens_per_s"] for r in trains]
-    return {
-        "flops": [r["step"] * per_step for r in evals],
-        "loss": [r["loss"] for r in evals],
-        "loss_text": [r["loss_text"] for r in evals],
-        "loss_image": [r["loss_image"] for r in evals],
-        "tokens_per_s": float(np.median(tps)) if tps else 0.0,
-        "total_flops": (evals[-1]["step"] if evals else 0) * per_step,
-    }
+    records = trainer.read_metrics(folder / "run")
+    evals = [r for r in records if r.get("event") == "eval"]
+    trains = [r for r in records if r.get("event") == "train"]
+    window = window or max(1, len(trains) // 10)
+    tps = [r["tokens_per_s"] for r in trains[2:]] or [r["tokens_per_s"] for r in trains]
+    out = {"flops": [r["step"] * per_step for r in trains], "window": window,
+           "val_flops": [r["step"] * per_step for r in evals],
+           "tokens_per_s": float(np.median(tps)) if tps else 0.0,
+           "total_flops": (trains[-1]["step"] if trains else 0) * per_step}
+    for k in ("loss", "loss_text", "loss_image"):
+        out[k] = smooth([r[k] for r in trains], window)
+        out[f"val_{k}"] = [r[k] for r in evals]
+    return out
+
+
+KEYS = ("loss", "loss_text", "loss_image")
+ETA_KEYS = (("overall", "loss"), ("text", "loss_text"), ("image", "loss_image"))
 
 
 def compare(variants: list[str], flops_budget: float, prefix: str = "moma-compare", base: Optional[dict] = None,
             callback: Optional[Callable] = None, plot: Optional[str] = None) -> dict:
     """Train each variant on the same data at the same FLOPs budget (resumable), train their auxiliary routers, and
-    report final losses, η overall/text/image against dense, throughput and router accuracy."""
+    report final losses, η overall/text/image against dense, throughput and router accuracy.
+
+    η (§4.2): dense's final training loss L* (trailing mean); the FLOPs t* at which a variant's training-loss curve
+    first reaches L* (linear interpolation); η = dense FLOPs / t*. Every variant sees the same batches step by step.
+    `eta_val` is the same on the validation curves (expert-choice routing)."""
     callback = callback or (lambda event, info: None)
     for v in variants:
         parse_variant(v)
@@ -597,7 +632,7 @@ def compare(variants: list[str], flops_budget: float, prefix: str = "moma-compar
         spec.train.steps = max(2, int(round(flops_budget / (fpt * tokens_per_step))))
         spec.train.eval_every = max(1, spec.train.steps // 12)
         spec.train.save_every = max(spec.train.eval_every, spec.train.steps // 4)
-        spec.train.log_every = max(1, min(spec.train.log_every, spec.train.steps // 10 or 1))
+        spec.train.log_every = 1  # per-step training losses per modality: the curves behind η
         folder = store.output_path(name)
         done = (folder / store.WEIGHTS_FILE).exists() and (folder / "config.json").exists() and \
             store.read_config(folder).get("mlxsuite", {}).get("final", {}).get("step") == spec.train.steps
@@ -610,7 +645,6 @@ def compare(variants: list[str], flops_budget: float, prefix: str = "moma-compar
         runs[v] = {"folder": folder, "config": store.read_config(folder)}
 
     dense_c = curves(runs["dense"]["folder"])
-    dense_final = {k: dense_c[k][-1] for k in ("loss", "loss_text", "loss_image")}
     rows = []
     for v, run in runs.items():
         c = curves(run["folder"])
@@ -621,10 +655,12 @@ def compare(variants: list[str], flops_budget: float, prefix: str = "moma-compar
             "params": m["params"],
             "flops_per_token": m["flops_per_token"],
             "total_flops": c["total_flops"],
-            "final": {k: c[k][-1] for k in ("loss", "loss_text", "loss_image")},
+            "final_train": {k: c[k][-1] for k in KEYS},
+            "final": {k: c[f"val_{k}"][-1] for k in KEYS},
             "final_causal": routers.get("val_causal"),
-            "eta": {k.replace("loss", "overall") if k == "loss" else k[5:]:
-                    eta(dense_final[k], c["flops"], c[k], dense_c["total_flops"]) for k in ("loss", "loss_text", "loss_image")},
+            "eta": {name: eta(dense_c[k][-1], c["flops"], c[k], dense_c["total_flops"]) for name, k in ETA_KEYS},
+            "eta_val": {name: eta(dense_c[f"val_{k}"][-1], c["val_flops"], c[f"val_{k}"], dense_c["total_flops"])
+                        for name, k in ETA_KEYS},
             "tokens_per_s": c["tokens_per_s"],
             "throughput_ratio": c["tokens_per_s"] / dense_c["tokens_per_s"] if dense_c["tokens_per_s"] else None,
             "router_acc": routers.get("router_acc"),
@@ -648,12 +684,14 @@ def plot_curves(curve_map: dict, path: str) -> None:
         raise UserError("--plot needs matplotlib: pip install 'mlxsuite[plot]'") from None
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, title in zip(axes, ("loss", "loss_text", "loss_image"), ("overall", "text", "image")):
-        for v, c in curve_map.items():
-            ax.plot(c["flops"], c[key], marker=".", label=v)
-        ax.set_title(f"{title} validation loss (EC routing)")
+        for i, (v, c) in enumerate(curve_map.items()):
+            color = f"C{i}"
+            ax.plot(c["flops"], c[key], color=color, label=f"{v} (train)")
+            ax.plot(c["val_flops"], c[f"val_{key}"], color=color, linestyle="--", marker=".", label=f"{v} (val)")
+        ax.set_title(f"{title} loss")
         ax.set_xlabel("training FLOPs")
         ax.set_ylabel("loss")
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -181,6 +181,8 @@ def run_sweep(
 
     doc = None if force else _load_doc(folder)
     if force and folder.exists():
+        if not (folder / SWEEP_FILE).exists() and any(folder.iterdir()):
+            raise UserError(f"{folder} is not a sweep folder (no {SWEEP_FILE}): refusing to delete it")
         shutil.rmtree(folder)
     if doc is not None and doc.get("settings") != asdict(settings):
         old = doc.get("settings", {})
@@ -225,7 +227,8 @@ def run_sweep(
         metrics = finished_metrics(run_folder)
         skipped = metrics is not None
         if not skipped:
-            metrics = _train_one(plan, run_folder, _tokenizer_path(folder, plan.vocab), settings, i, len(plans), callback)
+            tok = _tokenizer_path(folder, plan.vocab)
+            metrics = _train_one(plan, run_folder, tok, settings, i, len(plans), callback)
         doc["runs"][plan.name] = {**asdict(plan), **_pick(metrics)}
         _save(folder, doc)
         callback("run_end", {"index": i, "total": len(plans), "run": plan.name, "metrics": _pick(metrics),
@@ -402,7 +405,11 @@ def analyze(rows: list[dict], tokens_per_char: dict[int, float]) -> dict:
                 continue
             opt = parabola_optimum([r["vocab"] for r in group], [r["lu"] for r in group])
             g0 = group[0]
-            per_model.append({"budget": c, "preset": p, "nnv": g0["nnv"], "d": g0["d"], **opt})
+            entry = {"budget": c, "preset": p, "nnv": g0["nnv"], "d": g0["d"], **opt}
+            if all(r.get("bpc") is not None for r in group):  # the same fit on bits per character, for comparison
+                b = parabola_optimum([r["vocab"] for r in group], [r["bpc"] for r in group])
+                entry["by_bpc"] = {"vocab": b["vocab"], "bpc": b["lu"], "flag": b["flag"]}
+            per_model.append(entry)
 
     # per budget: the model size with the lowest (fitted) L_u, and its vocabulary
     optimal = []
@@ -411,7 +418,12 @@ def analyze(rows: list[dict], tokens_per_char: dict[int, float]) -> dict:
         m = min(cands, key=lambda m: m["lu"])
         nv = m["vocab"] * m["d"]
         tokens = c / (6 * (m["nnv"] + nv))
+        by_bpc = None
+        if all("by_bpc" in x for x in cands):
+            b = min(cands, key=lambda x: x["by_bpc"]["bpc"])
+            by_bpc = {"preset": b["preset"], **b["by_bpc"]}
         optimal.append({
+            "by_bpc": by_bpc,
             "budget": c, "preset": m["preset"], "nnv": m["nnv"], "d": m["d"], "vocab": m["vocab"], "nv": nv,
             "lu": m["lu"], "flag": m["flag"], "tokens": tokens,
             "characters": tokens / _tokens_per_char(tokens_per_char, m["vocab"]),
@@ -463,7 +475,7 @@ def analyze(rows: list[dict], tokens_per_char: dict[int, float]) -> dict:
         degenerate = min(loss.A2 * loss.alpha2, loss.B * loss.beta) <= 0
         if degenerate:
             a3["degenerate"] = True
-            notes.append("approach 3: the fitted loss has a non-positive vocabulary or data term (A2·α2 or B·β ≤ 0), "
+            notes.append("approach 3: the fitted loss has no vocabulary or no data term (A2·α2 or B·β ≤ 0), "
                          "so it has no optimal V: the runs are too few or too noisy for this form")
         for c in ([] if degenerate else budgets):
             best = None
@@ -490,6 +502,10 @@ def analyze(rows: list[dict], tokens_per_char: dict[int, float]) -> dict:
     if len(optimal) >= 2:
         vs = [o["vocab"] for o in optimal]
         grows = bool(all(b >= a for a, b in zip(vs, vs[1:])) and vs[-1] > vs[0])
+    if len(optimal) >= 2 and all(o["by_bpc"] for o in optimal):
+        if any(not math.isclose(o["vocab"], o["by_bpc"]["vocab"], rel_tol=0.25) for o in optimal):
+            notes.append("the optimal V by L_u and by bits per character differ by more than 25% at some budgets "
+                         "(see by_bpc): L_u is per token, and a token of a larger vocabulary carries more text")
     return {"per_model": per_model, "optimal_vocab": optimal, "fits": fits, "vocab_grows_with_compute": grows,
             "notes": notes}
 
@@ -540,18 +556,25 @@ def plot_sweep(doc: dict, path: str | Path) -> Path:
     ax1.legend(fontsize=7)
     for pi, p in enumerate(presets):
         pts = [(m["budget"], m["vocab"]) for m in analysis["per_model"] if m["preset"] == p]
-        ax2.plot(*zip(*pts), markers[pi % len(markers)] + ":", label=f"parabola optimum, {p}")
+        ax2.plot(*zip(*pts), markers[pi % len(markers)] + ":", ms=9 - 2 * pi, label=f"parabola optimum, {p}")
     opt = analysis["optimal_vocab"]
     ax2.plot([o["budget"] for o in opt], [o["vocab"] for o in opt], "k*-", ms=12, label="best model per budget")
     a3 = analysis["fits"].get("parametric", {})
     if a3.get("best"):
         ax2.plot([b["budget"] for b in a3["best"]], [b["vocab"] for b in a3["best"]], "r^--",
                  label="approach 3 (fitted parametric loss)")
+    by_bpc = [o for o in opt if o.get("by_bpc")]
+    if by_bpc:
+        ax2.plot([o["budget"] for o in by_bpc], [o["by_bpc"]["vocab"] for o in by_bpc], "s--", color="grey",
+                 label="best by bits/char (for comparison)")
+    vocabs = sorted({r["vocab"] for r in runs})
     ax2.set_xscale("log")
     ax2.set_yscale("log", base=2)
+    ax2.set_ylim(vocabs[0] / 1.3, vocabs[-1] * 1.3)
+    ax2.axhspan(vocabs[0], vocabs[-1], color="0.93", zorder=0)  # the trained grid
     ax2.set_xlabel("compute C (FLOPs)")
     ax2.set_ylabel("optimal V")
-    ax2.set_title("Optimal vocabulary against compute")
+    ax2.set_title("Optimal vocabulary against compute (shaded: trained V range)")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -7,10 +7,9 @@ training ends. `resume=True` continues from `run/checkpoint` with the spec saved
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -81,25 +80,13 @@ def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callbac
     rank = group.rank()
     folder = store.output_path(spec.out)
     run_dir = folder / "run"
-    spec_file = run_dir / "spec.json"
-    if resume:
-        if not spec_file.exists():
-            raise UserError(f"nothing to resume: {folder} has no run")
-        spec = LMRunSpec.from_dict(json.loads(spec_file.read_text()))  # exactly the run that was started
-    spec.validate()
-    if not resume and folder.exists() and rank == 0:
-        if not force:
-            raise UserError(f"{folder} exists: pass --resume to continue its run or --force to start over")
-        shutil.rmtree(folder)
-    _barrier(group)
+    spec = trainer.open_run(folder, spec, resume, force, group)
     mx.random.seed(spec.seed)
 
     corpus = data.load_corpus(spec.corpus)
     callback("corpus", {"name": corpus.name, "train_docs": len(corpus.train), "val_docs": len(corpus.val)})
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        store.write_json(spec_file, asdict(spec))
-        tok = prepare_tokenizer(spec, folder, corpus)
+        prepare_tokenizer(spec, folder, corpus)
     _barrier(group)
     tok = Tokenizer(folder / "tokenizer.model")
     callback("tokenizer", {"vocab_size": tok.vocab_size, "path": str(tok.path)})

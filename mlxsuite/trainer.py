@@ -46,6 +46,7 @@ class TrainConfig:
     eval_every: int = 100
     log_every: int = 10
     compile: bool = True
+    seed: int = 0  # for random numbers drawn inside the loss (noise, dropout); data order is seeded by the batches
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -110,14 +111,14 @@ def _index(batch, i: int):
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: optim.Optimizer, extra: dict) -> Path:
-    """model (trainable params), optimizer, RNG and data position (the step), written to a temp folder then renamed."""
+    """model (trainable params), optimizer and data position (the step), written to a temp folder then renamed.
+    The RNG needs no saving: it is reseeded from (seed, step) at every checkpoint boundary (see `_reseed`)."""
     final = Path(run_dir) / CHECKPOINT
     tmp = Path(run_dir) / f".{CHECKPOINT}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.trainable_parameters())))
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    mx.save_safetensors(str(tmp / "rng.safetensors"), {"key": mx.random.state[0]})
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
     old = Path(run_dir) / f".{CHECKPOINT}.old{os.getpid()}"
     if final.exists():
@@ -133,12 +134,37 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: optim.Optimizer)
         raise UserError(f"nothing to resume: {run_dir} has no checkpoint")
     model.load_weights(list(mx.load(str(ckpt / "model.safetensors")).items()), strict=False)
     optimizer.state = tree_unflatten(list(mx.load(str(ckpt / "optimizer.safetensors")).items()))
-    key = mx.load(str(ckpt / "rng.safetensors"))["key"]
-    try:
-        mx.random.state[0] = key
-    except TypeError:  # newer MLX: the global RNG state is read-only (no training loss here draws random numbers)
-        pass
     return json.loads((ckpt / "state.json").read_text())
+
+
+def _reseed(seed: int, step: int) -> None:
+    """MLX's global RNG state cannot be assigned, so instead of saving it the run reseeds from (seed, step) at every
+    checkpoint boundary; an uninterrupted run and a resumed one then draw the same random numbers."""
+    mx.random.seed((seed * 1_000_003 + step) % (1 << 31))
+
+
+def open_run(folder: Path, spec, resume: bool, force: bool, group=None):
+    """Start or resume the run kept in `folder`/run. Resuming reloads the spec saved at the start (so the run goes on
+    exactly as begun); starting refuses an existing folder unless `force`, then saves the spec. `spec` is a dataclass
+    with `from_dict` and `validate`. Returns the spec to use. Every rank calls this; only rank 0 writes."""
+    group = group or mx.distributed.init()
+    spec_file = Path(folder) / "run" / "spec.json"
+    if resume:
+        if not spec_file.exists():
+            raise UserError(f"nothing to resume: {folder} has no run")
+        spec = type(spec).from_dict(json.loads(spec_file.read_text()))
+    spec.validate()
+    if group.rank() == 0 and not resume:
+        if Path(folder).exists():
+            if not force:
+                raise UserError(f"{folder} exists: pass --resume to continue its run or --force to start over")
+            shutil.rmtree(folder)
+        spec_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = spec_file.with_name(f".spec.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, spec_file)
+    mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group))  # the others wait for rank 0's folder
+    return spec
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -188,6 +214,7 @@ def train(
             _rewrite_metrics(run_dir / METRICS, start)
     elif rank == 0:
         (run_dir / METRICS).unlink(missing_ok=True)
+    _reseed(cfg.seed, start)
     mx.eval(model.parameters(), optimizer.state)
 
     value_and_grad = nn.value_and_grad(model, loss_fn)
@@ -249,6 +276,7 @@ def train(
             metrics.update({f"val_{k}": v for k, v in val.items() if k != "step"})
             window_t0 = time.perf_counter()
         if done % cfg.save_every == 0 or done == cfg.steps:
+            _reseed(cfg.seed, done)
             if rank == 0:
                 path = save_checkpoint(run_dir, done, model, optimizer, {"config": asdict(cfg)})
                 callback("save", {"step": done, "path": str(path)})

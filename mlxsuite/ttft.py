@@ -145,7 +145,9 @@ def _mlx_lm_mode(setup: Setup) -> Mode:
     from mlx_lm.models.cache import make_prompt_cache
 
     ref, step = mlx_lm_model(setup.model), setup.prefill_step
-    stream = mx.new_stream(mx.default_device())  # mlx-lm's own stream is bound to the device at its import
+    # mlx-lm's own stream is bound to the device current at its import; the default stream also lets the harness's
+    # mx.synchronize() drain the decode step generate_step schedules before returning the first token.
+    stream = mx.default_stream(mx.default_device())
 
     def first_token(tokens: mx.array) -> mx.array:
         gen = generate_step(
@@ -198,6 +200,7 @@ def check_configs(args: ModelArgs, configs: list[tuple[int, int]], reps: int, wa
 
 
 def _trial(mode: Mode, tokens: mx.array) -> tuple[float, int]:
+    """One TTFT sample (seconds) and the peak memory (bytes) during it."""
     mx.synchronize()
     mx.reset_peak_memory()
     t0 = time.perf_counter()
@@ -212,9 +215,24 @@ def _tokenize_text(tokenizer, ids: mx.array) -> list[str]:
     return [tokenizer.decode(row) for row in ids.tolist()]
 
 
-def measure_gemm(n: int = 1024, reps: int = 7) -> float:
-    """The device's float32 GEMM rate (n³, median GFLOP/s), the roofline for the effective rate."""
-    return platform.measure_sgemm(n, reps)["mlx_sgemm_gflops"]
+GEMM_N = 1024  # the roofline's matrix size
+
+
+class GemmProbe:
+    """The device's float32 GEMM rate (n×n×n), sampled between trials so that it sees the same machine load as
+    they do (platform.measure_sgemm times a block of repetitions, and numpy too)."""
+
+    def __init__(self, n: Optional[int] = None):
+        self.n = n or GEMM_N
+        self.a, self.b = mx.random.normal((self.n, self.n)), mx.random.normal((self.n, self.n))
+        mx.eval(self.a @ self.b)  # warm-up
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        mx.synchronize()
+        t0 = time.perf_counter()
+        mx.eval(self.a @ self.b)
+        self.samples.append(2 * self.n**3 / (time.perf_counter() - t0) / 1e9)
 
 
 def run(
@@ -242,8 +260,7 @@ def run(
     done = 0
 
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    progress(done, total, "GEMM rate")
-    gemm = [measure_gemm()]
+    gemm = GemmProbe()
     results = []
     for T, B, ms in plan:
         mx.random.seed(seed)
@@ -267,6 +284,8 @@ def run(
                 if timed:
                     times[m.name].append(dt)
                     peaks[m.name] = max(peaks[m.name], peak)
+            if timed:
+                gemm.sample()
         for m in ms:
             ttft = summarize(times[m.name])
             flops = m.flops(T, B)
@@ -282,12 +301,10 @@ def run(
             }
             if texts is not None:
                 row["tokenize_s"] = summarize(tokenize)
-                row["tokenize_tokens"] = n_text_tokens
+                row["tokenize_tokens"] = n_text_tokens  # what the text re-encodes to, summed over the batch
             results.append(row)
         _add_ratios(results[-len(ms) :], times)
-    progress(done, total, "GEMM rate")
-    gemm.append(measure_gemm())
-    rate = max(gemm)  # the better of the two: the device's rate as seen in this run
+    rate = statistics.median(gemm.samples)
     for row in results:
         row["roofline_fraction"] = row["gflops_per_s"] / rate
     progress(total, total, "done")
@@ -296,8 +313,9 @@ def run(
         "device": device,
         "cpu": platform.cpu_name(),
         "blas": asdict(platform.blas_info()),
-        "gemm_gflops": rate,
-        "gemm_gflops_runs": gemm,
+        "gemm_gflops": rate,  # median of the samples taken between trials
+        "gemm_gflops_best": max(gemm.samples),
+        "gemm_n": gemm.n,
         "dtype": str(setup.model.model.norm.weight.dtype).replace("mlx.core.", ""),
         "params": {"total": args.n_params, "nonvocab": args.n_nonvocab_params},
         "prefill_step": setup.prefill_step,

@@ -3,9 +3,9 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _isolated_store(tmp_path_factory, monkeypatch):
-    """Every test writes models into its own store, never into the repo's models/."""
-    monkeypatch.setenv("MLXSUITE_MODELS", str(tmp_path_factory.mktemp("models")))
+def _isolated_store(tmp_path, monkeypatch):
+    """Every test writes models into its own store (tmp_path/store), never into the repo's models/."""
+    monkeypatch.setenv("MLXSUITE_MODELS", str(tmp_path / "store"))
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +25,16 @@ def small_corpus(tmp_path_factory):
         if total > 400_000:
             break
     return folder
+
+
+def run_cli(capsys, *args):
+    """(exit code, stdout, stderr) of `mlxsuite *args`, run in this process through the real entry point."""
+    from mlxsuite.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -5,20 +5,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import run_cli as run
 
 from mlxsuite import scaling
-from mlxsuite.cli import main
-
-
-def run(capsys, *args):
-    """(exit code, stdout, stderr) of `mlxsuite *args`."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def run_json(capsys, *args):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli as run
 
 import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
 import mlx.core as mx
@@ -20,28 +21,11 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 from mlxsuite import convert, store
-from mlxsuite.cli import main
 from mlxsuite.errors import UserError
 from mlxsuite.models import lm
 
 D, FFN, HEADS, KV_HEADS, LAYERS, VOCAB = 64, 128, 4, 2, 2, 320
 TOKENS = mx.array([[5, 17, 300, 2, 99, 42, 7, 250, 1, 0, 64, 128]])
-
-
-@pytest.fixture(autouse=True)
-def _store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLXSUITE_MODELS", str(tmp_path / "store"))
-
-
-def run(capsys, *args):
-    """(exit code, stdout, stderr) of `mlxsuite *args`, in process."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def close(a: mx.array, b: mx.array, rtol=1e-4) -> bool:

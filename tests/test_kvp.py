@@ -9,28 +9,12 @@ from pathlib import Path
 
 import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 import mlx.core as mx
-import numpy as np
 import pytest
+from conftest import run_cli as run
 
 from mlxsuite import store
-from mlxsuite.cli import main
 from mlxsuite.models import kv_prediction as kvm
 from mlxsuite.models import lm
-
-
-@pytest.fixture(autouse=True)
-def _store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLXSUITE_MODELS", str(tmp_path / "store"))
-
-
-def run(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def micro_base(qk_norm=False, kv_heads=None, layers=3, vocab=61, seed=1) -> lm.Model:
@@ -200,7 +184,7 @@ def test_training_lowers_the_loss_resumes_exactly_and_loads(corpus_and_tokenizer
     folder = Path(full["folder"])
     log = [r for r in trainer.read_metrics(folder / "run") if r["event"] == "train"]
     assert log[-1]["loss"] < log[0]["loss"]
-    assert set(log[0]) >= {"base_ce", "aux_ce", "k_l1", "v_l1"}
+    assert set(log[0]) >= {"base_ce", "aux_ce", "k_l1_sum", "v_l1_sum"}
     pair, _, _, meta = load_pair("pair")
     assert abs(meta["lambda_kv"] - 1 / 4) < 1e-9 and meta["layer_map"] == [0, 0, 1, 1]
     final = dict(pair.predictor.parameters()["key_transforms"][0])
@@ -239,10 +223,15 @@ def test_training_lowers_the_loss_resumes_exactly_and_loads(corpus_and_tokenizer
     from mlxsuite.errors import UserError
     from mlxsuite.kvp import kvp_generate_text
 
-    assert isinstance(kvp_generate_text("pair", prompt="def", max_tokens=2, base="base"), str)
+    expected = kvp_generate_text("pair", prompt="def", max_tokens=3, base="base")
+    code, out, err = run(capsys, "generate", "base", "--kvp", "pair", "-p", "def", "-m", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["completion"] == expected
     save_base("other", tok, seed=5)
     with pytest.raises(UserError, match="trained for the base"):
         kvp_generate_text("pair", prompt="def", max_tokens=2, base="other")
+    code, _, err = run(capsys, "generate", "other", "--kvp", "pair", "-p", "def")
+    assert code == 2 and "trained for the base" in err
 
     # a changed base is detected
     base_folder = store.output_path("base")

@@ -60,8 +60,7 @@ def test_dispatch_matches_dense_reference_values_and_gradients():
     mx.random.seed(0)
     N, D, H, E, k = 24, 8, 12, 3, 8
     group = mm.ExpertGroup(D, H, E)
-    group.update({n: 0.3 * mx.random.normal(p.shape) for n, p in tree_flatten(group.parameters())} and
-                 dict(gate_proj=0.3 * mx.random.normal((E, D, H)), up_proj=0.3 * mx.random.normal((E, D, H)),
+    group.update(dict(gate_proj=0.3 * mx.random.normal((E, D, H)), up_proj=0.3 * mx.random.normal((E, D, H)),
                       down_proj=0.3 * mx.random.normal((E, H, D))))
     x = mx.random.normal((N, D))
     member = mx.array(np.arange(N) % 4 != 0)
@@ -93,6 +92,36 @@ def test_dispatch_matches_dense_reference_values_and_gradients():
         assert mx.allclose(a, b, atol=1e-4).item(), n
     assert mx.allclose(g1[1], g2[1], atol=1e-4).item()
     assert float(mx.abs(g1[0]["router"]["weight"]).sum()) > 0  # the router learns through the gates
+
+
+def test_joint_dispatch_of_both_groups_matches_group_by_group():
+    """With equal capacities the text and image experts run in one batched matmul; same values and gradients as
+    running the groups one after the other."""
+    mx.random.seed(6)
+    args = tiny_args()
+    ffn = mm.SparseFFN(args)
+    W = lambda *s: 0.3 * mx.random.normal(s)  # noqa: E731
+    ffn.update({"groups": [dict(gate_proj=W(2, 32, 48), up_proj=W(2, 32, 48), down_proj=W(2, 48, 32))
+                           for _ in range(2)]})
+    x = mx.random.normal((32, 32))
+    is_image = mx.array(np.arange(32) % 2 == 0)
+    ctx = mm.Context("train", is_image, 16)
+
+    def joint(p):
+        ffn.update(p)
+        return ffn(x, is_image, None, [16, 16], ctx)
+
+    def separate(p):
+        ffn.update(p)
+        members = [mx.logical_not(is_image), is_image]
+        return sum(g.train_forward(x, m, 8, False, ctx) for g, m in zip(ffn.groups, members))
+
+    p = ffn.trainable_parameters()
+    assert mx.allclose(joint(p), separate(p), atol=1e-5).item()
+    g1 = mx.grad(lambda p: joint(p).square().sum())(p)
+    g2 = mx.grad(lambda p: separate(p).square().sum())(p)
+    for (n, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g2)):
+        assert mx.allclose(a, b, atol=1e-4).item(), n
 
 
 @pytest.mark.parametrize("mod", [False, True])
@@ -137,6 +166,23 @@ def test_mod_training_respects_modality_on_selected_tokens():
     # routes[1], routes[2]: text and image groups over the selected tokens, in selection order (unknown); use counts
     text_sel, img_sel = np.array(routes[1]), np.array(routes[2])
     assert (text_sel.sum(1) > 0).sum() <= (~is_img).sum() and (img_sel.sum(1) > 0).sum() <= is_img.sum()
+
+
+def test_mod_gathered_attention_matches_masked_full_attention():
+    """Training-mode MoD runs attention on the gathered selected tokens; it equals full attention with the
+    unselected keys masked out, read at the selected positions."""
+    mx.random.seed(5)
+    args = tiny_args(num_attention_heads=4, num_key_value_heads=2)
+    attn = lm.Attention(args)
+    B, L, D = 3, 10, args.hidden_size
+    x = mx.random.normal((B, L, D))
+    sel_idx = mx.array(np.sort(np.random.default_rng(0).choice(B * L, 9, replace=False)).astype(np.uint32))
+    sel = np.zeros(B * L, bool)
+    sel[np.array(sel_idx)] = True
+    allowed = np.tril(np.ones((L, L), bool))[None] & sel.reshape(B, L)[:, None, :]
+    full = attn(x, mx.array(np.where(allowed, 0.0, -1e9)[:, None].astype(np.float32))).reshape(B * L, D)[sel_idx]
+    gathered = mm.attend_selected(attn, x.reshape(B * L, D)[sel_idx], sel_idx // L, sel_idx % L)
+    assert mx.allclose(full, gathered, atol=1e-5).item()
 
 
 # ---- causality ----------------------------------------------------------------------------------------------------
@@ -185,6 +231,26 @@ def test_variants_are_flops_matched():
                      vocab_size=100, ffn="moe", num_experts=8)
     assert a.flops_per_token(32)["total"] == pytest.approx(
         mm.ModelArgs(**{**a.__dict__, "ffn": "dense"}).flops_per_token(32)["total"] + 6 * 2 * 64 * 8)
+
+
+def test_upcycle_copies_modality_ffns_into_every_expert():
+    src = mm.build(tiny_args(text_experts=1, image_experts=1), seed=1)
+    dst = mm.build(tiny_args(text_experts=4, image_experts=4, router_noise=True), seed=2)
+    mm.upcycle(dst, src)
+    for i, layer in enumerate(dst.layers):
+        for g in range(2):
+            s, d = src.layers[i].moe.groups[g], layer.moe.groups[g]
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                assert all(mx.array_equal(getattr(d, name)[e], getattr(s, name)[0]).item() for e in range(4))
+    assert mx.array_equal(dst.embed_tokens.weight, src.embed_tokens.weight).item()
+    assert mx.array_equal(dst.layers[0].self_attn.q_proj.weight, src.layers[0].self_attn.q_proj.weight).item()
+    # Gumbel-sigmoid noise breaks the symmetry of the identical experts in training only
+    toks = mixed_tokens(np.random.default_rng(0), 2, 16, 4)
+    dst.train()
+    a, b = dst(toks, n_image=8), dst(toks, n_image=8)
+    assert not mx.allclose(a, b).item()
+    dst.eval()
+    assert mx.allclose(dst(toks, n_image=8), dst(toks, n_image=8)).item()
 
 
 def test_parse_variant_and_errors():
@@ -269,15 +335,24 @@ def test_tiny_compare_end_to_end(tmp_path, monkeypatch, corpus_file, capsys):
     rows = {r["variant"]: r for r in result["variants"]}
     assert set(rows) == {"dense", "moma1t1i"}
     for r in rows.values():
-        assert all(np.isfinite(v) for v in r["final"].values())
-        assert set(r["eta"]) == {"overall", "text", "image"}
+        assert all(np.isfinite(v) for v in [*r["final"].values(), *r["final_train"].values()])
+        assert set(r["eta"]) == {"overall", "text", "image"} == set(r["eta_val"])
         assert r["tokens_per_s"] > 0
-    assert rows["dense"]["eta"]["overall"] == pytest.approx(1.0)
+    assert rows["dense"]["eta"]["overall"] >= 1.0 and rows["dense"]["eta_val"]["overall"] >= 1.0
     assert rows["moma1t1i"]["router_acc"] > 0.5 and rows["moma1t1i"]["final_causal"]["loss"] > 0
     assert (tmp_path / "curves.png").exists()
     # resumable: a second call trains nothing more
     again = moma.compare(["dense", "moma1t1i"], flops_budget=4e8, prefix="t", base=base)
     assert again["variants"][0]["final"] == rows["dense"]["final"]
+
+    # upcycling: a moma2t2i run seeded from the trained 1t1i run, with Gumbel-sigmoid router noise
+    spec = moma.MomaRunSpec(out="up", variant="moma2t2i", upcycle_from="t-moma1t1i",
+                            **{**base, "train": moma.trainer.TrainConfig(steps=2, warmup=1, compile=False)})
+    up = moma.train_moma(spec)
+    assert np.isfinite(up["loss"])
+    saved = json.loads((tmp_path / "models" / "up" / "run" / "spec.json").read_text())
+    assert saved["data_offset"] > 0
+    assert json.loads((tmp_path / "models" / "up" / "config.json").read_text())["router_noise"]
 
     # generation and captioning through the causal path (the CLI)
     from mlxsuite.cli import main
@@ -296,6 +371,11 @@ def test_eta_interpolation():
     # dense final 2.0 at 100 FLOPs; sparse crosses 2.0 halfway between 40 (2.4) and 60 (1.6) → t* = 50 → η = 2
     assert moma.eta(2.0, [20, 40, 60, 100], [3.0, 2.4, 1.6, 1.2], 100) == pytest.approx(2.0)
     assert moma.eta(2.0, [50, 100], [2.5, 2.1], 100) is None
+    assert moma.smooth([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+    orig = np.arange(2 * 64, dtype=np.float32).reshape(2, 8, 8) + 1
+    imgs, caps = moma.shift_augment(orig, [["a"], ["b"]])
+    assert imgs.shape == (18, 8, 8) and caps[9] == ["b"] and np.array_equal(imgs[8:10], orig)  # block 4: no shift
+    assert imgs[0, 0, 0] == 0 and imgs[0, 1, 1] == orig[0, 0, 0]  # block 0: shifted down-right, zero fill
 
 
 @pytest.mark.parametrize(

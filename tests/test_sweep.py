@@ -40,7 +40,7 @@ def _synthetic_rows():
                 tokens = c / (6 * (nnv + nv))
                 rows.append({"preset": preset, "vocab": v, "budget": c, "d": d, "nnv": nnv, "nv": nv,
                              "tokens": tokens, "lu": float(truth(nnv, nv, tokens)),
-                             "characters": tokens / 0.3})
+                             "characters": tokens / 0.3, "bpc": 3 + float(truth(nnv, nv, tokens)) - 0.1 * math.log(v)})
     return truth, rows
 
 
@@ -60,6 +60,8 @@ def test_analyze_recovers_parametric_loss_and_reports_fits():
         ms = [m for m in a["per_model"] if m["preset"] == p]
         vs = [m["vocab"] for m in ms]
         assert vs == sorted(vs)
+    # the same parabola on bits per character, reported next to L_u's
+    assert all(m["by_bpc"]["flag"] for m in a["per_model"]) and all(o["by_bpc"] for o in a["optimal_vocab"])
     json.dumps(a)  # JSON-serializable as is
 
 
@@ -189,3 +191,14 @@ def test_cli_sweep_json_and_plot(env, capsys):
     assert "optimal V per budget" in out and "already finished" in err
     code, out, err = run(capsys, "vocab", "sweep", "--budgets", "1e3", "--presets", "micro", "--out", "x")
     assert code == 2 and "buys only" in err
+
+
+def test_force_refuses_to_delete_a_folder_that_is_not_a_sweep(env):
+    tmp_path, corpus = env
+    other = tmp_path / "not-a-sweep"
+    other.mkdir()
+    (other / "keep.txt").write_text("precious")
+    for force in (False, True):
+        with pytest.raises(UserError, match="not a sweep"):
+            sw.run_sweep(str(other), sw.SweepGrid(**GRID), _settings(corpus), force=force)
+    assert (other / "keep.txt").read_text() == "precious"

@@ -107,3 +107,41 @@ def test_two_processes_match_one_process_on_the_combined_batch(small_corpus, tmp
     a, b = _weights(one), _weights(two)
     for k in a:
         np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def test_resume_replays_random_numbers_drawn_in_the_loss(tmp_path):
+    """A loss that draws noise: 8 steps straight equal 4 steps, a fresh process-like restart, and 4 more."""
+    import mlx.nn as nn
+
+    from mlxsuite import trainer
+
+    def noisy_loss(model, batch):
+        x = batch.astype(mx.float32)
+        return ((model(x) + mx.random.normal(x.shape)) ** 2).mean()
+
+    def fresh():
+        mx.random.seed(123)
+        model = nn.Linear(4, 4)
+        mx.eval(model.parameters())
+        return model
+
+    data = np.arange(64, dtype=np.float32).reshape(16, 4) / 64
+    batches = lambda step: data[(step % 4) * 4 : (step % 4) * 4 + 4]  # noqa: E731
+    cfg = dict(warmup=0, save_every=4, eval_every=100, log_every=1, lr=1e-2)
+    straight = fresh()
+    trainer.train(straight, noisy_loss, batches, trainer.TrainConfig(steps=8, **cfg), tmp_path / "a")
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_save(event, info):
+        if event == "save":
+            raise Stop
+
+    with pytest.raises(Stop):
+        trainer.train(fresh(), noisy_loss, batches, trainer.TrainConfig(steps=8, **cfg), tmp_path / "b",
+                      callback=stop_after_first_save)
+    resumed = fresh()
+    trainer.train(resumed, noisy_loss, batches, trainer.TrainConfig(steps=8, **cfg), tmp_path / "b", resume=True)
+    np.testing.assert_allclose(np.array(resumed.weight), np.array(straight.weight), rtol=1e-6)
+    losses = lambda d: [m["loss"] for m in trainer.read_metrics(d)]  # noqa: E731
+    np.testing.assert_allclose(losses(tmp_path / "b"), losses(tmp_path / "a"), rtol=1e-6)

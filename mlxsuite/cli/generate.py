@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import typer
 
@@ -19,6 +20,7 @@ def generate(
     temperature: float = typer.Option(0.0, "--temp", help="0 is greedy."),
     top_k: int = typer.Option(0, "--top-k"),
     seed: int = typer.Option(0),
+    kvp: Optional[str] = typer.Option(None, "--kvp", help="KV Prediction folder: its auxiliary + predictor prefill MODEL's cache."),
     json_out: bool = typer.Option(False, "--json"),
 ):
     """Generate a continuation of a prompt."""
@@ -30,14 +32,23 @@ def generate(
         raise UserError(f"temperature must be >= 0, got {temperature}")
     if prompt == "-":
         prompt = sys.stdin.read()
-    m, tok, folder = store.load_model(model)
-    if tok is None:
-        raise UserError(f"{folder} has no tokenizer")
     mx.random.seed(seed)
     stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-    if stream:
-        sys.stdout.write(prompt)
-    text = gen.generate_text(m, tok, prompt, max_tokens, temperature, top_k, on_token=stream)
+    if kvp is not None:
+        from ..kvp import kvp_generate_text
+
+        folder = store.resolve(model)
+        if stream:
+            sys.stdout.write(prompt)
+        text = kvp_generate_text(kvp, prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                 on_token=stream, base=model)
+    else:
+        m, tok, folder = store.load_model(model)
+        if tok is None:
+            raise UserError(f"{folder} has no tokenizer")
+        if stream:
+            sys.stdout.write(prompt)
+        text = gen.generate_text(m, tok, prompt, max_tokens, temperature, top_k, on_token=stream)
     if json_out:
         print_json({"model": str(folder), "prompt": prompt, "completion": text})
     else:

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserError
-from .common import TrainProgress, err, out, positive, print_json
+from .common import TrainProgress, out, positive, print_json
 
 app = typer.Typer(help="MoMa: mixed-modal early-fusion models with modality-aware experts.", no_args_is_help=True)
 
@@ -35,7 +35,8 @@ class _Progress(TrainProgress):
             super().__call__(event, info)
         elif event == "variant":
             self.progress.console.print(f"[bold]{info['variant']}[/bold]: {info['steps']} steps, "
-                                        f"{info['flops_per_token']:,.0f} FLOPs/token" + (" (done)" if info["done"] else ""))
+                                        f"{info['flops_per_token']:,.0f} FLOPs/token"
+                                        + (" (done)" if info["done"] else ""))
         elif event == "model":
             self.progress.console.print("[dim]model: " + "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
                                                                      for k, v in info.items()) + "[/dim]")
@@ -51,7 +52,7 @@ def train(
     out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the run."),
     preset: str = typer.Option("tiny", help="Dense model size the variant is FLOPs-matched to (micro, tiny, …)."),
     images: Optional[str] = typer.Option(None, help="Folder of PNG/JPEG images (default: scikit-learn digits)."),
-    captions: Optional[str] = typer.Option(None, help="Captions JSONL {file, caption} (default FOLDER/captions.jsonl)."),
+    captions: Optional[str] = typer.Option(None, help="Captions JSONL {file, caption}; default FOLDER/captions.jsonl."),
     corpus: Optional[str] = typer.Option(None, help="Text-only corpus (default: the Python stdlib)."),
     text_tokens: int = typer.Option(300_000, "--text-tokens", help="Text budget (tokens of the corpus)."),
     codebook_size: int = typer.Option(64, "--codebook-size", help="Image codebook entries K."),
@@ -106,7 +107,8 @@ def train_routers(
         print_json(result)
         return
     if "router_acc" in result:
-        out.print(f"auxiliary-router accuracy {result['router_acc']:.4f} (per router: {result['router_acc_per_router']})")
+        out.print(f"auxiliary-router accuracy {result['router_acc']:.4f} "
+                  f"(per router: {result['router_acc_per_router']})")
     for key, label in (("val_ec", "expert choice (non-causal)"), ("val_causal", "auxiliary routers (causal)")):
         v = result[key]
         out.print(f"{label:>28}: loss {v['loss']:.4f}  text {v['loss_text']:.4f}  image {v['loss_image']:.4f}")
@@ -119,7 +121,7 @@ def _fmt(x, spec=".2f", suffix=""):
 @app.command("compare")
 def compare(
     variants: str = typer.Option("dense,moe8x,moma4t4i,moma4t4i+mod", help="Comma-separated variants."),
-    flops: float = typer.Option(3e11, "--flops", help="Training FLOPs budget per variant."),
+    flops: float = typer.Option(6e11, "--flops", help="Training FLOPs budget per variant."),
     prefix: str = typer.Option("moma-compare", help="Run names: PREFIX-VARIANT (resumable)."),
     preset: str = typer.Option("micro"),
     seq_len: int = typer.Option(64, "--seq-len"),
@@ -148,19 +150,28 @@ def compare(
         return
     from rich.table import Table
 
-    t = Table(title=f"MoMa comparison at {flops:.3g} FLOPs (image tokens {result['image_fraction']:.0%})")
-    for col in ("variant", "params", "loss", "text", "image", "causal loss", "η all", "η text", "η image", "tok/s",
-                "× dense", "router acc"):
+    t = Table(title=f"MoMa comparison at {flops:.3g} training FLOPs per variant "
+                    f"(image tokens {result['image_fraction']:.0%})")
+    for col in ("variant", "params", "train loss all/text/image", "val loss (EC)", "val loss (causal)",
+                "η all", "η text", "η image", "tok/s", "× dense", "router acc"):
         t.add_column(col, justify="right")
     for r in result["variants"]:
-        c = r.get("final_causal") or {}
-        t.add_row(r["variant"], f"{r['params']:,}", f"{r['final']['loss']:.4f}", f"{r['final']['loss_text']:.4f}",
-                  f"{r['final']['loss_image']:.4f}", _fmt(c.get("loss"), ".4f"), _fmt(r["eta"]["overall"], ".2f", "×"),
-                  _fmt(r["eta"]["text"], ".2f", "×"), _fmt(r["eta"]["image"], ".2f", "×"), f"{r['tokens_per_s']:,.0f}",
+        tr, va, c = r["final_train"], r["final"], r.get("final_causal") or {}
+        t.add_row(r["variant"], f"{r['params']:,}", f"{tr['loss']:.3f}/{tr['loss_text']:.3f}/{tr['loss_image']:.3f}",
+                  f"{va['loss']:.4f}", _fmt(c.get("loss"), ".4f"), _fmt(r["eta"]["overall"], ".2f", "×"),
+                  _fmt(r["eta"]["text"], ".2f", "×"), _fmt(r["eta"]["image"], ".2f", "×"),
+                  f"{r['tokens_per_s']:,.0f}",
                   _fmt(r["throughput_ratio"], ".2f"), _fmt(r["router_acc"], ".3f"))
-    out.print(t)
-    out.print("η: dense FLOPs / FLOPs at which the variant first reaches dense's final validation loss (EC routing); "
-              "– means not reached within the budget (η < 1).")
+    if out.is_terminal:
+        out.print(t)
+    else:  # a pipe or file: don't squeeze the table into 80 columns
+        from rich.console import Console
+
+        Console(width=200).print(t)
+    out.print("η: dense FLOPs / FLOPs at which the variant's training loss (trailing mean, same batches for every "
+              "variant) first reaches dense's final training loss; – means not reached within the budget (η < 1). "
+              "Validation losses: expert choice over the batch (non-causal) and auxiliary routers (causal).",
+              soft_wrap=True)
     if plot:
         out.print(f"plot: {plot}")
 
@@ -203,3 +214,30 @@ def caption(
         print_json({"image": image, "caption": text})
     else:
         out.print(text, highlight=False)
+
+
+@app.command("flops")
+def flops(
+    variants: str = typer.Option("dense,moe8x,moma1t1i,moma4t4i,moma4t4i+mod", help="Comma-separated variants."),
+    preset: str = typer.Option("tiny"),
+    seq_len: int = typer.Option(128, "--seq-len"),
+    image_fraction: float = typer.Option(0.5, "--image-fraction", help="Share of image tokens in a batch."),
+    text_vocab: int = typer.Option(512, "--text-vocab"),
+    codebook_size: int = typer.Option(64, "--codebook-size"),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """FLOPs accounting: training FLOPs per token of each variant against the dense model it is matched to."""
+    from ..moma import Layout, MomaRunSpec, flops_table
+
+    if not 0 <= image_fraction <= 1:
+        raise UserError(f"image fraction must be in [0, 1], got {image_fraction}")
+    spec = MomaRunSpec(out="-", preset=preset, seq_len=seq_len)
+    spec.validate()
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    rows = flops_table(spec, Layout(text_vocab, codebook_size, 1, 2), names, image_fraction)
+    if json_out:
+        print_json(rows)
+        return
+    for r in rows:
+        out.print(f"{r['variant']:>14}  layers {r['layers']:>2}  params {r['params']:>11,}  "
+                  f"FLOPs/token {r['flops_per_token']:>12,.0f}  × dense {r['ratio_to_dense']:.3f}", soft_wrap=True)

@@ -23,7 +23,6 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
-from mlx_lm.models.cache import KVCache
 
 from .lm import Model
 
@@ -198,8 +197,9 @@ def fill_cache(base: Model, keys: list[mx.array], values: list[mx.array], cache:
     """Write predicted raw KV into base `KVCache`s: base k-norm, then base RoPE at the cache's absolute positions
     (the cache stores post-RoPE keys, as mlx-lm's does); values raw. Offsets advance by T."""
     cache = cache if cache is not None else base.make_cache()
+    dtype = base.model.norm.weight.dtype  # a float32 predictor feeding a bf16/fp16 base: store in the base's dtype
     for layer, c, k, v in zip(base.model.layers, cache, keys, values):
-        c.update_and_fetch(layer.self_attn.finish_keys(k, c.offset), v)
+        c.update_and_fetch(layer.self_attn.finish_keys(k.astype(dtype), c.offset), v.astype(dtype))
     return cache
 
 

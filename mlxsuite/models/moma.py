@@ -12,10 +12,13 @@ modalities (mlxsuite.models.lm.Attention); each layer's FFN is one of
 Expert choice (training mode): within group M, scores s = sigmoid(x·W_g^M) (N, E_M); each expert takes the top-k_e
 member tokens of the whole batch, k_e = n_M·c/E_M (c = 1: FLOPs per token equal the dense FFN); the output of a
 token is Σ_{experts that picked it} s_j·FFN_j(x) (no renormalization, no balancing loss). Dispatch is static-shaped:
-(E, k_e) indices → gather (E, k_e, D) → batched SwiGLU matmuls over the stacked expert weights → gate → scatter-add.
+(E, k_e) indices → gather (E, k_e, D) → batched SwiGLU matmuls over the stacked expert weights → gate →
+scatter-add.
 
 Mixture-of-depths (optional): layers 0, 2, 4, … keep the top 25 % of the batch's tokens by sigmoid(x·w); the others
-skip attention and FFN; a kept token's block update is scaled by its router weight.
+skip attention and FFN; a kept token's block update is scaled by its router weight. In training the kept tokens are
+gathered flat and only they run (attention among the kept tokens of the same row, causal, RoPE at the original
+positions; then the FFN, whose expert groups see only kept tokens of their modality).
 
 Causal inference mode: expert choice compares tokens across the batch, so it is not causal. Auxiliary routers
 sigmoid(silu(x·W1)·W2) (one per layer and group, and one per MoD layer) are trained afterwards to predict the
@@ -26,7 +29,7 @@ weighted by the main router's sigmoid, and a MoD layer processes a token iff its
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
@@ -187,7 +190,8 @@ class ExpertGroup(nn.Module):
         y = self.experts(x[idx]) * gates[..., None]
         return mx.zeros_like(x).at[idx.reshape(-1)].add(y.reshape(E * k, -1))
 
-    def train_forward(self, x, member, k, noise, ctx: Context) -> mx.array:
+    def route(self, x, member, k, noise, ctx: Context) -> tuple[mx.array, mx.array]:
+        """Expert choice in this group: (E, k) token indices and gates; records selections for router training."""
         scores = mx.sigmoid(self.logits(x, noise))
         idx, gates = expert_choice(scores, member, k)
         if ctx.collect is not None or ctx.routes is not None:
@@ -196,7 +200,10 @@ class ExpertGroup(nn.Module):
                 ctx.collect.append((self.aux_router(x), target, member))
             if ctx.routes is not None:
                 ctx.routes.append(target)
-        return self.dispatch(x, idx, gates)
+        return idx, gates
+
+    def train_forward(self, x, member, k, noise, ctx: Context) -> mx.array:
+        return self.dispatch(x, *self.route(x, member, k, noise, ctx))
 
     def infer_forward(self, x, member, ctx: Context) -> mx.array:
         """Causal: each member token goes to every expert whose auxiliary score is > 0.5, gated by the main router.
@@ -228,21 +235,46 @@ class SparseFFN(nn.Module):
             members = [mx.logical_not(is_image), is_image]
         if active is not None:
             members = [m & active for m in members]
-        out = None
-        counts = counts or [0] * len(self.groups)  # inference mode has no capacities
-        for group, member, count in zip(self.groups, members, counts):
-            if ctx.mode == "train":
-                k = capacity(count, group.num_experts, self.args.capacity)
-                y = group.train_forward(x, member, k, self.args.router_noise and self.training, ctx)
-            else:
-                y = group.infer_forward(x, member, ctx)
-            out = y if out is None else out + y
-        return out
+        if ctx.mode == "infer":
+            return sum(g.infer_forward(x, m, ctx) for g, m in zip(self.groups, members))
+        noise = self.args.router_noise and self.training
+        ks = [capacity(n, g.num_experts, self.args.capacity) for g, n in zip(self.groups, counts)]
+        routed = [g.route(x, m, k, noise, ctx) for g, m, k in zip(self.groups, members, ks)]
+        if len(set(ks)) == 1 and len(self.groups) > 1:
+            # equal capacities (a balanced text/image mix, §3.1): all experts of the layer in one batched matmul
+            idx = mx.concatenate([r[0] for r in routed])
+            gates = mx.concatenate([r[1] for r in routed])
+            E, k = idx.shape
+            w = [mx.concatenate([getattr(g, n) for g in self.groups]) for n in ("gate_proj", "up_proj", "down_proj")]
+            xg = x[idx]
+            y = swiglu(xg @ w[0], xg @ w[1]) @ w[2] * gates[..., None]
+            return mx.zeros_like(x).at[idx.reshape(-1)].add(y.reshape(E * k, -1))
+        # otherwise the groups run one after the other (as in the paper, §3.2)
+        return sum(g.dispatch(x, idx, gates) for g, (idx, gates) in zip(self.groups, routed))
 
 
 def capacity(count: int, num_experts: int, c: float) -> int:
     """k_e = count·c/E, rounded to nearest, at least 1 and at most count."""
     return max(1, min(count, int(round(count * c / num_experts)))) if count > 0 else 1
+
+
+def attend_selected(attn: lm.Attention, xs: mx.array, rows: mx.array, pos: mx.array) -> mx.array:
+    """Self-attention over a MoD layer's selected tokens only, gathered flat: xs (k, D) sorted by (row, position).
+    Each token attends to the selected tokens of its own row at positions <= its own; RoPE at the original
+    positions (one single-token "sequence" per token, offsets = positions). Uses attn's projections."""
+    k_sel, _ = xs.shape
+    H, Hkv, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    q = attn.q_proj(xs).reshape(k_sel, H, 1, hd)
+    k = attn.k_proj(xs).reshape(k_sel, Hkv, 1, hd)
+    v = attn.v_proj(xs).reshape(k_sel, Hkv, 1, hd)
+    if "q_norm" in attn:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = attn.rope(q, offset=pos), attn.rope(k, offset=pos)
+    q, k, v = (t.transpose(2, 1, 0, 3) for t in (q, k, v))  # (1, heads, k_sel, hd)
+    allowed = (rows[:, None] == rows[None]) & (pos[:, None] >= pos[None])
+    mask = mx.where(allowed, 0.0, -1e9).astype(xs.dtype)
+    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.scale, mask=mask)
+    return attn.o_proj(out.transpose(2, 0, 1, 3).reshape(k_sel, H * hd))
 
 
 class Block(nn.Module):
@@ -270,7 +302,8 @@ class Block(nn.Module):
         return self.moe(h, ctx.is_image, active, counts, ctx)
 
     def group_counts(self, ctx: Context, n_tokens: int, n_total: int) -> list[int]:
-        """Tokens each group sees: all tokens (moe) or the modality's tokens (moma), scaled by n_tokens/n_total under MoD."""
+        """Tokens each group sees: all tokens (moe) or the modality's tokens (moma); under MoD scaled by
+        n_tokens/n_total (the batch's modality ratio; a group may then get fewer members, see expert_choice)."""
         if self.args.ffn == "moe":
             return [n_tokens]
         n_img = ctx.n_image * n_tokens / n_total
@@ -298,20 +331,22 @@ class Block(nn.Module):
             sel = self.mod_aux_router(x).reshape(N) > 0
         if ctx.routes is not None:
             ctx.routes.append(sel.astype(mx.float32)[:, None])
+        if ctx.mode == "train":
+            # only the k_d selected tokens run: attention among them (same row, causal), then the FFN
+            sel_idx = mx.sort(sel_idx)
+            xs = x.reshape(N, D)[sel_idx]
+            hs = xs + attend_selected(self.self_attn, self.input_layernorm(xs), sel_idx // L, sel_idx % L)
+            sub = Context(ctx.mode, ctx.is_image[sel_idx], ctx.n_image, ctx.collect, ctx.routes)
+            ys = hs + self.ffn(self.post_attention_layernorm(hs), sub, None, self.group_counts(ctx, k_d, N))
+            upd = (r[sel_idx][:, None] * (ys - xs)).astype(x.dtype)
+            return x + mx.zeros((N, D), dtype=x.dtype).at[sel_idx].add(upd).reshape(B, L, D)
+        # inference: per-token decisions; selected queries attend to selected keys only (causal)
         sel_bl = sel.reshape(B, L)
-        # selected queries attend to selected keys only (causal); unselected rows are discarded below
         causal = mx.arange(L)[:, None] >= mx.arange(L)[None]
         allowed = causal[None] & sel_bl[:, None, :]
         attn_mask = mx.where(allowed, 0.0, -1e9)[:, None].astype(x.dtype)
         h = x + self.self_attn(self.input_layernorm(x), attn_mask)
-        hn = self.post_attention_layernorm(h).reshape(N, D)
-        if ctx.mode == "train":
-            # the FFN runs on the k_d selected tokens only
-            sub = Context(ctx.mode, ctx.is_image[sel_idx], ctx.n_image, ctx.collect, ctx.routes)
-            y_sel = self.ffn(hn[sel_idx], sub, None, self.group_counts(ctx, k_d, N))
-            y = mx.zeros((N, D), dtype=x.dtype).at[sel_idx].add(y_sel)
-        else:
-            y = self.ffn(hn, ctx, sel, [])
+        y = self.ffn(self.post_attention_layernorm(h).reshape(N, D), ctx, sel, [])
         out = h + y.reshape(B, L, D)
         w = mx.where(sel, r, 0.0).reshape(B, L, 1)
         return x + w * (out - x)
