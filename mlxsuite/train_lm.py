@@ -21,7 +21,7 @@ from . import data, store, trainer
 from .errors import UserError
 from .evaluate import evaluate_lm, lm_loss
 from .models import lm
-from .tokenizer import Tokenizer, load_unigram, save_unigram, train_tokenizer, unigram_probs
+from .tokenizer import Tokenizer, load_tokenizer, load_unigram, save_unigram, train_tokenizer, unigram_probs
 
 
 @dataclass
@@ -30,6 +30,7 @@ class LMRunSpec:
     preset: str = "tiny"
     vocab_size: int = 2048
     tokenizer: Optional[str] = None  # reuse the tokenizer of this model/tokenizer folder instead of training one
+    init_from: Optional[str] = None  # start from this stored model (weights, config, tokenizer): continued training
     corpus: Optional[str] = None  # None: the embedded stdlib corpus
     seq_len: int = 128
     batch_size: int = 16  # sequences per optimizer step, over all processes
@@ -57,11 +58,18 @@ def _barrier(group) -> None:
     mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group))
 
 
-def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus) -> Tokenizer:
-    """The run's tokenizer in `folder`: copied from spec.tokenizer, or trained at spec.vocab_size."""
+def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus):
+    """The run's tokenizer in `folder`: the init model's, copied from spec.tokenizer, or trained at spec.vocab_size."""
+    existing = load_tokenizer(folder)
+    if existing is not None:
+        return existing
+    if spec.init_from:
+        tok = load_tokenizer(store.resolve(spec.init_from))
+        if tok is None:
+            raise UserError(f"{spec.init_from} has no tokenizer to train with")
+        tok.save(folder)
+        return load_tokenizer(folder)
     path = folder / "tokenizer.model"
-    if path.exists():
-        return Tokenizer(path)
     if spec.tokenizer:
         src = Path(spec.tokenizer)
         if not src.is_file():
@@ -88,7 +96,7 @@ def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callbac
     if rank == 0:
         prepare_tokenizer(spec, folder, corpus)
     _barrier(group)
-    tok = Tokenizer(folder / "tokenizer.model")
+    tok = load_tokenizer(folder)
     callback("tokenizer", {"vocab_size": tok.vocab_size, "path": str(tok.path)})
 
     train_tokens = data.token_stream(tok, corpus, "train")
@@ -101,13 +109,24 @@ def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callbac
     windows = data.eval_windows(val_tokens, spec.seq_len, spec.eval_windows)
     chars = data.chars_in(corpus, "val", tok, windows.shape[0] * spec.seq_len + 1)
 
-    args = lm.preset_args(spec.preset, tok.vocab_size, **spec.model_overrides)
-    model = lm.build(args, seed=spec.seed)
+    if spec.init_from:
+        model, _, src = store.load_model(spec.init_from)
+        if "quantization" in store.read_config(src):
+            raise UserError(f"{src} is quantized: train from a float model (convert from-hf without --quantize)")
+        model.train()
+        args = model.args
+        origin = {"init_from": str(src)}
+    else:
+        args = lm.preset_args(spec.preset, tok.vocab_size, **spec.model_overrides)
+        model = lm.build(args, seed=spec.seed)
+        origin = {"preset": spec.preset}
+    if args.vocab_size < tok.vocab_size:
+        raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model only {args.vocab_size} embeddings")
     if rank == 0 and not (folder / "config.json").exists():
-        store.write_json(folder / "config.json", {**args.to_dict(), "mlxsuite": {"format": 1, "preset": spec.preset}})
+        store.write_json(folder / "config.json", {**args.to_dict(), "mlxsuite": {"format": 1, **origin}})
     callback(
         "model",
-        {"preset": spec.preset, "n_nonvocab": args.n_nonvocab_params, "n_vocab": args.n_vocab_params,
+        {**origin, "n_nonvocab": args.n_nonvocab_params, "n_vocab": args.n_vocab_params,
          "n_params": args.n_params, "train_tokens": int(len(train_tokens)), "val_tokens": int(windows.size)},
     )
 

@@ -8,6 +8,7 @@ tokenizer trained on a few lines. mlx-lm is the reference: converted models must
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -503,3 +504,25 @@ def test_interrupted_conversion_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         convert.from_hf(hf, out, progress=interrupt)
     assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_converted_model_trains_evaluates_and_generates(tmp_path, capsys, small_corpus):
+    """A from-hf model is a model like any other: continued training (--init-from), eval and generate."""
+    hf = make_hf(tmp_path / "hf", "qwen2")
+    code, _, err = run(capsys, "convert", "from-hf", str(hf), "conv")
+    assert code == 0, err
+    code, out, err = run(
+        capsys, "train", "--init-from", "conv", "--out", "ft", "--corpus", str(small_corpus), "--seq-len", "16",
+        "--batch-size", "4", "--steps", "3", "--warmup", "1", "--eval-windows", "2", "--json", "--quiet",
+    )
+    assert code == 0, err
+    assert math.isfinite(json.loads(out)["val_ce"])
+    before = mx.load(str(store.resolve("conv") / "model.safetensors"))
+    after = mx.load(str(store.resolve("ft") / "model.safetensors"))
+    assert set(before) == set(after)
+    assert not mx.allclose(before["model.norm.weight"], after["model.norm.weight"]).item()  # it trained
+    assert (store.resolve("ft") / "tokenizer.json").exists()
+    code, out, err = run(capsys, "eval", "ft", "--corpus", str(small_corpus), "--seq-len", "16", "--windows", "2", "--json")
+    assert code == 0, err
+    code, out, err = run(capsys, "generate", "ft", "-p", "def", "-m", "3", "--json")
+    assert code == 0, err

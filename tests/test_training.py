@@ -145,3 +145,17 @@ def test_resume_replays_random_numbers_drawn_in_the_loss(tmp_path):
     np.testing.assert_allclose(np.array(resumed.weight), np.array(straight.weight), rtol=1e-6)
     losses = lambda d: [m["loss"] for m in trainer.read_metrics(d)]  # noqa: E731
     np.testing.assert_allclose(losses(tmp_path / "b"), losses(tmp_path / "a"), rtol=1e-6)
+
+
+def test_vocab_size_auto_picks_v_from_the_scaling_law(small_corpus, tmp_path):
+    from mlxsuite import scaling
+    from mlxsuite.models import lm
+
+    out = tmp_path / "auto"
+    r = _mlxsuite([*_train_args(small_corpus, out, steps=2), "--vocab-size", "auto", "--flops", "1e15"])
+    assert r.returncode == 0, r.stderr
+    args = lm.preset_args("micro", 1)
+    predicted = scaling.predict_parametric(args.n_nonvocab_params, 1e15, d=args.hidden_size).vocab
+    expected = max(512, round(predicted / 128) * 128)
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == expected
+    assert f"V = {expected}" in r.stderr

@@ -21,6 +21,9 @@ def train(
     ),
     flops: Optional[float] = typer.Option(None, help="With --vocab-size auto: the training budget in FLOPs."),
     tokenizer: Optional[str] = typer.Option(None, help="Reuse this tokenizer folder instead of training one."),
+    init_from: Optional[str] = typer.Option(
+        None, "--init-from", help="Continue training this stored model (e.g. one from `convert from-hf`); ignores --preset."
+    ),
     corpus: Optional[str] = typer.Option(None, help="Text file, folder or JSONL (default: the Python stdlib)."),
     seq_len: int = typer.Option(128, "--seq-len"),
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step, over all processes."),
@@ -55,7 +58,7 @@ def train(
         except ValueError:
             raise UserError(f"--vocab-size must be an integer or 'auto', got {vocab_size!r}") from None
     spec = LMRunSpec(
-        out=out_name, preset=preset, vocab_size=vocab, tokenizer=tokenizer, corpus=corpus, seq_len=seq_len,
+        out=out_name, preset=preset, vocab_size=vocab, tokenizer=tokenizer, init_from=init_from, corpus=corpus, seq_len=seq_len,
         batch_size=batch_size, seed=seed, eval_windows=eval_windows,
         train=TrainConfig(
             steps=steps, lr=lr, warmup=warmup, grad_accum=grad_accum, grad_clip=grad_clip, weight_decay=weight_decay,
