@@ -17,7 +17,6 @@ import os
 import platform as _platform
 
 import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
-import mlx.core as mx
 
 from mlxsuite import platform, ttft
 from mlxsuite.generate import prefill, sample
@@ -52,9 +51,11 @@ def main() -> None:
     lengths = [int(s) for s in a.lengths.split(",")]
     for s in steps:
         ttft.register_mode(f"step-{s}", step_mode(s, False if a.unfused else None))
-    print(f"# prefill step sweep: {device}, {platform.cpu_name()}, {os.cpu_count()} cores, {_platform.system()}; "
-          f"BLAS {platform.blas_info().library}; path {'model forward' if a.unfused else 'default (fused on CPU)'}; "
-          f"load average {os.getloadavg()[0]:.2f}; {a.warmup} warm-up + {a.reps} reps, float32, V={a.vocab_size}")
+    print(
+        f"# prefill step sweep: {device}, {platform.cpu_name()}, {os.cpu_count()} cores, {_platform.system()}; "
+        f"BLAS {platform.blas_info().library}; path {'model forward' if a.unfused else 'default (fused on CPU)'}; "
+        f"load average {os.getloadavg()[0]:.2f}; {a.warmup} warm-up + {a.reps} reps, float32, V={a.vocab_size}"
+    )
     ratios: dict[int, list[float]] = {s: [] for s in steps}
     for preset in a.presets.split(","):
         model = lm.build(lm.preset_args(preset, a.vocab_size, max_position_embeddings=max(2048, max(lengths))), seed=0)
@@ -62,16 +63,21 @@ def main() -> None:
         for T in lengths:
             report = ttft.run(ttft.Setup(model, steps[0]), [f"step-{s}" for s in steps], [(T, 1)], a.reps, a.warmup)
             best = min(r["ttft_s"]["median"] for r in report["results"])
-            print(f"\n## {preset} ({model.args.n_nonvocab_params / 1e6:.1f}M non-vocab params), {T} tokens, "
-                  f"GEMM {report['gemm_gflops']:.0f} GFLOP/s (best {report['gemm_gflops_best']:.0f}), load {report['load_average']['start']:.2f} → "
-                  f"{report['load_average']['end']:.2f}")
+            print(
+                f"\n## {preset} ({model.args.n_nonvocab_params / 1e6:.1f}M non-vocab params), {T} tokens, "
+                f"GEMM {report['gemm_gflops']:.0f} GFLOP/s (best {report['gemm_gflops_best']:.0f}), "
+                f"load {report['load_average']['start']:.2f} → {report['load_average']['end']:.2f}"
+            )
             print("| step | TTFT median ms | p10–p90 ms | GFLOP/s | × best |")
             print("|---:|---:|---:|---:|---:|")
             for r in report["results"]:
                 t, s = r["ttft_s"], int(r["mode"].split("-")[1])
                 ratios[s].append(t["median"] / best)
-                print(f"| {s} | {t['median'] * 1e3:.1f} | {t['p10'] * 1e3:.1f}–{t['p90'] * 1e3:.1f} | "
-                      f"{r['gflops_per_s']:.1f} | {t['median'] / best:.2f} |", flush=True)
+                print(
+                    f"| {s} | {t['median'] * 1e3:.1f} | {t['p10'] * 1e3:.1f}–{t['p90'] * 1e3:.1f} | "
+                    f"{r['gflops_per_s']:.1f} | {t['median'] / best:.2f} |",
+                    flush=True,
+                )
     print("\n## score: geometric mean of median / best over all configurations (lower is better)")
     print("| step | score |")
     print("|---:|---:|")

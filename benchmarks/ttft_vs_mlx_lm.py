@@ -20,7 +20,6 @@ import os
 import platform as _platform
 
 import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
-import mlx.core as mx
 
 from mlxsuite import platform, ttft
 from mlxsuite.generate import default_prefill_step, prefill, sample
@@ -59,29 +58,39 @@ def main() -> None:
     step = a.prefill_step or default_prefill_step()
     modes = a.modes.split(",")
     lengths = [int(x) for x in a.lengths.split(",")]
-    print(f"# ours vs mlx-lm: {device}, {platform.cpu_name()}, {os.cpu_count()} cores, {_platform.system()} "
-          f"{_platform.machine()}; mlx {platform._mlx_version()}; BLAS {platform.blas_info().library}; float32; "
-          f"prefill step {step}; {a.warmup} warm-up + {a.reps} reps; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"# ours vs mlx-lm: {device}, {platform.cpu_name()}, {os.cpu_count()} cores, {_platform.system()} "
+        f"{_platform.machine()}; mlx {platform._mlx_version()}; BLAS {platform.blas_info().library}; float32; "
+        f"prefill step {step}; {a.warmup} warm-up + {a.reps} reps; load average {os.getloadavg()[0]:.2f}"
+    )
     for preset in a.presets.split(","):
         model = lm.build(lm.preset_args(preset, a.vocab_size), seed=0)
         model.eval()
         report = ttft.run(ttft.Setup(model, step), modes, [(T, 1) for T in lengths], a.reps, a.warmup)
         load = report["load_average"]
-        print(f"\n## {preset}: {model.args.n_nonvocab_params / 1e6:.1f}M non-vocab params, d={model.args.hidden_size}, "
-              f"{model.args.num_hidden_layers} layers, V={a.vocab_size}; GEMM {report['gemm_gflops']:.1f} GFLOP/s "
-              f"(median between trials; best {report['gemm_gflops_best']:.1f}); load {load['start']:.2f} → "
-              f"{load['end']:.2f}")
+        print(
+            f"\n## {preset}: {model.args.n_nonvocab_params / 1e6:.1f}M non-vocab params, d={model.args.hidden_size}, "
+            f"{model.args.num_hidden_layers} layers, V={a.vocab_size}; GEMM {report['gemm_gflops']:.1f} GFLOP/s "
+            f"(median between trials; best {report['gemm_gflops_best']:.1f}); load {load['start']:.2f} → "
+            f"{load['end']:.2f}"
+        )
         medians = {(r["mode"], r["prompt_tokens"]): r["ttft_s"]["median"] for r in report["results"]}
         refs = [m for m in ("mlx-lm", "mlx-lm-2048") if m in modes]
-        print("| mode | tokens | TTFT median ms | p10–p90 ms | " + "".join(f"{m} / this | " for m in refs)
-              + "paired vs mlx-lm | GFLOP/s | roofline |")
+        print(
+            "| mode | tokens | TTFT median ms | p10–p90 ms | "
+            + "".join(f"{m} / this | " for m in refs)
+            + "paired vs mlx-lm | GFLOP/s | roofline |"
+        )
         print("|---|---:|---:|---:|" + "---:|" * len(refs) + "---:|---:|---:|")
         for r in report["results"]:
             t, T = r["ttft_s"], r["prompt_tokens"]
             ratios = "".join(f"{medians[(m, T)] / t['median']:.2f} | " for m in refs)
             paired = f"{r['speedup_vs_mlx_lm_paired']:.2f}" if "speedup_vs_mlx_lm_paired" in r else ""
-            print(f"| {r['mode']} | {T} | {t['median'] * 1e3:.1f} | {t['p10'] * 1e3:.1f}–{t['p90'] * 1e3:.1f} | "
-                  f"{ratios}{paired} | {r['gflops_per_s']:.1f} | {100 * r['roofline_fraction']:.0f}% |", flush=True)
+            print(
+                f"| {r['mode']} | {T} | {t['median'] * 1e3:.1f} | {t['p10'] * 1e3:.1f}–{t['p90'] * 1e3:.1f} | "
+                f"{ratios}{paired} | {r['gflops_per_s']:.1f} | {100 * r['roofline_fraction']:.0f}% |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

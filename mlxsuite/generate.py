@@ -4,13 +4,21 @@ Prefill runs the prompt in chunks of `prefill_step` tokens and evaluates only th
 positions); the last prompt token goes through the full model to give the first token's logits.
 
 On the CPU the prefill takes a fused path (`fused_prefill_supported`). MLX's CPU backend has no fused attention
-(the scores are materialized) and its `exp`/`sigmoid`/`rope` are scalar code, ~10–20 ns per element, so for small
+(the scores are materialized) and its `exp`/`sigmoid`/`rope` are scalar code, tens of ns per element, so for small
 models the softmax, SiLU and RoPE cost more than the matmuls. The fused path computes the same function with:
 an exp built from multiply-adds and a bit shift that `mx.compile` fuses into vectorized kernels (relative error
-~2e-7), RoPE from a cos/sin table computed once per prompt (the same formula as `mx.fast.rope`'s fallback), the
-softmax denominator as a matmul with a ones vector, and no final norm. Results match the model's own forward to
-float32 rounding (see tests/test_ttft.py). Smaller chunks are faster on the CPU because the attention is unfused;
-DEFAULT_PREFILL_STEP was chosen with benchmarks/prefill_step.py.
+~2.5e-7), RoPE from a cos/sin table computed once per prompt (the same formula as `mx.fast.rope`'s fallback),
+the softmax denominator as a matmul with a ones vector, and no final norm. Results match the model's own forward
+to float32 rounding (tests/test_ttft.py); prefill is 1.5-2x faster than the model's forward (benchmarks/
+ttft_vs_mlx_lm.py). Compiling whole layers does not pay: building the graph is 1-2% of a chunk's time, and each
+new chunk shape would retrace.
+
+DEFAULT_PREFILL_STEP: on the CPU, benchmarks/prefill_step.py (presets small and base, 512/1024/2048 tokens, steps
+64-2048, two runs on 2 shared cores at load averages 4 and 7-11) gave 256 the best score in both runs (geometric
+mean of time / best time: 1.005 and 1.038; 128: 1.084 and 1.047; 512: 1.139 and 1.127; mlx-lm's 2048: 1.52 and
+1.72); 256 was within 4% of the best in 10 of the 12 configurations and within 12% in all. Smaller chunks win on
+the CPU because the attention is unfused (the scores are chunk × context). On a GPU (not measured here) mlx-lm's
+2048 stays: users report larger chunks faster on Apple GPUs (lmstudio-js #506).
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ def default_prefill_step() -> int:
 def prefill(
     model, tokens: mx.array, cache: list, prefill_step: Optional[int] = None, *, fused: Optional[bool] = None
 ) -> mx.array:
-    """Fill `cache` with all of `tokens` (B, L) but the last; return logits (B, V) of the last token.
+    """Run `tokens` (B, L) into `cache`: all but the last in chunks of `prefill_step` without logits, the last
+    through the full model; return its logits (B, V).
 
     `fused=None` takes the fused CPU path when `fused_prefill_supported`; False forces the model's own forward."""
     step = prefill_step or default_prefill_step()
@@ -82,16 +91,24 @@ def fused_prefill_supported(model, cache: list) -> bool:
     return True
 
 
-def _fused_backbone(model, tokens: mx.array, cache: list, cos: mx.array, sin: mx.array) -> None:
-    """The decoder layers on one chunk, writing its keys and values into `cache`; returns nothing (no final norm)."""
+def _fused_backbone(model, tokens: mx.array, cache: list, cos: mx.array, sin: mx.array, *, raw_kv: bool = False):
+    """The decoder layers on one chunk, writing its keys and values into `cache` (no final norm). Returns nothing,
+    or with `raw_kv` every layer's raw keys and values for the chunk (k_proj/v_proj outputs, (B, kv_heads, n,
+    head_dim): before k-norm and RoPE; what KV Prediction's predictor reads, `KVPredictionModel.prefill`).
+    Callers evaluate only the caches (and what they derive from the raw KV), so MLX never computes the last layer's
+    attention and MLP here: only the hidden state needs them."""
     h = model.model.embed_tokens(tokens)
     B, n, _ = h.shape
     offset = cache[0].offset
+    keys, values = [], []
     for layer, c in zip(model.model.layers, cache):
         attn = layer.self_attn
         x = layer.input_layernorm(h)
         q = attn.q_proj(x).reshape(B, n, attn.n_heads, -1).transpose(0, 2, 1, 3)
         k, v = attn.raw_kv(x)
+        if raw_kv:
+            keys.append(k)
+            values.append(v)
         if "q_norm" in attn:
             q, k = attn.q_norm(q), attn.k_norm(k)
         traditional = attn.rope.traditional
@@ -103,6 +120,7 @@ def _fused_backbone(model, tokens: mx.array, cache: list, cos: mx.array, sin: mx
         x = layer.post_attention_layernorm(h)
         mlp = layer.mlp
         h = h + mlp.down_proj(_silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+    return (keys, values) if raw_kv else None
 
 
 def _rope_table(rope: nn.RoPE, start: int, n: int) -> tuple[mx.array, mx.array]:
@@ -244,9 +262,14 @@ def generate_text(
     on_token: Optional[Callable[[str], None]] = None,
 ) -> str:
     ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
+    return decode_stream(tokenizer, generate_tokens(model, mx.array(ids), max_tokens, temperature, top_k), on_token)
+
+
+def decode_stream(tokenizer, tokens: Iterator[int], on_token: Optional[Callable[[str], None]] = None) -> str:
+    """Decode generated ids up to EOS; `on_token` receives each new piece of text as it appears."""
     out: list[int] = []
     shown = ""
-    for token in generate_tokens(model, mx.array(ids), max_tokens, temperature, top_k):
+    for token in tokens:
         if token == tokenizer.eos_id:
             break
         out.append(token)

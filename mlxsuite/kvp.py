@@ -24,7 +24,9 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from . import data, store, trainer
+from .generate import decode_stream, generate_tokens, prefill, sample
 from .errors import UserError
+from .plots import pyplot
 from .models import kv_prediction as kvm
 from .models import lm
 
@@ -300,30 +302,28 @@ def load_pair(name_or_path: str, check_base: bool = True, expect_base: Optional[
     return pair, tok, folder, meta
 
 
-def kvp_first_token(pair: kvm.KVPredictionModel, tokens, temperature: float = 0.0, top_k: int = 0):
+def kvp_first_token(pair: kvm.KVPredictionModel, tokens, temperature: float = 0.0, top_k: int = 0,
+                    prefill_step: Optional[int] = None):
     """TTFT entry point: prompt ids (B, T) or (T,) → (first token ids (B,), the filled base caches at offset T).
-    Lazy: call mx.eval on the result to time it. FLOPs: `kvp_prefill_flops(pair, T, B)`."""
-    from .generate import sample
-
+    The aux runs in chunks of `prefill_step` (default: `generate.default_prefill_step()`, as the base's prefill) on
+    the fused CPU path where it applies. Lazy: call mx.eval on the result to time it. FLOPs: `kvp_prefill_flops`."""
     tokens = mx.array(tokens)
-    logits, cache = pair.prefill(tokens if tokens.ndim == 2 else tokens[None])
+    logits, cache = pair.prefill(tokens if tokens.ndim == 2 else tokens[None], prefill_step)
     return sample(logits, temperature, top_k), cache
 
 
-def aux_first_token(pair: kvm.KVPredictionModel, tokens, temperature: float = 0.0, top_k: int = 0):
-    """The auxiliary-alone TTFT baseline: (first token ids (B,), aux caches). FLOPs: `forward_flops(aux.args, T)`."""
-    from .generate import sample
-
+def aux_first_token(pair: kvm.KVPredictionModel, tokens, temperature: float = 0.0, top_k: int = 0,
+                    prefill_step: Optional[int] = None):
+    """The auxiliary-alone TTFT baseline, prefilled exactly as the base is (`generate.prefill`: chunked, fused CPU
+    path): (first token ids (B,), aux caches). FLOPs: `ttft.prefill_flops(aux.args, T, B)`."""
     tokens = mx.array(tokens)
     tokens = tokens if tokens.ndim == 2 else tokens[None]
     cache = pair.auxiliary.make_cache()
-    return sample(pair.auxiliary(tokens, cache, last_only=True)[:, -1], temperature, top_k), cache
+    return sample(prefill(pair.auxiliary, tokens, cache, prefill_step), temperature, top_k), cache
 
 
 def kvp_generate_tokens(pair, prompt_ids, max_tokens: int, temperature: float = 0.0, top_k: int = 0):
     """Yield token ids: the first from the base over the predicted cache, then base-only decoding."""
-    from .generate import generate_tokens
-
     prompt = mx.array(prompt_ids)
     logits, cache = pair.prefill(prompt[None])
     yield from generate_tokens(pair.base, prompt, max_tokens, temperature, top_k, cache=cache, first_logits=logits)
@@ -338,17 +338,7 @@ def kvp_generate_text(
     if isinstance(kvp, (str, Path)):
         kvp, tokenizer, _, _ = load_pair(str(kvp), expect_base=base)
     ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
-    out: list[int] = []
-    shown = ""
-    for token in kvp_generate_tokens(kvp, ids, max_tokens, temperature, top_k):
-        if token == tokenizer.eos_id:
-            break
-        out.append(token)
-        if on_token is not None:
-            text = tokenizer.decode(out)
-            on_token(text[len(shown):])
-            shown = text
-    return tokenizer.decode(out)
+    return decode_stream(tokenizer, kvp_generate_tokens(kvp, ids, max_tokens, temperature, top_k), on_token)
 
 
 # ---- FLOPs --------------------------------------------------------------------------------------------------------
@@ -369,7 +359,9 @@ def forward_flops(args: lm.ModelArgs, n_tokens: int, offset: int = 0, logits_tok
 
 def kvp_prefill_flops(pair: kvm.KVPredictionModel, n_tokens: int, batch: int = 1) -> int:
     """TTFT FLOPs of KV Prediction on `batch` prompts of n_tokens: aux on N−1 tokens (no logits), predictor on N−1,
-    base on 1 token against N−1 cached positions (with its head). Same counting as `ttft.prefill_flops`."""
+    base on 1 token against N−1 cached positions (with its head). Same counting as `ttft.prefill_flops` (nominal:
+    every layer on every token; MLX's lazy evaluation skips work whose result is unused, such as the last layer's
+    attention and MLP on cache-only chunks, in all modes alike)."""
     m = max(n_tokens - 1, 0)
     aux = forward_flops(pair.auxiliary.args, m, 0, logits_tokens=0) if m else 0
     return batch * (aux + pair.predictor.flops(m) + forward_flops(pair.base.args, 1, m, logits_tokens=1))
@@ -395,7 +387,7 @@ def _prompt_step(pair: kvm.KVPredictionModel, method: str, prompt: mx.array):
     return model(prompt, cache)[:, -1], cache, model
 
 
-def continuation_metrics(pair, rows: np.ndarray, prompt_len: int, batch_size: int = 8) -> dict:
+def continuation_metrics(pair, rows: np.ndarray, prompt_len: int, batch_size: int = 8, tick=None) -> dict:
     """For each method: mean CE of the `rows.shape[1] - prompt_len` tokens after the prompt, each method continuing
     from its own prompt cache (KVP: the predicted cache, then the base), and first-token accuracy."""
     res = {m: {"ce": 0.0, "first_acc": 0.0} for m in METHODS}
@@ -413,6 +405,8 @@ def continuation_metrics(pair, rows: np.ndarray, prompt_len: int, batch_size: in
             mx.eval(ce, acc)
             res[m]["ce"] += ce.sum().item()
             res[m]["first_acc"] += acc.sum().item()
+            if tick is not None:
+                tick(f"continuation, {m}")
         n += len(batch)
     return {m: {k: v / max(n, 1) for k, v in d.items()} for m, d in res.items()}
 
@@ -439,7 +433,7 @@ def next_line_samples(tok, docs: list[str], n: int, prompt_len: int, seed: int =
     return out
 
 
-def next_line_exact_match(pair, tok, samples: list[tuple[list[int], str]], max_tokens: int = 48) -> dict:
+def next_line_exact_match(pair, tok, samples: list[tuple[list[int], str]], max_tokens: int = 48, tick=None) -> dict:
     """Greedy next-line exact match (trailing whitespace ignored) for each method."""
     res = {}
     for m in METHODS:
@@ -458,6 +452,8 @@ def next_line_exact_match(pair, tok, samples: list[tuple[list[int], str]], max_t
                 logits = model(mx.array([[token]]), cache)[:, -1]
             text = tok.decode(ids + gen)[len(head):]
             hits += text.split("\n", 1)[0].rstrip() == line
+            if tick is not None:
+                tick(f"next line, {m}")
         res[m] = hits / max(len(samples), 1)
     return res
 
@@ -496,10 +492,11 @@ def flops_report(pair, prompt_len: int) -> dict:
 
 def evaluate_kvp(
     name_or_path: str, corpus: Optional[str] = None, prompt_len: int = 64, cont_len: int = 32, samples: int = 32,
-    lines: int = 32, seed: int = 0, pair_and_tok=None,
+    lines: int = 32, seed: int = 0, pair_and_tok=None, progress: Optional[Callable[[int, int, str], None]] = None,
 ) -> dict:
     """Base alone vs auxiliary alone vs KV Prediction on held-out text (default: the embedded corpus's validation
-    files): continuation CE and first-token accuracy, greedy next-line exact match, TTFT FLOPs, per-layer KV L1."""
+    files): continuation CE and first-token accuracy, greedy next-line exact match, TTFT FLOPs, per-layer KV L1.
+    `progress(done, total, what)` is called as the methods go through the batches and lines."""
     if prompt_len < 2 or cont_len < 1 or samples < 1 or lines < 0:
         raise UserError("prompt length must be >= 2, continuation >= 1, samples >= 1")
     if pair_and_tok is None:
@@ -511,8 +508,17 @@ def evaluate_kvp(
     rows = data.eval_windows(val, prompt_len + cont_len - 1, samples)
     if len(rows) == 0:
         raise UserError(f"validation text is shorter than {prompt_len + cont_len} tokens")
-    cont = continuation_metrics(pair, rows, prompt_len)
-    em = next_line_exact_match(pair, tok, next_line_samples(tok, c.val, lines, prompt_len, seed)) if lines else {}
+    line_samples = next_line_samples(tok, c.val, lines, prompt_len, seed) if lines else []
+    total = len(METHODS) * (-(-len(rows) // 8) + len(line_samples))
+    count = [0]
+
+    def tick(what: str) -> None:
+        count[0] += 1
+        if progress is not None:
+            progress(count[0], total, what)
+
+    cont = continuation_metrics(pair, rows, prompt_len, tick=tick)
+    em = next_line_exact_match(pair, tok, line_samples, tick=tick) if lines else {}
     return {
         "kvp": str(folder),
         "corpus": c.name,
@@ -527,13 +533,7 @@ def evaluate_kvp(
 
 def plot_kv_errors(result: dict, path: str) -> None:
     """Per-layer L1 error of predicted keys and values against depth (the paper's Figs 6–7, per layer)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+    plt = pyplot()
     k, v = result["kv_error"]["k_l1"], result["kv_error"]["v_l1"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(len(k)), k, "o-", label="keys (after base k-norm, pre-RoPE)")

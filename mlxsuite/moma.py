@@ -28,6 +28,7 @@ from mlx.utils import tree_flatten
 
 from . import data, store, trainer
 from .errors import UserError
+from .plots import pyplot
 from .images import ImageSet, ImageTokenizer, load_images, read_image
 from .models import lm
 from .models import moma as mm
@@ -675,13 +676,7 @@ def compare(variants: list[str], flops_budget: float, prefix: str = "moma-compar
 
 
 def plot_curves(curve_map: dict, path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--plot needs matplotlib: pip install 'mlxsuite[plot]'") from None
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, title in zip(axes, ("loss", "loss_text", "loss_image"), ("overall", "text", "image")):
         for i, (v, c) in enumerate(curve_map.items()):

@@ -1,29 +1,220 @@
-"""The quickstart: tokenizer + tiny LM on the embedded corpus, validation metrics, a generated sample.
-Finished steps are reused when run again."""
+"""The quickstart: KV Prediction end to end on the embedded corpus, the KV Prediction paper's Table 5 in miniature.
+
+Stages (each reported through `callback("stage", …)`; the trainer's and the measurements' events in between):
+
+1. base: tokenizer + a small base LM (`train_lm`), store name `{name}-lm`;
+2. kvp: an LP-0.50 KV Prediction pair for it (`train_kvp`: layer-pruned aux + predictor), store name `{name}-kvp`;
+3. quality: base alone / aux alone / KV Prediction on held-out text (`evaluate_kvp`): continuation loss, first-token
+   accuracy, greedy next-line exact match;
+4. ttft: time to first token of the three at 128/512/1024 tokens (`ttft.run`, modes base/aux/kvp, medians).
+
+Finished work is reused when run again: a trained base or pair is loaded, not retrained; an interrupted training
+resumes from its checkpoint; the quality and TTFT results are kept in the pair's folder (`quickstart.json`) with the
+settings that made them and reused while those match. `fresh=True` redoes everything.
+
+Budget on 2 shared CPU cores (load average ~2.5): tokenizer ~5 s, token streams ~20 s (cached on disk afterwards),
+base ~1 s/step (300 steps: ~5 min), pair ~0.8 s/step at batch 8 (60 steps: ~1 min), quality ~15 s, TTFT ~5 s:
+about 7 minutes, under 10.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 from . import store
-from .generate import generate_text
-from .train_lm import LMRunSpec, eval_model, train_lm
+from .errors import UserError
 from .trainer import TrainConfig, has_checkpoint
 
-PROMPT = "def read_file(path):\n    "
+RESULTS_FILE = "quickstart.json"
 
 
-def run_quickstart(name: str = "quickstart-lm", steps: int = 300, fresh: bool = False, callback: Optional[Callable] = None):
-    folder = store.output_path(name)
-    finished = (folder / store.WEIGHTS_FILE).exists()
-    if fresh or not finished:
+@dataclass
+class QuickstartConfig:
+    name: str = "quickstart"  # store names: {name}-lm (the base) and {name}-kvp (the pair)
+    preset: str = "tiny"  # d=128, 4 layers: LP-0.50 keeps 2
+    vocab_size: int = 2048
+    seq_len: int = 128
+    batch_size: int = 16
+    steps: int = 300  # base training steps (batch_size sequences each)
+    kvp_steps: int = 60  # pair training steps (kvp_batch_size sequences each): a short fine-tune of the aux, as
+    kvp_batch_size: int = 8  # in the paper, so that the aux does not simply get more training than the base
+    kvp_lr: float = 2e-3
+    keep: float = 0.5  # the LP fraction of the auxiliary
+    corpus: Optional[str] = None  # None: the embedded stdlib corpus
+    model_overrides: dict = field(default_factory=dict)
+    # quality
+    prompt_len: int = 64
+    cont_len: int = 32
+    samples: int = 64
+    lines: int = 32
+    # ttft
+    lengths: tuple[int, ...] = (128, 512, 1024)
+    reps: int = 3
+    warmup: int = 1
+
+    @property
+    def base_name(self) -> str:
+        return f"{self.name}-lm"
+
+    @property
+    def kvp_name(self) -> str:
+        return f"{self.name}-kvp"
+
+    def quality_settings(self) -> dict:
+        return {k: getattr(self, k) for k in ("corpus", "prompt_len", "cont_len", "samples", "lines")}
+
+    def ttft_settings(self) -> dict:
+        return {"lengths": list(self.lengths), "reps": self.reps, "warmup": self.warmup}
+
+
+def _stage(callback, index: int, name: str, title: str, reused: bool = False) -> None:
+    callback("stage", {"index": index, "total": 4, "name": name, "title": title, "reused": reused})
+
+
+def run_quickstart(
+    config: Optional[QuickstartConfig] = None, fresh: bool = False, callback: Optional[Callable] = None
+) -> dict:
+    """Run (or reuse) the four stages; returns one JSON-ready document with the TTFT and the quality tables."""
+    from . import ttft
+    from .generate import default_prefill_step
+    from .kvp import KVPRunSpec, evaluate_kvp, load_pair, train_kvp, weights_hash
+    from .train_lm import LMRunSpec, train_lm
+
+    cfg = config or QuickstartConfig()
+    callback = callback or (lambda event, info: None)
+    if cfg.steps < 1 or cfg.kvp_steps < 1 or cfg.reps < 1 or not cfg.lengths:
+        raise UserError("steps, KVP steps, repetitions and prompt lengths must be positive")
+    t_start = time.perf_counter()
+    stages: dict[str, dict] = {}
+
+    # 1. tokenizer + base ------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    base_folder = store.output_path(cfg.base_name)
+    base_done = (base_folder / store.WEIGHTS_FILE).exists() and not fresh
+    _stage(callback, 1, "base", f"tokenizer + base LM ({cfg.preset}, V={cfg.vocab_size}, {cfg.steps} steps)",
+           base_done)
+    if not base_done:
         spec = LMRunSpec(
-            out=name, preset="tiny", vocab_size=2048, seq_len=128, batch_size=16,
-            train=TrainConfig(steps=steps, lr=3e-3, warmup=30, save_every=100, eval_every=steps),
+            out=cfg.base_name, preset=cfg.preset, vocab_size=cfg.vocab_size, corpus=cfg.corpus, seq_len=cfg.seq_len,
+            batch_size=cfg.batch_size, model_overrides=dict(cfg.model_overrides),
+            train=TrainConfig(steps=cfg.steps, lr=3e-3, warmup=min(30, cfg.steps // 10), save_every=50,
+                              eval_every=cfg.steps, log_every=5),
         )
-        resume = not fresh and has_checkpoint(folder / "run")
+        resume = not fresh and has_checkpoint(base_folder / "run")
         train_lm(spec, resume=resume, force=True, callback=callback)
-    model, tok, folder = store.load_model(name)
-    result = eval_model(name)
-    sample = generate_text(model, tok, PROMPT, max_tokens=48)
-    return {"folder": str(folder), "reused": finished and not fresh, "eval": result, "prompt": PROMPT, "sample": sample}
+    stages["base"] = {"seconds": time.perf_counter() - t0, "reused": base_done}
+
+    # 2. the KV Prediction pair ------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    kvp_folder = store.output_path(cfg.kvp_name)
+    base_hash = weights_hash(base_folder)
+    pair_done = False
+    if not fresh and (kvp_folder / "predictor.safetensors").exists():
+        meta = json.loads((kvp_folder / "kvp.json").read_text())
+        pair_done = meta["base"]["sha256"] == base_hash  # a retrained base needs a new pair
+    _stage(callback, 2, "kvp", f"KV Prediction pair (LP-{cfg.keep:.2f}, {cfg.kvp_steps} steps)", pair_done)
+    if not pair_done:
+        spec = KVPRunSpec(
+            out=cfg.kvp_name, base=cfg.base_name, aux=f"prune:{cfg.keep}", corpus=cfg.corpus, seq_len=cfg.seq_len,
+            batch_size=cfg.kvp_batch_size, eval_windows=8,
+            train=TrainConfig(steps=cfg.kvp_steps, lr=cfg.kvp_lr, warmup=min(10, cfg.kvp_steps // 10), save_every=20,
+                              eval_every=cfg.kvp_steps, log_every=5),
+        )
+        resume = not fresh and base_done and has_checkpoint(kvp_folder / "run")
+        if resume:
+            saved = json.loads((kvp_folder / "kvp.json").read_text())
+            resume = saved["base"]["sha256"] == base_hash
+        train_kvp(spec, resume=resume, force=True, callback=callback)
+    stages["kvp"] = {"seconds": time.perf_counter() - t0, "reused": pair_done}
+
+    pair, tok, _, meta = load_pair(str(kvp_folder))
+    saved = {}
+    results_path = kvp_folder / RESULTS_FILE
+    if results_path.exists() and pair_done:
+        saved = json.loads(results_path.read_text())
+
+    def save() -> None:
+        store.write_json(results_path, saved)
+
+    # 3. quality ---------------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    q = saved.get("quality")
+    quality_done = q is not None and q.get("settings") == cfg.quality_settings()
+    _stage(callback, 3, "quality", "quality: base, auxiliary, KV Prediction on held-out text", quality_done)
+    if not quality_done:
+        result = evaluate_kvp(
+            str(kvp_folder), cfg.corpus, prompt_len=cfg.prompt_len, cont_len=cfg.cont_len, samples=cfg.samples,
+            lines=cfg.lines, pair_and_tok=(pair, tok),
+            progress=lambda done, total, what: callback("measure", {"stage": "quality", "done": done,
+                                                                    "total": total, "what": what}),
+        )
+        saved["quality"] = {"settings": cfg.quality_settings(), "result": result}
+        save()
+    quality = _quality_table(saved["quality"]["result"])
+    stages["quality"] = {"seconds": time.perf_counter() - t0, "reused": quality_done}
+
+    # 4. TTFT ------------------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    t = saved.get("ttft")
+    ttft_done = t is not None and t.get("settings") == cfg.ttft_settings()
+    _stage(callback, 4, "ttft", f"time to first token at {'/'.join(map(str, cfg.lengths))} tokens "
+           f"({cfg.warmup} warm-up + {cfg.reps} runs, interleaved)", ttft_done)
+    if not ttft_done:
+        setup = ttft.Setup(pair.base, default_prefill_step(), kvp_folder, {"kvp": pair})
+        report = ttft.run(
+            setup, ["base", "aux", "kvp"], [(T, 1) for T in cfg.lengths], cfg.reps, cfg.warmup,
+            progress=lambda done, total, what: callback("measure", {"stage": "ttft", "done": done, "total": total,
+                                                                    "what": what}),
+        )
+        for row in report["results"]:  # the samples stay, the per-run memory detail is enough in the bench
+            row.pop("tokenize_s", None)
+        saved["ttft"] = {"settings": cfg.ttft_settings(), "report": report}
+        save()
+    report = saved["ttft"]["report"]
+    stages["ttft"] = {"seconds": time.perf_counter() - t0, "reused": ttft_done}
+
+    return {
+        "base": {"name": cfg.base_name, "folder": str(base_folder), "preset": cfg.preset,
+                 "params": pair.base.args.n_params, "layers": pair.base.args.num_hidden_layers,
+                 "reused": base_done},
+        "kvp": {"name": cfg.kvp_name, "folder": str(kvp_folder), "aux": meta["aux"],
+                "aux_layers": pair.auxiliary.args.num_hidden_layers, "params": meta["params"],
+                "param_ratio": pair.base.args.n_params / pair.auxiliary.args.n_params, "reused": pair_done},
+        "ttft": {"table": _ttft_table(report), "device": report["device"], "prefill_step": report["prefill_step"],
+                 "reps": report["reps"], "load_average": report["load_average"], "reused": ttft_done,
+                 "report": report},
+        "quality": {**quality, "reused": quality_done},
+        "stages": stages,
+        "wall_s": time.perf_counter() - t_start,
+        "config": asdict(cfg),
+    }
+
+
+def _ttft_table(report: dict) -> list[dict]:
+    """One row per prompt length: median TTFT (s) per method, its reduction vs the base (base / method), FLOPs
+    reduction vs the base."""
+    rows: dict[int, dict] = {}
+    for r in report["results"]:
+        row = rows.setdefault(r["prompt_tokens"], {"prompt_tokens": r["prompt_tokens"]})
+        row[r["mode"]] = {
+            "median_s": r["ttft_s"]["median"],
+            "ttft_reduction": r.get("ttft_reduction_vs_base"),
+            "flops_reduction": r.get("flops_reduction_vs_base"),
+        }
+    return [rows[T] for T in sorted(rows)]
+
+
+def _quality_table(result: dict) -> dict:
+    methods = result["methods"]
+    return {
+        "methods": {m: {"continuation_ce": v["ce"], "first_token_acc": v["first_acc"],
+                        "next_line_em": v.get("next_line_em")} for m, v in methods.items()},
+        "samples": result["samples"],
+        "lines": result["lines"],
+        "prompt_tokens": result["flops"]["prompt_tokens"],
+        "flops_reduction": result["flops"]["prefill_reduction"],
+        "kv_error": result["kv_error"],
+    }

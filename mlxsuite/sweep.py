@@ -28,6 +28,7 @@ import numpy as np
 
 from . import scaling, store
 from .errors import UserError
+from .plots import pyplot
 
 SWEEP_FILE = "sweep.json"
 FORMAT = 1
@@ -516,13 +517,7 @@ def analyze(rows: list[dict], tokens_per_char: dict[int, float]) -> dict:
 def plot_sweep(doc: dict, path: str | Path) -> Path:
     """Left: L_u against V for every budget (colour) and preset (marker), the fitted parabolas and their optima.
     Right: the optimal V against compute (parabola minima per preset and per budget, approach 3's prediction)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--plot needs matplotlib: pip install 'mlxsuite[plot]'") from None
+    plt = pyplot()
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: folder {path.parent} does not exist")

@@ -6,8 +6,11 @@ apart. Warm-up runs are not counted, each trial starts with a fresh KV cache and
 the modes of one configuration are interleaved (ABBA order) so load on a shared machine hits them alike.
 
 A mode is one way to produce the first token: a function from token ids (B, T) to the first token ids (B,),
-plus the FLOPs it spends. `base` is our prefill, `mlx-lm` is mlx-lm's `generate_step` on the same weights; the
-KV Prediction work registers `aux` and `kvp` with `register_mode`.
+plus the FLOPs it spends. `base` is our prefill, `mlx-lm` is mlx-lm's `generate_step` on the same weights; with
+a KV Prediction pair (`Setup.extras["kvp"]`, whose base is `Setup.model`) `aux` is the auxiliary alone (prefilled
+exactly as the base: chunked, fused CPU path) and `kvp` is KV Prediction's prompt step (aux on N−1 tokens in the
+same chunks, predictor per chunk, base on the last token). With `base` measured too, every row carries its TTFT
+reduction (base median / mode median) next to its FLOPs reduction (base FLOPs / mode FLOPs).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import numpy as np
 
 from . import platform
 from .errors import UserError
-from .generate import default_prefill_step, fused_prefill_supported, prefill, sample
+from .plots import pyplot, require_matplotlib
+from .generate import fused_prefill_supported, prefill, sample
 from .models.lm import Model, ModelArgs
 
 # The KV Prediction paper's on-device regimes (§4.5): TriviaQA's 59-token prompts at batch 64 (Table 5) and
@@ -54,31 +58,29 @@ class Mode:
 
 ModeBuilder = Callable[[Setup], Mode]
 MODES: dict[str, ModeBuilder] = {}
-PLANNED_MODES = ("aux", "kvp")  # registered by the KV Prediction work
+KVP_MODES = ("aux", "kvp")  # need a KV Prediction pair: Setup.extras["kvp"]
 
 
 def register_mode(name: str, builder: ModeBuilder) -> None:
     MODES[name] = builder
 
 
-def check_mode_names(names: list[str]) -> None:
-    """Unknown or not-yet-available mode names are errors."""
+def check_mode_names(names: list[str], kvp: bool = False) -> None:
+    """Unknown mode names are errors, and so are aux/kvp without a KV Prediction pair (`kvp`)."""
     if not names:
         raise UserError("no modes to measure")
     for name in names:
         if name not in MODES:
-            if name in PLANNED_MODES:
-                raise UserError(f"mode {name!r} is not available yet: it comes with KV Prediction")
-            later = [m for m in PLANNED_MODES if m not in MODES]
+            raise UserError(f"unknown mode {name!r}: choose from {', '.join(MODES)}")
+        if name in KVP_MODES and not kvp:
             raise UserError(
-                f"unknown mode {name!r}: choose from {', '.join(MODES)}"
-                + (f" ({' and '.join(later)} come with KV Prediction)" if later else "")
+                f"mode {name!r} needs a KV Prediction pair: add --kvp DIR (a folder from `mlxsuite kvp train`)"
             )
 
 
 def build_modes(names: list[str], setup: Setup) -> list[Mode]:
     """Mode objects for `names`, in order, without duplicates."""
-    check_mode_names(names)
+    check_mode_names(names, kvp="kvp" in setup.extras)
     return [MODES[name](setup) for name in dict.fromkeys(names)]
 
 
@@ -135,7 +137,9 @@ def mlx_lm_model(model: Model):
     try:
         ref.load_weights(list(ref.sanitize(weights).items()), strict=True)
     except ValueError as e:
-        raise UserError(f"the weights do not load into mlx-lm's {arch.__name__.rsplit('.', 1)[-1]} model: {e}") from None
+        raise UserError(
+            f"the weights do not load into mlx-lm's {arch.__name__.rsplit('.', 1)[-1]} model: {e}"
+        ) from None
     ref.eval()
     return ref
 
@@ -160,8 +164,30 @@ def _mlx_lm_mode(setup: Setup) -> Mode:
     return Mode("mlx-lm", first_token, lambda T, B: prefill_flops(setup.model.args, T, B), max_batch=1)
 
 
+def _aux_mode(setup: Setup) -> Mode:
+    from .kvp import aux_first_token
+
+    pair, step = setup.extras["kvp"], setup.prefill_step
+    return Mode(
+        "aux", lambda tokens: aux_first_token(pair, tokens, prefill_step=step)[0],
+        lambda T, B: prefill_flops(pair.auxiliary.args, T, B),
+    )
+
+
+def _kvp_mode(setup: Setup) -> Mode:
+    from .kvp import kvp_first_token, kvp_prefill_flops
+
+    pair, step = setup.extras["kvp"], setup.prefill_step
+    return Mode(
+        "kvp", lambda tokens: kvp_first_token(pair, tokens, prefill_step=step)[0],
+        lambda T, B: kvp_prefill_flops(pair, T, B),
+    )
+
+
 register_mode("base", _base_mode)
 register_mode("mlx-lm", _mlx_lm_mode)
+register_mode("aux", _aux_mode)
+register_mode("kvp", _kvp_mode)
 
 
 # ---- statistics ---------------------------------------------------------------------------------------------
@@ -304,6 +330,7 @@ def run(
                 row["tokenize_tokens"] = n_text_tokens  # what the text re-encodes to, summed over the batch
             results.append(row)
         _add_ratios(results[-len(ms) :], times)
+        _add_reductions(results[-len(ms) :], times)
     rate = statistics.median(gemm.samples)
     for row in results:
         row["roofline_fraction"] = row["gflops_per_s"] / rate
@@ -324,9 +351,26 @@ def run(
         "warmup": warmup,
         "seed": seed,
         "load_average": {"start": load_start, "end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
-        "flops_counted": "matmuls: linear layers on all prompt tokens, causal attention, LM head on the last token",
+        "flops_counted": "matmuls: linear layers on all prompt tokens, causal attention, LM head on the last token"
+        + ("; kvp: aux on N-1 tokens (its last layer's K/V projections only, no head), predictor on N-1, base on "
+           "the last token" if "kvp" in setup.extras else ""),
+        **({"kvp": kvp_info(setup.extras["kvp"])} if "kvp" in setup.extras else {}),
         "notes": list(dict.fromkeys(notes)),
         "results": results,
+    }
+
+
+def kvp_info(pair) -> dict:
+    """The pair's shape for the report: layer counts, parameters, the paper's FLOPs reduction (parameter ratio)."""
+    from .kvp import flops_reduction
+
+    return {
+        "base_layers": pair.base.args.num_hidden_layers,
+        "aux_layers": pair.auxiliary.args.num_hidden_layers,
+        "layer_map": list(pair.predictor.args.layer_map),
+        "params": {"base": pair.base.args.n_params, "aux": pair.auxiliary.args.n_params,
+                   "predictor": pair.predictor.n_params()},
+        "param_ratio": flops_reduction(pair),
     }
 
 
@@ -344,15 +388,28 @@ def _add_ratios(rows: list[dict], times: dict[str, list[float]]) -> None:
         row["speedup_vs_mlx_lm_paired"] = statistics.median(r / m for r, m in zip(ref, mine))
 
 
+def _add_reductions(rows: list[dict], times: dict[str, list[float]]) -> None:
+    """With `base` measured: ttft_reduction_vs_base = base median / this mode's (> 1: faster than the base), its
+    paired version (median of per-repetition ratios), flops_reduction_vs_base = base FLOPs / this mode's, and
+    ttft_over_flops_reduction = their ratio (1: the time saving matches the FLOPs saving)."""
+    base = next((r for r in rows if r["mode"] == "base"), None)
+    if base is None:
+        return
+    ref = times["base"]
+    for row in rows:
+        mine = times[row["mode"]]
+        row["ttft_reduction_vs_base"] = statistics.median(ref) / statistics.median(mine)
+        row["ttft_reduction_vs_base_paired"] = statistics.median(r / m for r, m in zip(ref, mine))
+        row["flops_reduction_vs_base"] = base["flops"] / row["flops"]
+        row["ttft_over_flops_reduction"] = row["ttft_reduction_vs_base"] / row["flops_reduction_vs_base"]
+
+
 # ---- plot ---------------------------------------------------------------------------------------------------
 
 
 def check_plot_path(path: Path) -> None:
     """Fail before measuring: matplotlib missing, not a .png, or a folder that does not exist."""
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UserError("--plot needs matplotlib: pip install 'mlxsuite[plot]'")
+    require_matplotlib()
     if Path(path).suffix.lower() != ".png":
         raise UserError(f"--plot writes a PNG: give a file name ending in .png, got {path}")
     if not Path(path).parent.resolve().is_dir():
@@ -361,11 +418,8 @@ def check_plot_path(path: Path) -> None:
 
 def plot(report: dict, path: Path) -> None:
     """TTFT (median, p10-p90 band) against prompt length, one line per mode and batch size; written atomically."""
-    import matplotlib
+    plt = pyplot()
     import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series: dict[tuple[str, int], list[dict]] = {}
@@ -376,8 +430,9 @@ def plot(report: dict, path: Path) -> None:
         x = [r["prompt_tokens"] for r in rows]
         y = [r["ttft_s"]["median"] for r in rows]
         (line,) = ax.plot(x, y, marker="o", label=f"{mode}, batch {batch}")
-        ax.fill_between(x, [r["ttft_s"]["p10"] for r in rows], [r["ttft_s"]["p90"] for r in rows],
-                        color=line.get_color(), alpha=0.2)
+        ax.fill_between(
+            x, [r["ttft_s"]["p10"] for r in rows], [r["ttft_s"]["p90"] for r in rows], color=line.get_color(), alpha=0.2
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(sorted({r["prompt_tokens"] for r in report["results"]}))

@@ -97,6 +97,36 @@ def test_predictor_shapes_with_different_widths():
     assert logits.shape == (2, 61) and cache[0].offset == 7 and cache[0].keys.shape[1] == 2
 
 
+@pytest.mark.parametrize("qk_norm,kv_heads,aux_kind", [(False, None, "LP"), (True, 2, "LP"), (True, 1, "C")])
+def test_chunked_kvp_prefill_equals_the_unchunked_reference(qk_norm, kv_heads, aux_kind):
+    """The inference path (aux in chunks, fused CPU layers, predictor per chunk) = aux in one pass + predictor +
+    base on the last token: same logits and same base cache, for any chunk size, fused or not."""
+    from mlxsuite.generate import fused_prefill_supported
+    from mlxsuite.platform import compiler_available
+
+    base = micro_base(qk_norm, kv_heads, layers=4)
+    if aux_kind == "LP":
+        aux = kvm.layer_pruned(base, [0, 2])
+    else:  # a narrower aux with another head size: the base's own RoPE table must be used for predicted keys
+        aux = lm.build(lm.ModelArgs(hidden_size=48, num_hidden_layers=2, intermediate_size=64, num_attention_heads=3,
+                                    num_key_value_heads=1, head_dim=16, vocab_size=61, qk_norm=qk_norm), seed=4)
+    pred = kvm.KVPredictor(kvm.PredictorArgs.for_models(base, aux, kvm.contiguous_layer_map(4, 2)))
+    mx.eval(pred.parameters())
+    pair = kvm.KVPredictionModel(base, aux, pred)
+    tokens = mx.random.randint(0, 61, (2, 41), key=mx.random.key(8))
+    ref_cache = pair.predict_cache(tokens[:, :-1])
+    ref = base(tokens[:, -1:], ref_cache)[:, -1]
+    assert fused_prefill_supported(aux, aux.make_cache()) == compiler_available()
+    for fused in (True, False):
+        for step in (1, 7, 16, 40, 1000):
+            logits, cache = pair.prefill(tokens, step, fused=fused)
+            assert mx.allclose(logits, ref, atol=1e-4, rtol=1e-4), (fused, step)
+            for c, r in zip(cache, ref_cache):
+                assert c.offset == r.offset == 41
+                for a, b in zip(c.keys_and_values(), r.keys_and_values()):
+                    assert mx.allclose(a, b, atol=1e-4, rtol=1e-4), (fused, step)
+
+
 # ---- layer maps (notes §1.5) ---------------------------------------------------------------------------------------
 
 

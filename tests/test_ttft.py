@@ -3,14 +3,15 @@ and chunked prefill equal to one full forward pass. Tiny models, two repetitions
 
 import json
 import math
+from pathlib import Path
 
 import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from mlxsuite import ttft
-from mlxsuite.cli import main
 from mlxsuite.generate import fused_prefill_supported, prefill, sample
 from mlxsuite.models import lm
 
@@ -19,17 +20,6 @@ from mlxsuite.models import lm
 def quick_roofline(monkeypatch):
     """The report's GEMM rate from a small matmul: 1024³ between every two trials adds up on a loaded machine."""
     monkeypatch.setattr(ttft, "GEMM_N", 128)
-
-
-def run_cli(capsys, *args):
-    """Run `mlxsuite ARGS` in this process; (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as e:
-        code = e.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def bench_json(capsys, *args):
@@ -82,8 +72,14 @@ def test_table_output(capsys):
 
 def test_prefill_flops_by_hand():
     # d=8, 2 layers, 2 heads of head_dim 4 (q = 8), 1 KV head (kv = 4), f=16, V=10; T=3 tokens.
-    args = lm.ModelArgs(hidden_size=8, num_hidden_layers=2, intermediate_size=16, num_attention_heads=2,
-                        num_key_value_heads=1, vocab_size=10)
+    args = lm.ModelArgs(
+        hidden_size=8,
+        num_hidden_layers=2,
+        intermediate_size=16,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=10,
+    )
     # Linear multiply-adds per token and layer: q_proj 8·8=64, k_proj+v_proj 2·8·4=64, o_proj 8·8=64,
     # gate+up+down 3·8·16=384 -> 576; 2 layers -> 1152; 2 FLOPs each -> 2304 per token; 3 tokens -> 6912.
     linear = 3 * 2 * 2 * (64 + 64 + 64 + 384)
@@ -136,8 +132,15 @@ def test_a_mode_is_a_function_with_its_flops():
     ttft.register_mode("last-8", builder)
     try:
         seen = []
-        report = ttft.run(ttft.Setup(model, 16), ["base", "last-8"], [(20, 1)], reps=2, warmup=0, tokenizer=Tok(),
-                          progress=lambda done, total, what: seen.append((done, total)))
+        report = ttft.run(
+            ttft.Setup(model, 16),
+            ["base", "last-8"],
+            [(20, 1)],
+            reps=2,
+            warmup=0,
+            tokenizer=Tok(),
+            progress=lambda done, total, what: seen.append((done, total)),
+        )
     finally:
         del ttft.MODES["last-8"]
     rows = {r["mode"]: r for r in report["results"]}
@@ -149,8 +152,77 @@ def test_a_mode_is_a_function_with_its_flops():
 def test_mode_errors():
     with pytest.raises(ttft.UserError, match="unknown mode 'nope'"):
         ttft.check_mode_names(["base", "nope"])
-    with pytest.raises(ttft.UserError, match="comes with KV Prediction"):
+    with pytest.raises(ttft.UserError, match="needs a KV Prediction pair"):
         ttft.check_mode_names(["kvp"])
+    ttft.check_mode_names(["base", "aux", "kvp"], kvp=True)
+
+
+# ---- KV Prediction modes ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stored_pair(tmp_path):
+    """A stored base (micro-sized, 4 layers, with a tokenizer) and an untrained LP-0.50 pair for it."""
+    from mlxsuite import kvp, store
+    from mlxsuite.tokenizer import train_tokenizer
+
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    names = ("textwrap.py", "bisect.py", "heapq.py", "shlex.py")
+    texts = [(root / n).read_text() for n in names if (root / n).exists()]
+    tok = train_tokenizer(texts, 512, tmp_path / "tok" / "tokenizer.model")
+    for name, seed in (("base", 0), ("other", 1)):
+        model = lm.build(lm.preset_args("micro", tok.vocab_size, num_hidden_layers=4), seed=seed)
+        store.save_model(store.output_path(name), model, tok)
+    pair, tok, base_folder, info = kvp.build_pair("base", "prune:0.5")
+    meta = {"format": 1, "base": {"name": "base", "path": str(base_folder.resolve()),
+                                  "sha256": kvp.weights_hash(base_folder)},
+            "aux": {k: v for k, v in info.items() if k != "layer_map"}, "layer_map": info["layer_map"]}
+    kvp.save_pair(store.output_path("pair"), pair, tok, meta)
+    return pair
+
+
+def test_kvp_modes_report_reductions(capsys, stored_pair):
+    from mlxsuite.kvp import kvp_prefill_flops
+
+    report, _ = bench_json(capsys, "base", "--kvp", "pair", "--prompt-lengths", "24,40", "--reps", "2",
+                           "--prefill-step", "16")
+    rows = {(r["mode"], r["prompt_tokens"]): r for r in report["results"]}
+    assert set(rows) == {(m, T) for m in ("base", "aux", "kvp") for T in (24, 40)}
+    assert report["kvp"]["aux_layers"] == 2 and report["kvp"]["base_layers"] == 4
+    aux_args = stored_pair.auxiliary.args
+    for T in (24, 40):
+        base, aux, kvp = rows[("base", T)], rows[("aux", T)], rows[("kvp", T)]
+        assert base["flops"] == ttft.prefill_flops(stored_pair.base.args, T, 1)
+        assert aux["flops"] == ttft.prefill_flops(aux_args, T, 1)
+        assert kvp["flops"] == kvp_prefill_flops(stored_pair, T, 1) < base["flops"]
+        assert base["ttft_reduction_vs_base"] == 1.0 and base["flops_reduction_vs_base"] == 1.0
+        for r in (aux, kvp):
+            assert r["ttft_reduction_vs_base"] == pytest.approx(base["ttft_s"]["median"] / r["ttft_s"]["median"])
+            assert r["flops_reduction_vs_base"] == pytest.approx(base["flops"] / r["flops"])
+            assert r["ttft_over_flops_reduction"] == pytest.approx(
+                r["ttft_reduction_vs_base"] / r["flops_reduction_vs_base"])
+    # the table shows the reductions
+    code, stdout, stderr = run_cli(capsys, "bench", "ttft", "base", "--kvp", "pair", "--modes", "base,kvp",
+                                   "--prompt-lengths", "16", "--reps", "1", "--warmup", "0")
+    assert code == 0, stderr
+    assert "TTFT red." in stdout and "FLOPs red." in stdout and "kvp" in stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["base", "--modes", "base,aux"], "--kvp"),
+        (["other", "--kvp", "pair"], "trained for the base"),
+        (["micro", "--kvp", "pair"], "not the preset"),
+        (["base", "--kvp", "no-such-pair"], "KVP folder not found"),
+    ],
+)
+def test_kvp_errors(capsys, stored_pair, args, message):
+    code, stdout, stderr = run_cli(capsys, "bench", "ttft", *args, "--prompt-lengths", "8", "--reps", "1")
+    assert code == 2 and message in stderr and stdout == ""
+    assert len([line for line in stderr.splitlines() if line.strip()]) == 1, stderr
 
 
 # ---- errors: one line on stderr, exit 2 -----------------------------------------------------------------------
@@ -196,7 +268,18 @@ def test_plot(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "ttft.png"
     code, _, stderr = run_cli(
-        capsys, "bench", "ttft", "micro", "--prompt-lengths", "8,16", "--reps", "2", "--warmup", "0", "--plot", str(path)
+        capsys,
+        "bench",
+        "ttft",
+        "micro",
+        "--prompt-lengths",
+        "8,16",
+        "--reps",
+        "2",
+        "--warmup",
+        "0",
+        "--plot",
+        str(path),
     )
     assert code == 0, stderr
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

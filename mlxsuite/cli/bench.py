@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+import mlx.core as mx
+
 from ..errors import UserError
 from .common import err, out, parse_int_list, positive, print_json
 
@@ -63,38 +65,99 @@ def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
     return model, tokenizer, folder, str(folder)
 
 
+def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
+    """The pair in `kvp`, refused unless its base is `model` (same weights); the base mode times the pair's base."""
+    from .. import store
+    from ..kvp import load_pair
+    from ..models import lm
+
+    if vocab_size is not None:
+        raise UserError("--vocab-size applies to presets only, not with --kvp")
+    try:
+        store.resolve(model)
+    except UserError:
+        if model in lm.PRESETS:
+            raise UserError(
+                f"--kvp needs the pair's base model folder or store name as MODEL, not the preset {model!r}"
+            ) from None
+        raise
+    pair, tokenizer, folder, meta = load_pair(kvp, expect_base=model)
+    if dtype is not None:
+        pair.set_dtype(dtype)
+        mx.eval(pair.parameters())
+    described = f"{model} with KV Prediction {folder.name} ({meta['aux'].get('kind', '?')}"
+    described += f"-{meta['aux']['keep']:.2f})" if "keep" in meta["aux"] else ")"
+    return pair.base, tokenizer, folder, described, {"kvp": pair}
+
+
 def ttft(
     model: str = typer.Argument(..., help="A model folder or store name, or a preset (random weights): micro, tiny, …"),
-    modes: str = typer.Option("base", "--modes", help="Comma-separated modes: base, mlx-lm (aux and kvp come with KV Prediction)."),
-    prompt_lengths: Optional[str] = typer.Option(None, "--prompt-lengths", help=f"Comma-separated prompt lengths [default: {DEFAULT_LENGTHS}]."),
-    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated batch sizes [default: 1]."),
+    modes: Optional[str] = typer.Option(
+        None,
+        "--modes",
+        help="Comma-separated modes: base, mlx-lm, aux, kvp (aux and kvp need --kvp). "
+        "Default: base, or base,aux,kvp with --kvp.",
+    ),
+    kvp: Optional[str] = typer.Option(
+        None,
+        "--kvp",
+        help="A KV Prediction folder trained for MODEL (`mlxsuite kvp train`): times the auxiliary alone (aux) and "
+        "KV Prediction (kvp) beside the base, with TTFT and FLOPs reductions vs the base.",
+    ),
+    prompt_lengths: Optional[str] = typer.Option(
+        None, "--prompt-lengths", help=f"Comma-separated prompt lengths (default: {DEFAULT_LENGTHS})."
+    ),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated batch sizes (default: 1)."),
     reps: int = typer.Option(5, "--reps", help="Timed runs per configuration and mode."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed runs before them (0 for none)."),
-    prefill_step: Optional[int] = typer.Option(None, "--prefill-step", help="Prefill chunk size [default: per device, see mlxsuite.generate]."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or gpu [default: MLX's]."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 [default: float32 on the CPU, bfloat16 on a GPU]."),
-    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help=f"Vocabulary size of a preset [default: {DEFAULT_VOCAB}]."),
-    compare_mlx_lm: bool = typer.Option(False, "--compare-mlx-lm", help="Also time mlx-lm's generate_step on the same weights (batch 1), interleaved, and report the ratio."),
-    paper_regime: bool = typer.Option(False, "--paper-regime", help="The KV Prediction paper's settings: 59 tokens × batch 64, and batch 8 × 128/256/512/1024 tokens."),
+    prefill_step: Optional[int] = typer.Option(
+        None,
+        "--prefill-step",
+        help="Prefill chunk size (default: per device, 256 on the CPU; see mlxsuite/generate.py).",
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or gpu (default: MLX's default device)."),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", help="float32, bfloat16 or float16 (default: float32 on the CPU, bfloat16 on a GPU)."
+    ),
+    vocab_size: Optional[int] = typer.Option(
+        None, "--vocab-size", help=f"Vocabulary size of a preset (default: {DEFAULT_VOCAB})."
+    ),
+    compare_mlx_lm: bool = typer.Option(
+        False,
+        "--compare-mlx-lm",
+        help="Also time mlx-lm's generate_step on the same weights (batch 1), interleaved, and report the ratio.",
+    ),
+    paper_regime: bool = typer.Option(
+        False,
+        "--paper-regime",
+        help="The KV Prediction paper's settings: 59 tokens × batch 64, and batch 8 × 128/256/512/1024 tokens.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw TTFT against prompt length per mode into this PNG (needs matplotlib)."),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Draw TTFT against prompt length per mode into this PNG (needs matplotlib)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random prompt (and of a preset's weights)."),
 ):
-    """Time to first token: from the prompt's token ids to the first sampled token, with statistics, effective
-    GFLOP/s against the device's measured GEMM rate, and peak memory.
+    """Time to first token: from the prompt's token ids to the first sampled token.
 
-    Each configuration runs --warmup untimed and --reps timed trials per mode, interleaved across modes, each with
-    a fresh KV cache. Tokenization is timed apart (models with a tokenizer).
+    Reports median, p10/p90, mean ± std and the samples; prompt tokens/s; the prefill's FLOPs and effective GFLOP/s,
+    also as a fraction of the float32 GEMM rate measured between the trials; peak memory. Each configuration runs
+    --warmup untimed and --reps timed trials per mode, modes interleaved, each trial with a fresh KV cache.
+    Tokenization is timed apart, for models with a tokenizer.
     """
     from .. import ttft as lib
 
+    if modes is None:
+        modes = "base,aux,kvp" if kvp is not None else "base"
     mode_names = [m.strip() for m in modes.split(",") if m.strip()]
     if compare_mlx_lm and "mlx-lm" not in mode_names:
         mode_names.append("mlx-lm")
-    lib.check_mode_names(mode_names)
+    lib.check_mode_names(mode_names, kvp=kvp is not None)
     if paper_regime:
         if prompt_lengths is not None or batch_sizes is not None:
-            raise UserError("--paper-regime sets the prompt lengths and batch sizes: drop --prompt-lengths/--batch-sizes")
+            raise UserError(
+                "--paper-regime sets the prompt lengths and batch sizes: drop --prompt-lengths/--batch-sizes"
+            )
         configs = lib.PAPER_REGIME
     else:
         lengths = parse_int_list("--prompt-lengths", DEFAULT_LENGTHS if prompt_lengths is None else prompt_lengths)
@@ -112,11 +175,16 @@ def ttft(
     from ..generate import default_prefill_step
 
     used_device = platform.set_device(device)
-    model_obj, tokenizer, folder, described = _load(model, vocab_size, platform.parse_dtype(dtype), seed)
-    setup = lib.Setup(model_obj, prefill_step or default_prefill_step(), folder)
+    if kvp is not None:
+        model_obj, tokenizer, folder, described, extras = _load_kvp(model, kvp, vocab_size, platform.parse_dtype(dtype))
+    else:
+        model_obj, tokenizer, folder, described = _load(model, vocab_size, platform.parse_dtype(dtype), seed)
+        extras = {}
+    setup = lib.Setup(model_obj, prefill_step or default_prefill_step(), folder, extras)
     lib.check_configs(model_obj.args, configs, reps, warmup)
     err.print(
-        f"[bold]ttft[/bold] {described} on {used_device}: {len(configs)} configuration(s) × {len(mode_names)} mode(s), "
+        f"[bold]ttft[/bold] {described} on {used_device}: {len(configs)} configuration(s) × "
+        f"{len(mode_names)} mode(s), "
         f"{warmup} warm-up + {reps} timed runs each",
         highlight=False,
         soft_wrap=True,
@@ -143,18 +211,35 @@ def _table(report: dict) -> None:
     tokenize = any("tokenize_s" in r for r in report["results"])
     table = Table(title=f"Time to first token: {report['model']}", title_justify="left")
     headers = ["mode", "tokens", "batch", "TTFT ms", "p10–p90", "std", "tok/s", "GFLOP/s", "roofline", "peak MiB"]
-    headers += ["vs mlx-lm"] * ratio + ["tokenize ms"] * tokenize
+    reduction = any("ttft_reduction_vs_base" in r for r in report["results"]) and len(
+        {r["mode"] for r in report["results"]}
+    ) > 1
+    headers += ["vs mlx-lm"] * ratio + ["TTFT red.", "FLOPs red.", "TTFT/FLOPs"] * reduction
+    headers += ["tokenize ms"] * tokenize
     for name in headers:
         table.add_column(name, justify="left" if name == "mode" else "right", no_wrap=True)
     for r in report["results"]:
         t = r["ttft_s"]
         row = [
-            r["mode"], str(r["prompt_tokens"]), str(r["batch"]), _ms(t["median"]), f"{_ms(t['p10'])}–{_ms(t['p90'])}",
-            "" if t["std"] is None else _ms(t["std"]), f"{r['prompt_tps']:,.0f}", f"{r['gflops_per_s']:.1f}",
-            f"{100 * r['roofline_fraction']:.0f}%", f"{r['peak_memory_bytes'] / 2**20:,.1f}",
+            r["mode"],
+            str(r["prompt_tokens"]),
+            str(r["batch"]),
+            _ms(t["median"]),
+            f"{_ms(t['p10'])}–{_ms(t['p90'])}",
+            "" if t["std"] is None else _ms(t["std"]),
+            f"{r['prompt_tps']:,.0f}",
+            f"{r['gflops_per_s']:.1f}",
+            f"{100 * r['roofline_fraction']:.0f}%",
+            f"{r['peak_memory_bytes'] / 2**20:,.1f}",
         ]
         if ratio:
             row.append(f"{r['speedup_vs_mlx_lm']:.2f}×" if "speedup_vs_mlx_lm" in r else "")
+        if reduction:
+            row += (
+                [f"{r['ttft_reduction_vs_base']:.2f}×", f"{r['flops_reduction_vs_base']:.2f}×",
+                 f"{r['ttft_over_flops_reduction']:.2f}"]
+                if "ttft_reduction_vs_base" in r else ["", "", ""]
+            )
         if tokenize:
             row.append(_ms(r["tokenize_s"]["median"]) if "tokenize_s" in r else "")
         table.add_row(*row)
@@ -171,7 +256,11 @@ def _table(report: dict) -> None:
         f"{report['gemm_gflops']:.1f} GFLOP/s (the roofline); prefill step {report['prefill_step']}"
         f"{' (fused CPU prefill)' if report['fused_prefill'] else ''}{load_text}. "
         "GFLOP/s count the matmuls: linear layers on all prompt tokens, causal attention, the LM head on the last "
-        "token." + (" vs mlx-lm: mlx-lm's median TTFT / this mode's (> 1: faster)." if ratio else ""),
+        "token." + (" vs mlx-lm: mlx-lm's median TTFT / this mode's (> 1: faster)." if ratio else "")
+        + (" TTFT red.: base median TTFT / this mode's; FLOPs red.: base FLOPs / this mode's; TTFT/FLOPs: their "
+           "ratio (1: time saved in proportion to FLOPs)." if reduction else "")
+        + (f" KV Prediction: {report['kvp']['aux_layers']} of {report['kvp']['base_layers']} layers in the "
+           f"auxiliary, parameter ratio {report['kvp']['param_ratio']:.2f}×." if "kvp" in report else ""),
         highlight=False,
         soft_wrap=True,
     )

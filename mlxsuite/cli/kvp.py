@@ -9,6 +9,7 @@ import typer
 
 from .. import platform
 from ..errors import UserError
+from ..plots import require_matplotlib
 from .common import TrainProgress, out, print_json
 
 app = typer.Typer(help="KV Prediction: train an auxiliary model and KV predictor, evaluate it.", no_args_is_help=True)
@@ -121,10 +122,7 @@ def evaluate(
 
     platform.set_device(device)
     if plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+        require_matplotlib()
     result = evaluate_kvp(kvp_dir, corpus, prompt_len, cont_len, samples, lines, seed)
     if plot:
         plot_kv_errors(result, plot)

@@ -1,28 +1,107 @@
-"""`mlxsuite quickstart`: the end-to-end demonstration on the embedded corpus."""
+"""`mlxsuite quickstart`: KV Prediction end to end on the embedded corpus (the paper's Table 5 in miniature)."""
 
 from __future__ import annotations
 
 import typer
 
-from ..quickstart import run_quickstart
+from ..quickstart import QuickstartConfig, run_quickstart
 from .common import TrainProgress, err, out, print_json
 
 
+class QuickstartProgress(TrainProgress):
+    """The trainer's bars and lines (TrainProgress), plus a line per stage and a bar per measurement, on stderr."""
+
+    def __init__(self, quiet: bool = False):
+        super().__init__(quiet=quiet, label="progress")
+        self.measure_task = None
+
+    def __call__(self, event: str, info: dict) -> None:
+        if self.quiet:
+            return
+        if event == "stage":
+            if not self.started:
+                self.progress.start()
+                self.started = True
+            state = " [green](done before: reused)[/green]" if info["reused"] else ""
+            stage = f"[bold cyan]stage {info['index']}/{info['total']}[/bold cyan]"
+            self.progress.console.print(f"{stage} {info['title']}{state}")
+            self.measure_task = None
+        elif event == "measure":
+            if self.measure_task is None:
+                self.measure_task = self.progress.add_task("measure", total=info["total"], stats="")
+            self.progress.update(self.measure_task, completed=info["done"], total=info["total"], stats=info["what"])
+        elif event == "eval" and "kvp_ce" in info:  # the pair's validation metrics
+            parts = [f"{k} {info[k]:.4f}" for k in ("kvp_ce", "aux_ce", "k_l1", "v_l1") if k in info]
+            self.progress.console.print(f"step {info['step']}: val " + "  ".join(parts))
+        else:
+            super().__call__(event, info)
+
+
 def quickstart(
-    name: str = typer.Option("quickstart-lm", help="Store name of the model to train (reused when already trained)."),
-    steps: int = typer.Option(300, help="Training steps."),
-    fresh: bool = typer.Option(False, help="Retrain even if a finished model is in the store."),
-    json_out: bool = typer.Option(False, "--json"),
+    name: str = typer.Option("quickstart", help="Store name prefix: NAME-lm (base) and NAME-kvp (the pair)."),
+    steps: int = typer.Option(300, help="Base model training steps."),
+    kvp_steps: int = typer.Option(60, "--kvp-steps", help="KV Prediction training steps."),
+    reps: int = typer.Option(3, help="Timed TTFT runs per length and method."),
+    fresh: bool = typer.Option(False, help="Redo everything, even what is finished in the store."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document with both tables on stdout."),
 ):
-    """Train a tokenizer and a tiny LM on the Python stdlib, report validation loss, print a sample."""
-    with TrainProgress(quiet=json_out) as progress:
-        result = run_quickstart(name, steps, fresh, callback=progress)
+    """Train a tokenizer, a small base LM and an LP-0.50 KV Prediction pair on the Python stdlib, then show time to
+    first token (base, auxiliary, KV Prediction at 128/512/1024 tokens) beside quality (continuation loss,
+    first-token accuracy, next-line exact match). Finished stages are reused when run again."""
+    cfg = QuickstartConfig(name=name, steps=steps, kvp_steps=kvp_steps, reps=reps)
+    with QuickstartProgress(quiet=json_out) as progress:
+        result = run_quickstart(cfg, fresh, callback=progress)
     if json_out:
         print_json(result)
         return
-    val = result["eval"]
+    render(result)
+
+
+def render(result: dict) -> None:
+    from rich.columns import Columns
+    from rich.table import Table
+
+    base, kvp = result["base"], result["kvp"]
+    t = Table(title="Time to first token (median ms; base ÷ method)", title_justify="left")
+    for col in ("tokens", "base", "auxiliary", "KV Prediction"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for row in result["ttft"]["table"]:
+        cells = [str(row["prompt_tokens"]), f"{row['base']['median_s'] * 1e3:,.1f}"]
+        for m in ("aux", "kvp"):
+            r = row[m]
+            cells.append(f"{r['median_s'] * 1e3:,.1f} ({r['ttft_reduction']:.2f}×)")
+        t.add_row(*cells)
+    fl = result["ttft"]["table"][-1]
+    t.caption = (f"FLOPs reduction at {fl['prompt_tokens']}: aux {fl['aux']['flops_reduction']:.2f}×, "
+                 f"KVP {fl['kvp']['flops_reduction']:.2f}×")
+    q = result["quality"]
+    qt = Table(title=f"Quality ({q['samples']} continuations, {q['lines']} lines)", title_justify="left")
+    for col in ("method", "cont. loss", "first-token acc", "next-line EM"):
+        qt.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+    labels = {"base": "base", "aux": "auxiliary", "kvp": "KV Prediction"}
+    for m, v in q["methods"].items():
+        em = "" if v["next_line_em"] is None else f"{100 * v['next_line_em']:.1f}%"
+        qt.add_row(labels[m], f"{v['continuation_ce']:.3f}", f"{100 * v['first_token_acc']:.1f}%", em)
     err.print("")
-    out.print(f"[bold]model[/bold] {result['folder']} ({'reused' if result['reused'] else 'trained'})")
-    out.print(f"[bold]validation[/bold] CE {val['ce']:.4f} nats/token, {val['bpc']:.4f} bits/char, L_u {val['lu']:.4f}")
-    out.print("[bold]sample[/bold] (greedy):")
-    out.print(result["prompt"] + result["sample"], markup=False, highlight=False)
+    out.print(
+        f"[bold]base[/bold] {base['folder']} ({base['preset']}, {base['layers']} layers, {base['params']:,} params"
+        f"{', reused' if base['reused'] else ''}); [bold]KV Prediction[/bold] {kvp['folder']} "
+        f"(LP-{kvp['aux'].get('keep', 0):.2f}: {kvp['aux_layers']} layers, parameter ratio {kvp['param_ratio']:.2f}×"
+        f"{', reused' if kvp['reused'] else ''})",
+        highlight=False, soft_wrap=True,
+    )
+    tables = Columns([t, qt], padding=(0, 4))
+    if out.is_terminal:
+        out.print(tables)
+    else:  # a pipe or a file gets the tables side by side, not squeezed to 80 columns
+        from rich.console import Console
+
+        Console(width=max(out.width, 140)).print(tables)
+    load = result["ttft"]["load_average"]
+    out.print(
+        f"TTFT on {result['ttft']['device']}, prefill step {result['ttft']['prefill_step']}, median of "
+        f"{result['ttft']['reps']} interleaved runs" + (f", load average {load['start']:.2f}" if load["start"] else "")
+        + f"; quality: loss in nats/token over {q['prompt_tokens']}-token prompts. "
+        f"Wall time {result['wall_s']:.0f} s.",
+        highlight=False, soft_wrap=True,
+    )

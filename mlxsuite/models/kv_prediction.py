@@ -153,20 +153,28 @@ def _k_norm(attn, k: mx.array) -> mx.array:
     return attn.k_norm(k) if "k_norm" in attn else k
 
 
-def forward_raw_kv(model: Model, inputs: mx.array) -> tuple[mx.array, list[mx.array], list[mx.array]]:
-    """A causal forward from position 0 that also returns every layer's raw keys and values (k_proj/v_proj
-    outputs: before k-norm and RoPE). Returns (final-normed hidden states, keys, values). The model's own
-    computation is unchanged (it still applies its k-norm and RoPE internally)."""
+def forward_raw_kv(
+    model: Model, inputs: mx.array, cache: Optional[list] = None
+) -> tuple[mx.array, list[mx.array], list[mx.array]]:
+    """A causal forward that also returns every layer's raw keys and values (k_proj/v_proj outputs: before k-norm
+    and RoPE). Returns (final-normed hidden states, keys, values). The model's own computation is unchanged (it
+    still applies its k-norm and RoPE internally). From position 0 without `cache`; with `cache` (a list of
+    `KVCache`) the inputs continue it and their keys/values are written into it, as the model's own forward does."""
     h = model.model.embed_tokens(inputs)
-    mask = create_attention_mask(h, None)
+    mask = create_attention_mask(h, cache[0] if cache else None)
     keys, values = [], []
-    for layer in model.model.layers:
+    for i, layer in enumerate(model.model.layers):
         attn = layer.self_attn
+        c = cache[i] if cache else None
+        offset = c.offset if c is not None else 0
         x = layer.input_layernorm(h)
         k, v = attn.raw_kv(x)
         keys.append(k)
         values.append(v)
-        h = h + attn.attend(x, attn.finish_keys(k, 0), v, 0, mask)
+        fk, fv = attn.finish_keys(k, offset), v
+        if c is not None:
+            fk, fv = c.update_and_fetch(fk, fv)
+        h = h + attn.attend(x, fk, fv, offset, mask, c)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     return model.model.norm(h), keys, values
 
@@ -232,22 +240,76 @@ class KVPredictionModel(nn.Module):
         return [mx.stop_gradient(x) for x in k], [mx.stop_gradient(x) for x in v]
 
     def predict_cache(self, tokens: mx.array, cache: Optional[list] = None) -> list:
-        """Aux on `tokens` (B, L) → predictor → base KVCaches holding L predicted positions."""
+        """The unchunked reference: aux on `tokens` (B, L) in one pass → predictor → base KVCaches holding L
+        predicted positions. Inference uses `predict_cache_chunked` (same result, tests/test_kvp.py)."""
         _, aux_k, aux_v = forward_raw_kv(self.auxiliary, tokens)
         pk, pv = self.predictor(aux_k, aux_v)
         return fill_cache(self.base, pk, pv, cache)
 
-    def prefill(self, tokens: mx.array) -> tuple[mx.array, list]:
-        """The KV Prediction prompt step (corenet `forward` with an empty cache): aux on tokens[:, :-1], predicted
-        base cache for those N−1 positions, base on the last token against it. Returns (base logits (B, V) for the
-        first generated token, the base cache at offset N). Later steps are plain base steps."""
+    def predict_cache_chunked(
+        self, tokens: mx.array, cache: Optional[list] = None, prefill_step: Optional[int] = None,
+        fused: Optional[bool] = None,
+    ) -> list:
+        """`predict_cache` the way the base's prefill runs (`generate.prefill`): the aux on chunks of
+        `prefill_step` tokens into its own KV caches (its attention needs the earlier chunks), each chunk's raw aux
+        KV tapped and mapped by the predictor straight into the base caches, one `mx.eval` per chunk. Takes the
+        fused CPU path of `generate` when it applies to the aux (`fused=None`), the model's own layers otherwise.
+        Only the caches are evaluated, so the aux's last-layer attention and MLP and its head (they only make aux
+        logits, which KV Prediction's first token does not use) are never computed."""
+        from ..generate import _apply_rope, _fused_backbone, _rope_table, default_prefill_step, fused_prefill_supported
+
+        step = prefill_step or default_prefill_step()
+        if step < 1:
+            raise ValueError(f"prefill_step must be positive, got {step}")
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        cache = cache if cache is not None else self.base.make_cache()
+        aux_cache = self.auxiliary.make_cache()
+        L, start = tokens.shape[1], cache[0].offset
+        if fused is None:
+            fused = fused_prefill_supported(self.auxiliary, aux_cache) and fused_prefill_supported(self.base, cache)
+        if fused:
+            aux_rope = _rope_table(self.auxiliary.layers[0].self_attn.rope, 0, L)
+            base_rope = _rope_table(self.base.layers[0].self_attn.rope, start, L)
+        dtype = self.base.model.norm.weight.dtype
+        done = 0
+        while done < L:
+            n = min(step, L - done)
+            chunk = tokens[:, done : done + n]
+            if fused:
+                aux_k, aux_v = _fused_backbone(
+                    self.auxiliary, chunk, aux_cache, aux_rope[0][done : done + n], aux_rope[1][done : done + n],
+                    raw_kv=True,
+                )
+            else:
+                _, aux_k, aux_v = forward_raw_kv(self.auxiliary, chunk, aux_cache)
+            pk, pv = self.predictor(aux_k, aux_v)
+            if fused:
+                cos, sin = base_rope[0][done : done + n], base_rope[1][done : done + n]
+                for layer, c, k, v in zip(self.base.layers, cache, pk, pv):
+                    attn = layer.self_attn
+                    k, v = (k, v) if k.dtype == dtype else (k.astype(dtype), v.astype(dtype))
+                    c.update_and_fetch(_apply_rope(_k_norm(attn, k), cos, sin, 1.0, attn.rope.traditional), v)
+            else:
+                fill_cache(self.base, pk, pv, cache)
+            mx.eval([c.state for c in aux_cache + cache])
+            done += n
+        return cache
+
+    def prefill(
+        self, tokens: mx.array, prefill_step: Optional[int] = None, *, fused: Optional[bool] = None
+    ) -> tuple[mx.array, list]:
+        """The KV Prediction prompt step (corenet `forward` with an empty cache): aux on tokens[:, :-1] (chunked,
+        `predict_cache_chunked`), predicted base cache for those N−1 positions, base on the last token against it.
+        Returns (base logits (B, V) for the first generated token, the base cache at offset N). Later steps are
+        plain base steps."""
         if tokens.ndim == 1:
             tokens = tokens[None]
         if tokens.shape[1] == 0:
             raise ValueError("empty prompt")
         cache = self.base.make_cache()
         if tokens.shape[1] > 1:
-            self.predict_cache(tokens[:, :-1], cache)
+            self.predict_cache_chunked(tokens[:, :-1], cache, prefill_step, fused=fused)
         logits = self.base(tokens[:, -1:], cache)[:, -1]
         return logits, cache
 

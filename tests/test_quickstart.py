@@ -1,0 +1,84 @@
+"""The quickstart end to end with tiny settings: both tables in one document, and a second run reuses everything."""
+
+from __future__ import annotations
+
+import json
+
+import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
+import pytest
+
+from mlxsuite import ttft
+from mlxsuite.quickstart import QuickstartConfig, run_quickstart
+
+
+def tiny_config(corpus) -> QuickstartConfig:
+    return QuickstartConfig(
+        name="qs", preset="micro", vocab_size=512, seq_len=32, batch_size=4, steps=3, kvp_steps=2, kvp_batch_size=4,
+        corpus=str(corpus), model_overrides={"num_hidden_layers": 4}, prompt_len=8, cont_len=4, samples=2, lines=2,
+        lengths=(16, 40), reps=1, warmup=0,
+    )
+
+
+def test_quickstart_tables_and_reuse(small_corpus, monkeypatch):
+    monkeypatch.setattr(ttft, "GEMM_N", 128)
+    events = []
+    cfg = tiny_config(small_corpus)
+    r = run_quickstart(cfg, callback=lambda e, i: events.append((e, i)))
+    json.dumps(r)  # one JSON document
+    stages = [i for e, i in events if e == "stage"]
+    assert [s["name"] for s in stages] == ["base", "kvp", "quality", "ttft"] and not any(s["reused"] for s in stages)
+    assert {e for e, _ in events} >= {"start", "step", "measure"}
+    assert r["base"]["layers"] == 4 and r["kvp"]["aux_layers"] == 2 and r["kvp"]["param_ratio"] > 1
+    table = r["ttft"]["table"]
+    assert [row["prompt_tokens"] for row in table] == [16, 40]
+    for row in table:
+        assert row["base"]["ttft_reduction"] == 1.0
+        for m in ("base", "aux", "kvp"):
+            assert row[m]["median_s"] > 0
+        assert row["kvp"]["flops_reduction"] > 1 and row["aux"]["flops_reduction"] > 1
+    q = r["quality"]
+    assert set(q["methods"]) == {"base", "aux", "kvp"}
+    for v in q["methods"].values():
+        assert v["continuation_ce"] > 0 and 0 <= v["first_token_acc"] <= 1 and 0 <= v["next_line_em"] <= 1
+    # the second run reuses the base, the pair and both results
+    events.clear()
+    again = run_quickstart(cfg, callback=lambda e, i: events.append((e, i)))
+    assert all(i["reused"] for e, i in events if e == "stage")
+    assert not any(e in ("start", "step", "measure") for e, _ in events)
+    assert again["ttft"]["table"] == table and again["quality"]["methods"] == q["methods"]
+    assert all(s["reused"] for s in again["stages"].values())
+    # changed TTFT settings redo only the TTFT
+    events.clear()
+    cfg.lengths = (16,)
+    third = run_quickstart(cfg, callback=lambda e, i: events.append((e, i)))
+    assert [i["reused"] for e, i in events if e == "stage"] == [True, True, True, False]
+    assert [row["prompt_tokens"] for row in third["ttft"]["table"]] == [16]
+
+
+def test_quickstart_cli_json(small_corpus, monkeypatch, capsys):
+    """The command's --json document: both tables (on a finished run, so the test stays fast)."""
+    from conftest import run_cli
+
+    import mlxsuite.cli.quickstart as cli
+
+    monkeypatch.setattr(ttft, "GEMM_N", 128)
+    cfg = tiny_config(small_corpus)
+    run_quickstart(cfg)
+    monkeypatch.setattr(cli, "QuickstartConfig", lambda **kw: QuickstartConfig(**{**cfg.__dict__, **kw}))
+    code, stdout, stderr = run_cli(capsys, "quickstart", "--name", "qs", "--steps", "3", "--kvp-steps", "2",
+                                   "--reps", "1", "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["stages"]["ttft"]["reused"] and {"ttft", "quality"} <= set(doc)
+    code, stdout, stderr = run_cli(capsys, "quickstart", "--name", "qs", "--steps", "3", "--kvp-steps", "2",
+                                   "--reps", "1")
+    assert code == 0, stderr
+    assert "Time to first token" in stdout and "KV Prediction" in stdout and "next-line EM" in stdout
+
+
+@pytest.mark.parametrize("field,value", [("steps", 0), ("reps", 0)])
+def test_quickstart_rejects_bad_settings(field, value):
+    from mlxsuite.errors import UserError
+
+    with pytest.raises(UserError):
+        run_quickstart(QuickstartConfig(**{field: value}))
