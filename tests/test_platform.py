@@ -52,3 +52,21 @@ def test_cpu_defaults_to_float32():
 
     if mx.default_device().type == mx.DeviceType.cpu:
         assert platform.default_dtype() == mx.float32
+
+
+def test_openblas_shim_forwards_the_standard_gemm_names():
+    import ctypes
+    import importlib.util
+    import shutil
+
+    import pytest
+
+    if importlib.util.find_spec("scipy_openblas32") is None or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("needs the scipy-openblas32 wheel and a C compiler")
+    path = platform._openblas_shim()
+    assert path and path in platform._candidates()[:1]
+    lib = ctypes.CDLL(path)
+    assert hasattr(lib, "cblas_sgemm") and hasattr(lib, "cblas_dgemm")
+    # and it is what this process loaded (unless the user chose another BLAS)
+    if "MLXSUITE_BLAS" not in os.environ:
+        assert platform.blas_info().library == path
