@@ -457,13 +457,28 @@ def _parametric_design(n, x, t, alpha2: float, beta: float) -> np.ndarray:
     return np.stack([-np.ones_like(n), n**-beta, x**-alpha2, t**-beta], 1)
 
 
-def fit_parametric_loss(nnv, nv, tokens, loss, bounds=(0.02, 2.0), grid: int = 24, rounds: int = 40) -> ParametricLoss:
+def _linear_part(design: np.ndarray, y: np.ndarray, nonnegative: bool) -> np.ndarray:
+    """(E, A1, A2, B) for fixed exponents: least squares, or with A1, A2, B >= 0 (E free, as E⁺ − E⁻ for NNLS)."""
+    if not nonnegative:
+        return np.linalg.lstsq(design, y, rcond=None)[0]
+    from scipy.optimize import nnls  # the one fit that needs scipy; the rest of this module is numpy only
+
+    split = np.concatenate([design[:, :1], -design[:, :1], design[:, 1:]], axis=1)
+    scale = np.abs(split).max(axis=0)
+    coefs = nnls(split / scale, y)[0] / scale
+    return np.concatenate([[coefs[0] - coefs[1]], coefs[2:]])
+
+
+def fit_parametric_loss(
+    nnv, nv, tokens, loss, bounds=(0.02, 2.0), grid: int = 24, rounds: int = 40, nonnegative: bool = False
+) -> ParametricLoss:
     """Least-squares fit of `ParametricLoss` (alpha1 = beta) to measured L_u at N_nv, N_v (parameters), D (tokens).
 
     Given the exponents (alpha2, beta) the loss is linear in (E, A1, A2, B), so we solve that part exactly and search
     the two exponents on a grid that zooms in on the best cell each round (variable projection). The paper fits
     with a Huber loss (δ = 1e-3) and L-BFGS-B from 486 starts; this is the plain least-squares fit of the same form.
-    Pass D = H·f(V) (`tokens_from_characters`) to fit the loss in true tokens.
+    `nonnegative` keeps A1, A2, B >= 0: on a few noisy small runs the free fit readily turns a term negative, and a
+    negative A2 or B has no optimal V. Pass D = H·f(V) (`tokens_from_characters`) to fit the loss in true tokens.
     """
     n, x, t = (np.asarray(a, dtype=float) / u for a, u in ((nnv, MILLION), (nv, MILLION), (tokens, BILLION)))
     y = np.asarray(loss, dtype=float)
@@ -472,7 +487,7 @@ def fit_parametric_loss(nnv, nv, tokens, loss, bounds=(0.02, 2.0), grid: int = 2
 
     def solve(alpha2: float, beta: float):
         design = _parametric_design(n, x, t, alpha2, beta)
-        coefs, *_ = np.linalg.lstsq(design, y, rcond=None)
+        coefs = _linear_part(design, y, nonnegative)
         return float(np.sum((design @ coefs - y) ** 2)), coefs
 
     (lo_a, hi_a), (lo_b, hi_b) = (bounds, bounds)

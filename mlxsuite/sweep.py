@@ -350,45 +350,6 @@ def _tokens_per_char(tpc: dict[int, float], vocab: float) -> float:
     return float(np.interp(math.log(vocab), np.log(ks), [tpc[k] for k in ks]))
 
 
-def fit_parametric_nonneg(nnv, nv, tokens, loss, bounds=(0.02, 2.0), grid: int = 16, rounds: int = 25):
-    """`scaling.fit_parametric_loss` with A1, A2, B >= 0 (E free): the same variable projection over (alpha2, beta),
-    with the linear part solved by non-negative least squares. On a few noisy small runs the unconstrained fit
-    readily turns a term negative, and a negative A2 or B has no optimal V."""
-    from scipy.optimize import nnls
-
-    n, x, t = (np.asarray(a, dtype=float) / u for a, u in
-               ((nnv, scaling.MILLION), (nv, scaling.MILLION), (tokens, scaling.BILLION)))
-    y = np.asarray(loss, dtype=float)
-    if len(y) < 6:
-        raise UserError("fitting the parametric loss needs at least 6 points")
-
-    def solve(a2: float, b: float):
-        design = np.stack([-np.ones_like(n), np.ones_like(n), n**-b, x**-a2, t**-b], 1)
-        scale = np.abs(design).max(axis=0)
-        coefs, _ = nnls(design / scale, y)
-        coefs = coefs / scale
-        return float(np.sum((design @ coefs - y) ** 2)), coefs
-
-    (lo_a, hi_a), (lo_b, hi_b) = bounds, bounds
-    best = (math.inf, None, None)
-    for _ in range(rounds):
-        for a2 in np.linspace(lo_a, hi_a, grid):
-            for b in np.linspace(lo_b, hi_b, grid):
-                rss, _ = solve(a2, b)
-                if rss < best[0]:
-                    best = (rss, a2, b)
-        _, a2, b = best
-        step_a, step_b = 2 * (hi_a - lo_a) / (grid - 1), 2 * (hi_b - lo_b) / (grid - 1)
-        lo_a, hi_a = max(bounds[0], a2 - step_a), min(bounds[1], a2 + step_a)
-        lo_b, hi_b = max(bounds[0], b - step_b), min(bounds[1], b + step_b)
-        if hi_a - lo_a < 1e-9 and hi_b - lo_b < 1e-9:
-            break
-    _, a2, b = best
-    _, (e_pos, e_neg, a1, a2_coef, b_coef) = solve(a2, b)
-    return scaling.ParametricLoss(float(a1), float(a2_coef), float(b_coef), float(e_pos - e_neg), float(b),
-                                  float(a2), float(b))
-
-
 def analyze(rows: list[dict], tokens_per_char: dict[int, float]) -> dict:
     """Fits on finished runs (dicts with preset, vocab, budget, d, nnv, nv, tokens, lu)."""
     rows = [r for r in rows if r.get("lu") is not None and math.isfinite(r["lu"])]
@@ -469,7 +430,7 @@ def analyze(rows: list[dict], tokens_per_char: dict[int, float]) -> dict:
         nv = np.array([r["nv"] for r in rows], float)
         tok = np.array([r["tokens"] for r in rows], float)
         lu = np.array([r["lu"] for r in rows], float)
-        loss = fit_parametric_nonneg(nnv, nv, tok, lu)
+        loss = scaling.fit_parametric_loss(nnv, nv, tok, lu, grid=16, rounds=25, nonnegative=True)
         pred = loss(nnv, nv, tok)
         a3 = {"points": len(rows), **loss.to_dict(), "rmse": float(np.sqrt(np.mean((pred - lu) ** 2))),
               "r2": scaling.r_squared(lu, pred), "optimal": []}
