@@ -285,11 +285,15 @@ def load_pair(name_or_path: str, check_base: bool = True, expect_base: Optional[
     folder = resolve_kvp(name_or_path)
     meta = json.loads((folder / KVP_FILE).read_text())
     ref = meta["base"]
-    if expect_base is not None and weights_hash(store.resolve(expect_base)) != ref["sha256"]:
-        raise UserError(f"{folder} was trained for the base {ref['name']}, not {expect_base}")
     base_loc = ref["path"] if Path(ref["path"]).is_dir() else ref["name"]
     base, tok, base_folder = store.load_model(base_loc)
-    if check_base and weights_hash(base_folder) != ref["sha256"]:
+    base_hash = weights_hash(base_folder) if check_base or expect_base is not None else None
+    if expect_base is not None:
+        expected = store.resolve(expect_base)
+        same = expected.resolve() == base_folder.resolve()
+        if (base_hash if same else weights_hash(expected)) != ref["sha256"]:
+            raise UserError(f"{folder} was trained for the base {ref['name']}, not {expect_base}")
+    if check_base and base_hash != ref["sha256"]:
         raise UserError(f"the base model {base_folder} changed since {folder} was trained (weights hash differs)")
     aux, _, _ = store.load_model(str(folder / AUX_DIR))
     pargs = kvm.PredictorArgs.from_dict(json.loads((folder / PREDICTOR_CONFIG).read_text()))

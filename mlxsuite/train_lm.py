@@ -54,10 +54,6 @@ class LMRunSpec:
         self.train.validate()
 
 
-def _barrier(group) -> None:
-    mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group))
-
-
 def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus):
     """The run's tokenizer in `folder`: the init model's, copied from spec.tokenizer, or trained at spec.vocab_size."""
     existing = load_tokenizer(folder)
@@ -95,7 +91,7 @@ def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callbac
     callback("corpus", {"name": corpus.name, "train_docs": len(corpus.train), "val_docs": len(corpus.val)})
     if rank == 0:
         prepare_tokenizer(spec, folder, corpus)
-    _barrier(group)
+    trainer.barrier(group)
     tok = load_tokenizer(folder)
     callback("tokenizer", {"vocab_size": tok.vocab_size, "path": str(tok.path)})
 

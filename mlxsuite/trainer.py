@@ -163,8 +163,13 @@ def open_run(folder: Path, spec, resume: bool, force: bool, group=None):
         tmp = spec_file.with_name(f".spec.tmp{os.getpid()}")
         tmp.write_text(json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n")
         os.replace(tmp, spec_file)
-    mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group))  # the others wait for rank 0's folder
+    barrier(group)  # the others wait for rank 0's folder
     return spec
+
+
+def barrier(group) -> None:
+    """Every rank waits here until all have arrived (an all-reduce of one number)."""
+    mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group))
 
 
 def has_checkpoint(run_dir: Path) -> bool:

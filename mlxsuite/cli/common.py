@@ -31,6 +31,17 @@ def positive(name: str, value: float | int | None) -> None:
         raise UserError(f"{name} must be a positive number, got {value}")
 
 
+def generation_prompt(prompt: str, max_tokens: int, temperature: float) -> str:
+    """Check the sampling options shared by the generate commands; '-' reads the prompt from stdin."""
+    import sys
+
+    if max_tokens <= 0:
+        raise UserError(f"max-tokens must be positive, got {max_tokens}")
+    if temperature < 0:
+        raise UserError(f"temperature must be >= 0, got {temperature}")
+    return sys.stdin.read() if prompt == "-" else prompt
+
+
 def parse_int_list(name: str, text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]

@@ -10,7 +10,7 @@ import typer
 from .. import generate as gen
 from .. import store
 from ..errors import UserError
-from .common import print_json
+from .common import generation_prompt, print_json
 
 
 def generate(
@@ -26,12 +26,7 @@ def generate(
     """Generate a continuation of a prompt."""
     import mlx.core as mx
 
-    if max_tokens <= 0:
-        raise UserError(f"max-tokens must be positive, got {max_tokens}")
-    if temperature < 0:
-        raise UserError(f"temperature must be >= 0, got {temperature}")
-    if prompt == "-":
-        prompt = sys.stdin.read()
+    prompt = generation_prompt(prompt, max_tokens, temperature)
     mx.random.seed(seed)
     stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     if kvp is not None:

@@ -8,9 +8,8 @@ from typing import Optional
 import typer
 
 from .. import platform
-from ..errors import UserError
 from ..plots import require_matplotlib
-from .common import TrainProgress, out, print_json
+from .common import TrainProgress, generation_prompt, out, print_json
 
 app = typer.Typer(help="KV Prediction: train an auxiliary model and KV predictor, evaluate it.", no_args_is_help=True)
 
@@ -83,12 +82,7 @@ def generate(
 
     from ..kvp import kvp_generate_text, load_pair
 
-    if max_tokens <= 0:
-        raise UserError(f"max-tokens must be positive, got {max_tokens}")
-    if temperature < 0:
-        raise UserError(f"temperature must be >= 0, got {temperature}")
-    if prompt == "-":
-        prompt = sys.stdin.read()
+    prompt = generation_prompt(prompt, max_tokens, temperature)
     pair, tok, folder, _ = load_pair(kvp_dir)
     mx.random.seed(seed)
     stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
