@@ -5,7 +5,7 @@ Every conversion is the same pipeline, built so that a failure never leaves a ha
 1. **Scan.** Read only the safetensors headers (names, dtypes, shapes) of the source; pickle checkpoints are refused.
 2. **Check.** Compare them with the tensors the target `lm.Model` expects (built lazily, nothing allocated) and
    report every missing, unexpected and mis-shaped tensor by name, all at once, before anything is written.
-3. **Write.** Stream the tensors shard by shard into a temporary folder (`store.atomic_dir`): each tensor is loaded
+3. **Write.** Stream the tensors shard by shard into a temporary folder (`atomic.folder`): each tensor is loaded
    lazily (`mx.load` reads one tensor when it is evaluated), transformed (cast, renamed, quantized), and each output
    shard is saved and freed before the next is read. Peak memory is about one output shard. The folder is renamed
    into place only when complete.
@@ -29,7 +29,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from . import store
+from . import atomic, store
 from .errors import UserError
 from .hf_tokenizer import TOKENIZER_FILES, copy_tokenizer_files, spm_to_tokenizer_json
 from .models import lm
@@ -497,7 +497,7 @@ def from_hf(
         },
     }
     items = [_Item(k, k, v) for k, v in tensors.items()]
-    with store.atomic_dir(out, force=force) as tmp:
+    with atomic.folder(out, force=force) as tmp:
         n, nbytes, shards = _write_weights(tmp, _shards_by_source(items), transform, progress)
         _write_json(tmp / "config.json", out_config)
         copied = copy_tokenizer_files(hf_dir, tmp)
@@ -582,7 +582,7 @@ def to_mlx_lm(
     out_config["mlxsuite"] = {"format": 1, "exported_from": str(folder.resolve())}
 
     items = [_Item(k, k, v) for k, v in tensors.items()]
-    with store.atomic_dir(out, force=force) as tmp:
+    with atomic.folder(out, force=force) as tmp:
         if (folder / TOKENIZER_FILE).is_file():
             spm_to_tokenizer_json(folder / TOKENIZER_FILE, tmp)
             _check_tokenizer(tok, tmp)
@@ -632,7 +632,7 @@ def prune(
         "from": str(folder.resolve()), "keep": keep, "layers": kept, "base_layers": args.num_hidden_layers
     }
     out_config["mlxsuite"] = block
-    with store.atomic_dir(out, force=force) as tmp:
+    with atomic.folder(out, force=force) as tmp:
         n, nbytes, shards = _write_weights(tmp, _shards_by_source(items), _identity, progress)
         _write_json(tmp / "config.json", out_config)
         _copy_side_files(folder, tmp)
@@ -662,7 +662,7 @@ def quantize(
     out_config["quantization"] = dict(q)
     out_config["quantization_config"] = dict(q)
     items = [_Item(k, k, v) for k, v in tensors.items()]
-    with store.atomic_dir(out, force=force) as tmp:
+    with atomic.folder(out, force=force) as tmp:
         n, nbytes, shards = _write_weights(tmp, _shards_by_source(items), transform, progress)
         _write_json(tmp / "config.json", out_config)
         _copy_side_files(folder, tmp)

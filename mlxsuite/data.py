@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import atomic
 from .errors import UserError
 
 VAL_PERCENT = 3  # documents whose path hash falls below this percentage go to validation
@@ -157,9 +158,7 @@ def token_stream(tokenizer, corpus: Corpus, split: str, max_tokens: int | None =
     if corpus.fingerprint:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-            np.save(tmp, stream)
-            os.replace(tmp, path)
+            atomic.write_file(path, lambda tmp: np.save(tmp, stream))
         except OSError:
             pass
     return stream

@@ -26,7 +26,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from . import data, store, trainer
+from . import atomic, data, store, trainer
 from .errors import UserError
 from .plots import pyplot
 from .images import ImageSet, ImageTokenizer, load_images, read_image
@@ -444,7 +444,7 @@ def train_moma(
 
     imageset, corpus = _load_sources(spec)
     run_dir.mkdir(parents=True, exist_ok=True)
-    store.write_json(spec_file, asdict(spec))
+    atomic.write_json(spec_file, asdict(spec))
     tok, imtok = prepare_assets(spec, folder, imageset, corpus)
     layout, train_data, val_data = build_data(spec, tok, imtok, imageset, corpus)
     args = model_args(spec, layout)
@@ -468,7 +468,7 @@ def train_moma(
     config = {**args.to_dict(), "mlxsuite": {"format": 1, "kind": "moma", **info, "tokens_per_step": tokens_per_step,
                                              "routers_trained": args.ffn == "dense" and not args.mod,
                                              "image_size": imtok.size, "patch": imtok.patch}}
-    store.write_json(folder / "config.json", config)
+    atomic.write_json(folder / "config.json", config)
 
     vb = val_batches(val_data, micro_rows, spec.eval_batches)
     batches = MixedBatches(train_data, spec.batch_size, spec.seed, offset=spec.data_offset)
@@ -477,7 +477,7 @@ def train_moma(
                             tokens_per_row=spec.seq_len)
     write_weights(folder, model)
     config["mlxsuite"]["final"] = metrics
-    store.write_json(folder / "config.json", config)
+    atomic.write_json(folder / "config.json", config)
     return {**metrics, "folder": str(folder), **info}
 
 
@@ -541,7 +541,7 @@ def train_routers(name: str, steps: Optional[int] = None, callback: Optional[Cal
     result["val_causal"] = evaluate(model, vb, "infer")
     config["mlxsuite"]["routers_trained"] = True
     config["mlxsuite"]["routers"] = {k: v for k, v in result.items() if k != "folder"}
-    store.write_json(folder / "config.json", config)
+    atomic.write_json(folder / "config.json", config)
     return result
 
 

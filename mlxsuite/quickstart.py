@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from . import store
+from . import atomic, store
 from .errors import UserError
 from .trainer import TrainConfig, has_checkpoint
 
@@ -80,7 +80,8 @@ def run_quickstart(
     """Run (or reuse) the four stages; returns one JSON-ready document with the TTFT and the quality tables."""
     from . import ttft
     from .generate import default_prefill_step
-    from .kvp import KVPRunSpec, evaluate_kvp, load_pair, train_kvp, weights_hash
+    from .kvp import KVPRunSpec, load_pair, train_kvp
+    from .kvp_eval import evaluate_kvp
     from .train_lm import LMRunSpec, train_lm
 
     cfg = config or QuickstartConfig()
@@ -110,10 +111,10 @@ def run_quickstart(
     # 2. the KV Prediction pair ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     kvp_folder = store.output_path(cfg.kvp_name)
-    base_hash = weights_hash(base_folder)
+    base_hash = store.weights_hash(base_folder)
     pair_done = False
-    if not fresh and (kvp_folder / "predictor.safetensors").exists():
-        meta = json.loads((kvp_folder / "kvp.json").read_text())
+    if not fresh and (kvp_folder / store.PREDICTOR_FILE).exists():
+        meta = store.read_config(kvp_folder)
         pair_done = meta["base"]["sha256"] == base_hash  # a retrained base needs a new pair
     _stage(callback, 2, "kvp", f"KV Prediction pair (LP-{cfg.keep:.2f}, {cfg.kvp_steps} steps)", pair_done)
     if not pair_done:
@@ -125,8 +126,8 @@ def run_quickstart(
         )
         resume = not fresh and base_done and has_checkpoint(kvp_folder / "run")
         if resume:
-            saved = json.loads((kvp_folder / "kvp.json").read_text())
-            resume = saved["base"]["sha256"] == base_hash
+            started = kvp_folder / "run" / "base.json"
+            resume = started.exists() and json.loads(started.read_text())["sha256"] == base_hash
         train_kvp(spec, resume=resume, force=True, callback=callback)
     stages["kvp"] = {"seconds": time.perf_counter() - t0, "reused": pair_done}
 
@@ -137,7 +138,7 @@ def run_quickstart(
         saved = json.loads(results_path.read_text())
 
     def save() -> None:
-        store.write_json(results_path, saved)
+        atomic.write_json(results_path, saved)
 
     # 3. quality ---------------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -163,7 +164,7 @@ def run_quickstart(
     _stage(callback, 4, "ttft", f"time to first token at {'/'.join(map(str, cfg.lengths))} tokens "
            f"({cfg.warmup} warm-up + {cfg.reps} runs, interleaved)", ttft_done)
     if not ttft_done:
-        setup = ttft.Setup(pair.base, default_prefill_step(), kvp_folder, {"kvp": pair})
+        setup = ttft.Setup(pair.base, default_prefill_step(), {"kvp": pair})
         report = ttft.run(
             setup, ["base", "aux", "kvp"], [(T, 1) for T in cfg.lengths], cfg.reps, cfg.warmup,
             progress=lambda done, total, what: callback("measure", {"stage": "ttft", "done": done, "total": total,

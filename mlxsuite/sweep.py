@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import scaling, store
+from . import atomic, scaling, store
 from .errors import UserError
 from .plots import pyplot
 
@@ -256,7 +256,7 @@ def _pick(metrics: dict) -> dict:
 
 
 def _save(folder: Path, doc: dict) -> None:
-    store.write_json(folder / SWEEP_FILE, doc)
+    atomic.write_json(folder / SWEEP_FILE, doc)
 
 
 def _train_one(plan: RunPlan, run_folder: Path, tokenizer: Path, settings: SweepSettings, index: int, total: int,
@@ -303,7 +303,7 @@ def _train_one(plan: RunPlan, run_folder: Path, tokenizer: Path, settings: Sweep
 def _store_final(run_folder: Path, metrics: dict) -> None:
     config = json.loads((run_folder / "config.json").read_text())
     config.setdefault("mlxsuite", {})["final"] = metrics
-    store.write_json(run_folder / "config.json", config)
+    atomic.write_json(run_folder / "config.json", config)
 
 
 # ---- analysis (numpy only) --------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ training ends. `resume=True` continues from `run/checkpoint` with the spec saved
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +14,8 @@ from typing import Callable, Optional
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 
-from . import data, store, trainer
+from . import atomic, data, store, trainer
 from .errors import UserError
 from .evaluate import evaluate_lm, lm_loss
 from .models import lm
@@ -119,7 +117,7 @@ def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callbac
     if args.vocab_size < tok.vocab_size:
         raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model only {args.vocab_size} embeddings")
     if rank == 0 and not (folder / "config.json").exists():
-        store.write_json(folder / "config.json", {**args.to_dict(), "mlxsuite": {"format": 1, **origin}})
+        atomic.write_json(folder / "config.json", {**args.to_dict(), "mlxsuite": {"format": 1, **origin}})
     callback(
         "model",
         {**origin, "n_nonvocab": args.n_nonvocab_params, "n_vocab": args.n_vocab_params,
@@ -140,10 +138,10 @@ def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callbac
         group=group,
     )
     if rank == 0:
-        write_weights(folder, model)
+        store.write_weights(folder, model)
         config = store.read_config(folder)
         config["mlxsuite"].update({"corpus": corpus.name, "seq_len": spec.seq_len, "final": metrics})
-        store.write_json(folder / "config.json", config)
+        atomic.write_json(folder / "config.json", config)
     return {**metrics, "folder": str(folder)}
 
 
@@ -160,12 +158,6 @@ def auto_vocab_size(preset: str, flops: Optional[float] = None, multiple: int = 
     pred = scaling.predict_parametric(args.n_nonvocab_params, flops, d=args.hidden_size)
     vocab = max(minimum, int(round(pred.vocab / multiple)) * multiple)
     return {"vocab_size": vocab, "predicted_vocab": pred.vocab, "nnv": args.n_nonvocab_params, "flops": pred.flops}
-
-
-def write_weights(folder: Path, model) -> None:
-    tmp = folder / f".model.tmp{os.getpid()}.safetensors"
-    mx.save_safetensors(str(tmp), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
-    os.replace(tmp, folder / store.WEIGHTS_FILE)
 
 
 def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128, windows: int = 64) -> dict:

@@ -10,7 +10,6 @@ Only the model's trainable parameters are trained and checkpointed (freeze what 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
@@ -21,10 +20,10 @@ from typing import Any, Callable, Optional
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-import numpy as np
 from mlx.nn.utils import average_gradients
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from . import atomic
 from .errors import UserError
 
 CHECKPOINT = "checkpoint"
@@ -114,17 +113,10 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: optim
     """model (trainable params), optimizer and data position (the step), written to a temp folder then renamed.
     The RNG needs no saving: it is reseeded from (seed, step) at every checkpoint boundary (see `_reseed`)."""
     final = Path(run_dir) / CHECKPOINT
-    tmp = Path(run_dir) / f".{CHECKPOINT}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.trainable_parameters())))
-    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
-    old = Path(run_dir) / f".{CHECKPOINT}.old{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic.folder(final, force=True) as tmp:
+        mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+        (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
     return final
 
 
@@ -159,10 +151,7 @@ def open_run(folder: Path, spec, resume: bool, force: bool, group=None):
             if not force:
                 raise UserError(f"{folder} exists: pass --resume to continue its run or --force to start over")
             shutil.rmtree(folder)
-        spec_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = spec_file.with_name(f".spec.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, spec_file)
+        atomic.write_json(spec_file, asdict(spec))
     barrier(group)  # the others wait for rank 0's folder
     return spec
 
@@ -181,9 +170,7 @@ def _rewrite_metrics(path: Path, up_to_step: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= up_to_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------------
@@ -307,7 +294,3 @@ def read_metrics(run_dir: Path) -> list[dict]:
         return []
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
-
-def set_seed(seed: int) -> None:
-    mx.random.seed(seed)
-    np.random.seed(seed)

@@ -25,11 +25,12 @@ from typing import Any, Callable, Optional
 import mlx.core as mx
 import numpy as np
 
-from . import platform
+from . import flops, platform
 from .errors import UserError
-from .plots import pyplot, require_matplotlib
-from .generate import fused_prefill_supported, prefill, sample
+from .generate import prefill, sample
+from .models import kernels
 from .models.lm import Model, ModelArgs
+from .plots import pyplot, require_matplotlib
 
 # The KV Prediction paper's on-device regimes (§4.5): TriviaQA's 59-token prompts at batch 64 (Table 5) and
 # batch 8 at 128-1024 tokens (Fig. 5b).
@@ -44,7 +45,6 @@ class Setup:
 
     model: Model
     prefill_step: int
-    folder: Optional[Path] = None  # the model folder, None for a preset with random weights
     extras: dict = field(default_factory=dict)  # options for modes that need more (e.g. an auxiliary model)
 
 
@@ -84,27 +84,6 @@ def build_modes(names: list[str], setup: Setup) -> list[Mode]:
     return [MODES[name](setup) for name in dict.fromkeys(names)]
 
 
-# ---- FLOPs --------------------------------------------------------------------------------------------------
-
-
-def prefill_flops(args: ModelArgs, prompt_tokens: int, batch: int = 1) -> int:
-    """Matmul FLOPs (2 per multiply-add) from the prompt to the first token's logits, for `batch` prompts:
-
-    - linear layers on all T prompt tokens: 2·T·layers·(d·q + 2·d·kv + q·d + 3·d·f), q = heads·head_dim,
-      kv = kv_heads·head_dim;
-    - causal attention: each of the T(T+1)/2 (query, key) pairs costs 2·head_dim for q·k and 2·head_dim for the
-      weighted sum of values, per head and layer: 2·layers·heads·head_dim·T(T+1);
-    - the LM head on the last token only: 2·V·d.
-
-    Norms, RoPE, softmax, the activation and the embedding lookup are not counted."""
-    T, a = prompt_tokens, args
-    q, kv, d = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim, a.hidden_size
-    linear = 2 * T * a.num_hidden_layers * (d * q + 2 * d * kv + q * d + 3 * d * a.intermediate_size)
-    attention = 2 * a.num_hidden_layers * q * T * (T + 1)
-    head = 2 * a.vocab_size * d
-    return batch * (linear + attention + head)
-
-
 # ---- modes --------------------------------------------------------------------------------------------------
 
 
@@ -114,7 +93,7 @@ def _base_mode(setup: Setup) -> Mode:
     def first_token(tokens: mx.array) -> mx.array:
         return sample(prefill(model, tokens, model.make_cache(), step))
 
-    return Mode("base", first_token, lambda T, B: prefill_flops(model.args, T, B))
+    return Mode("base", first_token, lambda T, B: flops.prefill(model.args, T, B))
 
 
 def mlx_lm_model(model: Model):
@@ -161,27 +140,22 @@ def _mlx_lm_mode(setup: Setup) -> Mode:
         gen.close()
         return mx.array([token])
 
-    return Mode("mlx-lm", first_token, lambda T, B: prefill_flops(setup.model.args, T, B), max_batch=1)
+    return Mode("mlx-lm", first_token, lambda T, B: flops.prefill(setup.model.args, T, B), max_batch=1)
 
 
 def _aux_mode(setup: Setup) -> Mode:
-    from .kvp import aux_first_token
-
-    pair, step = setup.extras["kvp"], setup.prefill_step
-    return Mode(
-        "aux", lambda tokens: aux_first_token(pair, tokens, prefill_step=step)[0],
-        lambda T, B: prefill_flops(pair.auxiliary.args, T, B),
-    )
+    """The auxiliary alone, prefilled exactly as the base is."""
+    aux = setup.extras["kvp"].auxiliary
+    return Mode("aux", lambda tokens: sample(prefill(aux, tokens, aux.make_cache(), setup.prefill_step)),
+                lambda T, B: flops.prefill(aux.args, T, B))
 
 
 def _kvp_mode(setup: Setup) -> Mode:
-    from .kvp import kvp_first_token, kvp_prefill_flops
+    from .kvp import prompt_step
 
-    pair, step = setup.extras["kvp"], setup.prefill_step
-    return Mode(
-        "kvp", lambda tokens: kvp_first_token(pair, tokens, prefill_step=step)[0],
-        lambda T, B: kvp_prefill_flops(pair, T, B),
-    )
+    pair = setup.extras["kvp"]
+    return Mode("kvp", lambda tokens: sample(prompt_step(pair, tokens, setup.prefill_step)[0]),
+                lambda T, B: flops.kvp_prefill(pair, T, B))
 
 
 register_mode("base", _base_mode)
@@ -346,7 +320,7 @@ def run(
         "dtype": str(setup.model.model.norm.weight.dtype).replace("mlx.core.", ""),
         "params": {"total": args.n_params, "nonvocab": args.n_nonvocab_params},
         "prefill_step": setup.prefill_step,
-        "fused_prefill": fused_prefill_supported(setup.model, setup.model.make_cache()),
+        "fused_prefill": kernels.available(setup.model.layers, setup.model.model.norm.weight.dtype),
         "reps": reps,
         "warmup": warmup,
         "seed": seed,

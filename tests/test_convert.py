@@ -309,7 +309,7 @@ def our_model(path: Path, tokenizer, seed=0, **overrides) -> lm.Model:
     key = iter(mx.random.split(mx.random.key(seed + 1), 1000))
     model.update(tree_map(lambda p: p + 0.1 * mx.random.normal(p.shape, key=next(key)), model.parameters()))
     mx.eval(model.parameters())
-    store.save_model(path, model, tokenizer)
+    store.save(path, model, tokenizer)
     return model
 
 

@@ -12,7 +12,9 @@ import mlx.core as mx
 import pytest
 from conftest import run_cli as run
 
-from mlxsuite import store
+from mlxsuite import flops, store
+from mlxsuite.kvp import prompt_step
+from mlxsuite.models import kernels
 from mlxsuite.models import kv_prediction as kvm
 from mlxsuite.models import lm
 
@@ -51,7 +53,7 @@ def test_identity_predictor_reproduces_the_base(qk_norm, kv_heads):
     ref_cache = base.make_cache()
     ref = base(tokens, ref_cache)
     # prompt step: aux on N−1 tokens, predicted cache, base on the last token
-    logits, cache = pair.prefill(tokens)
+    logits, cache = prompt_step(pair, tokens)
     assert cache[0].offset == tokens.shape[1]
     assert mx.allclose(logits, ref[:, -1], atol=1e-5)
     # later decoding steps: plain base steps over the predicted cache
@@ -65,7 +67,7 @@ def test_identity_predictor_reproduces_the_base(qk_norm, kv_heads):
     tk, tv = pair.base_targets(tokens)
     assert all(mx.allclose(a, b, atol=1e-6) for a, b in zip(pk + pv, tk + tv))
     # a one-token prompt has no prefix: the base alone
-    one, _ = pair.prefill(tokens[:, :1])
+    one, _ = prompt_step(pair, tokens[:, :1])
     assert mx.allclose(one, base(tokens[:, :1])[:, -1], atol=1e-5)
 
 
@@ -74,10 +76,10 @@ def test_keys_are_tapped_before_k_norm_and_rope():
     is applied after the predictor; without k-norm the same scaling must change the logits."""
     tokens = mx.random.randint(0, 61, (1, 9), key=mx.random.key(4))
     base = micro_base(qk_norm=True)
-    logits, _ = identity_pair(base, scale_keys=3.0).prefill(tokens)
+    logits, _ = prompt_step(identity_pair(base, scale_keys=3.0), tokens)
     assert mx.allclose(logits, base(tokens)[:, -1], atol=1e-4)
     plain = micro_base(qk_norm=False)
-    logits, _ = identity_pair(plain, scale_keys=3.0).prefill(tokens)
+    logits, _ = prompt_step(identity_pair(plain, scale_keys=3.0), tokens)
     assert not mx.allclose(logits, plain(tokens)[:, -1], atol=1e-3)
 
 
@@ -93,7 +95,7 @@ def test_predictor_shapes_with_different_widths():
     assert bl.shape == (2, 7, 61) and al.shape == (2, 7, 61)
     assert len(pk) == 4 and pk[0].shape == (2, 2, 7, 16) and pv[3].shape == (2, 2, 7, 16)
     assert pred.key_transforms[0].weight.shape == (32, 16)
-    logits, cache = pair.prefill(tokens)
+    logits, cache = prompt_step(pair, tokens)
     assert logits.shape == (2, 61) and cache[0].offset == 7 and cache[0].keys.shape[1] == 2
 
 
@@ -101,7 +103,8 @@ def test_predictor_shapes_with_different_widths():
 def test_chunked_kvp_prefill_equals_the_unchunked_reference(qk_norm, kv_heads, aux_kind):
     """The inference path (aux in chunks, fused CPU layers, predictor per chunk) = aux in one pass + predictor +
     base on the last token: same logits and same base cache, for any chunk size, fused or not."""
-    from mlxsuite.generate import fused_prefill_supported
+    import contextlib
+
     from mlxsuite.platform import compiler_available
 
     base = micro_base(qk_norm, kv_heads, layers=4)
@@ -114,12 +117,13 @@ def test_chunked_kvp_prefill_equals_the_unchunked_reference(qk_norm, kv_heads, a
     mx.eval(pred.parameters())
     pair = kvm.KVPredictionModel(base, aux, pred)
     tokens = mx.random.randint(0, 61, (2, 41), key=mx.random.key(8))
-    ref_cache = pair.predict_cache(tokens[:, :-1])
-    ref = base(tokens[:, -1:], ref_cache)[:, -1]
-    assert fused_prefill_supported(aux, aux.make_cache()) == compiler_available()
+    with kernels.disabled():  # the reference: the aux in one pass, plain MLX ops
+        ref, ref_cache = prompt_step(pair, tokens, 10**6)
+    assert kernels.available(aux.layers, mx.float32) == compiler_available()
     for fused in (True, False):
         for step in (1, 7, 16, 40, 1000):
-            logits, cache = pair.prefill(tokens, step, fused=fused)
+            with contextlib.nullcontext() if fused else kernels.disabled():
+                logits, cache = prompt_step(pair, tokens, step)
             assert mx.allclose(logits, ref, atol=1e-4, rtol=1e-4), (fused, step)
             for c, r in zip(cache, ref_cache):
                 assert c.offset == r.offset == 41
@@ -187,7 +191,7 @@ def save_base(name: str, tok, seed=0, layers=4, **kw) -> Path:
     args = lm.ModelArgs(hidden_size=64, num_hidden_layers=layers, intermediate_size=128, num_attention_heads=4,
                         num_key_value_heads=2, vocab_size=tok.vocab_size, **kw)
     model = lm.build(args, seed=seed)
-    return store.save_model(store.output_path(name), model, tok)
+    return store.save(store.output_path(name), model, tok)
 
 
 def spec_for(corpus, **kw):
@@ -236,7 +240,7 @@ def test_training_lowers_the_loss_resumes_exactly_and_loads(corpus_and_tokenizer
     assert aux.args.num_hidden_layers == 2
 
     # generation through the CLI: the first token comes from the base over the predicted cache
-    code, out, err = run(capsys, "kvp", "generate", "pair", "--prompt", "def f(x):", "-m", "5", "--json")
+    code, out, err = run(capsys, "generate", "base", "--kvp", "pair", "--prompt", "def f(x):", "-m", "5", "--json")
     assert code == 0, err
     assert "completion" in json.loads(out)
 
@@ -251,15 +255,16 @@ def test_training_lowers_the_loss_resumes_exactly_and_loads(corpus_and_tokenizer
 
     # the hook for `mlxsuite generate BASE --kvp DIR`: the pair must belong to that base
     from mlxsuite.errors import UserError
-    from mlxsuite.kvp import kvp_generate_text
+    from mlxsuite.kvp import generate_kvp_text
 
-    expected = kvp_generate_text("pair", prompt="def", max_tokens=3, base="base")
+    pair, tok2, _, _ = load_pair("pair", expect_base="base")
+    expected = generate_kvp_text(pair, tok2, "def", max_tokens=3)
     code, out, err = run(capsys, "generate", "base", "--kvp", "pair", "-p", "def", "-m", "3", "--json")
     assert code == 0, err
     assert json.loads(out)["completion"] == expected
     save_base("other", tok, seed=5)
     with pytest.raises(UserError, match="trained for the base"):
-        kvp_generate_text("pair", prompt="def", max_tokens=2, base="other")
+        load_pair("pair", expect_base="other")
     code, _, err = run(capsys, "generate", "other", "--kvp", "pair", "-p", "def")
     assert code == 2 and "trained for the base" in err
 
@@ -268,7 +273,7 @@ def test_training_lowers_the_loss_resumes_exactly_and_loads(corpus_and_tokenizer
     w = mx.load(str(base_folder / "model.safetensors"))
     w["model.norm.weight"] = w["model.norm.weight"] * 2
     mx.save_safetensors(str(base_folder / "model.safetensors"), w)
-    code, _, err = run(capsys, "kvp", "generate", "pair", "--prompt", "x", "-m", "2")
+    code, _, err = run(capsys, "generate", "base", "--kvp", "pair", "--prompt", "x", "-m", "2")
     assert code == 2 and "changed" in err and len(err.strip().splitlines()) == 1
 
 
@@ -288,7 +293,7 @@ def test_mismatched_tokenizer_is_refused(corpus_and_tokenizer, tmp_path, capsys)
 
 
 def test_eval_reports_all_methods(corpus_and_tokenizer, capsys, tmp_path):
-    from mlxsuite.kvp import evaluate_kvp, kvp_prefill_flops
+    from mlxsuite.kvp_eval import evaluate_kvp
 
     corpus, tok = corpus_and_tokenizer
     base = micro_base(qk_norm=True, vocab=tok.vocab_size)
@@ -300,21 +305,20 @@ def test_eval_reports_all_methods(corpus_and_tokenizer, capsys, tmp_path):
     assert abs(m["kvp"]["ce"] - m["base"]["ce"]) < 1e-4 and m["kvp"]["next_line_em"] == m["base"]["next_line_em"]
     assert max(r["kv_error"]["k_l1"] + r["kv_error"]["v_l1"]) < 1e-5
     fl = r["flops"]
-    assert fl["prefill_flops"]["kvp"] == kvp_prefill_flops(pair, 12) and abs(fl["param_ratio"] - 1) < 1e-9
+    assert fl["prefill_flops"]["kvp"] == flops.kvp_prefill(pair, 12) and abs(fl["param_ratio"] - 1) < 1e-9
     assert fl["prefill_flops"]["kvp"] > fl["prefill_flops"]["base"]  # same-size aux + predictor: no saving
 
 
-def test_flops_match_the_ttft_bench_and_first_token():
-    from mlxsuite import ttft
-    from mlxsuite.kvp import aux_first_token, forward_flops, kvp_first_token, kvp_prefill_flops
+def test_kvp_flops_add_up_and_first_token():
+    from mlxsuite.generate import prefill, sample
 
     base = micro_base(kv_heads=2, layers=4)
-    assert forward_flops(base.args, 37) == ttft.prefill_flops(base.args, 37)
     pair = identity_pair(base)
-    pred = pair.predictor.flops(36)
-    assert kvp_prefill_flops(pair, 37, 2) == 2 * (forward_flops(base.args, 36, logits_tokens=0) + pred
-                                                  + forward_flops(base.args, 1, 36))
+    pred = flops.predictor(pair, 36)
+    assert pred == 2 * 36 * 2 * 4 * 32 * 32  # K and V maps per base layer, 32 → 32 (2 KV heads × 16)
+    assert flops.kvp_prefill(pair, 37, 2) == 2 * (flops.forward(base.args, 36, logits_tokens=0) + pred
+                                                  + flops.forward(base.args, 1, 36))
     tokens = mx.random.randint(0, 61, (2, 9), key=mx.random.key(6))
-    tok, cache = kvp_first_token(pair, tokens)
+    tok = sample(prompt_step(pair, tokens)[0])
     assert tok.shape == (2,) and mx.array_equal(tok, mx.argmax(base(tokens)[:, -1], axis=-1))
-    assert mx.array_equal(aux_first_token(pair, tokens)[0], tok)
+    assert mx.array_equal(sample(prefill(pair.auxiliary, tokens, pair.auxiliary.make_cache())), tok)

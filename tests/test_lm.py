@@ -53,12 +53,6 @@ def test_logits_match_mlx_lm_full_and_cached(ref_module, kw):
     _close(ours(tokens[:, 20:21], cache=c)[:, 0], full[:, 20])
 
 
-def test_last_only_gives_last_position():
-    ours, _ = _pair(llama)
-    tokens = mx.array([[5, 6, 7, 8, 9]])
-    _close(ours(tokens, last_only=True)[:, 0], ours(tokens)[:, -1])
-
-
 @pytest.mark.parametrize("kw", [dict(), dict(num_key_value_heads=2, tie_word_embeddings=False), dict(qk_norm=True, qkv_bias=True)])
 def test_parameter_counts_match_the_module(kw):
     args = lm.ModelArgs(hidden_size=64, num_hidden_layers=3, intermediate_size=160, num_attention_heads=4, vocab_size=320, **kw)

@@ -12,7 +12,9 @@ import pytest
 from conftest import run_cli
 
 from mlxsuite import ttft
-from mlxsuite.generate import fused_prefill_supported, prefill, sample
+from mlxsuite import flops
+from mlxsuite.generate import prefill, sample
+from mlxsuite.models import kernels
 from mlxsuite.models import lm
 
 
@@ -50,7 +52,7 @@ def test_json_schema_and_statistics(capsys):
         assert t["std"] == pytest.approx(s.std(ddof=1))
         T, B = r["prompt_tokens"], r["batch"]
         assert r["prompt_tps"] == pytest.approx(B * T / t["median"])
-        assert r["flops"] == ttft.prefill_flops(args, T, B)
+        assert r["flops"] == flops.prefill(args, T, B)
         assert r["gflops_per_s"] == pytest.approx(r["flops"] / t["median"] / 1e9)
         assert r["roofline_fraction"] == pytest.approx(r["gflops_per_s"] / report["gemm_gflops"])
         assert r["peak_memory_bytes"] > 0
@@ -90,8 +92,8 @@ def test_prefill_flops_by_hand():
     assert attention == 384
     # LM head on the last token only: 2·V·d = 2·10·8 = 160.
     head = 160
-    assert ttft.prefill_flops(args, 3, 1) == linear + attention + head == 7456
-    assert ttft.prefill_flops(args, 3, 2) == 2 * 7456
+    assert flops.prefill(args, 3, 1) == linear + attention + head == 7456
+    assert flops.prefill(args, 3, 2) == 2 * 7456
 
 
 # ---- modes --------------------------------------------------------------------------------------------------
@@ -120,7 +122,7 @@ def test_a_mode_is_a_function_with_its_flops():
         def first_token(tokens):
             return sample(prefill(setup.model, tokens[:, -8:], setup.model.make_cache(), setup.prefill_step))
 
-        return ttft.Mode("last-8", first_token, lambda T, B: ttft.prefill_flops(setup.model.args, min(T, 8), B))
+        return ttft.Mode("last-8", first_token, lambda T, B: flops.prefill(setup.model.args, min(T, 8), B))
 
     class Tok:
         def decode(self, ids):
@@ -144,7 +146,7 @@ def test_a_mode_is_a_function_with_its_flops():
     finally:
         del ttft.MODES["last-8"]
     rows = {r["mode"]: r for r in report["results"]}
-    assert rows["last-8"]["flops"] == ttft.prefill_flops(model.args, 8, 1) < rows["base"]["flops"]
+    assert rows["last-8"]["flops"] == flops.prefill(model.args, 8, 1) < rows["base"]["flops"]
     assert rows["base"]["tokenize_tokens"] == 20 and len(rows["base"]["tokenize_s"]["samples"]) == 2
     assert seen[-1] == (4, 4)
 
@@ -174,18 +176,15 @@ def stored_pair(tmp_path):
     tok = train_tokenizer(texts, 512, tmp_path / "tok" / "tokenizer.model")
     for name, seed in (("base", 0), ("other", 1)):
         model = lm.build(lm.preset_args("micro", tok.vocab_size, num_hidden_layers=4), seed=seed)
-        store.save_model(store.output_path(name), model, tok)
+        store.save(store.output_path(name), model, tok)
     pair, tok, base_folder, info = kvp.build_pair("base", "prune:0.5")
-    meta = {"format": 1, "base": {"name": "base", "path": str(base_folder.resolve()),
-                                  "sha256": kvp.weights_hash(base_folder)},
+    meta = {"base": {"name": "base", "path": str(base_folder.resolve()), "sha256": store.weights_hash(base_folder)},
             "aux": {k: v for k, v in info.items() if k != "layer_map"}, "layer_map": info["layer_map"]}
-    kvp.save_pair(store.output_path("pair"), pair, tok, meta)
+    store.save_pair(store.output_path("pair"), pair, tok, meta)
     return pair
 
 
 def test_kvp_modes_report_reductions(capsys, stored_pair):
-    from mlxsuite.kvp import kvp_prefill_flops
-
     report, _ = bench_json(capsys, "base", "--kvp", "pair", "--prompt-lengths", "24,40", "--reps", "2",
                            "--prefill-step", "16")
     rows = {(r["mode"], r["prompt_tokens"]): r for r in report["results"]}
@@ -194,9 +193,9 @@ def test_kvp_modes_report_reductions(capsys, stored_pair):
     aux_args = stored_pair.auxiliary.args
     for T in (24, 40):
         base, aux, kvp = rows[("base", T)], rows[("aux", T)], rows[("kvp", T)]
-        assert base["flops"] == ttft.prefill_flops(stored_pair.base.args, T, 1)
-        assert aux["flops"] == ttft.prefill_flops(aux_args, T, 1)
-        assert kvp["flops"] == kvp_prefill_flops(stored_pair, T, 1) < base["flops"]
+        assert base["flops"] == flops.prefill(stored_pair.base.args, T, 1)
+        assert aux["flops"] == flops.prefill(aux_args, T, 1)
+        assert kvp["flops"] == flops.kvp_prefill(stored_pair, T, 1) < base["flops"]
         assert base["ttft_reduction_vs_base"] == 1.0 and base["flops_reduction_vs_base"] == 1.0
         for r in (aux, kvp):
             assert r["ttft_reduction_vs_base"] == pytest.approx(base["ttft_s"]["median"] / r["ttft_s"]["median"])
@@ -288,6 +287,13 @@ def test_plot(capsys, tmp_path):
 
 # ---- prefill: any chunk size = one full forward pass = mlx-lm ---------------------------------------------------
 
+
+def kernels_on(on: bool):
+    """The model's forward with the fast CPU kernels where they apply (on), or the plain MLX ops (off)."""
+    import contextlib
+
+    return contextlib.nullcontext() if on else kernels.disabled()
+
 VARIANTS = [
     dict(),
     dict(num_key_value_heads=1, qk_norm=True),  # mlx-lm's qwen3
@@ -304,11 +310,12 @@ def test_chunked_prefill_equals_full_forward(overrides):
     full = model(tokens, full_cache)[:, -1]
     reference = ttft.mlx_lm_model(model)(tokens)[:, -1]
     assert mx.allclose(full, reference, atol=1e-5, rtol=1e-5)
-    assert fused_prefill_supported(model, model.make_cache()) == ttft.platform.compiler_available()
+    assert kernels.available(model.layers, mx.float32) == ttft.platform.compiler_available()
     for fused in (True, False):
         for step in (1, 7, 16, 44, 1000):
             cache = model.make_cache()
-            logits = prefill(model, tokens, cache, step, fused=fused)
+            with kernels_on(fused):
+                logits = prefill(model, tokens, cache, step)
             assert mx.allclose(logits, full, atol=1e-4, rtol=1e-4), (fused, step)
             assert mx.allclose(logits, reference, atol=1e-4, rtol=1e-4), (fused, step)
             for c, f in zip(cache, full_cache):
@@ -329,4 +336,4 @@ def test_fused_prefill_continues_a_cache():
 
 def test_fused_path_only_where_it_applies():
     model = lm.build(lm.preset_args("micro", 64), seed=0, dtype=mx.bfloat16)
-    assert not fused_prefill_supported(model, model.make_cache())
+    assert not kernels.available(model.layers, model.model.norm.weight.dtype)

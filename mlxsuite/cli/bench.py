@@ -61,8 +61,10 @@ def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
         return model, None, None, f"preset {name}, random weights, V={V}"
     if vocab_size is not None:
         raise UserError(f"--vocab-size applies to presets only; {folder} has its own vocabulary")
-    model, tokenizer, folder = store.load_model(str(folder), dtype=dtype)
-    return model, tokenizer, folder, str(folder)
+    loaded = store.load(str(folder), "lm", dtype=dtype, dequantize=None)
+    for note in loaded.notes:
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    return loaded.model, loaded.tokenizer, folder, str(folder)
 
 
 def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
@@ -180,7 +182,7 @@ def ttft(
     else:
         model_obj, tokenizer, folder, described = _load(model, vocab_size, platform.parse_dtype(dtype), seed)
         extras = {}
-    setup = lib.Setup(model_obj, prefill_step or default_prefill_step(), folder, extras)
+    setup = lib.Setup(model_obj, prefill_step or default_prefill_step(), extras)
     lib.check_configs(model_obj.args, configs, reps, warmup)
     err.print(
         f"[bold]ttft[/bold] {described} on {used_device}: {len(configs)} configuration(s) × "

@@ -1,4 +1,4 @@
-"""`mlxsuite generate`: sample text from a stored model."""
+"""`mlxsuite generate`: sample text from a model, optionally with KV Prediction at prefill."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from .. import generate as gen
 from .. import store
 from ..errors import UserError
-from .common import generation_prompt, print_json
+from ..generate import generate_text
+from .common import err, generation_prompt, print_json
 
 
 def generate(
@@ -20,30 +20,33 @@ def generate(
     temperature: float = typer.Option(0.0, "--temp", help="0 is greedy."),
     top_k: int = typer.Option(0, "--top-k"),
     seed: int = typer.Option(0),
-    kvp: Optional[str] = typer.Option(None, "--kvp", help="KV Prediction folder: its auxiliary + predictor prefill MODEL's cache."),
+    kvp: Optional[str] = typer.Option(None, "--kvp", help="KV Prediction folder trained for MODEL: its auxiliary and "
+                                      "predictor fill MODEL's prompt cache, MODEL generates every token."),
     json_out: bool = typer.Option(False, "--json"),
 ):
     """Generate a continuation of a prompt."""
     import mlx.core as mx
 
     prompt = generation_prompt(prompt, max_tokens, temperature)
+    kw = {}
+    if kvp is not None:
+        from ..kvp import load_pair, prompt_fill
+
+        pair, tok, _, _ = load_pair(kvp, expect_base=model)
+        m, folder = pair.base, store.resolve(model)
+        kw["cache"], kw["fill"] = prompt_fill(pair)
+    else:
+        loaded = store.load(model, "lm", dequantize=None)
+        m, tok, folder = loaded.model, loaded.tokenizer, loaded.folder
+        for note in loaded.notes:
+            err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    if tok is None:
+        raise UserError(f"{folder} has no tokenizer")
     mx.random.seed(seed)
     stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-    if kvp is not None:
-        from ..kvp import kvp_generate_text
-
-        folder = store.resolve(model)
-        if stream:
-            sys.stdout.write(prompt)
-        text = kvp_generate_text(kvp, prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                 on_token=stream, base=model)
-    else:
-        m, tok, folder = store.load_model(model)
-        if tok is None:
-            raise UserError(f"{folder} has no tokenizer")
-        if stream:
-            sys.stdout.write(prompt)
-        text = gen.generate_text(m, tok, prompt, max_tokens, temperature, top_k, on_token=stream)
+    if stream:
+        sys.stdout.write(prompt)
+    text = generate_text(m, tok, prompt, max_tokens, temperature, top_k, on_token=stream, **kw)
     if json_out:
         print_json({"model": str(folder), "prompt": prompt, "completion": text})
     else:

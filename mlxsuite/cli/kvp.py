@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import typer
 
 from .. import platform
 from ..plots import require_matplotlib
-from .common import TrainProgress, generation_prompt, out, print_json
+from .common import TrainProgress, out, print_json
 
-app = typer.Typer(help="KV Prediction: train an auxiliary model and KV predictor, evaluate it.", no_args_is_help=True)
+app = typer.Typer(help="KV Prediction: train an auxiliary model and KV predictor, evaluate it (generate with `mlxsuite generate BASE --kvp DIR`).", no_args_is_help=True)
 
 
 @app.command("train")
@@ -67,34 +66,6 @@ def train(
                   f"aux CE {result.get('val_aux_ce', float('nan')):.4f}")
 
 
-@app.command("generate")
-def generate(
-    kvp_dir: str = typer.Argument(..., help="KVP folder or store name."),
-    prompt: str = typer.Option("", "--prompt", "-p", help="Prompt text ('-' reads stdin)."),
-    max_tokens: int = typer.Option(64, "--max-tokens", "-m"),
-    temperature: float = typer.Option(0.0, "--temp"),
-    top_k: int = typer.Option(0, "--top-k"),
-    seed: int = typer.Option(0),
-    json_out: bool = typer.Option(False, "--json"),
-):
-    """Generate with KV Prediction: the auxiliary prefills, the base produces every token."""
-    import mlx.core as mx
-
-    from ..kvp import kvp_generate_text, load_pair
-
-    prompt = generation_prompt(prompt, max_tokens, temperature)
-    pair, tok, folder, _ = load_pair(kvp_dir)
-    mx.random.seed(seed)
-    stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-    if stream:
-        sys.stdout.write(prompt)
-    text = kvp_generate_text(pair, tok, prompt, max_tokens, temperature, top_k, on_token=stream)
-    if json_out:
-        print_json({"kvp": str(folder), "prompt": prompt, "completion": text})
-    else:
-        sys.stdout.write("\n")
-
-
 @app.command("eval")
 def evaluate(
     kvp_dir: str = typer.Argument(..., help="KVP folder or store name."),
@@ -112,7 +83,7 @@ def evaluate(
     match, TTFT FLOPs and per-layer KV error."""
     from rich.table import Table
 
-    from ..kvp import evaluate_kvp, plot_kv_errors
+    from ..kvp_eval import evaluate_kvp, plot_kv_errors
 
     platform.set_device(device)
     if plot:

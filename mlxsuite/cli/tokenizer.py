@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .. import data, store
+from .. import atomic, data, store
 from ..tokenizer import save_unigram, train_tokenizer, unigram_probs
 from .common import err, out, print_json, positive
 
@@ -25,7 +25,7 @@ def train(
     positive("vocab size", vocab_size)
     c = data.load_corpus(corpus)
     path = store.output_path(out_name)
-    with store.atomic_dir(path, force=force) as tmp:
+    with atomic.folder(path, force=force) as tmp:
         with err.status(f"training a {vocab_size}-piece tokenizer on {c.name}"):
             tok = train_tokenizer(c.train, vocab_size, tmp / "tokenizer.model")
             stream = data.encode_docs(tok, c.train)

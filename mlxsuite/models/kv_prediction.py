@@ -18,11 +18,10 @@ attention repeats them over query heads as usual.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.base import create_attention_mask
 
 from .lm import Model
 
@@ -141,81 +140,14 @@ class KVPredictor(nn.Module):
     def n_params(self) -> int:
         return sum(t.weight.size + t.bias.size for t in self.key_transforms + self.value_transforms)
 
-    def flops(self, n_tokens: int) -> int:
-        """Matmul FLOPs of predicting n_tokens positions (2 per multiply-add)."""
-        return 2 * n_tokens * sum(t.weight.size for t in self.key_transforms + self.value_transforms)
-
-
-# ---- forward passes that expose or replace the KV ---------------------------------------------------------------
-
-
-def _k_norm(attn, k: mx.array) -> mx.array:
-    return attn.k_norm(k) if "k_norm" in attn else k
-
-
-def forward_raw_kv(
-    model: Model, inputs: mx.array, cache: Optional[list] = None
-) -> tuple[mx.array, list[mx.array], list[mx.array]]:
-    """A causal forward that also returns every layer's raw keys and values (k_proj/v_proj outputs: before k-norm
-    and RoPE). Returns (final-normed hidden states, keys, values). The model's own computation is unchanged (it
-    still applies its k-norm and RoPE internally). From position 0 without `cache`; with `cache` (a list of
-    `KVCache`) the inputs continue it and their keys/values are written into it, as the model's own forward does."""
-    h = model.model.embed_tokens(inputs)
-    mask = create_attention_mask(h, cache[0] if cache else None)
-    keys, values = [], []
-    for i, layer in enumerate(model.model.layers):
-        attn = layer.self_attn
-        c = cache[i] if cache else None
-        offset = c.offset if c is not None else 0
-        x = layer.input_layernorm(h)
-        k, v = attn.raw_kv(x)
-        keys.append(k)
-        values.append(v)
-        fk, fv = attn.finish_keys(k, offset), v
-        if c is not None:
-            fk, fv = c.update_and_fetch(fk, fv)
-        h = h + attn.attend(x, fk, fv, offset, mask, c)
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return model.model.norm(h), keys, values
-
-
-def forward_with_kv(
-    base: Model, inputs: mx.array, keys: list[mx.array], values: list[mx.array]
-) -> tuple[mx.array, list[mx.array]]:
-    """The training / log-likelihood path (corenet `concat_kvs=False`): every base layer discards its own K/V and its
-    queries (q-norm, RoPE as usual) attend causally to the given raw predicted KV, after the base's k-norm and RoPE
-    at positions 0..T−1. Returns (final-normed hidden states, the predicted keys after the base's k-norm and before
-    RoPE: what the KV consistency loss compares)."""
-    h = base.model.embed_tokens(inputs)
-    mask = create_attention_mask(h, None)
-    if h.shape[1] == 1:
-        mask = None
-    normed = []
-    for layer, k, v in zip(base.model.layers, keys, values):
-        attn = layer.self_attn
-        x = layer.input_layernorm(h)
-        kn = _k_norm(attn, k)
-        normed.append(kn)
-        h = h + attn.attend(x, attn.rope(kn, offset=0), v, 0, mask)
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return base.model.norm(h), normed
-
-
-def fill_cache(base: Model, keys: list[mx.array], values: list[mx.array], cache: Optional[list] = None) -> list:
-    """Write predicted raw KV into base `KVCache`s: base k-norm, then base RoPE at the cache's absolute positions
-    (the cache stores post-RoPE keys, as mlx-lm's does); values raw. Offsets advance by T."""
-    cache = cache if cache is not None else base.make_cache()
-    dtype = base.model.norm.weight.dtype  # a float32 predictor feeding a bf16/fp16 base: store in the base's dtype
-    for layer, c, k, v in zip(base.model.layers, cache, keys, values):
-        c.update_and_fetch(layer.self_attn.finish_keys(k.astype(dtype), c.offset), v.astype(dtype))
-    return cache
-
 
 # ---- the pair ---------------------------------------------------------------------------------------------------
 
 
 class KVPredictionModel(nn.Module):
-    """Base (frozen) + auxiliary + predictor. `__call__` is the training path; `prefill` is inference."""
+    """Base (frozen) + auxiliary + predictor. `__call__` is the training / log-likelihood path; `fill` is the
+    inference plug-in of the one prefill. Both run the models' own forward passes through their seams: `tap`
+    collects the auxiliary's raw KV, `kv` hands the predicted KV to the base."""
 
     def __init__(self, base: Model, auxiliary: Model, predictor: KVPredictor):
         super().__init__()
@@ -225,93 +157,38 @@ class KVPredictionModel(nn.Module):
         self.auxiliary = auxiliary
         self.predictor = predictor
 
+    def predict(self, inputs: mx.array, aux_cache=None) -> tuple[mx.array, list[tuple[mx.array, mx.array]]]:
+        """The auxiliary's logits on `inputs` (continuing `aux_cache`) and the predicted raw base KV per base layer."""
+        tap: list = []
+        aux_logits = self.auxiliary(inputs, aux_cache, tap=tap)
+        keys, values = self.predictor([k for k, _ in tap], [v for _, v in tap])
+        return aux_logits, list(zip(keys, values))
+
     def __call__(self, inputs: mx.array):
-        """Training / log-likelihood path: returns base logits with predicted KV at all positions, aux logits, and the
-        predicted keys (base-k-normed, pre-RoPE) and values per base layer."""
-        aux_h, aux_k, aux_v = forward_raw_kv(self.auxiliary, inputs)
-        pk, pv = self.predictor(aux_k, aux_v)
-        base_h, pk_normed = forward_with_kv(self.base, inputs, pk, pv)
-        return self.base.logits(base_h), self.auxiliary.logits(aux_h), pk_normed, pv
+        """Training / log-likelihood path (corenet `concat_kvs=False`): every base layer discards its own K/V and
+        its queries attend causally to the predicted KV (after the base's k-norm and RoPE at positions 0..T−1).
+        Returns base logits, aux logits, the predicted keys after the base's k-norm (before RoPE: what the KV
+        consistency loss compares) and the predicted values, per base layer."""
+        aux_logits, kv = self.predict(inputs)
+        base_logits = self.base(inputs, kv=kv)
+        keys = [layer.self_attn.normalize_keys(k) for layer, (k, _) in zip(self.base.layers, kv)]
+        return base_logits, aux_logits, keys, [v for _, v in kv]
 
     def base_targets(self, inputs: mx.array) -> tuple[list[mx.array], list[mx.array]]:
         """The base's true KV (keys after k-norm, before RoPE; raw values), without gradient (notes §3.1)."""
-        _, k, v = forward_raw_kv(self.base, inputs)
-        k = [_k_norm(layer.self_attn, x) for layer, x in zip(self.base.model.layers, k)]
-        return [mx.stop_gradient(x) for x in k], [mx.stop_gradient(x) for x in v]
+        tap: list = []
+        self.base.model(inputs, tap=tap)  # only the tapped keys/values are used: the rest is never computed
+        keys = [layer.self_attn.normalize_keys(k) for layer, (k, _) in zip(self.base.layers, tap)]
+        return [mx.stop_gradient(k) for k in keys], [mx.stop_gradient(v) for _, v in tap]
 
-    def predict_cache(self, tokens: mx.array, cache: Optional[list] = None) -> list:
-        """The unchunked reference: aux on `tokens` (B, L) in one pass → predictor → base KVCaches holding L
-        predicted positions. Inference uses `predict_cache_chunked` (same result, tests/test_kvp.py)."""
-        _, aux_k, aux_v = forward_raw_kv(self.auxiliary, tokens)
-        pk, pv = self.predictor(aux_k, aux_v)
-        return fill_cache(self.base, pk, pv, cache)
-
-    def predict_cache_chunked(
-        self, tokens: mx.array, cache: Optional[list] = None, prefill_step: Optional[int] = None,
-        fused: Optional[bool] = None,
-    ) -> list:
-        """`predict_cache` the way the base's prefill runs (`generate.prefill`): the aux on chunks of
-        `prefill_step` tokens into its own KV caches (its attention needs the earlier chunks), each chunk's raw aux
-        KV tapped and mapped by the predictor straight into the base caches, one `mx.eval` per chunk. Takes the
-        fused CPU path of `generate` when it applies to the aux (`fused=None`), the model's own layers otherwise.
-        Only the caches are evaluated, so the aux's last-layer attention and MLP and its head (they only make aux
-        logits, which KV Prediction's first token does not use) are never computed."""
-        from ..generate import _apply_rope, _fused_backbone, _rope_table, default_prefill_step, fused_prefill_supported
-
-        step = prefill_step or default_prefill_step()
-        if step < 1:
-            raise ValueError(f"prefill_step must be positive, got {step}")
-        if tokens.ndim == 1:
-            tokens = tokens[None]
-        cache = cache if cache is not None else self.base.make_cache()
-        aux_cache = self.auxiliary.make_cache()
-        L, start = tokens.shape[1], cache[0].offset
-        if fused is None:
-            fused = fused_prefill_supported(self.auxiliary, aux_cache) and fused_prefill_supported(self.base, cache)
-        if fused:
-            aux_rope = _rope_table(self.auxiliary.layers[0].self_attn.rope, 0, L)
-            base_rope = _rope_table(self.base.layers[0].self_attn.rope, start, L)
-        dtype = self.base.model.norm.weight.dtype
-        done = 0
-        while done < L:
-            n = min(step, L - done)
-            chunk = tokens[:, done : done + n]
-            if fused:
-                aux_k, aux_v = _fused_backbone(
-                    self.auxiliary, chunk, aux_cache, aux_rope[0][done : done + n], aux_rope[1][done : done + n],
-                    raw_kv=True,
-                )
-            else:
-                _, aux_k, aux_v = forward_raw_kv(self.auxiliary, chunk, aux_cache)
-            pk, pv = self.predictor(aux_k, aux_v)
-            if fused:
-                cos, sin = base_rope[0][done : done + n], base_rope[1][done : done + n]
-                for layer, c, k, v in zip(self.base.layers, cache, pk, pv):
-                    attn = layer.self_attn
-                    k, v = (k, v) if k.dtype == dtype else (k.astype(dtype), v.astype(dtype))
-                    c.update_and_fetch(_apply_rope(_k_norm(attn, k), cos, sin, 1.0, attn.rope.traditional), v)
-            else:
-                fill_cache(self.base, pk, pv, cache)
-            mx.eval([c.state for c in aux_cache + cache])
-            done += n
-        return cache
-
-    def prefill(
-        self, tokens: mx.array, prefill_step: Optional[int] = None, *, fused: Optional[bool] = None
-    ) -> tuple[mx.array, list]:
-        """The KV Prediction prompt step (corenet `forward` with an empty cache): aux on tokens[:, :-1] (chunked,
-        `predict_cache_chunked`), predicted base cache for those N−1 positions, base on the last token against it.
-        Returns (base logits (B, V) for the first generated token, the base cache at offset N). Later steps are
-        plain base steps."""
-        if tokens.ndim == 1:
-            tokens = tokens[None]
-        if tokens.shape[1] == 0:
-            raise ValueError("empty prompt")
-        cache = self.base.make_cache()
-        if tokens.shape[1] > 1:
-            self.predict_cache_chunked(tokens[:, :-1], cache, prefill_step, fused=fused)
-        logits = self.base(tokens[:, -1:], cache)[:, -1]
-        return logits, cache
+    def fill(self, chunk: mx.array, aux_cache: list, base_cache: list) -> list:
+        """The prefill plug-in: the auxiliary runs `chunk` into its own cache (its attention needs the earlier
+        chunks), the predictor maps its raw KV, and the base's forward with `kv` writes the predicted keys (base
+        k-norm, base RoPE at their absolute positions) and values into the base's cache. Returns the caches'
+        arrays to evaluate: nothing else is computed (no aux head, no base queries, attention or MLP)."""
+        _, kv = self.predict(chunk, aux_cache)
+        self.base(chunk, base_cache, kv=kv)
+        return [c.state for c in aux_cache + base_cache]
 
 
 def layer_pruned(base: Model, retained: list[int]) -> Model:

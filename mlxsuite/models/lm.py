@@ -8,9 +8,10 @@ The vocabulary size is a first-class parameter: `ModelArgs.vocab_size`, with N_v
 
 from __future__ import annotations
 
+import importlib
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -19,6 +20,17 @@ from mlx_lm.models.base import BaseModelArgs, create_attention_mask, scaled_dot_
 from mlx_lm.models.cache import KVCache
 from mlx_lm.models.rope_utils import initialize_rope
 from mlx.utils import tree_flatten, tree_unflatten
+
+from . import kernels as fast_kernels
+
+
+# The mlx-lm model each supported family is read like, and what the family always has.
+FAMILIES: dict[str, tuple[str, dict]] = {
+    "llama": ("llama", {}),
+    "mistral": ("llama", {}),
+    "qwen2": ("qwen2", {"qkv_bias": True, "attention_bias": False, "head_dim": None}),
+    "qwen3": ("qwen3", {"qk_norm": True}),
+}
 
 
 @dataclass
@@ -50,6 +62,24 @@ class ModelArgs(BaseModelArgs):
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
 
+    @classmethod
+    def from_dict(cls, params: dict) -> "ModelArgs":
+        """From a config.json of this project or of mlx-lm / Hugging Face (llama, mistral, qwen2, qwen3): keys
+        the file leaves out take the defaults of mlx-lm's model of that family, and the family's fixed traits
+        (qwen2's q/k/v biases, qwen3's q/k-norm) are set."""
+        family = FAMILIES.get(params.get("model_type", "llama"))
+        if family is not None:
+            module, traits = family
+            defaults = importlib.import_module(f"mlx_lm.models.{module}").ModelArgs
+            given = {f.name: f.default for f in fields(defaults) if f.default is not MISSING and f.default is not None}
+            params = {**given, **params, **traits}
+            rope = params.get("rope_parameters") or {}
+            if "rope_theta" not in params and "rope_theta" in rope:  # transformers >= 5 nests them
+                params["rope_theta"] = rope["rope_theta"]
+                if rope.get("rope_type", "default") != "default" and params.get("rope_scaling") is None:
+                    params["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        return super().from_dict(params)
+
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
@@ -80,11 +110,6 @@ class ModelArgs(BaseModelArgs):
         heads = 1 if self.tie_word_embeddings else 2
         return self.n_nonvocab_params + heads * self.n_vocab_params
 
-    def train_flops_per_token(self, seq_len: int) -> float:
-        """6·(N_nv + V·d) (the paper's C = 6ND) plus causal attention, 6·L·T·(heads·head_dim) (half of PaLM's 12)."""
-        attn = 6 * self.num_hidden_layers * seq_len * self.num_attention_heads * self.head_dim
-        return 6 * (self.n_nonvocab_params + self.n_vocab_params) + attn
-
 
 # The vocabulary paper's model family (Table 4): untied embeddings, MHA, width d from the N_nv → d table.
 # The tiny ones train in minutes on a CPU. Vocabulary size is chosen at training time.
@@ -114,6 +139,12 @@ def preset_args(name: str, vocab_size: int, **overrides) -> ModelArgs:
 
 
 class Attention(nn.Module):
+    """Multi-head attention with GQA, optional q/k-norm (qwen3) and RoPE, in pieces that every forward here shares:
+    `project` (raw q, k, v), `finish_queries`/`finish_keys` (norm, then RoPE at absolute positions) and `attend`
+    (attention over finished keys, then o_proj). KV Prediction's seams are keyword arguments of `__call__`: `tap`
+    collects the raw keys and values (k_proj/v_proj outputs, before k-norm and RoPE); `kv` supplies raw keys and
+    values that replace the layer's own."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         d = args.hidden_size
@@ -133,36 +164,49 @@ class Attention(nn.Module):
             self.head_dim, args.rope_theta, args.rope_traditional, args.rope_scaling, args.max_position_embeddings
         )
 
-    def raw_kv(self, x: mx.array) -> tuple[mx.array, mx.array]:
-        """Keys and values as projected: (B, n_kv_heads, L, head_dim), before k-norm and RoPE."""
-        B, L, _ = x.shape
-        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        return k, v
-
-    def finish_keys(self, k: mx.array, offset: int) -> mx.array:
-        """Raw keys → the keys a KV cache holds: k-norm (if any), then RoPE at absolute positions offset, offset+1, …"""
-        if "k_norm" in self:
-            k = self.k_norm(k)
-        return self.rope(k, offset=offset)
-
-    def attend(self, x: mx.array, keys: mx.array, values: mx.array, offset: int, mask, cache=None) -> mx.array:
-        """Queries from x attend to finished keys/values; returns the o_proj output."""
+    def project(self, x: mx.array, kv: Optional[tuple] = None) -> tuple[mx.array, mx.array, mx.array]:
+        """Raw q, k, v (B, heads, L, head_dim) from x (B, L, d); with `kv`, those keys and values instead of k/v."""
         B, L, _ = x.shape
         q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        if kv is not None:
+            k, v = kv
+            return q, k.astype(q.dtype), v.astype(q.dtype)
+        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        return q, k, v
+
+    def normalize_keys(self, k: mx.array) -> mx.array:
+        return self.k_norm(k) if "k_norm" in self else k
+
+    def finish_queries(self, q: mx.array, offset, kernels=None) -> mx.array:
+        """q-norm (if any), then RoPE at positions offset.. (with `kernels`: also the softmax scale)."""
         if "q_norm" in self:
             q = self.q_norm(q)
-        q = self.rope(q, offset=offset)
-        out = scaled_dot_product_attention(q, keys, values, cache=cache, scale=self.scale, mask=mask)
+        return kernels.rope(q, self.scale) if kernels is not None else self.rope(q, offset=offset)
+
+    def finish_keys(self, k: mx.array, offset, kernels=None) -> mx.array:
+        """Raw keys → the keys a KV cache holds: k-norm (if any), then RoPE at absolute positions offset.."""
+        k = self.normalize_keys(k)
+        return kernels.rope(k) if kernels is not None else self.rope(k, offset=offset)
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, mask=None, cache=None, kernels=None) -> mx.array:
+        """Finished queries attend to finished keys/values; returns the o_proj output (B, L, d)."""
+        B, _, L, _ = q.shape
+        if kernels is not None:
+            out = kernels.attention(q, k, v)
+        else:
+            out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
-    def __call__(self, x: mx.array, mask=None, cache: Optional[Any] = None) -> mx.array:
+    def __call__(self, x: mx.array, mask=None, cache=None, kernels=None, tap=None, kv=None) -> mx.array:
         offset = cache.offset if cache is not None else 0
-        k, v = self.raw_kv(x)
-        k = self.finish_keys(k, offset)
+        q, k, v = self.project(x, kv)
+        if tap is not None:
+            tap.append((k, v))
+        q, k = self.finish_queries(q, offset, kernels), self.finish_keys(k, offset, kernels)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        return self.attend(x, k, v, offset, mask, cache)
+        return self.attend(q, k, v, mask, cache, kernels)
 
 
 class MLP(nn.Module):
@@ -173,8 +217,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(d, f, bias=bias)
         self.down_proj = nn.Linear(f, d, bias=bias)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+    def __call__(self, x: mx.array, kernels=None) -> mx.array:
+        g, u = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(kernels.silu_mul(g, u) if kernels is not None else swiglu(g, u))
 
 
 class TransformerBlock(nn.Module):
@@ -185,9 +230,9 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
-        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def __call__(self, x: mx.array, mask=None, cache=None, kernels=None, tap=None, kv=None) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), mask, cache, kernels, tap, kv)
+        return h + self.mlp(self.post_attention_layernorm(h), kernels)
 
 
 class LlamaModel(nn.Module):
@@ -197,12 +242,16 @@ class LlamaModel(nn.Module):
         self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
+    def __call__(self, inputs: mx.array, cache=None, tap: Optional[list] = None, kv: Optional[list] = None):
+        """Causal forward over `inputs` (B, L) continuing `cache` (a list of KVCache, or None). `tap`: a list that
+        receives every layer's raw (keys, values); `kv`: per layer raw (keys, values) to use instead of the layer's
+        own projections (KV Prediction). The fast CPU kernels are chosen here, once per forward."""
         h = self.embed_tokens(inputs)
         cache = cache or [None] * len(self.layers)
-        mask = create_attention_mask(h, cache[0])
-        for layer, c in zip(self.layers, cache):
-            h = layer(h, mask, c)
+        kernels = fast_kernels.select(self.layers, h, cache)
+        mask = None if kernels is not None else create_attention_mask(h, cache[0])
+        for i, (layer, c) in enumerate(zip(self.layers, cache)):
+            h = layer(h, mask, c, kernels, tap, kv[i] if kv is not None else None)
         return self.norm(h)
 
 
@@ -220,10 +269,9 @@ class Model(nn.Module):
             return self.model.embed_tokens.as_linear(h)
         return self.lm_head(h)
 
-    def __call__(self, inputs: mx.array, cache=None, last_only: bool = False) -> mx.array:
-        """Logits (B, L, V), or (B, 1, V) for the last position only when `last_only` (prefill)."""
-        h = self.model(inputs, cache)
-        return self.logits(h[:, -1:] if last_only else h)
+    def __call__(self, inputs: mx.array, cache=None, tap: Optional[list] = None, kv: Optional[list] = None):
+        """Logits (B, L, V); `tap` and `kv` as in `LlamaModel.__call__`."""
+        return self.logits(self.model(inputs, cache, tap, kv))
 
     @property
     def layers(self):

@@ -1,0 +1,205 @@
+"""Fast CPU kernels for the decoder's non-matmul work: RoPE from a table, causal softmax attention, SiLU·mul.
+
+MLX's CPU backend has no fused attention (the scores are materialized) and its `exp`/`sigmoid`/`rope` are scalar
+code, tens of ns per element, so for small models the softmax, SiLU and RoPE cost more than the matmuls. These
+kernels compute the same functions with:
+
+- an exp built from multiply-adds and a bit shift that `mx.compile` fuses into vectorized loops (relative error
+  ~2.5e-7), with its exact derivative (exp' = exp) supplied as a custom VJP, so training can use it too;
+- RoPE from a cos/sin table computed once per forward (the formula of `mx.fast.rope`'s fallback), the softmax
+  scale folded into the queries' rotation;
+- the softmax denominator as a matmul with a ones vector.
+
+`select` decides once per forward whether they apply (the CPU, a C++ compiler for mx.compile, float32, plain RoPE
+on the full head, plain KV caches); the layers of `models/lm.py` then use them in place of `mx.fast.rope`,
+`scaled_dot_product_attention` and `swiglu`. Results match the plain path to float32 rounding, values and
+gradients (tests/test_kernels.py). Compiling whole layers does not pay: building the graph is 1–2 % of a chunk's
+time, and every new chunk shape would retrace.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.cache import KVCache
+
+from ..platform import compiler_available
+
+
+class CPUKernels:
+    """The kernels of one forward pass over positions offset, offset+1, …, offset+n−1."""
+
+    def __init__(self, rope: nn.RoPE, offset: int, n: int):
+        self.offset = offset
+        self.traditional = rope.traditional
+        self.cos, self.sin = rope_table(rope, offset, n)
+
+    def rope(self, x: mx.array, scale: float = 1.0) -> mx.array:
+        """RoPE at this forward's positions on (B, heads, n, head_dim), times `scale` (the softmax scale for q)."""
+        scale = mx.array(scale, dtype=x.dtype)
+        if self.traditional:  # rotate consecutive pairs
+            a, b = _rotate(x[..., 0::2], x[..., 1::2], self.cos, self.sin, scale)
+            return mx.stack([a, b], axis=-1).reshape(x.shape)
+        half = x.shape[-1] // 2
+        a, b = _rotate(x[..., :half], x[..., half:], self.cos, self.sin, scale)
+        return mx.concatenate([a, b], axis=-1)
+
+    def attention(self, q: mx.array, k: mx.array, v: mx.array) -> mx.array:
+        """softmax(q kᵀ + causal mask) v for queries at this forward's positions (q already scaled); GQA by
+        grouping the query heads that share a KV head."""
+        B, H, n, D = q.shape
+        kv_heads, L = k.shape[1], k.shape[2]
+        rep = H // kv_heads
+        scores = (q.reshape(B, kv_heads, rep * n, D) @ k.swapaxes(-1, -2)).reshape(B, kv_heads, rep, n, L)
+        causal = mx.arange(self.offset, self.offset + n)[:, None] >= mx.arange(L)[None]
+        scores = mx.where(causal, scores, -mx.inf)
+        row_max = mx.stop_gradient(scores.max(axis=-1, keepdims=True))
+        weights = fast_exp(_shift(scores, row_max)).reshape(B, kv_heads, rep * n, L)
+        return ((weights @ v) / (weights @ mx.ones((L, 1), dtype=weights.dtype))).reshape(B, H, n, D)
+
+    @staticmethod
+    def silu_mul(g: mx.array, u: mx.array) -> mx.array:
+        return silu_mul(g, u)
+
+
+_enabled = True
+
+
+@contextmanager
+def disabled():
+    """Run the plain MLX ops inside this block (to compare the two paths)."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def select(layers: list, h: mx.array, cache: list) -> Optional[CPUKernels]:
+    """The kernels for a forward of `layers` (this project's decoder layers) on hidden states h (B, n, d) with
+    `cache` (None entries: no cache), or None where they do not apply and the plain MLX ops run."""
+    if not available(layers, h.dtype, cache):
+        return None
+    offset = cache[0].offset if cache[0] is not None else 0
+    return CPUKernels(layers[0].self_attn.rope, offset, h.shape[1])
+
+
+def available(layers: list, dtype, cache: list = ()) -> bool:
+    """Whether the kernels apply: the CPU, a C++ compiler (mx.compile), float32, plain RoPE on the whole head and
+    the same in every layer, plain KV caches."""
+    if not _enabled or mx.default_device().type != mx.DeviceType.cpu or dtype != mx.float32:
+        return False
+    if not compiler_available() or any(c is not None and type(c) is not KVCache for c in cache):
+        return False
+    rope = layers[0].self_attn.rope
+    if type(rope) is not nn.RoPE or rope.dims != layers[0].self_attn.head_dim:
+        return False
+    key = (rope.dims, rope.base, rope.scale, rope.traditional)
+    return all((r.dims, r.base, r.scale, r.traditional) == key for r in (layer.self_attn.rope for layer in layers))
+
+
+def rope_table(rope: nn.RoPE, start: int, n: int) -> tuple[mx.array, mx.array]:
+    """cos and sin (n, dims/2) for positions start..start+n-1, computed as mx.fast.rope's fallback does."""
+    half = rope.dims // 2
+    positions = (mx.arange(n, dtype=mx.float32) + start) * rope.scale
+    inv_freqs = mx.exp(mx.arange(0, -half, -1, dtype=mx.float32) * (math.log(rope.base) / half))
+    theta = positions[:, None] * inv_freqs
+    return mx.cos(theta), mx.sin(theta)
+
+
+@mx.compile
+def _rotate(x1, x2, cos, sin, scale):
+    return (x1 * cos - x2 * sin) * scale, (x1 * sin + x2 * cos) * scale
+
+
+# exp(x) = 2^n · 2^f, n = round(x·log2 e), |f| <= 1/2, for x in [-88.03, 88] (callers clip): 2^f from a degree-6
+# polynomial, relative error ~2.5e-7; 2^n written into the exponent bits (n = -127 gives exactly 0). MLX's CPU
+# exp is scalar code (~15-40 ns per element); this is ~10x faster because mx.compile fuses each part into one
+# loop that the C++ compiler vectorizes: no max/min/where inside (MLX's versions carry branches), every
+# intermediate used once (shared ones split the fusion), and the bit cast (not fusable) between the two parts.
+_LOG2E = 1.4426950408889634
+_ROUND = 12582912.0  # 1.5·2^23: (t + _ROUND) - _ROUND rounds t to the nearest integer in float32
+_EXP_MIN, _EXP_MAX = -88.03, 88.0
+_C = [(-math.log(2)) ** k / math.factorial(k) for k in range(7)]  # 2^f = Σ _C[k]·(-f)^k
+
+
+@mx.compile
+def _exp_mantissa(x):
+    t = x * _LOG2E
+    g = ((t + _ROUND) - _ROUND) - t  # -f: the rounded value first, so that t stays inside the fused kernel
+    g2 = g * g
+    lo = (_C[0] + _C[1] * g) + (_C[2] + _C[3] * g) * g2
+    hi = (_C[4] + _C[5] * g) + _C[6] * (g * g)
+    return lo + hi * (g2 * g2)
+
+
+@mx.compile
+def _exp_bits(x):
+    n = ((x + x) * (_LOG2E * 0.5) - _ROUND) + _ROUND  # the same n as above, written so it is not merged with it
+    return (n.astype(mx.int32) + 127) << 23
+
+
+@mx.compile
+def _mul(a, b):
+    return a * b
+
+
+@mx.custom_function
+def fast_exp(x: mx.array) -> mx.array:
+    """exp(x) for x in [-88.03, 88] (callers clip), vectorized; its gradient is exact for the value computed."""
+    return _mul(_exp_mantissa(x), _exp_bits(x).view(mx.float32))
+
+
+@fast_exp.vjp
+def _fast_exp_vjp(primals, cotangent, output):
+    return _mul(cotangent, output)
+
+
+@mx.compile
+def _shift(scores, row_max):
+    return mx.maximum(scores - row_max, _EXP_MIN)
+
+
+@mx.compile
+def _neg_clip(g):
+    return mx.clip(-g, _EXP_MIN, _EXP_MAX)
+
+
+@mx.compile
+def _silu_finish(g, u, p, two_n):
+    return g / (1.0 + p * two_n) * u
+
+
+@mx.compile
+def _sigmoid_finish(p, two_n):
+    return 1.0 / (1.0 + p * two_n)
+
+
+@mx.compile
+def _silu_mul_grads(g, u, s, cotangent):
+    gs = g * s
+    return cotangent * u * (s + gs * (1.0 - s)), cotangent * gs
+
+
+def _exp_neg(g: mx.array) -> tuple[mx.array, mx.array]:
+    """exp(-g) as (mantissa part, 2^n part): their product, kept unmultiplied so the caller fuses it."""
+    x = _neg_clip(g)
+    return _exp_mantissa(x), _exp_bits(x).view(mx.float32)
+
+
+@mx.custom_function
+def silu_mul(g: mx.array, u: mx.array) -> mx.array:
+    """silu(g) · u = g · u / (1 + exp(-g)), vectorized, with its exact derivative."""
+    return _silu_finish(g, u, *_exp_neg(g))
+
+
+@silu_mul.vjp
+def _silu_mul_vjp(primals, cotangent, output):
+    g, u = primals
+    s = _sigmoid_finish(*_exp_neg(g))
+    return _silu_mul_grads(g, u, s, cotangent)
