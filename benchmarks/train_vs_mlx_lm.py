@@ -2,7 +2,8 @@
 
 Both train the same randomly initialised weights (mlxsuite's LM and mlx-lm's `llama` are the same module tree) on
 the same packed windows, alternating rounds in one process; reported are median tokens/s over rounds and the ratio.
-mlx-lm's loss masks padding (none here: every row is full length); ours is plain mean cross-entropy.
+mlx-lm's loss masks padding (none here: every row is full length); ours is plain mean cross-entropy. `ours-plain`
+is our trainer with the fast CPU kernels switched off (`kernels.disabled()`): what the kernels buy in training.
 
     python benchmarks/train_vs_mlx_lm.py --preset small --steps 20 --rounds 3
 """
@@ -27,7 +28,12 @@ from mlx_lm.tuner import trainer as lm_trainer
 from mlxsuite import platform, trainer
 from mlxsuite.data import Batches
 from mlxsuite.evaluate import lm_loss
-from mlxsuite.models import lm
+from mlxsuite.models import kernels, lm
+
+
+def ours_plain(args, weights, tokens):
+    with kernels.disabled():
+        return ours(args, weights, tokens)
 
 
 def ours(args, weights, tokens):
@@ -72,14 +78,19 @@ if __name__ == "__main__":
     args = lm.preset_args(A.preset, A.vocab_size)
     weights = list(tree_flatten(lm.build(args, seed=0).parameters()))
     tokens = np.random.default_rng(0).integers(0, A.vocab_size, size=A.batch_size * A.seq_len * (A.steps + 2)).astype(np.int32)
-    a, b = [], []
-    for _ in range(A.rounds):
-        a.append(ours(args, weights, tokens))
-        b.append(theirs(args, weights, tokens))
+    runs = {"mlxsuite": ours, "mlxsuite-plain": ours_plain, "mlx_lm": theirs}
+    samples = {name: [] for name in runs}
+    load = [os.getloadavg()[0]]
+    for r in range(A.rounds):
+        for name in (list(runs) if r % 2 == 0 else reversed(list(runs))):
+            samples[name].append(runs[name](args, weights, tokens))
+    load.append(os.getloadavg()[0])
+    med = {name: statistics.median(v) for name, v in samples.items()}
+    paired = lambda a, b: statistics.median(x / y for x, y in zip(samples[a], samples[b]))  # noqa: E731
     result = {
         "preset": A.preset, "vocab_size": A.vocab_size, "tokens_per_step": A.batch_size * A.seq_len,
-        "mlxsuite_tok_s": statistics.median(a), "mlx_lm_tok_s": statistics.median(b),
-        "ratio": statistics.median(a) / statistics.median(b), "samples": {"mlxsuite": a, "mlx_lm": b},
-        "blas": platform.blas_info().library, "load_average": os.getloadavg()[0],
+        "tok_s": med, "ratio": med["mlxsuite"] / med["mlx_lm"], "ratio_paired": paired("mlxsuite", "mlx_lm"),
+        "ratio_plain": med["mlxsuite-plain"] / med["mlx_lm"], "samples": samples,
+        "blas": platform.blas_info().library, "load_average": load,
     }
     print(json.dumps(result, indent=2))

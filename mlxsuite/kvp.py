@@ -184,15 +184,12 @@ def eval_pair(pair: kvm.KVPredictionModel, windows: np.ndarray, batch_size: int 
 def train_kvp(spec: KVPRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None) -> dict:
     """Train (or resume) a KV Prediction pair; returns the final metrics and the folder."""
     callback = callback or (lambda event, info: None)
-    group = mx.distributed.init()
-    rank = group.rank()
-    folder = store.output_path(spec.out)
-    run_dir = folder / "run"
-    spec = trainer.open_run(folder, spec, resume, force, group)
+    run = trainer.open_run(store.output_path(spec.out), spec, resume, force)
+    spec, folder = run.spec, run.folder
 
     pair, tok, base_folder, info = build_pair(spec.base, spec.aux, spec.seed)
     base_hash = store.weights_hash(base_folder)
-    started = run_dir / BASE_FILE
+    started = run.dir / BASE_FILE
     if resume and started.exists() and json.loads(started.read_text())["sha256"] != base_hash:
         raise UserError(f"the base model {base_folder} changed since this run started")
     n_base = pair.base.args.num_hidden_layers
@@ -208,8 +205,8 @@ def train_kvp(spec: KVPRunSpec, resume: bool = False, force: bool = False, callb
             "predictor": pair.predictor.n_params(),
         },
     }
-    if rank == 0:
-        atomic.write_json(run_dir / BASE_FILE, meta["base"])
+    if run.rank == 0:
+        atomic.write_json(run.dir / BASE_FILE, meta["base"])
 
     corpus = data.load_corpus(spec.corpus)
     train_tokens = data.token_stream(tok, corpus, "train")
@@ -217,20 +214,20 @@ def train_kvp(spec: KVPRunSpec, resume: bool = False, force: bool = False, callb
     windows = data.eval_windows(val_tokens, spec.seq_len, spec.eval_windows)
     callback("model", {"kind": info["kind"], "base_layers": n_base, "aux_layers": pair.auxiliary.args.num_hidden_layers,
                        "predictor_params": pair.predictor.n_params(), "lambda_kv": round(lambda_kv, 6)})
-    batches = data.Batches(train_tokens, spec.seq_len, spec.batch_size, spec.seed, rank, group.size())
+    batches = data.Batches(train_tokens, spec.seq_len, spec.batch_size, spec.seed, run.rank, run.size)
     metrics = trainer.train(
         pair,
         kvp_loss(lambda_kv, spec.lambda_aux, spec.z_loss),
         batches,
         spec.train,
-        run_dir,
+        run.dir,
         evaluate=lambda m: eval_pair(m, windows),
         callback=callback,
         resume=resume,
         tokens_per_row=spec.seq_len,
-        group=group,
+        group=run.group,
     )
-    if rank == 0:
+    if run.rank == 0:
         store.save_pair(folder, pair, tok, {**meta, "mlxsuite": {"format": 1, "final": metrics}})
     return {**metrics, "folder": str(folder)}
 

@@ -78,18 +78,15 @@ def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus):
 def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None) -> dict:
     """Train (or resume) the run described by `spec`; returns final metrics and the model folder."""
     callback = callback or (lambda event, info: None)
-    group = mx.distributed.init()
-    rank = group.rank()
-    folder = store.output_path(spec.out)
-    run_dir = folder / "run"
-    spec = trainer.open_run(folder, spec, resume, force, group)
+    run = trainer.open_run(store.output_path(spec.out), spec, resume, force)
+    spec, folder, rank = run.spec, run.folder, run.rank
     mx.random.seed(spec.seed)
 
     corpus = data.load_corpus(spec.corpus)
     callback("corpus", {"name": corpus.name, "train_docs": len(corpus.train), "val_docs": len(corpus.val)})
     if rank == 0:
         prepare_tokenizer(spec, folder, corpus)
-    trainer.barrier(group)
+    trainer.barrier(run.group)
     tok = load_tokenizer(folder)
     callback("tokenizer", {"vocab_size": tok.vocab_size, "path": str(tok.path)})
 
@@ -124,18 +121,18 @@ def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callbac
          "n_params": args.n_params, "train_tokens": int(len(train_tokens)), "val_tokens": int(windows.size)},
     )
 
-    batches = data.Batches(train_tokens, spec.seq_len, spec.batch_size, spec.seed, rank, group.size())
+    batches = data.Batches(train_tokens, spec.seq_len, spec.batch_size, spec.seed, rank, run.size)
     metrics = trainer.train(
         model,
         lm_loss,
         batches,
         spec.train,
-        run_dir,
+        run.dir,
         evaluate=lambda m: evaluate_lm(m, windows, unigram, chars),
         callback=callback,
         resume=resume,
         tokens_per_row=spec.seq_len,
-        group=group,
+        group=run.group,
     )
     if rank == 0:
         store.write_weights(folder, model)

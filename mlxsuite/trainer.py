@@ -135,10 +135,34 @@ def _reseed(seed: int, step: int) -> None:
     mx.random.seed((seed * 1_000_003 + step) % (1 << 31))
 
 
-def open_run(folder: Path, spec, resume: bool, force: bool, group=None):
-    """Start or resume the run kept in `folder`/run. Resuming reloads the spec saved at the start (so the run goes on
-    exactly as begun); starting refuses an existing folder unless `force`, then saves the spec. `spec` is a dataclass
-    with `from_dict` and `validate`. Returns the spec to use. Every rank calls this; only rank 0 writes."""
+@dataclass
+class Run:
+    """An opened run: its spec (as saved at the start), the folder it writes (the run itself in `dir`), and the
+    process group. Rank r of `size` trains on rows r::size of every global batch; only rank 0 writes."""
+
+    spec: Any
+    folder: Path
+    group: Any
+
+    @property
+    def dir(self) -> Path:
+        return self.folder / "run"
+
+    @property
+    def rank(self) -> int:
+        return self.group.rank()
+
+    @property
+    def size(self) -> int:
+        return self.group.size()
+
+
+def open_run(folder: Path, spec, resume: bool, force: bool, group=None) -> Run:
+    """Start or resume the run kept in `folder`/run: the one run scaffold of every recipe. Resuming reloads the
+    spec saved at the start (so the run goes on exactly as begun); starting refuses an existing folder unless
+    `force`, then saves the spec. `spec` is a dataclass with `from_dict` and `validate`. Every rank calls this;
+    only rank 0 writes."""
+    folder = Path(folder)
     group = group or mx.distributed.init()
     spec_file = Path(folder) / "run" / "spec.json"
     if resume:
@@ -153,7 +177,7 @@ def open_run(folder: Path, spec, resume: bool, force: bool, group=None):
             shutil.rmtree(folder)
         atomic.write_json(spec_file, asdict(spec))
     barrier(group)  # the others wait for rank 0's folder
-    return spec
+    return Run(spec, folder, group)
 
 
 def barrier(group) -> None:

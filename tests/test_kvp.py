@@ -322,3 +322,39 @@ def test_kvp_flops_add_up_and_first_token():
     tok = sample(prompt_step(pair, tokens)[0])
     assert tok.shape == (2,) and mx.array_equal(tok, mx.argmax(base(tokens)[:, -1], axis=-1))
     assert mx.array_equal(sample(prefill(pair.auxiliary, tokens, pair.auxiliary.make_cache())), tok)
+
+
+def test_two_processes_match_one_process(corpus_and_tokenizer, tmp_path):
+    """`mlx.launch -n 2 -- mlxsuite kvp train …` (ring backend, each rank half of every batch) = one process."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    bin_dir = Path(sys.executable).parent
+    if shutil.which("mlx.launch", path=str(bin_dir)) is None:
+        pytest.skip("mlx.launch not installed")
+    corpus, tok = corpus_and_tokenizer
+    save_base("base", tok, qk_norm=True)
+    args = ["kvp", "train", "--base", "base", "--aux", "prune:0.5", "--corpus", str(corpus), "--seq-len", "32",
+            "--batch-size", "4", "--steps", "6", "--warmup", "2", "--save-every", "3", "--eval-every", "100",
+            "--log-every", "1", "--eval-windows", "2", "--quiet"]
+    env = {**os.environ, "MLXSUITE_LOCAL_RANKS": "2"}
+    one = subprocess.run([str(bin_dir / "mlxsuite"), *args, "--out", "one"], capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([str(bin_dir / "mlx.launch"), "-n", "2", "--backend", "ring", "--", str(bin_dir / "mlxsuite"),
+                          *args, "--out", "two"], capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    from mlxsuite import trainer
+
+    def losses(name):
+        return [m["loss"] for m in trainer.read_metrics(store.output_path(name) / "run") if m["event"] == "train"]
+
+    assert len(losses("one")) == len(losses("two")) == 6
+    np.testing.assert_allclose(losses("one"), losses("two"), rtol=1e-4)
+    a = mx.load(str(store.output_path("one") / "predictor.safetensors"))
+    b = mx.load(str(store.output_path("two") / "predictor.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), rtol=1e-3, atol=1e-5, err_msg=k)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+import inspect
 import json
 import math
+from typing import Callable, Optional
 
+import typer
 from rich.console import Console
 
 from ..errors import UserError
@@ -100,3 +105,83 @@ class TrainProgress:
         elif event in ("corpus", "tokenizer", "model"):
             text = "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in info.items())
             self.progress.console.print(f"[dim]{event}: {text}[/dim]")
+
+
+# The options of every training command (`train`, `kvp train`, `moma train`), declared once. The trainer's (name →
+# flag, help) reach the command as one `train: TrainConfig`, with defaults from `TrainConfig` or from the command
+# (`train_options(lr=1e-3)`); the run's as one `run: RunFlags`.
+TRAIN_OPTIONS = {
+    "steps": ("--steps", "Optimizer steps."),
+    "lr": ("--lr", "Peak learning rate, reached after the warm-up, then cosine decay to a tenth of it."),
+    "warmup": ("--warmup", "Linear warm-up steps."),
+    "grad_accum": ("--grad-accum", "Split each batch into this many micro-batches (same result, less memory)."),
+    "grad_clip": ("--grad-clip", "Clip the global gradient norm to this (0: no clipping)."),
+    "weight_decay": ("--weight-decay", "AdamW weight decay (never on norms and biases)."),
+    "save_every": ("--save-every", "Checkpoint every N steps (and at the end): what --resume continues from."),
+    "eval_every": ("--eval-every", "Validate every N steps (and at the end)."),
+    "log_every": ("--log-every", "Log the training loss every N steps."),
+    "compile": ("--compile/--no-compile", "Compile the training step (mx.compile)."),
+}
+RUN_OPTIONS = {
+    "device": (None, "--device", "cpu or gpu (default: MLX's default device)."),
+    "resume": (False, "--resume", "Continue the run in --out from its last checkpoint, with the settings it began with."),
+    "force": (False, "--force", "Start over, replacing an existing --out."),
+    "json_out": (False, "--json", "Print the final metrics as one JSON document on stdout."),
+    "quiet": (False, "--quiet", "No progress output."),
+}
+
+
+@dataclass
+class RunFlags:
+    device: Optional[str] = None
+    resume: bool = False
+    force: bool = False
+    json_out: bool = False
+    quiet: bool = False
+
+
+def train_options(**defaults):
+    """Add the training options to a typer command (see TRAIN_OPTIONS and RUN_OPTIONS)."""
+    from ..trainer import TrainConfig
+
+    base = TrainConfig()
+
+    def option(name, default, flag, text):
+        kind = Optional[str] if default is None else type(default)
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                                 default=typer.Option(default, flag, help=text))
+
+    def decorate(command):
+        signature = inspect.signature(command)
+        own = [p for p in signature.parameters.values() if p.name not in ("train", "run")]
+        added = [option(n, defaults.get(n, getattr(base, n)), flag, text) for n, (flag, text) in TRAIN_OPTIONS.items()]
+        added += [option(n, default, flag, text) for n, (default, flag, text) in RUN_OPTIONS.items()]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            config = TrainConfig(**{name: kwargs.pop(name) for name in TRAIN_OPTIONS})
+            flags = RunFlags(**{name: kwargs.pop(name) for name in RUN_OPTIONS})
+            return command(*args, train=config, run=flags, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=own + added)
+        wrapper.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k in {p.name for p in own}},
+                                   **{p.name: p.annotation for p in added}}
+        return wrapper
+
+    return decorate
+
+
+def run_training(train_fn, spec, run: RunFlags, label: str, summary: Callable[[dict], str],
+                 progress_class=None) -> None:
+    """Run a recipe's training function with progress on stderr (rank 0 only), then print its result."""
+    import mlx.core as mx
+
+    rank = mx.distributed.init().rank()
+    with (progress_class or TrainProgress)(quiet=run.quiet or run.json_out or rank != 0, label=label) as progress:
+        result = train_fn(spec, resume=run.resume, force=run.force, callback=progress)
+    if rank != 0:
+        return
+    if run.json_out:
+        print_json(result)
+    else:
+        out.print(summary(result), highlight=False, soft_wrap=True)

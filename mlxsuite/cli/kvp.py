@@ -8,12 +8,13 @@ import typer
 
 from .. import platform
 from ..plots import require_matplotlib
-from .common import TrainProgress, out, print_json
+from .common import out, print_json, run_training, train_options
 
 app = typer.Typer(help="KV Prediction: train an auxiliary model and KV predictor, evaluate it (generate with `mlxsuite generate BASE --kvp DIR`).", no_args_is_help=True)
 
 
 @app.command("train")
+@train_options(lr=1e-3)
 def train(
     base: str = typer.Option(..., help="The (frozen) base model: store name or folder."),
     aux: str = typer.Option("prune:0.5", help="prune:0.75|0.5|0.25 (KVP-LP) or a smaller model sharing the base's "
@@ -26,44 +27,22 @@ def train(
     corpus: Optional[str] = typer.Option(None, help="Text file, folder or JSONL (default: the Python stdlib)."),
     seq_len: int = typer.Option(128, "--seq-len"),
     batch_size: int = typer.Option(16, "--batch-size"),
-    steps: int = typer.Option(200),
-    lr: float = typer.Option(1e-3),
-    warmup: int = typer.Option(20),
-    grad_accum: int = typer.Option(1, "--grad-accum"),
-    save_every: int = typer.Option(50, "--save-every"),
-    eval_every: int = typer.Option(100, "--eval-every"),
-    eval_windows: int = typer.Option(16, "--eval-windows"),
-    seed: int = typer.Option(0),
-    compile: bool = typer.Option(True, "--compile/--no-compile"),
-    device: Optional[str] = typer.Option(None, help="cpu or gpu (default: MLX's default)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
-    force: bool = typer.Option(False, help="Start over, replacing an existing --out."),
-    json_out: bool = typer.Option(False, "--json"),
-    quiet: bool = typer.Option(False),
+    eval_windows: int = typer.Option(16, "--eval-windows", help="Validation windows of --seq-len tokens."),
+    seed: int = typer.Option(0, help="Seed of the predictor's initialization and of the batch order."),
+    train: object = None,
+    run: object = None,
 ):
     """Train the auxiliary and predictor against a frozen base."""
     from ..kvp import KVPRunSpec, train_kvp
-    from ..trainer import TrainConfig
 
-    platform.set_device(device)
+    platform.set_device(run.device)
     spec = KVPRunSpec(
         out=out_name, base=base, aux=aux, lambda_kv=lambda_kv, lambda_aux=lambda_aux, z_loss=z_loss, corpus=corpus,
-        seq_len=seq_len, batch_size=batch_size, seed=seed, eval_windows=eval_windows,
-        train=TrainConfig(steps=steps, lr=lr, warmup=warmup, grad_accum=grad_accum, save_every=save_every,
-                          eval_every=eval_every, compile=compile),
+        seq_len=seq_len, batch_size=batch_size, seed=seed, eval_windows=eval_windows, train=train,
     )
-    import mlx.core as mx
-
-    rank = mx.distributed.init().rank()
-    with TrainProgress(quiet=quiet or json_out or rank != 0, label="kvp") as progress:
-        result = train_kvp(spec, resume=resume, force=force, callback=progress)
-    if rank != 0:
-        return
-    if json_out:
-        print_json(result)
-    else:
-        out.print(f"kvp: {result['folder']}  val KVP CE {result.get('val_kvp_ce', float('nan')):.4f}  "
-                  f"aux CE {result.get('val_aux_ce', float('nan')):.4f}")
+    run_training(train_kvp, spec, run, "kvp", lambda r: (
+        f"kvp: {r['folder']}  val KVP CE {r.get('val_kvp_ce', float('nan')):.4f}  "
+        f"aux CE {r.get('val_aux_ce', float('nan')):.4f}"))
 
 
 @app.command("eval")

@@ -10,9 +10,10 @@ from .. import platform
 from ..errors import UserError
 from ..train_lm import LMRunSpec, auto_vocab_size, train_lm
 from ..trainer import TrainConfig
-from .common import TrainProgress, err, out, positive, print_json
+from .common import RunFlags, err, positive, run_training, train_options
 
 
+@train_options()
 def train(
     out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the model to write."),
     preset: str = typer.Option("tiny", help="Model preset (micro, tiny, small, base, vocab-33m, …)."),
@@ -27,25 +28,13 @@ def train(
     corpus: Optional[str] = typer.Option(None, help="Text file, folder or JSONL (default: the Python stdlib)."),
     seq_len: int = typer.Option(128, "--seq-len"),
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step, over all processes."),
-    steps: int = typer.Option(200),
-    lr: float = typer.Option(3e-3),
-    warmup: int = typer.Option(20),
-    grad_accum: int = typer.Option(1, "--grad-accum"),
-    grad_clip: float = typer.Option(1.0, "--grad-clip"),
-    weight_decay: float = typer.Option(0.1, "--weight-decay"),
-    save_every: int = typer.Option(50, "--save-every"),
-    eval_every: int = typer.Option(100, "--eval-every"),
-    eval_windows: int = typer.Option(64, "--eval-windows"),
-    seed: int = typer.Option(0),
-    compile: bool = typer.Option(True, "--compile/--no-compile", help="Compile the training step."),
-    device: Optional[str] = typer.Option(None, help="cpu or gpu (default: MLX's default)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
-    force: bool = typer.Option(False, help="Start over, replacing an existing --out."),
-    json_out: bool = typer.Option(False, "--json", help="Print the final metrics as one JSON document."),
-    quiet: bool = typer.Option(False, help="No progress output."),
+    eval_windows: int = typer.Option(64, "--eval-windows", help="Validation windows of --seq-len tokens."),
+    seed: int = typer.Option(0, help="Seed of the initialization and of the batch order."),
+    train: TrainConfig = None,
+    run: RunFlags = None,
 ):
     """Train a model. Launch data-parallel runs with `mlx.launch -n 2 -- mlxsuite train …`."""
-    platform.set_device(device)
+    platform.set_device(run.device)
     positive("flops", flops)
     if vocab_size == "auto":
         choice = auto_vocab_size(preset, flops)
@@ -59,21 +48,8 @@ def train(
             raise UserError(f"--vocab-size must be an integer or 'auto', got {vocab_size!r}") from None
     spec = LMRunSpec(
         out=out_name, preset=preset, vocab_size=vocab, tokenizer=tokenizer, init_from=init_from, corpus=corpus, seq_len=seq_len,
-        batch_size=batch_size, seed=seed, eval_windows=eval_windows,
-        train=TrainConfig(
-            steps=steps, lr=lr, warmup=warmup, grad_accum=grad_accum, grad_clip=grad_clip, weight_decay=weight_decay,
-            save_every=save_every, eval_every=eval_every, compile=compile,
-        ),
+        batch_size=batch_size, seed=seed, eval_windows=eval_windows, train=train,
     )
-    import mlx.core as mx
-
-    rank = mx.distributed.init().rank()
-    with TrainProgress(quiet=quiet or json_out or rank != 0) as progress:
-        result = train_lm(spec, resume=resume, force=force, callback=progress)
-    if rank != 0:
-        return
-    if json_out:
-        print_json(result)
-    else:
-        out.print(f"model: {result['folder']}  val CE {result.get('val_ce', float('nan')):.4f}  "
-                  f"L_u {result.get('val_lu', float('nan')):.4f}  bits/char {result.get('val_bpc', float('nan')):.4f}")
+    run_training(train_lm, spec, run, "train", lambda r: (
+        f"model: {r['folder']}  val CE {r.get('val_ce', float('nan')):.4f}  L_u {r.get('val_lu', float('nan')):.4f}  "
+        f"bits/char {r.get('val_bpc', float('nan')):.4f}"))
