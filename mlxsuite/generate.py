@@ -72,7 +72,7 @@ def sample(logits: mx.array, temperature: float = 0.0, top_k: int = 0) -> mx.arr
     return mx.random.categorical(logits)
 
 
-def generate_tokens(
+def generate_step(
     model,
     prompt: mx.array,
     max_tokens: int,
@@ -83,18 +83,26 @@ def generate_tokens(
     fill: Optional[Fill] = None,
     prefill_step: Optional[int] = None,
     processor: Optional[Processor] = None,
-) -> Iterator[int]:
-    """Yield up to `max_tokens` token ids after a 1-D prompt. `cache` is the prompt cache (default: a new one;
-    one that already holds earlier tokens is continued by `prompt`); `fill` how prompt chunks enter it (`prefill`);
-    `processor` changes the logits before each sampling (e.g. to restrict the vocabulary)."""
+) -> Iterator[mx.array]:
+    """The decode loop: yield up to `max_tokens` evaluated token ids (B,) after prompts (B, T) (or one (T,)).
+    `cache` is the prompt cache (default: a new one; one that already holds earlier tokens is continued by
+    `prompt`); `fill` how prompt chunks enter it (`prefill`); `processor` changes the logits before each sampling
+    (e.g. to restrict the vocabulary)."""
     cache = model.make_cache() if cache is None else cache
     logits = prefill(model, prompt, cache, prefill_step, fill)
     for i in range(max_tokens):
         token = sample(processor(logits) if processor is not None else logits, temperature, top_k)
         mx.eval(token)
-        yield int(token.item())
+        yield token
         if i + 1 < max_tokens:
-            logits = model(token.reshape(1, 1), cache)[:, -1]
+            logits = model(token[:, None], cache)[:, -1]
+
+
+def generate_tokens(model, prompt: mx.array, max_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                    **kw) -> Iterator[int]:
+    """`generate_step` for one 1-D prompt, yielding ints."""
+    for token in generate_step(model, prompt[None], max_tokens, temperature, top_k, **kw):
+        yield int(token.item())
 
 
 def generate_text(

@@ -19,12 +19,14 @@ import numpy as np
 
 from . import atomic, data, store, trainer
 from .errors import UserError
+from .evaluate import evaluate_lm, lm_loss
 from .generate import generate_text, prefill
 from .models import kv_prediction as kvm
 from .models import lm
 
 
 BASE_FILE = "base.json"  # in run/: the base a run started from (checked on resume)
+BASELINE_DIR = "baseline"  # the OE-LP baseline trained beside a KVP-LP pair
 
 
 # ---- building the pair --------------------------------------------------------------------------------------------
@@ -68,7 +70,7 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0):
     (`prune:X`, KVP-LP) or a stored smaller model sharing its tokenizer (KVP-C); the predictor has default init."""
     from .convert import pruned_layers
 
-    base, tok, base_folder = store.load_model(base_name)
+    base, tok, base_folder = store.load_model(base_name, dequantize=None)
     if tok is None:
         raise UserError(f"{base_folder} has no tokenizer")
     kind, keep = parse_aux(aux_spec)
@@ -79,7 +81,7 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0):
         layer_map = kvm.lp_layer_map(keep, retained, n_base)
         info = {"kind": "LP", "keep": keep, "retained": retained}
     else:
-        aux, _, aux_folder = store.load_model(aux_spec)
+        aux, _, aux_folder = store.load_model(aux_spec, dequantize=None)
         check_same_tokenizer(base_folder, base, aux_folder, aux)
         layer_map = kvm.contiguous_layer_map(n_base, aux.args.num_hidden_layers)
         info = {"kind": "C", "source": str(aux_folder.resolve())}
@@ -109,6 +111,8 @@ class KVPRunSpec:
     batch_size: int = 16
     seed: int = 0
     eval_windows: int = 16
+    baseline: bool = False  # KVP-LP: also train the paper's OE-LP baseline (the pruned model alone, plain CE)
+    train_embeddings: bool = True  # False: the auxiliary's (and baseline's) embedding and head stay as initialized
     train: trainer.TrainConfig = field(default_factory=lambda: trainer.TrainConfig(lr=1e-3))
 
     @classmethod
@@ -125,7 +129,10 @@ class KVPRunSpec:
             v = getattr(self, name)
             if v is not None and (not math.isfinite(v) or v < 0):
                 raise UserError(f"{name.replace('_', '-')} must be >= 0, got {v}")
-        parse_aux(self.aux)
+        kind, _ = parse_aux(self.aux)
+        if self.baseline and kind != "prune":
+            raise UserError("--baseline trains the OE-LP baseline of a layer-pruned auxiliary (--aux prune:X); the "
+                            "baseline of KVP-C is the auxiliary's original weights, which `kvp eval` uses as they are")
         self.train.validate()
 
 
@@ -215,21 +222,46 @@ def train_kvp(spec: KVPRunSpec, resume: bool = False, force: bool = False, callb
     callback("model", {"kind": info["kind"], "base_layers": n_base, "aux_layers": pair.auxiliary.args.num_hidden_layers,
                        "predictor_params": pair.predictor.n_params(), "lambda_kv": round(lambda_kv, 6)})
     batches = data.Batches(train_tokens, spec.seq_len, spec.batch_size, spec.seed, run.rank, run.size)
-    metrics = trainer.train(
-        pair,
-        kvp_loss(lambda_kv, spec.lambda_aux, spec.z_loss),
-        batches,
-        spec.train,
-        run.dir,
-        evaluate=lambda m: eval_pair(m, windows),
-        callback=callback,
-        resume=resume,
-        tokens_per_row=spec.seq_len,
-        group=run.group,
-    )
+    _set_trainable(pair.auxiliary, spec)
+    if resume and (folder / store.CONFIG_FILE).exists():  # the pair finished; what may be left is the baseline
+        metrics = store.read_config(folder)["mlxsuite"]["final"]
+    else:
+        metrics = trainer.train(pair, kvp_loss(lambda_kv, spec.lambda_aux, spec.z_loss), batches, spec.train, run.dir,
+                                evaluate=lambda m: eval_pair(m, windows), callback=callback, resume=resume,
+                                tokens_per_row=spec.seq_len, group=run.group)
+        if run.rank == 0:
+            store.save_pair(folder, pair, tok, {**meta, "mlxsuite": {"format": 1, "final": metrics}})
+    result = {**metrics, "folder": str(folder)}
+    if spec.baseline:
+        baseline = kvm.layer_pruned(pair.base, info["retained"])
+        _set_trainable(baseline, spec)
+        result["baseline"] = _train_baseline(baseline, run, batches, windows, tok, callback)
+    return result
+
+
+def _set_trainable(aux: lm.Model, spec: KVPRunSpec) -> None:
+    aux.train()
+    aux.unfreeze()
+    if not spec.train_embeddings:
+        aux.model.embed_tokens.freeze()
+        if "lm_head" in aux:
+            aux.lm_head.freeze()
+
+
+def _train_baseline(model: lm.Model, run: trainer.Run, batches, windows, tok, callback) -> dict:
+    """The paper's OE-LP baseline: the same layer-pruned model trained alone with plain cross-entropy, on the same
+    batches, steps and schedule as the pair; kept in `BASELINE_DIR` (resumable from its own run)."""
+    folder = run.folder / BASELINE_DIR
+    if (folder / store.WEIGHTS_FILE).exists():
+        return store.read_config(folder)["mlxsuite"]["final"]
+    callback("stage", {"name": "baseline", "title": "OE-LP baseline: the pruned model fine-tuned alone"})
+    metrics = trainer.train(model, lm_loss, batches, run.spec.train, folder / "run",
+                            evaluate=lambda m: {"ce": evaluate_lm(m, windows)["ce"]}, callback=callback,
+                            resume=trainer.has_checkpoint(folder / "run"), tokens_per_row=run.spec.seq_len,
+                            group=run.group)
     if run.rank == 0:
-        store.save_pair(folder, pair, tok, {**meta, "mlxsuite": {"format": 1, "final": metrics}})
-    return {**metrics, "folder": str(folder)}
+        store.save_into(folder, model, tok, {"kvp_baseline": "OE-LP", "final": metrics})
+    return metrics
 
 
 # ---- loading and inference ----------------------------------------------------------------------------------------

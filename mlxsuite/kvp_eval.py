@@ -1,8 +1,28 @@
-"""KV Prediction evaluation: base alone, auxiliary alone and KV Prediction on held-out text — continuation
-cross-entropy, first-token accuracy, greedy next-line exact match, TTFT FLOPs, per-layer KV error."""
+"""KV Prediction evaluation, against the paper's own baselines, on held-out text.
+
+Methods (the rows of the paper's Table 5):
+- `base`: the base model alone;
+- `baseline`: the paper's baseline of the auxiliary kind — for KVP-LP the layer-pruned model fine-tuned alone with
+  plain cross-entropy on the same tokens and steps ("OE-LP", `kvp train --baseline`), for KVP-C the auxiliary's
+  original weights ("OE");
+- `aux-joint`: the auxiliary as trained jointly with the KV Prediction objective (not a baseline of the paper: it
+  shows what the joint training did to the auxiliary on its own);
+- `kvp`: KV Prediction (auxiliary + predictor fill the base's prompt cache, the base produces every token).
+
+Metrics, each method continuing from its own prompt cache:
+- continuation cross-entropy of the tokens after a prompt, and first-token accuracy;
+- agreement with the base: greedy continuation of N tokens, token-level match rate and exact match against the
+  base's own greedy continuation (what a user of a TTFT method cares about: does it answer like the base?);
+- a generative 1-shot task in the paper's style (greedy, stop at the end of the answer, exact match): completing
+  the first line of a Python function body from its signature and docstring, after one worked example, drawn from
+  the held-out stdlib files (the paper's TriviaQA and HumanEval cannot be downloaded here);
+- TTFT FLOPs, and the per-layer error of the predicted keys and values.
+"""
 
 from __future__ import annotations
 
+import ast
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -10,94 +30,157 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import data, flops
+from . import data, flops, store
 from .errors import UserError
-from .generate import prefill
-from .kvp import flops_reduction, load_pair, prompt_step
+from .generate import Fill, generate_step, prefill
+from .kvp import BASELINE_DIR, flops_reduction, load_pair, prompt_fill
 from .models import kv_prediction as kvm
 from .plots import pyplot
 
-METHODS = ("base", "aux", "kvp")
+Tick = Optional[Callable[[str], None]]
 
 
-def _prompt_step(pair: kvm.KVPredictionModel, method: str, prompt: mx.array):
-    """(first-token logits (B, V), cache, the model that continues) for one method."""
-    if method == "kvp":
-        logits, cache = prompt_step(pair, prompt)
-        return logits, cache, pair.base
-    model = pair.base if method == "base" else pair.auxiliary
-    cache = model.make_cache()
-    return prefill(model, prompt, cache), cache, model
+@dataclass
+class Method:
+    """One way to produce a model's continuation: the model that decodes and how its prompt cache is made."""
+
+    name: str
+    model: object
+    prompt_cache: Callable[[], tuple[list, Optional[Fill]]]  # → (a new prompt cache, the fill that enters it)
 
 
-def continuation_metrics(pair, rows: np.ndarray, prompt_len: int, batch_size: int = 8, tick=None) -> dict:
-    """For each method: mean CE of the `rows.shape[1] - prompt_len` tokens after the prompt, each method continuing
-    from its own prompt cache (KVP: the predicted cache, then the base), and first-token accuracy."""
-    res = {m: {"ce": 0.0, "first_acc": 0.0} for m in METHODS}
-    n = 0
-    for i in range(0, len(rows), batch_size):
-        batch = mx.array(rows[i : i + batch_size])
-        prompt, cont = batch[:, :prompt_len], batch[:, prompt_len:]
-        for m in METHODS:
-            first, cache, model = _prompt_step(pair, m, prompt)
-            logits = first[:, None]
-            if cont.shape[1] > 1:
-                logits = mx.concatenate([logits, model(cont[:, :-1], cache)], axis=1)
-            ce = mx.mean(nn.losses.cross_entropy(logits, cont, reduction="none"), axis=1)
-            acc = (mx.argmax(first, axis=-1) == cont[:, 0]).astype(mx.float32)
-            mx.eval(ce, acc)
-            res[m]["ce"] += ce.sum().item()
-            res[m]["first_acc"] += acc.sum().item()
-            if tick is not None:
-                tick(f"continuation, {m}")
-        n += len(batch)
-    return {m: {k: v / max(n, 1) for k, v in d.items()} for m, d in res.items()}
-
-
-def next_line_samples(tok, docs: list[str], n: int, prompt_len: int, seed: int = 0) -> list[tuple[list[int], str]]:
-    """(prompt ids: the last `prompt_len` tokens of a file up to the start of a line, that line) for n code lines
-    with at least 8 non-blank characters, drawn reproducibly from the documents."""
-    rng = np.random.default_rng(seed)
-    out: list[tuple[list[int], str]] = []
-    tries = 0
-    while len(out) < n and tries < 50 * n and docs:
-        tries += 1
-        doc = docs[int(rng.integers(len(docs)))]
-        starts = [0] + [i + 1 for i, ch in enumerate(doc) if ch == "\n"]
-        if len(starts) < 4:
-            continue
-        k = int(rng.integers(2, len(starts) - 1))
-        line = doc[starts[k] :].split("\n", 1)[0].rstrip()
-        if len(line.strip()) < 8:
-            continue
-        ids = tok.encode(doc[max(0, starts[k] - 8 * prompt_len) : starts[k]])[-prompt_len:]
-        if len(ids) >= 4:
-            out.append((ids, line))
+def methods(pair: kvm.KVPredictionModel, baseline=None) -> list[Method]:
+    """base, baseline (when given), aux-joint, kvp."""
+    plain = lambda m: Method("", m, lambda: (m.make_cache(), None))  # noqa: E731
+    out = [Method("base", pair.base, plain(pair.base).prompt_cache)]
+    if baseline is not None:
+        out.append(Method("baseline", baseline, plain(baseline).prompt_cache))
+    out.append(Method("aux-joint", pair.auxiliary, plain(pair.auxiliary).prompt_cache))
+    out.append(Method("kvp", pair.base, lambda: prompt_fill(pair)))
     return out
 
 
-def next_line_exact_match(pair, tok, samples: list[tuple[list[int], str]], max_tokens: int = 48, tick=None) -> dict:
-    """Greedy next-line exact match (trailing whitespace ignored) for each method."""
+def load_baseline(folder: Path, config: dict):
+    """The paper's baseline for this pair: the OE-LP model trained beside it (KVP-LP) or the auxiliary's original
+    weights (KVP-C); None when it is not there (an LP pair trained without --baseline)."""
+    aux = config.get("aux", {})
+    if aux.get("kind") == "C":
+        return store.load(aux["source"], "lm").model
+    if (Path(folder) / BASELINE_DIR / store.WEIGHTS_FILE).exists():
+        return store.load(str(Path(folder) / BASELINE_DIR), "lm").model
+    return None
+
+
+# ---- metrics ------------------------------------------------------------------------------------------------------
+
+
+def continuation(ms: list[Method], rows: np.ndarray, prompt_len: int, batch_size: int = 8, tick: Tick = None) -> dict:
+    """Mean CE of the `rows.shape[1] − prompt_len` tokens after the prompt, and first-token accuracy."""
+    res = {m.name: {"ce": 0.0, "first_acc": 0.0} for m in ms}
+    for i in range(0, len(rows), batch_size):
+        batch = mx.array(rows[i : i + batch_size])
+        prompt, cont = batch[:, :prompt_len], batch[:, prompt_len:]
+        for m in ms:
+            cache, fill = m.prompt_cache()
+            logits = prefill(m.model, prompt, cache, fill=fill)[:, None]
+            if cont.shape[1] > 1:
+                logits = mx.concatenate([logits, m.model(cont[:, :-1], cache)], axis=1)
+            ce = nn.losses.cross_entropy(logits, cont, reduction="none").mean(axis=1)
+            acc = (mx.argmax(logits[:, 0], axis=-1) == cont[:, 0]).astype(mx.float32)
+            mx.eval(ce, acc)
+            res[m.name]["ce"] += ce.sum().item()
+            res[m.name]["first_acc"] += acc.sum().item()
+            if tick:
+                tick(f"continuation, {m.name}")
+    return {k: {s: v / max(len(rows), 1) for s, v in d.items()} for k, d in res.items()}
+
+
+def greedy(m: Method, prompts: mx.array, n_tokens: int) -> np.ndarray:
+    """m's greedy continuation (B, n_tokens) of prompts (B, T), through the one decode loop."""
+    cache, fill = m.prompt_cache()
+    steps = generate_step(m.model, prompts, n_tokens, cache=cache, fill=fill)
+    return np.stack([np.array(t) for t in steps], axis=1)
+
+
+def agreement(ms: list[Method], prompts: np.ndarray, n_tokens: int, batch_size: int = 8, tick: Tick = None) -> dict:
+    """Per method: token-level match rate and exact-match rate of its greedy continuation of N tokens against the
+    base's own (the first method is the base: its rates are 1 by construction)."""
+    match = {m.name: [] for m in ms}
+    for i in range(0, len(prompts), batch_size):
+        batch = mx.array(prompts[i : i + batch_size])
+        ref = None
+        for m in ms:
+            out = greedy(m, batch, n_tokens)
+            ref = out if ref is None else ref
+            match[m.name].append(out == ref)
+            if tick:
+                tick(f"agreement, {m.name}")
+    return {k: {"token_match": float(np.concatenate(v).mean()), "exact": float(np.concatenate(v).all(axis=1).mean())}
+            for k, v in match.items()}
+
+
+@dataclass
+class CodeSample:
+    prompt: str  # one worked example, then the target's signature and docstring and the body line's indentation
+    answer: str  # the first line of the function body after its docstring (stripped)
+
+
+def code_samples(docs: list[str], n: int, seed: int = 0, max_chars: int = 1500) -> list[CodeSample]:
+    """The 1-shot code task from Python sources: functions with a docstring whose next statement's first line has
+    8–60 characters (the answer); each prompt is another such function's head and answer (the shot), then the
+    target's head (signature, docstring) and the answer's indentation.
+    Drawn reproducibly; none when the documents are not Python."""
+    found = []
+    for doc in docs:
+        try:
+            tree = ast.parse(doc)
+        except (SyntaxError, ValueError):
+            continue
+        lines = doc.splitlines()
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or len(node.body) < 2:
+                continue
+            if ast.get_docstring(node) is None:
+                continue
+            line = lines[node.body[1].lineno - 1]
+            answer = line.strip()
+            if not 8 <= len(answer) <= 60 or answer.startswith("#"):
+                continue
+            start = node.lineno - 1 - len(node.decorator_list)
+            head = "\n".join(lines[start : node.body[0].end_lineno])
+            indent = line[: len(line) - len(line.lstrip())]
+            if len(head) < max_chars:
+                found.append((head, indent, answer))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(found))
+    out = []
+    for k, i in enumerate(order[:n]):
+        shot_head, shot_indent, shot_answer = found[order[(k + 1) % len(order)]] if len(found) > 1 else found[i]
+        head, indent, answer = found[i]
+        shot = f"{shot_head.lstrip()}\n{shot_indent}{shot_answer}\n\n\n"
+        out.append(CodeSample(shot + f"{head.lstrip()}\n{indent}", answer))
+    return out
+
+
+def code_task(ms: list[Method], tok, samples: list[CodeSample], max_tokens: int = 32, tick: Tick = None) -> dict:
+    """Exact match (stripped) of each method's greedy first body line, stopping at the end of the line."""
     res = {}
-    for m in METHODS:
+    for m in ms:
         hits = 0
-        for ids, line in samples:
-            first, cache, model = _prompt_step(pair, m, mx.array(ids)[None])
+        for s in samples:
+            ids = tok.encode(s.prompt)
+            cache, fill = m.prompt_cache()
             head = tok.decode(ids)
             gen: list[int] = []
-            logits = first
-            for _ in range(max_tokens):
-                token = int(mx.argmax(logits, axis=-1).item())
-                gen.append(token)
-                text = tok.decode(ids + gen)[len(head):]
-                if "\n" in text or token == tok.eos_id:
+            for t in generate_step(m.model, mx.array(ids)[None], max_tokens, cache=cache, fill=fill):
+                gen.append(int(t.item()))
+                if "\n" in tok.decode(ids + gen)[len(head):] or gen[-1] == tok.eos_id:
                     break
-                logits = model(mx.array([[token]]), cache)[:, -1]
             text = tok.decode(ids + gen)[len(head):]
-            hits += text.split("\n", 1)[0].rstrip() == line
-            if tick is not None:
-                tick(f"next line, {m}")
-        res[m] = hits / max(len(samples), 1)
+            hits += text.split("\n", 1)[0].strip() == s.answer
+            if tick:
+                tick(f"code task, {m.name}")
+        res[m.name] = hits / max(len(samples), 1)
     return res
 
 
@@ -105,7 +188,6 @@ def kv_errors(pair, rows: np.ndarray, batch_size: int = 8) -> dict:
     """Per base layer: mean |k_norm_B(K̂) − K| (pre-RoPE) and mean |V̂ − V| over all positions of the rows."""
     k_sum = np.zeros(pair.base.args.num_hidden_layers)
     v_sum = np.zeros_like(k_sum)
-    n = 0
     for i in range(0, len(rows), batch_size):
         inputs = mx.array(rows[i : i + batch_size])
         _, _, pk, pv = pair(inputs)
@@ -115,15 +197,13 @@ def kv_errors(pair, rows: np.ndarray, batch_size: int = 8) -> dict:
         mx.eval(ks, vs)
         k_sum += np.array(ks) * len(inputs)
         v_sum += np.array(vs) * len(inputs)
-        n += len(inputs)
-    return {"k_l1": (k_sum / max(n, 1)).tolist(), "v_l1": (v_sum / max(n, 1)).tolist()}
+    n = max(len(rows), 1)
+    return {"k_l1": (k_sum / n).tolist(), "v_l1": (v_sum / n).tolist()}
 
 
 def flops_report(pair, prompt_len: int) -> dict:
     b, a = pair.base.args, pair.auxiliary.args
-    base_f = flops.prefill(b, prompt_len)
-    aux_f = flops.prefill(a, prompt_len)
-    kvp_f = flops.kvp_prefill(pair, prompt_len)
+    base_f, aux_f, kvp_f = flops.prefill(b, prompt_len), flops.prefill(a, prompt_len), flops.kvp_prefill(pair, prompt_len)
     return {
         "prompt_tokens": prompt_len,
         "params": {"base": b.n_params, "aux": a.n_params, "predictor": pair.predictor.n_params()},
@@ -133,26 +213,32 @@ def flops_report(pair, prompt_len: int) -> dict:
     }
 
 
+# ---- the evaluation -----------------------------------------------------------------------------------------------
+
+
 def evaluate_kvp(
-    name_or_path: str, corpus: Optional[str] = None, prompt_len: int = 64, cont_len: int = 32, samples: int = 32,
-    lines: int = 32, seed: int = 0, pair_and_tok=None, progress: Optional[Callable[[int, int, str], None]] = None,
+    ref: str, corpus: Optional[str] = None, prompt_len: int = 64, cont_len: int = 32, samples: int = 32,
+    agree_tokens: int = 16, code: int = 32, seed: int = 0, loaded=None,
+    progress: Optional[Callable[[int, int, str], None]] = None,
 ) -> dict:
-    """Base alone vs auxiliary alone vs KV Prediction on held-out text (default: the embedded corpus's validation
-    files): continuation CE and first-token accuracy, greedy next-line exact match, TTFT FLOPs, per-layer KV L1.
-    `progress(done, total, what)` is called as the methods go through the batches and lines."""
-    if prompt_len < 2 or cont_len < 1 or samples < 1 or lines < 0:
-        raise UserError("prompt length must be >= 2, continuation >= 1, samples >= 1")
-    if pair_and_tok is None:
-        pair, tok, folder, _ = load_pair(name_or_path)
+    """Every method on held-out text (default: the embedded corpus's validation files). `loaded`: (pair, tokenizer,
+    baseline or None) instead of loading `ref`. `progress(done, total, what)` follows the work."""
+    if prompt_len < 2 or cont_len < 1 or samples < 1 or agree_tokens < 0 or code < 0:
+        raise UserError("prompt length must be >= 2, continuation and samples >= 1, agreement tokens and code "
+                        "samples >= 0")
+    if loaded is None:
+        pair, tok, folder, config = load_pair(ref)
+        baseline = load_baseline(folder, config)
     else:
-        (pair, tok), folder = pair_and_tok, Path(name_or_path)
+        (pair, tok, baseline), folder = loaded, Path(ref)
+    ms = methods(pair, baseline)
     c = data.load_corpus(corpus)
-    val = data.token_stream(tok, c, "val")
-    rows = data.eval_windows(val, prompt_len + cont_len - 1, samples)
+    rows = data.eval_windows(data.token_stream(tok, c, "val"), prompt_len + cont_len - 1, samples)
     if len(rows) == 0:
         raise UserError(f"validation text is shorter than {prompt_len + cont_len} tokens")
-    line_samples = next_line_samples(tok, c.val, lines, prompt_len, seed) if lines else []
-    total = len(METHODS) * (-(-len(rows) // 8) + len(line_samples))
+    tasks = code_samples(c.val, code, seed) if code else []
+    batches = -(-len(rows) // 8)
+    total = len(ms) * (batches * (2 if agree_tokens else 1) + len(tasks))
     count = [0]
 
     def tick(what: str) -> None:
@@ -160,14 +246,22 @@ def evaluate_kvp(
         if progress is not None:
             progress(count[0], total, what)
 
-    cont = continuation_metrics(pair, rows, prompt_len, tick=tick)
-    em = next_line_exact_match(pair, tok, line_samples, tick=tick) if lines else {}
+    result = {m: {} for m in (x.name for x in ms)}
+    for name, scores in continuation(ms, rows, prompt_len, tick=tick).items():
+        result[name].update(scores)
+    if agree_tokens:
+        for name, scores in agreement(ms, rows[:, :prompt_len], agree_tokens, tick=tick).items():
+            result[name].update({f"agree_{k}": v for k, v in scores.items()})
+    if tasks:
+        for name, em in code_task(ms, tok, tasks, tick=tick).items():
+            result[name]["code_em"] = em
     return {
         "kvp": str(folder),
         "corpus": c.name,
         "samples": int(len(rows)),
-        "lines": lines,
-        "methods": {m: {**cont[m], **({"next_line_em": em[m]} if em else {})} for m in METHODS},
+        "agree_tokens": agree_tokens,
+        "code_samples": len(tasks),
+        "methods": result,
         "flops": flops_report(pair, prompt_len),
         "kv_error": kv_errors(pair, rows),
         "layer_map": pair.predictor.args.layer_map,

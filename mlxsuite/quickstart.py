@@ -4,8 +4,9 @@ Stages (each reported through `callback("stage", …)`; the trainer's and the me
 
 1. base: tokenizer + a small base LM (`train_lm`), store name `{name}-lm`;
 2. kvp: an LP-0.50 KV Prediction pair for it (`train_kvp`: layer-pruned aux + predictor), store name `{name}-kvp`;
-3. quality: base alone / aux alone / KV Prediction on held-out text (`evaluate_kvp`): continuation loss, first-token
-   accuracy, greedy next-line exact match;
+3. quality: base, the paper's baseline (OE-LP, trained beside the pair), the jointly trained auxiliary and KV
+   Prediction on held-out text (`kvp_eval.evaluate_kvp`): continuation loss, first-token accuracy, agreement with the
+   base's greedy continuation (and the 1-shot code task with `code` > 0: on the toy model it reads 0 % for all);
 4. ttft: time to first token of the three at 128/512/1024 tokens (`ttft.run`, modes base/aux/kvp, medians).
 
 Finished work is reused when run again: a trained base or pair is loaded, not retrained; an interrupted training
@@ -34,6 +35,7 @@ RESULTS_FILE = "quickstart.json"
 @dataclass
 class QuickstartConfig:
     name: str = "quickstart"  # store names: {name}-lm (the base) and {name}-kvp (the pair)
+    model: Optional[str] = None  # a model of the user's as the base (any model reference) instead of training one
     preset: str = "tiny"  # d=128, 4 layers: LP-0.50 keeps 2
     vocab_size: int = 2048
     seq_len: int = 128
@@ -43,13 +45,16 @@ class QuickstartConfig:
     kvp_batch_size: int = 8  # in the paper, so that the aux does not simply get more training than the base
     kvp_lr: float = 2e-3
     keep: float = 0.5  # the LP fraction of the auxiliary
+    baseline: bool = True  # train the paper's OE-LP baseline beside the pair (same batches and steps)
+    train_embeddings: bool = True
     corpus: Optional[str] = None  # None: the embedded stdlib corpus
     model_overrides: dict = field(default_factory=dict)
     # quality
     prompt_len: int = 64
     cont_len: int = 32
     samples: int = 64
-    lines: int = 32
+    agree_tokens: int = 16
+    code: int = 0  # 1-shot code-task samples: 0 for the toy model, on which it reads 0 % for every method
     # ttft
     lengths: tuple[int, ...] = (128, 512, 1024)
     reps: int = 3
@@ -57,14 +62,14 @@ class QuickstartConfig:
 
     @property
     def base_name(self) -> str:
-        return f"{self.name}-lm"
+        return self.model or f"{self.name}-lm"
 
     @property
     def kvp_name(self) -> str:
         return f"{self.name}-kvp"
 
     def quality_settings(self) -> dict:
-        return {k: getattr(self, k) for k in ("corpus", "prompt_len", "cont_len", "samples", "lines")}
+        return {k: getattr(self, k) for k in ("corpus", "prompt_len", "cont_len", "samples", "agree_tokens", "code")}
 
     def ttft_settings(self) -> dict:
         return {"lengths": list(self.lengths), "reps": self.reps, "warmup": self.warmup}
@@ -80,8 +85,8 @@ def run_quickstart(
     """Run (or reuse) the four stages; returns one JSON-ready document with the TTFT and the quality tables."""
     from . import ttft
     from .generate import default_prefill_step
-    from .kvp import KVPRunSpec, load_pair, train_kvp
-    from .kvp_eval import evaluate_kvp
+    from .kvp import BASELINE_DIR, KVPRunSpec, load_pair, train_kvp
+    from .kvp_eval import evaluate_kvp, load_baseline
     from .train_lm import LMRunSpec, train_lm
 
     cfg = config or QuickstartConfig()
@@ -93,10 +98,14 @@ def run_quickstart(
 
     # 1. tokenizer + base ------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    base_folder = store.output_path(cfg.base_name)
-    base_done = (base_folder / store.WEIGHTS_FILE).exists() and not fresh
-    _stage(callback, 1, "base", f"tokenizer + base LM ({cfg.preset}, V={cfg.vocab_size}, {cfg.steps} steps)",
-           base_done)
+    if cfg.model:
+        base_folder, base_done = store.resolve(cfg.model), True
+        _stage(callback, 1, "base", f"base: {cfg.model}", True)
+    else:
+        base_folder = store.output_path(cfg.base_name)
+        base_done = (base_folder / store.WEIGHTS_FILE).exists() and not fresh
+        _stage(callback, 1, "base", f"tokenizer + base LM ({cfg.preset}, V={cfg.vocab_size}, {cfg.steps} steps)",
+               base_done)
     if not base_done:
         spec = LMRunSpec(
             out=cfg.base_name, preset=cfg.preset, vocab_size=cfg.vocab_size, corpus=cfg.corpus, seq_len=cfg.seq_len,
@@ -113,15 +122,17 @@ def run_quickstart(
     kvp_folder = store.output_path(cfg.kvp_name)
     base_hash = store.weights_hash(base_folder)
     pair_done = False
-    if not fresh and (kvp_folder / store.PREDICTOR_FILE).exists():
+    baseline_done = not cfg.baseline or (kvp_folder / BASELINE_DIR / store.WEIGHTS_FILE).exists()
+    if not fresh and (kvp_folder / store.PREDICTOR_FILE).exists() and baseline_done:
         meta = store.read_config(kvp_folder)
         pair_done = meta["base"]["sha256"] == base_hash  # a retrained base needs a new pair
-    _stage(callback, 2, "kvp", f"KV Prediction pair (LP-{cfg.keep:.2f}, {cfg.kvp_steps} steps)", pair_done)
+    _stage(callback, 2, "kvp", f"KV Prediction pair (LP-{cfg.keep:.2f}, {cfg.kvp_steps} steps)"
+           + (" and the OE-LP baseline" if cfg.baseline else ""), pair_done)
     if not pair_done:
         spec = KVPRunSpec(
             out=cfg.kvp_name, base=cfg.base_name, aux=f"prune:{cfg.keep}", corpus=cfg.corpus, seq_len=cfg.seq_len,
-            batch_size=cfg.kvp_batch_size, eval_windows=8,
-            train=TrainConfig(steps=cfg.kvp_steps, lr=cfg.kvp_lr, warmup=min(10, cfg.kvp_steps // 10), save_every=20,
+            batch_size=cfg.kvp_batch_size, eval_windows=8, baseline=cfg.baseline,
+            train_embeddings=cfg.train_embeddings, train=TrainConfig(steps=cfg.kvp_steps, lr=cfg.kvp_lr, warmup=min(10, cfg.kvp_steps // 10), save_every=20,
                               eval_every=cfg.kvp_steps, log_every=5),
         )
         resume = not fresh and base_done and has_checkpoint(kvp_folder / "run")
@@ -132,6 +143,7 @@ def run_quickstart(
     stages["kvp"] = {"seconds": time.perf_counter() - t0, "reused": pair_done}
 
     pair, tok, _, meta = load_pair(str(kvp_folder))
+    baseline = load_baseline(kvp_folder, meta)
     saved = {}
     results_path = kvp_folder / RESULTS_FILE
     if results_path.exists() and pair_done:
@@ -144,11 +156,12 @@ def run_quickstart(
     t0 = time.perf_counter()
     q = saved.get("quality")
     quality_done = q is not None and q.get("settings") == cfg.quality_settings()
-    _stage(callback, 3, "quality", "quality: base, auxiliary, KV Prediction on held-out text", quality_done)
+    _stage(callback, 3, "quality", "quality: base, baseline, auxiliary, KV Prediction on held-out text",
+           quality_done)
     if not quality_done:
         result = evaluate_kvp(
             str(kvp_folder), cfg.corpus, prompt_len=cfg.prompt_len, cont_len=cfg.cont_len, samples=cfg.samples,
-            lines=cfg.lines, pair_and_tok=(pair, tok),
+            agree_tokens=cfg.agree_tokens, code=cfg.code, loaded=(pair, tok, baseline),
             progress=lambda done, total, what: callback("measure", {"stage": "quality", "done": done,
                                                                     "total": total, "what": what}),
         )
@@ -209,12 +222,13 @@ def _ttft_table(report: dict) -> list[dict]:
 
 
 def _quality_table(result: dict) -> dict:
-    methods = result["methods"]
+    names = {"ce": "continuation_ce", "first_acc": "first_token_acc", "agree_token_match": "agree_token_match",
+             "agree_exact": "agree_exact", "code_em": "code_em"}
     return {
-        "methods": {m: {"continuation_ce": v["ce"], "first_token_acc": v["first_acc"],
-                        "next_line_em": v.get("next_line_em")} for m, v in methods.items()},
+        "methods": {m: {names[k]: x for k, x in v.items() if k in names} for m, v in result["methods"].items()},
         "samples": result["samples"],
-        "lines": result["lines"],
+        "agree_tokens": result["agree_tokens"],
+        "code_samples": result["code_samples"],
         "prompt_tokens": result["flops"]["prompt_tokens"],
         "flops_reduction": result["flops"]["prefill_reduction"],
         "kv_error": result["kv_error"],

@@ -244,14 +244,19 @@ def model_config(model, extra: Optional[dict] = None) -> dict:
 def save(path: Path, model, tokenizer=None, extra: Optional[dict] = None, force: bool = True) -> Path:
     """A complete model folder (config, weights, tokenizer and its unigram table), written atomically."""
     with atomic.folder(path, force=force) as tmp:
-        atomic.write_json(tmp / CONFIG_FILE, model_config(model, extra))
-        write_weights(tmp, model)
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-            unigram = tokenizer.path.parent / UNIGRAM_FILE
-            if unigram.exists():
-                shutil.copy(unigram, tmp / UNIGRAM_FILE)
+        save_into(tmp, model, tokenizer, extra)
     return Path(path)
+
+
+def save_into(folder: Path, model, tokenizer=None, extra: Optional[dict] = None) -> None:
+    """A model's files into an existing folder (which may hold its run), each file atomically, config last."""
+    if tokenizer is not None:
+        tokenizer.save(folder)
+        unigram = tokenizer.path.parent / UNIGRAM_FILE
+        if unigram.exists() and unigram.parent != Path(folder):
+            atomic.write_file(Path(folder) / UNIGRAM_FILE, lambda tmp: shutil.copy(unigram, tmp))
+    write_weights(folder, model)
+    atomic.write_json(Path(folder) / CONFIG_FILE, model_config(model, extra))
 
 
 def save_pair(folder: Path, pair, tokenizer, config: dict) -> None:

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from . import atomic
 from .errors import UserError
 
 TOKENIZER_FILE = "tokenizer.model"
@@ -53,7 +54,8 @@ class Tokenizer:
         return self.sp.decode([int(i) for i in ids])
 
     def save(self, folder: Path) -> None:
-        (Path(folder) / TOKENIZER_FILE).write_bytes(self.path.read_bytes())
+        data = self.path.read_bytes()
+        atomic.write_file(Path(folder) / TOKENIZER_FILE, lambda tmp: tmp.write_bytes(data))
 
 
 def _lines(texts: list[str], max_lines: int) -> Iterator[str]:
@@ -116,7 +118,7 @@ def unigram_probs(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
 def save_unigram(folder: Path, probs: np.ndarray) -> None:
     from safetensors.numpy import save_file
 
-    save_file({"probs": probs.astype(np.float64)}, str(Path(folder) / UNIGRAM_FILE))
+    atomic.write_file(Path(folder) / UNIGRAM_FILE, lambda tmp: save_file({"probs": probs.astype(np.float64)}, str(tmp)))
 
 
 def load_unigram(folder: Path) -> np.ndarray | None:

@@ -247,10 +247,10 @@ def test_training_lowers_the_loss_resumes_exactly_and_loads(corpus_and_tokenizer
     # evaluation through the CLI, with the per-layer error plot
     png = folder / "err.png"
     code, out, err = run(capsys, "kvp", "eval", "pair", "--corpus", str(corpus), "--prompt-len", "8", "--cont-len",
-                         "4", "--samples", "2", "--lines", "2", "--json", "--plot", str(png))
+                         "4", "--samples", "2", "--agree-tokens", "3", "--code", "2", "--json", "--plot", str(png))
     assert code == 0, err
     r = json.loads(out)
-    assert set(r["methods"]) == {"base", "aux", "kvp"} and len(r["kv_error"]["v_l1"]) == 4 and png.stat().st_size
+    assert set(r["methods"]) == {"base", "aux-joint", "kvp"} and len(r["kv_error"]["v_l1"]) == 4 and png.stat().st_size
     assert r["flops"]["prefill_flops"]["kvp"] < r["flops"]["prefill_flops"]["base"]
 
     # the hook for `mlxsuite generate BASE --kvp DIR`: the pair must belong to that base
@@ -295,18 +295,65 @@ def test_mismatched_tokenizer_is_refused(corpus_and_tokenizer, tmp_path, capsys)
 def test_eval_reports_all_methods(corpus_and_tokenizer, capsys, tmp_path):
     from mlxsuite.kvp_eval import evaluate_kvp
 
+    import shutil
+
     corpus, tok = corpus_and_tokenizer
+    held_out = tmp_path / "corpus"  # the last file is held out: Python with documented functions, for the code task
+    shutil.copytree(corpus, held_out)
+    (held_out / "zzz_textwrap.txt").write_text((Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text())
     base = micro_base(qk_norm=True, vocab=tok.vocab_size)
     pair = identity_pair(base)
-    r = evaluate_kvp(str(tmp_path), str(corpus), prompt_len=12, cont_len=4, samples=4, lines=3,
-                     pair_and_tok=(pair, tok))
+    other = micro_base(qk_norm=True, vocab=tok.vocab_size, seed=9)  # a "baseline" that is another model
+    r = evaluate_kvp(str(tmp_path), str(held_out), prompt_len=12, cont_len=4, samples=4, agree_tokens=5, code=3,
+                     loaded=(pair, tok, other))
     m = r["methods"]
-    # identity pair: KVP is the base exactly; aux is a copy of the base too
-    assert abs(m["kvp"]["ce"] - m["base"]["ce"]) < 1e-4 and m["kvp"]["next_line_em"] == m["base"]["next_line_em"]
+    assert list(m) == ["base", "baseline", "aux-joint", "kvp"]
+    # identity pair: KVP is the base exactly; aux is a copy of the base too: full agreement, same answers
+    assert abs(m["kvp"]["ce"] - m["base"]["ce"]) < 1e-4 and m["kvp"]["code_em"] == m["base"]["code_em"]
+    for name in ("base", "aux-joint", "kvp"):
+        assert m[name]["agree_token_match"] == m[name]["agree_exact"] == 1.0
+    # another model agrees less (random weights: almost never)
+    assert m["baseline"]["agree_token_match"] < 1.0 and m["baseline"]["agree_exact"] < 1.0
+    assert r["code_samples"] == 3
     assert max(r["kv_error"]["k_l1"] + r["kv_error"]["v_l1"]) < 1e-5
     fl = r["flops"]
     assert fl["prefill_flops"]["kvp"] == flops.kvp_prefill(pair, 12) and abs(fl["param_ratio"] - 1) < 1e-9
     assert fl["prefill_flops"]["kvp"] > fl["prefill_flops"]["base"]  # same-size aux + predictor: no saving
+
+
+def test_agreement_counts_matching_tokens_by_hand():
+    """Token match and exact match against the base's greedy continuation, on hand-made continuations."""
+    import numpy as np
+
+    from mlxsuite import kvp_eval
+
+    outputs = {"base": np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), "copy": np.array([[1, 2, 3, 4], [5, 6, 7, 8]]),
+               "half": np.array([[1, 2, 9, 9], [5, 6, 7, 8]])}
+    real = kvp_eval.greedy
+    kvp_eval.greedy = lambda m, prompts, n: outputs[m.name]
+    try:
+        ms = [kvp_eval.Method(n, None, None) for n in outputs]
+        r = kvp_eval.agreement(ms, np.zeros((2, 3), np.int32), 4)
+    finally:
+        kvp_eval.greedy = real
+    assert r["copy"] == {"token_match": 1.0, "exact": 1.0}
+    assert r["half"] == {"token_match": 6 / 8, "exact": 0.5}
+
+
+def test_code_samples_take_the_first_body_line_after_the_docstring():
+    from mlxsuite.kvp_eval import code_samples
+
+    doc = (
+        "import os\n\n\ndef area(w, h):\n    \"\"\"Width times height.\"\"\"\n    return w * h\n\n\n"
+        "class A:\n    def name(self):\n        \"\"\"The name.\n\n        Long.\"\"\"\n        if self.x is None:\n"
+        "            return ''\n        return self.x\n\n\ndef skip():\n    \"\"\"No next line.\"\"\"\n"
+    )
+    samples = code_samples([doc, "not python ("], 5)
+    assert sorted(s.answer for s in samples) == ["if self.x is None:", "return w * h"]
+    for s in samples:
+        assert s.prompt.endswith("\n        " if s.answer.startswith("if") else "\n    ")
+        shot = "return w * h" if s.answer.startswith("if") else "if self.x is None:"
+        assert shot in s.prompt and s.answer not in s.prompt.split("\n\n\n")[-1]
 
 
 def test_kvp_flops_add_up_and_first_token():

@@ -14,7 +14,7 @@ from mlxsuite.quickstart import QuickstartConfig, run_quickstart
 def tiny_config(corpus) -> QuickstartConfig:
     return QuickstartConfig(
         name="qs", preset="micro", vocab_size=512, seq_len=32, batch_size=4, steps=3, kvp_steps=2, kvp_batch_size=4,
-        corpus=str(corpus), model_overrides={"num_hidden_layers": 4}, prompt_len=8, cont_len=4, samples=2, lines=2,
+        corpus=str(corpus), model_overrides={"num_hidden_layers": 4}, prompt_len=8, cont_len=4, samples=2, agree_tokens=3,
         lengths=(16, 40), reps=1, warmup=0,
     )
 
@@ -37,9 +37,10 @@ def test_quickstart_tables_and_reuse(small_corpus, monkeypatch):
             assert row[m]["median_s"] > 0
         assert row["kvp"]["flops_reduction"] > 1 and row["aux"]["flops_reduction"] > 1
     q = r["quality"]
-    assert set(q["methods"]) == {"base", "aux", "kvp"}
+    assert set(q["methods"]) == {"base", "baseline", "aux-joint", "kvp"}
     for v in q["methods"].values():
-        assert v["continuation_ce"] > 0 and 0 <= v["first_token_acc"] <= 1 and 0 <= v["next_line_em"] <= 1
+        assert v["continuation_ce"] > 0 and 0 <= v["first_token_acc"] <= 1 and 0 <= v["agree_token_match"] <= 1
+    assert q["methods"]["base"]["agree_token_match"] == q["methods"]["base"]["agree_exact"] == 1.0
     # the second run reuses the base, the pair and both results
     events.clear()
     again = run_quickstart(cfg, callback=lambda e, i: events.append((e, i)))
@@ -73,7 +74,7 @@ def test_quickstart_cli_json(small_corpus, monkeypatch, capsys):
     code, stdout, stderr = run_cli(capsys, "quickstart", "--name", "qs", "--steps", "3", "--kvp-steps", "2",
                                    "--reps", "1")
     assert code == 0, stderr
-    assert "Time to first token" in stdout and "KV Prediction" in stdout and "next-line EM" in stdout
+    assert "Time to first token" in stdout and "KV Prediction" in stdout and "OE-LP baseline" in stdout
 
 
 @pytest.mark.parametrize("field,value", [("steps", 0), ("reps", 0)])

@@ -29,6 +29,11 @@ def train(
     batch_size: int = typer.Option(16, "--batch-size"),
     eval_windows: int = typer.Option(16, "--eval-windows", help="Validation windows of --seq-len tokens."),
     seed: int = typer.Option(0, help="Seed of the predictor's initialization and of the batch order."),
+    baseline: bool = typer.Option(False, "--baseline", help="Also train the paper's OE-LP baseline beside the pair: "
+                                  "the pruned model alone, plain cross-entropy, same batches and steps (KVP-LP only)."),
+    train_embeddings: bool = typer.Option(True, "--train-embeddings/--freeze-embeddings",
+                                          help="Train the auxiliary's (and baseline's) embedding and head, or keep "
+                                          "them as initialized (cheaper for large vocabularies)."),
     train: object = None,
     run: object = None,
 ):
@@ -38,7 +43,8 @@ def train(
     platform.set_device(run.device)
     spec = KVPRunSpec(
         out=out_name, base=base, aux=aux, lambda_kv=lambda_kv, lambda_aux=lambda_aux, z_loss=z_loss, corpus=corpus,
-        seq_len=seq_len, batch_size=batch_size, seed=seed, eval_windows=eval_windows, train=train,
+        seq_len=seq_len, batch_size=batch_size, seed=seed, eval_windows=eval_windows, baseline=baseline,
+        train_embeddings=train_embeddings, train=train,
     )
     run_training(train_kvp, spec, run, "kvp", lambda r: (
         f"kvp: {r['folder']}  val KVP CE {r.get('val_kvp_ce', float('nan')):.4f}  "
@@ -52,14 +58,15 @@ def evaluate(
     prompt_len: int = typer.Option(64, "--prompt-len", help="Prompt tokens."),
     cont_len: int = typer.Option(32, "--cont-len", help="Continuation tokens scored after the prompt."),
     samples: int = typer.Option(32, help="Prompt+continuation windows."),
-    lines: int = typer.Option(32, help="Code lines for greedy next-line exact match (0: skip)."),
-    seed: int = typer.Option(0),
+    agree_tokens: int = typer.Option(16, "--agree-tokens", help="Greedy tokens compared with the base's (0: skip)."),
+    code: int = typer.Option(32, help="Samples of the 1-shot code task (first body line of a function; 0: skip)."),
+    seed: int = typer.Option(0, help="Seed of the code-task sample draw."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write per-layer KV error vs depth to this PNG."),
     device: Optional[str] = typer.Option(None, help="cpu or gpu (default: MLX's default)."),
     json_out: bool = typer.Option(False, "--json"),
 ):
-    """Base alone vs auxiliary alone vs KV Prediction: continuation CE, first-token accuracy, next-line exact
-    match, TTFT FLOPs and per-layer KV error."""
+    """Base, the paper's baseline, the jointly trained auxiliary and KV Prediction: continuation CE, first-token
+    accuracy, agreement with the base, the 1-shot code task, TTFT FLOPs and per-layer KV error."""
     from rich.table import Table
 
     from ..kvp_eval import evaluate_kvp, plot_kv_errors
@@ -67,7 +74,7 @@ def evaluate(
     platform.set_device(device)
     if plot:
         require_matplotlib()
-    result = evaluate_kvp(kvp_dir, corpus, prompt_len, cont_len, samples, lines, seed)
+    result = evaluate_kvp(kvp_dir, corpus, prompt_len, cont_len, samples, agree_tokens, code, seed)
     if plot:
         plot_kv_errors(result, plot)
         result["plot"] = plot
@@ -76,13 +83,17 @@ def evaluate(
         return
     fl = result["flops"]
     table = Table(title=f"KV Prediction: {result['kvp']} ({result['samples']} prompts of {prompt_len} tokens)")
-    for col in ("method", f"CE next {cont_len}", "first-token acc", "next-line EM", "prefill FLOPs", "FLOPs red."):
-        table.add_column(col, justify="right" if col != "method" else "left")
+    columns = [("method", None), (f"CE next {cont_len}", "ce"), ("first-token acc", "first_acc"),
+               (f"agree {agree_tokens} tok", "agree_token_match"), ("agree exact", "agree_exact"),
+               (f"code EM ({result['code_samples']})", "code_em")]
+    columns = [(title, key) for title, key in columns if key is None or any(key in d for d in result["methods"].values())]
+    for title, _ in columns + [("prefill FLOPs", None), ("FLOPs red.", None)]:
+        table.add_column(title, justify="left" if title == "method" else "right")
     base_f = fl["prefill_flops"]["base"]
     for m, d in result["methods"].items():
-        f = fl["prefill_flops"][m]
-        em = f"{d['next_line_em']:.3f}" if "next_line_em" in d else "-"
-        table.add_row(m, f"{d['ce']:.4f}", f"{d['first_acc']:.3f}", em, f"{f:.3g}", f"{base_f / f:.2f}×")
+        f = fl["prefill_flops"]["kvp" if m == "kvp" else "base" if m == "base" else "aux"]
+        cells = [f"{d[key]:.4f}" if key == "ce" else f"{d[key]:.3f}" for _, key in columns[1:]]
+        table.add_row(m, *cells, f"{f:.3g}", f"{base_f / f:.2f}×")
     out.print(table)
     out.print(f"parameter ratio base/aux (the paper's FLOPs reduction): {fl['param_ratio']:.2f}×")
     k, v = result["kv_error"]["k_l1"], result["kv_error"]["v_l1"]
