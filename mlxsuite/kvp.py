@@ -254,7 +254,7 @@ def _train_baseline(model: lm.Model, run: trainer.Run, batches, windows, tok, ca
     folder = run.folder / BASELINE_DIR
     if (folder / store.WEIGHTS_FILE).exists():
         return store.read_config(folder)["mlxsuite"]["final"]
-    callback("stage", {"name": "baseline", "title": "OE-LP baseline: the pruned model fine-tuned alone"})
+    callback("baseline", {"what": "OE-LP: the pruned model fine-tuned alone, same batches and steps"})
     metrics = trainer.train(model, lm_loss, batches, run.spec.train, folder / "run",
                             evaluate=lambda m: {"ce": evaluate_lm(m, windows)["ce"]}, callback=callback,
                             resume=trainer.has_checkpoint(folder / "run"), tokens_per_row=run.spec.seq_len,

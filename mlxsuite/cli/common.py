@@ -102,7 +102,7 @@ class TrainProgress:
         elif event == "eval":
             parts = [f"{k} {v:.4f}" for k, v in info.items() if k in ("ce", "lu", "bpc", "ppl") or k.startswith("loss")]
             self.progress.console.print(f"step {info['step']}: val " + "  ".join(parts))
-        elif event in ("corpus", "tokenizer", "model"):
+        elif event in ("corpus", "tokenizer", "model", "baseline"):
             text = "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in info.items())
             self.progress.console.print(f"[dim]{event}: {text}[/dim]")
 
