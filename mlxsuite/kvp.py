@@ -188,41 +188,46 @@ def eval_pair(pair: kvm.KVPredictionModel, windows: np.ndarray, batch_size: int 
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-def train_kvp(spec: KVPRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None) -> dict:
-    """Train (or resume) a KV Prediction pair; returns the final metrics and the folder."""
+def train_kvp(spec: KVPRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None,
+              given=()) -> dict:
+    """Train (or resume) a KV Prediction pair (and its OE-LP baseline); returns the final metrics and the folder.
+    `given`: the settings the user gave explicitly (a resume refuses changed ones)."""
     callback = callback or (lambda event, info: None)
-    run = trainer.open_run(store.output_path(spec.out), spec, resume, force)
+    run = trainer.open_run(store.output_path(spec.out), spec, resume, force, given=given)
     spec, folder = run.spec, run.folder
+    with run.preparing():
+        pair, tok, base_folder, info = build_pair(spec.base, spec.aux, spec.seed)
+        base_hash = store.weights_hash(base_folder)
+        started = run.dir / BASE_FILE
+        if resume and started.exists() and json.loads(started.read_text())["sha256"] != base_hash:
+            raise UserError(f"the base model {base_folder} changed since this run started")
+        n_base = pair.base.args.num_hidden_layers
+        lambda_kv = 1.0 / n_base if spec.lambda_kv is None else spec.lambda_kv
+        meta = {
+            "base": {"name": spec.base, "path": str(base_folder.resolve()), "sha256": base_hash},
+            "aux": {k: v for k, v in info.items() if k != "layer_map"},
+            "layer_map": info["layer_map"],
+            "lambda_kv": lambda_kv,
+            "lambda_aux": spec.lambda_aux,
+            "params": {
+                "base": pair.base.args.n_params, "aux": pair.auxiliary.args.n_params,
+                "predictor": pair.predictor.n_params(),
+            },
+        }
+        if run.rank == 0:
+            atomic.write_json(run.dir / BASE_FILE, meta["base"])
 
-    pair, tok, base_folder, info = build_pair(spec.base, spec.aux, spec.seed)
-    base_hash = store.weights_hash(base_folder)
-    started = run.dir / BASE_FILE
-    if resume and started.exists() and json.loads(started.read_text())["sha256"] != base_hash:
-        raise UserError(f"the base model {base_folder} changed since this run started")
-    n_base = pair.base.args.num_hidden_layers
-    lambda_kv = 1.0 / n_base if spec.lambda_kv is None else spec.lambda_kv
-    meta = {
-        "base": {"name": spec.base, "path": str(base_folder.resolve()), "sha256": base_hash},
-        "aux": {k: v for k, v in info.items() if k != "layer_map"},
-        "layer_map": info["layer_map"],
-        "lambda_kv": lambda_kv,
-        "lambda_aux": spec.lambda_aux,
-        "params": {
-            "base": pair.base.args.n_params, "aux": pair.auxiliary.args.n_params,
-            "predictor": pair.predictor.n_params(),
-        },
-    }
-    if run.rank == 0:
-        atomic.write_json(run.dir / BASE_FILE, meta["base"])
-
-    corpus = data.load_corpus(spec.corpus)
-    train_tokens = data.token_stream(tok, corpus, "train")
-    val_tokens = data.token_stream(tok, corpus, "val")
-    windows = data.eval_windows(val_tokens, spec.seq_len, spec.eval_windows)
-    callback("model", {"kind": info["kind"], "base_layers": n_base, "aux_layers": pair.auxiliary.args.num_hidden_layers,
-                       "predictor_params": pair.predictor.n_params(), "lambda_kv": round(lambda_kv, 6)})
-    batches = data.Batches(train_tokens, spec.seq_len, spec.batch_size, spec.seed, run.rank, run.size)
-    _set_trainable(pair.auxiliary, spec)
+        corpus = data.load_corpus(spec.corpus)
+        train_tokens = data.token_stream(tok, corpus, "train")
+        val_tokens = data.token_stream(tok, corpus, "val")
+        windows = data.eval_windows(val_tokens, spec.seq_len, spec.eval_windows)
+        if spec.seq_len > pair.base.args.max_position_embeddings:
+            raise UserError(f"--seq-len {spec.seq_len} is longer than the base's context "
+                            f"({pair.base.args.max_position_embeddings} tokens)")
+        callback("model", {"kind": info["kind"], "base_layers": n_base, "predictor_params": pair.predictor.n_params(),
+                           "aux_layers": pair.auxiliary.args.num_hidden_layers, "lambda_kv": round(lambda_kv, 6)})
+        batches = data.Batches(train_tokens, spec.seq_len, spec.batch_size, spec.seed, run.rank, run.size)
+        _set_trainable(pair.auxiliary, spec)
     if resume and (folder / store.CONFIG_FILE).exists():  # the pair finished; what may be left is the baseline
         metrics = store.read_config(folder)["mlxsuite"]["final"]
     else:

@@ -110,6 +110,17 @@ def kind_of(config: dict, folder: Path) -> str:
         raise UserError(f"{folder}: {e}") from None
 
 
+def finished(folder: Path) -> Optional[dict]:
+    """The final metrics a finished run recorded in its model folder's config.json, else None."""
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file() or not any(folder.glob("*.safetensors")):
+        return None
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text()).get("mlxsuite", {}).get("final")
+    except ValueError:
+        return None
+
+
 def weights_hash(folder: Path) -> str:
     """sha256 over the folder's model*.safetensors files (in name order)."""
     h = hashlib.sha256()

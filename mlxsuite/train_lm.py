@@ -75,53 +75,62 @@ def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus):
     return train_tokenizer(corpus.train, spec.vocab_size, path)
 
 
-def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None) -> dict:
-    """Train (or resume) the run described by `spec`; returns final metrics and the model folder."""
+def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None,
+             given=()) -> dict:
+    """Train (or resume) the run described by `spec`; returns final metrics and the model folder. `given`: the
+    settings the user gave explicitly (a resume refuses changed ones)."""
     callback = callback or (lambda event, info: None)
-    run = trainer.open_run(store.output_path(spec.out), spec, resume, force)
+    run = trainer.open_run(store.output_path(spec.out), spec, resume, force, given=given)
     spec, folder, rank = run.spec, run.folder, run.rank
-    mx.random.seed(spec.seed)
+    final = store.finished(folder) if resume else None
+    if final is not None:  # nothing left to train: the recorded result, and the record left alone
+        return {**final, "folder": str(folder)}
+    with run.preparing():
+        mx.random.seed(spec.seed)
 
-    corpus = data.load_corpus(spec.corpus)
-    callback("corpus", {"name": corpus.name, "train_docs": len(corpus.train), "val_docs": len(corpus.val)})
-    if rank == 0:
-        prepare_tokenizer(spec, folder, corpus)
-    trainer.barrier(run.group)
-    tok = load_tokenizer(folder)
-    callback("tokenizer", {"vocab_size": tok.vocab_size, "path": str(tok.path)})
-
-    train_tokens = data.token_stream(tok, corpus, "train")
-    val_tokens = data.token_stream(tok, corpus, "val")
-    unigram = load_unigram(folder)
-    if unigram is None or len(unigram) != tok.vocab_size:
-        unigram = unigram_probs(train_tokens, tok.vocab_size)
+        corpus = data.load_corpus(spec.corpus)
+        callback("corpus", {"name": corpus.name, "train_docs": len(corpus.train), "val_docs": len(corpus.val)})
         if rank == 0:
-            save_unigram(folder, unigram)
-    windows = data.eval_windows(val_tokens, spec.seq_len, spec.eval_windows)
-    chars = data.chars_in(corpus, "val", tok, windows.shape[0] * spec.seq_len + 1)
+            prepare_tokenizer(spec, folder, corpus)
+        trainer.barrier(run.group)
+        tok = load_tokenizer(folder)
+        callback("tokenizer", {"vocab_size": tok.vocab_size, "path": str(tok.path)})
 
-    if spec.init_from:
-        model, _, src = store.load_model(spec.init_from)
-        if "quantization" in store.read_config(src):
-            raise UserError(f"{src} is quantized: train from a float model (convert from-hf without --quantize)")
-        model.train()
-        args = model.args
-        origin = {"init_from": str(src)}
-    else:
-        args = lm.preset_args(spec.preset, tok.vocab_size, **spec.model_overrides)
-        model = lm.build(args, seed=spec.seed)
-        origin = {"preset": spec.preset}
-    if args.vocab_size < tok.vocab_size:
-        raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model only {args.vocab_size} embeddings")
-    if rank == 0 and not (folder / "config.json").exists():
-        atomic.write_json(folder / "config.json", {**args.to_dict(), "mlxsuite": {"format": 1, **origin}})
-    callback(
-        "model",
-        {**origin, "n_nonvocab": args.n_nonvocab_params, "n_vocab": args.n_vocab_params,
-         "n_params": args.n_params, "train_tokens": int(len(train_tokens)), "val_tokens": int(windows.size)},
-    )
+        train_tokens = data.token_stream(tok, corpus, "train")
+        val_tokens = data.token_stream(tok, corpus, "val")
+        unigram = load_unigram(folder)
+        if unigram is None or len(unigram) != tok.vocab_size:
+            unigram = unigram_probs(train_tokens, tok.vocab_size)
+            if rank == 0:
+                save_unigram(folder, unigram)
+        windows = data.eval_windows(val_tokens, spec.seq_len, spec.eval_windows)
+        chars = data.chars_in(corpus, "val", tok, windows.shape[0] * spec.seq_len + 1)
 
-    batches = data.Batches(train_tokens, spec.seq_len, spec.batch_size, spec.seed, rank, run.size)
+        if spec.init_from:
+            model, _, src = store.load_model(spec.init_from)
+            if "quantization" in store.read_config(src):
+                raise UserError(f"{src} is quantized: train from a float model (convert from-hf without --quantize)")
+            model.train()
+            args = model.args
+            origin = {"init_from": str(src)}
+        else:
+            args = lm.preset_args(spec.preset, tok.vocab_size, **spec.model_overrides)
+            model = lm.build(args, seed=spec.seed)
+            origin = {"preset": spec.preset}
+        if spec.seq_len > args.max_position_embeddings:
+            raise UserError(f"--seq-len {spec.seq_len} is longer than the model's context "
+                            f"({args.max_position_embeddings} tokens)")
+        if args.vocab_size < tok.vocab_size:
+            raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model only {args.vocab_size} embeddings")
+        if rank == 0 and not (folder / "config.json").exists():
+            atomic.write_json(folder / "config.json", {**args.to_dict(), "mlxsuite": {"format": 1, **origin}})
+        callback(
+            "model",
+            {**origin, "n_nonvocab": args.n_nonvocab_params, "n_vocab": args.n_vocab_params,
+             "n_params": args.n_params, "train_tokens": int(len(train_tokens)), "val_tokens": int(windows.size)},
+        )
+
+        batches = data.Batches(train_tokens, spec.seq_len, spec.batch_size, spec.seed, rank, run.size)
     metrics = trainer.train(
         model,
         lm_loss,

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -143,6 +144,7 @@ class Run:
     spec: Any
     folder: Path
     group: Any
+    created: bool = False  # this process started the run (not a resume)
 
     @property
     def dir(self) -> Path:
@@ -156,28 +158,57 @@ class Run:
     def size(self) -> int:
         return self.group.size()
 
+    @contextmanager
+    def preparing(self):
+        """Wrap what a recipe does between opening the run and training: if it fails (bad data, a vocabulary the
+        corpus cannot fill, Ctrl-C …), a run this process created is removed again, so a retry starts clean."""
+        try:
+            yield self
+        except BaseException:
+            if self.created and self.rank == 0:
+                shutil.rmtree(self.folder, ignore_errors=True)
+            raise
 
-def open_run(folder: Path, spec, resume: bool, force: bool, group=None) -> Run:
+
+def _changed(spec, saved, given: Iterable[str]) -> list[str]:
+    """'name value (saved: value)' for every explicitly given setting that differs from the saved spec."""
+    out = []
+    for name in given:
+        for obj, old in ((spec, saved), (getattr(spec, "train", None), getattr(saved, "train", None))):
+            if obj is not None and hasattr(obj, name) and hasattr(old, name):
+                if getattr(obj, name) != getattr(old, name):
+                    out.append(f"--{name.replace('_', '-')} {getattr(obj, name)} (the run has {getattr(old, name)})")
+                break
+    return out
+
+
+def open_run(folder: Path, spec, resume: bool, force: bool, group=None, given: Iterable[str] = ()) -> Run:
     """Start or resume the run kept in `folder`/run: the one run scaffold of every recipe. Resuming reloads the
-    spec saved at the start (so the run goes on exactly as begun); starting refuses an existing folder unless
-    `force`, then saves the spec. `spec` is a dataclass with `from_dict` and `validate`. Every rank calls this;
-    only rank 0 writes."""
+    spec saved at the start (so the run goes on exactly as begun) and refuses settings `given` explicitly that
+    differ from it; starting refuses an existing folder unless `force`, then saves the spec. `spec` is a dataclass
+    with `from_dict` and `validate`. Every rank calls this and checks the same things; only rank 0 writes."""
     folder = Path(folder)
     group = group or mx.distributed.init()
-    spec_file = Path(folder) / "run" / "spec.json"
+    spec_file = folder / "run" / "spec.json"
     if resume:
         if not spec_file.exists():
             raise UserError(f"nothing to resume: {folder} has no run")
-        spec = type(spec).from_dict(json.loads(spec_file.read_text()))
+        saved = type(spec).from_dict(json.loads(spec_file.read_text()))
+        changed = _changed(spec, saved, given)
+        if changed:
+            raise UserError("--resume continues a run with the settings it began with; these differ: "
+                            + ", ".join(changed) + " (drop them, or start over with --force)")
+        spec = saved
     spec.validate()
+    if not resume and folder.exists() and not force:
+        raise UserError(f"{folder} exists: pass --resume to continue its run or --force to start over")
+    barrier(group)  # every rank has checked before rank 0 writes anything
     if group.rank() == 0 and not resume:
-        if Path(folder).exists():
-            if not force:
-                raise UserError(f"{folder} exists: pass --resume to continue its run or --force to start over")
+        if folder.exists():
             shutil.rmtree(folder)
         atomic.write_json(spec_file, asdict(spec))
     barrier(group)  # the others wait for rank 0's folder
-    return Run(spec, folder, group)
+    return Run(spec, folder, group, created=not resume)
 
 
 def barrier(group) -> None:

@@ -138,6 +138,7 @@ class RunFlags:
     force: bool = False
     json_out: bool = False
     quiet: bool = False
+    given: frozenset = frozenset()  # the options given on the command line (a resumed run refuses changed ones)
 
 
 def train_options(**defaults):
@@ -154,17 +155,20 @@ def train_options(**defaults):
     def decorate(command):
         signature = inspect.signature(command)
         own = [p for p in signature.parameters.values() if p.name not in ("train", "run")]
+        context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
         added = [option(n, defaults.get(n, getattr(base, n)), flag, text) for n, (flag, text) in TRAIN_OPTIONS.items()]
         added += [option(n, default, flag, text) for n, (default, flag, text) in RUN_OPTIONS.items()]
 
         @functools.wraps(command)
-        def wrapper(*args, **kwargs):
+        def wrapper(ctx: typer.Context, *args, **kwargs):
             config = TrainConfig(**{name: kwargs.pop(name) for name in TRAIN_OPTIONS})
-            flags = RunFlags(**{name: kwargs.pop(name) for name in RUN_OPTIONS})
+            given = frozenset(n for n in ctx.params if ctx.get_parameter_source(n).name not in ("DEFAULT", "DEFAULT_MAP"))
+            flags = RunFlags(**{name: kwargs.pop(name) for name in RUN_OPTIONS}, given=given)
             return command(*args, train=config, run=flags, **kwargs)
 
-        wrapper.__signature__ = signature.replace(parameters=own + added)
-        wrapper.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k in {p.name for p in own}},
+        wrapper.__signature__ = signature.replace(parameters=[context] + own + added)
+        wrapper.__annotations__ = {"ctx": typer.Context,
+                                   **{k: v for k, v in command.__annotations__.items() if k in {p.name for p in own}},
                                    **{p.name: p.annotation for p in added}}
         return wrapper
 
@@ -178,7 +182,7 @@ def run_training(train_fn, spec, run: RunFlags, label: str, summary: Callable[[d
 
     rank = mx.distributed.init().rank()
     with (progress_class or TrainProgress)(quiet=run.quiet or run.json_out or rank != 0, label=label) as progress:
-        result = train_fn(spec, resume=run.resume, force=run.force, callback=progress)
+        result = train_fn(spec, resume=run.resume, force=run.force, callback=progress, given=run.given)
     if rank != 0:
         return
     if run.json_out:
