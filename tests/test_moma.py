@@ -253,6 +253,74 @@ def test_upcycle_copies_modality_ffns_into_every_expert():
     assert mx.allclose(dst(toks, n_image=8), dst(toks, n_image=8)).item()
 
 
+def _upcycled(seed=2):
+    src = mm.build(tiny_args(text_experts=1, image_experts=1), seed=1)
+    dst = mm.build(tiny_args(text_experts=2, image_experts=2, router_noise=True), seed=seed)
+    mm.upcycle(dst, src)
+    for m in dst.aux_modules():  # auxiliary routers that route somewhere (untrained ones sit near 0.5)
+        m.update({"fc2": {"weight": 3 * mx.random.normal(m.fc2.weight.shape)}})
+    return dst
+
+
+def _router_batch(rng, B=4, L=16, n_img=6):
+    """(tokens (B, L+1), image positions (B, n_img)) with exactly n_img image codes among the first L inputs."""
+    toks = np.concatenate([np.array(mixed_tokens(rng, B, L, n_img)), rng.integers(0, 40, (B, 1))], axis=1)
+    return toks.astype(np.int32), np.zeros((B, n_img), np.int32)
+
+
+def test_router_training_targets_are_noise_free_after_upcycling():
+    """Issue 14.1: an upcycled model trains with Gumbel-sigmoid router noise, but the selections that supervise the
+    auxiliary routers (stage 2, model in training mode as the trainer leaves it) must not be noisy: identical
+    inputs give identical targets, and they are the noise-free (eval-mode) selections."""
+    mx.random.seed(7)
+    model = _upcycled()
+    model.only_aux_trainable()
+    toks, pos = _router_batch(np.random.default_rng(3))
+    inputs = mx.array(toks[:, :-1])
+
+    def targets(training):
+        model.train(training)
+        collect: list = []
+        model(inputs, n_image=pos.size, mode="train", collect=collect)
+        return [np.array(t) for _, t, _ in collect]
+
+    first, second, clean = targets(True), targets(True), targets(False)
+    assert len(first) == 2 * model.args.num_hidden_layers
+    for a, b, c in zip(first, second, clean):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+    model.train()
+    batch = (mx.array(toks), mx.array(pos))
+    (l1, _), (l2, _) = moma.router_loss(model, batch), moma.router_loss(model, batch)
+    assert l1.item() == l2.item()
+    # main training of the same model does draw noise: two forward passes route differently
+    assert not mx.allclose(model(inputs, n_image=pos.size, mode="train"),
+                           model(inputs, n_image=pos.size, mode="train")).item()
+
+
+def test_router_accuracy_of_an_upcycled_model_is_against_noise_free_selections():
+    mx.random.seed(8)
+    model = _upcycled(seed=3)
+    batches = [_router_batch(np.random.default_rng(s)) for s in (4, 5)]
+    # the reference, by hand: aux decisions (logit > 0) against the eval-mode (noise-free) selections
+    model.eval()
+    per_batch = []
+    for toks, pos in batches:
+        collect: list = []
+        model(mx.array(toks[:, :-1]), n_image=pos.size, mode="train", collect=collect)
+        accs = []
+        for logits, target, valid in collect:
+            v = np.array(valid)[:, None]
+            ok = (np.array(logits) > 0) == (np.array(target) > 0.5)
+            accs.append((ok & v).sum() / (v.sum() * ok.shape[1]))
+        per_batch.append(accs)
+    expected = np.mean(per_batch, axis=0)
+    model.train()  # as train_routers leaves it
+    got = moma.router_accuracy(model, batches)
+    np.testing.assert_allclose(got["router_acc_per_router"], expected, atol=1e-4)
+    assert got["router_acc"] == pytest.approx(expected.mean(), abs=1e-6)
+    assert 0.3 < got["router_acc"] < 0.95  # the reference is not trivial
+
+
 def test_parse_variant_and_errors():
     assert moma.parse_variant("moma4t4i+mod") == dict(mod=True, ffn="moma", text_experts=4, image_experts=4)
     assert moma.parse_variant("moe8x") == dict(mod=False, ffn="moe", num_experts=8)

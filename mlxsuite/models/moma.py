@@ -29,7 +29,7 @@ weighted by the main router's sigmoid, and a MoD layer processes a token iff its
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import mlx.core as mx
@@ -150,6 +150,7 @@ class Context:
     n_image: int = 0  # image tokens in the batch (static, from the data layout)
     collect: Optional[list] = None  # when a list: (aux logits, targets, valid) per router, for router training
     routes: Optional[list] = None  # when a list: selection masks per layer and group (tests, inspection)
+    noise: bool = False  # Gumbel-sigmoid noise on the expert routers' logits (upcycled models in main training)
 
 
 class AuxRouter(nn.Module):
@@ -237,9 +238,8 @@ class SparseFFN(nn.Module):
             members = [m & active for m in members]
         if ctx.mode == "infer":
             return sum(g.infer_forward(x, m, ctx) for g, m in zip(self.groups, members))
-        noise = self.args.router_noise and self.training
         ks = [capacity(n, g.num_experts, self.args.capacity) for g, n in zip(self.groups, counts)]
-        routed = [g.route(x, m, k, noise, ctx) for g, m, k in zip(self.groups, members, ks)]
+        routed = [g.route(x, m, k, ctx.noise, ctx) for g, m, k in zip(self.groups, members, ks)]
         if len(set(ks)) == 1 and len(self.groups) > 1:
             # equal capacities (a balanced text/image mix, §3.1): all experts of the layer in one batched matmul
             idx = mx.concatenate([r[0] for r in routed])
@@ -336,7 +336,7 @@ class Block(nn.Module):
             sel_idx = mx.sort(sel_idx)
             xs = x.reshape(N, D)[sel_idx]
             hs = xs + attend_selected(self.self_attn, self.input_layernorm(xs), sel_idx // L, sel_idx % L)
-            sub = Context(ctx.mode, ctx.is_image[sel_idx], ctx.n_image, ctx.collect, ctx.routes)
+            sub = replace(ctx, is_image=ctx.is_image[sel_idx])
             ys = hs + self.ffn(self.post_attention_layernorm(hs), sub, None, self.group_counts(ctx, k_d, N))
             upd = (r[sel_idx][:, None] * (ys - xs)).astype(x.dtype)
             return x + mx.zeros((N, D), dtype=x.dtype).at[sel_idx].add(upd).reshape(B, L, D)
@@ -376,7 +376,10 @@ class Model(nn.Module):
         is_image = self.is_image(inputs).reshape(B * L)
         if mode == "train" and n_image is None:
             n_image = int(is_image.sum().item())  # convenience outside compiled code
-        ctx = Context(mode, is_image, n_image or 0, collect, routes)
+        # router noise (upcycling) only in main training: the selections that supervise the auxiliary routers
+        # (collect) are the noise-free ones, else stage 2 would learn to predict noise
+        noise = self.args.router_noise and self.training and mode == "train" and collect is None
+        ctx = Context(mode, is_image, n_image or 0, collect, routes, noise)
         h = self.embed_tokens(inputs)
         for layer in self.layers:
             h = layer(h, "causal", ctx)
