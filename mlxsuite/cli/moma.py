@@ -168,8 +168,9 @@ def compare(
         from rich.console import Console
 
         Console(width=200).print(t)
-    out.print("η: dense FLOPs / FLOPs at which the variant's training loss (trailing mean, same batches for every "
-              "variant) first reaches dense's final training loss; – means not reached within the budget (η < 1). "
+    out.print("η: dense FLOPs / FLOPs at which the variant's training loss (centred local fit in log FLOPs, same "
+              "batches for every variant) first reaches dense's final training loss; – means not reached within the "
+              "budget (η < 1). "
               "Validation losses: expert choice over the batch (non-causal) and auxiliary routers (causal).",
               soft_wrap=True)
     if plot:
