@@ -239,14 +239,16 @@ def generate_tokens(
     cache: Optional[list] = None,
     first_logits: Optional[mx.array] = None,
     prefill_step: Optional[int] = None,
+    processor: Optional[Callable[[mx.array], mx.array]] = None,
 ) -> Iterator[int]:
     """Yield up to `max_tokens` token ids for a 1-D prompt. With `cache` and `first_logits` given, the prompt is
-    taken as already prefilled into `cache` (KV Prediction fills it another way)."""
+    taken as already prefilled into `cache` (KV Prediction fills it another way). `processor` maps the logits
+    before sampling (e.g. to restrict the choice to some ids)."""
     if cache is None:
         cache = model.make_cache()
     logits = first_logits if first_logits is not None else prefill(model, prompt[None], cache, prefill_step)
     for _ in range(max_tokens):
-        token = sample(logits, temperature, top_k)
+        token = sample(logits if processor is None else processor(logits), temperature, top_k)
         mx.eval(token)
         yield int(token.item())
         logits = model(token.reshape(1, 1), cache)[:, -1]

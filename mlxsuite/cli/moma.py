@@ -12,11 +12,8 @@ from .common import TrainProgress, out, positive, print_json
 app = typer.Typer(help="MoMa: mixed-modal early-fusion models with modality-aware experts.", no_args_is_help=True)
 
 
-def _train_config(steps, lr, warmup, grad_accum, save_every, eval_every, log_every, compile):
-    from ..trainer import TrainConfig
-
-    return TrainConfig(steps=steps, lr=lr, warmup=warmup, grad_accum=grad_accum, save_every=save_every,
-                       eval_every=eval_every, log_every=log_every, compile=compile)
+SCHEDULE_HELP = "Decay after warm-up: linear (the MoMa paper's) or cosine."
+MIN_LR_HELP = "The decay ends at lr × this (the MoMa paper: 0.01)."
 
 
 class _Progress(TrainProgress):
@@ -60,6 +57,8 @@ def train(
     batch_size: int = typer.Option(16, "--batch-size"),
     steps: int = typer.Option(300),
     lr: float = typer.Option(3e-3),
+    lr_schedule: str = typer.Option("linear", "--lr-schedule", help=SCHEDULE_HELP),
+    min_lr_ratio: float = typer.Option(0.01, "--min-lr-ratio", help=MIN_LR_HELP),
     warmup: int = typer.Option(20),
     grad_accum: int = typer.Option(1, "--grad-accum"),
     save_every: int = typer.Option(50, "--save-every"),
@@ -71,15 +70,24 @@ def train(
     json_out: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False),
 ):
-    """Train a dense, MoE or MoMa early-fusion model on interleaved captions, images and text."""
-    from ..moma import MomaRunSpec, train_moma
+    """Train a dense, MoE or MoMa early-fusion model on interleaved captions, images and text. Launch data-parallel
+    runs with `mlx.launch -n 2 -- mlxsuite moma train …`."""
+    import mlx.core as mx
+
+    from ..moma.spec import MomaRunSpec, paper_schedule
+    from ..moma.train import train_moma
 
     spec = MomaRunSpec(out=out_name, variant=variant, mod=mod, upcycle_from=upcycle_from, preset=preset, images=images,
                        captions=captions, corpus=corpus, text_tokens=text_tokens, codebook_size=codebook_size,
                        seq_len=seq_len, batch_size=batch_size, seed=seed,
-                       train=_train_config(steps, lr, warmup, grad_accum, save_every, eval_every, 10, compile))
-    with _Progress(quiet=quiet or json_out) as progress:
+                       train=paper_schedule(steps=steps, lr=lr, schedule=lr_schedule, min_lr_ratio=min_lr_ratio,
+                                            warmup=warmup, grad_accum=grad_accum, save_every=save_every,
+                                            eval_every=eval_every, compile=compile))
+    rank = mx.distributed.init().rank()
+    with _Progress(quiet=quiet or json_out or rank != 0) as progress:
         result = train_moma(spec, resume=resume, force=force, callback=progress)
+    if rank != 0:
+        return
     if json_out:
         print_json(result)
     else:
@@ -92,17 +100,23 @@ def train(
 def train_routers(
     run: str = typer.Argument(..., help="A trained MoMa run."),
     steps: Optional[int] = typer.Option(None, help="Router-training steps (default: the run's router_steps)."),
-    resume: bool = typer.Option(False),
+    resume: bool = typer.Option(False, help="Continue the run's router training from its last checkpoint."),
+    force: bool = typer.Option(False, help="Train the routers again, replacing an earlier router training."),
     json_out: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False),
 ):
     """Stage 2: train the auxiliary routers (main model frozen) that make inference causal."""
-    from ..moma import train_routers as tr
+    import mlx.core as mx
+
+    from ..moma.train import train_routers as tr
 
     if steps is not None:
         positive("steps", steps)
-    with _Progress(quiet=quiet or json_out, label="routers") as progress:
-        result = tr(run, steps=steps, callback=progress, resume=resume)
+    rank = mx.distributed.init().rank()
+    with _Progress(quiet=quiet or json_out or rank != 0, label="routers") as progress:
+        result = tr(run, steps=steps, callback=progress, resume=resume, force=force)
+    if rank != 0:
+        return
     if json_out:
         print_json(result)
         return
@@ -131,18 +145,21 @@ def compare(
     images: Optional[str] = typer.Option(None),
     captions: Optional[str] = typer.Option(None),
     lr: float = typer.Option(3e-3),
+    lr_schedule: str = typer.Option("linear", "--lr-schedule", help=SCHEDULE_HELP),
+    min_lr_ratio: float = typer.Option(0.01, "--min-lr-ratio", help=MIN_LR_HELP),
     compile: bool = typer.Option(True, "--compile/--no-compile"),
     plot: Optional[str] = typer.Option(None, help="Write loss-vs-FLOPs curves per modality to this PNG."),
     json_out: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False),
 ):
     """Train each variant at the same FLOPs budget and report losses, η (overall/text/image) and throughput."""
-    from ..moma import compare as run_compare
+    from ..moma.compare import compare as run_compare
 
     positive("flops", flops)
     names = [v.strip() for v in variants.split(",") if v.strip()]
     base = dict(preset=preset, seq_len=seq_len, batch_size=batch_size, text_tokens=text_tokens, corpus=corpus,
-                images=images, captions=captions, train=dict(lr=lr, compile=compile, warmup=10))
+                images=images, captions=captions,
+                train=dict(lr=lr, schedule=lr_schedule, min_lr_ratio=min_lr_ratio, compile=compile, warmup=10))
     with _Progress(quiet=quiet or json_out, label="compare") as progress:
         result = run_compare(names, flops, prefix=prefix, base=base, callback=progress, plot=plot)
     if json_out:
@@ -189,7 +206,7 @@ def generate(
 ):
     """Caption → image through the causal inference path; writes a PNG and prints a block-character preview."""
     from ..images import preview, save_png
-    from ..moma import generate_image
+    from ..moma.generate import generate_image
 
     positive("scale", scale)
     result = generate_image(run, prompt, temperature=temperature, seed=seed)
@@ -208,7 +225,7 @@ def caption(
     json_out: bool = typer.Option(False, "--json"),
 ):
     """Image → caption through the causal inference path."""
-    from ..moma import caption_image
+    from ..moma.generate import caption_image
 
     text = caption_image(run, image)
     if json_out:
@@ -228,7 +245,8 @@ def flops(
     json_out: bool = typer.Option(False, "--json"),
 ):
     """FLOPs accounting: training FLOPs per token of each variant against the dense model it is matched to."""
-    from ..moma import Layout, MomaRunSpec, flops_table
+    from ..moma.data import Layout
+    from ..moma.spec import MomaRunSpec, flops_table
 
     if not 0 <= image_fraction <= 1:
         raise UserError(f"image fraction must be in [0, 1], got {image_fraction}")
