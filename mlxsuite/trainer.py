@@ -35,7 +35,8 @@ METRICS = "metrics.jsonl"
 class TrainConfig:
     steps: int = 200
     lr: float = 3e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio (the vocabulary paper: 4e-4 → 4e-5)
+    schedule: str = "cosine"  # decay after warm-up: "cosine" (the vocabulary paper) or "linear" (MoMa)
+    min_lr_ratio: float = 0.1  # the decay ends at lr · min_lr_ratio (vocabulary paper: 4e-4 → 4e-5; MoMa: 1 %)
     warmup: int = 20
     weight_decay: float = 0.1  # not applied to norms and biases (parameters with fewer than 2 dims)
     beta1: float = 0.9
@@ -61,11 +62,22 @@ class TrainConfig:
             raise UserError(f"learning rate must be positive, got {self.lr}")
         if self.warmup < 0:
             raise UserError(f"warmup must be >= 0, got {self.warmup}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown learning-rate schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+SCHEDULES = ("cosine", "linear")
 
 
 def lr_schedule(cfg: TrainConfig):
-    """Linear warm-up from 0, then cosine decay to lr · min_lr_ratio at the last step."""
-    decay = optim.cosine_decay(cfg.lr, max(1, cfg.steps - cfg.warmup), cfg.lr * cfg.min_lr_ratio)
+    """Linear warm-up from 0, then cosine or linear decay to lr · min_lr_ratio at the last step."""
+    steps, end = max(1, cfg.steps - cfg.warmup), cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "linear":
+        decay = optim.linear_schedule(cfg.lr, end, steps)
+    else:
+        decay = optim.cosine_decay(cfg.lr, steps, end)
     if cfg.warmup == 0:
         return decay
     return optim.join_schedules([optim.linear_schedule(0.0, cfg.lr, cfg.warmup), decay], [cfg.warmup])

@@ -112,8 +112,10 @@ class TrainProgress:
 # (`train_options(lr=1e-3)`); the run's as one `run: RunFlags`.
 TRAIN_OPTIONS = {
     "steps": ("--steps", "Optimizer steps."),
-    "lr": ("--lr", "Peak learning rate, reached after the warm-up, then cosine decay to a tenth of it."),
+    "lr": ("--lr", "Peak learning rate, reached after the warm-up."),
     "warmup": ("--warmup", "Linear warm-up steps."),
+    "schedule": ("--lr-schedule", "Decay after the warm-up: cosine (the vocabulary paper's) or linear (MoMa's)."),
+    "min_lr_ratio": ("--min-lr-ratio", "The decay ends at lr × this."),
     "grad_accum": ("--grad-accum", "Split each batch into this many micro-batches (same result, less memory)."),
     "grad_clip": ("--grad-clip", "Clip the global gradient norm to this (0: no clipping)."),
     "weight_decay": ("--weight-decay", "AdamW weight decay (never on norms and biases)."),

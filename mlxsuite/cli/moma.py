@@ -7,16 +7,13 @@ from typing import Optional
 import typer
 
 from ..errors import UserError
-from .common import TrainProgress, out, positive, print_json
+from .common import TrainProgress, out, positive, print_json, run_training, train_options
 
 app = typer.Typer(help="MoMa: mixed-modal early-fusion models with modality-aware experts.", no_args_is_help=True)
 
 
-def _train_config(steps, lr, warmup, grad_accum, save_every, eval_every, log_every, compile):
-    from ..trainer import TrainConfig
-
-    return TrainConfig(steps=steps, lr=lr, warmup=warmup, grad_accum=grad_accum, save_every=save_every,
-                       eval_every=eval_every, log_every=log_every, compile=compile)
+SCHEDULE_HELP = "Decay after warm-up: linear (the MoMa paper's) or cosine."
+MIN_LR_HELP = "The decay ends at lr × this (the MoMa paper: 0.01)."
 
 
 class _Progress(TrainProgress):
@@ -45,6 +42,7 @@ class _Progress(TrainProgress):
 
 
 @app.command("train")
+@train_options(steps=300, eval_every=25, schedule="linear", min_lr_ratio=0.01)
 def train(
     variant: str = typer.Option("moma4t4i", help="dense | moe8x (moe<E>x) | moma1t1i | moma4t4i (moma<T>t<I>i)."),
     mod: bool = typer.Option(False, "--mod", help="Mixture-of-depths in alternating layers (FLOPs re-matched)."),
@@ -56,53 +54,47 @@ def train(
     corpus: Optional[str] = typer.Option(None, help="Text-only corpus (default: the Python stdlib)."),
     text_tokens: int = typer.Option(300_000, "--text-tokens", help="Text budget (tokens of the corpus)."),
     codebook_size: int = typer.Option(64, "--codebook-size", help="Image codebook entries K."),
-    seq_len: int = typer.Option(128, "--seq-len"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    steps: int = typer.Option(300),
-    lr: float = typer.Option(3e-3),
-    warmup: int = typer.Option(20),
-    grad_accum: int = typer.Option(1, "--grad-accum"),
-    save_every: int = typer.Option(50, "--save-every"),
-    eval_every: int = typer.Option(25, "--eval-every"),
-    seed: int = typer.Option(0),
-    compile: bool = typer.Option(True, "--compile/--no-compile"),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
-    force: bool = typer.Option(False, help="Start over, replacing an existing --out."),
-    json_out: bool = typer.Option(False, "--json"),
-    quiet: bool = typer.Option(False),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per training row."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Rows per step, over all processes."),
+    seed: int = typer.Option(0, help="Seed of the initialization and of the data."),
+    train: object = None,
+    run: object = None,
 ):
-    """Train a dense, MoE or MoMa early-fusion model on interleaved captions, images and text."""
-    from ..moma import MomaRunSpec, train_moma
+    """Train a dense, MoE or MoMa early-fusion model on interleaved captions, images and text. Launch data-parallel
+    runs with `mlx.launch -n 2 -- mlxsuite moma train …`."""
+    from ..moma.spec import MomaRunSpec
+    from ..moma.train import train_moma
 
     spec = MomaRunSpec(out=out_name, variant=variant, mod=mod, upcycle_from=upcycle_from, preset=preset, images=images,
                        captions=captions, corpus=corpus, text_tokens=text_tokens, codebook_size=codebook_size,
-                       seq_len=seq_len, batch_size=batch_size, seed=seed,
-                       train=_train_config(steps, lr, warmup, grad_accum, save_every, eval_every, 10, compile))
-    with _Progress(quiet=quiet or json_out) as progress:
-        result = train_moma(spec, resume=resume, force=force, callback=progress)
-    if json_out:
-        print_json(result)
-    else:
-        out.print(f"run: {result['folder']}  val loss {result.get('val_loss', float('nan')):.4f}  "
-                  f"text {result.get('val_loss_text', float('nan')):.4f}  "
-                  f"image {result.get('val_loss_image', float('nan')):.4f}")
+                       seq_len=seq_len, batch_size=batch_size, seed=seed, train=train)
+    run_training(train_moma, spec, run, "train", lambda r: (
+        f"run: {r['folder']}  val loss {r.get('val_loss', float('nan')):.4f}  "
+        f"text {r.get('val_loss_text', float('nan')):.4f}  image {r.get('val_loss_image', float('nan')):.4f}"),
+        progress_class=_Progress)
 
 
 @app.command("train-routers")
 def train_routers(
     run: str = typer.Argument(..., help="A trained MoMa run."),
     steps: Optional[int] = typer.Option(None, help="Router-training steps (default: the run's router_steps)."),
-    resume: bool = typer.Option(False),
+    resume: bool = typer.Option(False, help="Continue the run's router training from its last checkpoint."),
+    force: bool = typer.Option(False, help="Train the routers again, replacing an earlier router training."),
     json_out: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False),
 ):
     """Stage 2: train the auxiliary routers (main model frozen) that make inference causal."""
-    from ..moma import train_routers as tr
+    import mlx.core as mx
+
+    from ..moma.train import train_routers as tr
 
     if steps is not None:
         positive("steps", steps)
-    with _Progress(quiet=quiet or json_out, label="routers") as progress:
-        result = tr(run, steps=steps, callback=progress, resume=resume)
+    rank = mx.distributed.init().rank()
+    with _Progress(quiet=quiet or json_out or rank != 0, label="routers") as progress:
+        result = tr(run, steps=steps, callback=progress, resume=resume, force=force)
+    if rank != 0:
+        return
     if json_out:
         print_json(result)
         return
@@ -131,18 +123,21 @@ def compare(
     images: Optional[str] = typer.Option(None),
     captions: Optional[str] = typer.Option(None),
     lr: float = typer.Option(3e-3),
+    lr_schedule: str = typer.Option("linear", "--lr-schedule", help=SCHEDULE_HELP),
+    min_lr_ratio: float = typer.Option(0.01, "--min-lr-ratio", help=MIN_LR_HELP),
     compile: bool = typer.Option(True, "--compile/--no-compile"),
     plot: Optional[str] = typer.Option(None, help="Write loss-vs-FLOPs curves per modality to this PNG."),
     json_out: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False),
 ):
     """Train each variant at the same FLOPs budget and report losses, η (overall/text/image) and throughput."""
-    from ..moma import compare as run_compare
+    from ..moma.compare import compare as run_compare
 
     positive("flops", flops)
     names = [v.strip() for v in variants.split(",") if v.strip()]
     base = dict(preset=preset, seq_len=seq_len, batch_size=batch_size, text_tokens=text_tokens, corpus=corpus,
-                images=images, captions=captions, train=dict(lr=lr, compile=compile, warmup=10))
+                images=images, captions=captions,
+                train=dict(lr=lr, schedule=lr_schedule, min_lr_ratio=min_lr_ratio, compile=compile, warmup=10))
     with _Progress(quiet=quiet or json_out, label="compare") as progress:
         result = run_compare(names, flops, prefix=prefix, base=base, callback=progress, plot=plot)
     if json_out:
@@ -168,8 +163,9 @@ def compare(
         from rich.console import Console
 
         Console(width=200).print(t)
-    out.print("η: dense FLOPs / FLOPs at which the variant's training loss (trailing mean, same batches for every "
-              "variant) first reaches dense's final training loss; – means not reached within the budget (η < 1). "
+    out.print("η: dense FLOPs / FLOPs at which the variant's training loss (centred local fit in log FLOPs, same "
+              "batches for every variant) first reaches dense's final training loss; – means not reached within the "
+              "budget (η < 1). "
               "Validation losses: expert choice over the batch (non-causal) and auxiliary routers (causal).",
               soft_wrap=True)
     if plot:
@@ -188,7 +184,7 @@ def generate(
 ):
     """Caption → image through the causal inference path; writes a PNG and prints a block-character preview."""
     from ..images import preview, save_png
-    from ..moma import generate_image
+    from ..moma.generate import generate_image
 
     positive("scale", scale)
     result = generate_image(run, prompt, temperature=temperature, seed=seed)
@@ -207,7 +203,7 @@ def caption(
     json_out: bool = typer.Option(False, "--json"),
 ):
     """Image → caption through the causal inference path."""
-    from ..moma import caption_image
+    from ..moma.generate import caption_image
 
     text = caption_image(run, image)
     if json_out:
@@ -227,7 +223,8 @@ def flops(
     json_out: bool = typer.Option(False, "--json"),
 ):
     """FLOPs accounting: training FLOPs per token of each variant against the dense model it is matched to."""
-    from ..moma import Layout, MomaRunSpec, flops_table
+    from ..moma.data import Layout
+    from ..moma.spec import MomaRunSpec, flops_table
 
     if not 0 <= image_fraction <= 1:
         raise UserError(f"image fraction must be in [0, 1], got {image_fraction}")
