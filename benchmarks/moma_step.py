@@ -23,6 +23,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
+from mlxsuite.flops import moma_train_per_token
 from mlxsuite.models import lm
 from mlxsuite.models import moma as mm
 from mlxsuite.moma.spec import parse_variant
@@ -83,7 +84,7 @@ def main():
         args = mm.ModelArgs.from_dict({**base, **f, "vocab_size": vt + codes + 2, "image_start": vt,
                                        "image_end": vt + codes})
         steps[v] = make_step(args, a.batch_size, a.seq_len)
-        flops[v] = args.flops_per_token(a.seq_len, a.image_fraction)["total"]
+        flops[v] = moma_train_per_token(args, a.seq_len, a.image_fraction)["total"]
         for _ in range(3):  # compile + warm up
             steps[v](batch)
     times = {v: [] for v in steps}

@@ -2,7 +2,7 @@
 activation and the embedding lookup are not counted.
 
 The vocabulary paper's budget formula C ≈ 6·(N_nv + V·d)·H·f(V) is a law of that paper and lives with it in
-`scaling.py`; MoMa's training FLOPs per token are counted here with the same conventions.
+`scaling.py`; MoMa's training FLOPs per token (`moma_train_per_token`) are counted here.
 """
 
 from __future__ import annotations
@@ -46,3 +46,32 @@ def kvp_prefill(pair, prompt_tokens: int, batch: int = 1) -> int:
     m = max(prompt_tokens - 1, 0)
     aux = forward(pair.auxiliary.args, m, 0, logits_tokens=0) if m else 0
     return batch * (aux + predictor(pair, m) + forward(pair.base.args, 1, m))
+
+
+def moma_train_per_token(args, seq_len: int, image_fraction: float = 0.5) -> dict:
+    """Training FLOPs per token (6 × multiply-adds of the forward), as the vocabulary paper counts C = 6ND:
+    6·(params a token passes through) + 6·T·d per layer for causal attention scores. Experts: a group of E_M
+    experts with capacity k_e = n_M·c/E_M processes c expert-FFNs per token on average; routers count d·E_M for
+    the token's group. MoD layers process c_d of the tokens (attention scores: c_d² of the pairs) plus their
+    router d·1. Auxiliary routers are not counted (they are trained afterwards, on frozen activations)."""
+    d, hd = args.hidden_size, args.head_dim
+    attn = d * args.num_attention_heads * hd * 2 + 2 * d * args.num_key_value_heads * hd
+    mlp = 3 * d * args.intermediate_size
+    if args.ffn == "dense":
+        ffn, router = mlp, 0.0
+    elif args.ffn == "moe":
+        ffn, router = args.capacity * mlp, d * args.num_experts
+    else:
+        ffn = args.capacity * mlp
+        router = d * (args.text_experts * (1 - image_fraction) + args.image_experts * image_fraction)
+    scores = seq_len * args.num_attention_heads * hd
+    per_layer = []
+    for i in range(args.num_hidden_layers):
+        if args.is_mod_layer(i):
+            c = args.mod_capacity
+            per_layer.append(6 * (c * (attn + ffn + router) + d) + 6 * c * c * scores)
+        else:
+            per_layer.append(6 * (attn + ffn + router) + 6 * scores)
+    head = 6 * args.vocab_size * d
+    total = sum(per_layer) + head
+    return {"total": total, "layers": sum(per_layer), "head": head}

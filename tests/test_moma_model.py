@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+from mlxsuite import flops
 from mlxsuite.errors import UserError
 from mlxsuite.generate import generate_tokens
 from mlxsuite.models import lm
@@ -281,8 +282,8 @@ def test_variants_are_flops_matched():
     # the paper's parameter rule: 8 experts × 8d² per layer
     a = mm.ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=176, num_attention_heads=2,
                      vocab_size=100, ffn="moe", num_experts=8)
-    assert a.flops_per_token(32)["total"] == pytest.approx(
-        mm.ModelArgs(**{**a.__dict__, "ffn": "dense"}).flops_per_token(32)["total"] + 6 * 2 * 64 * 8)
+    assert flops.moma_train_per_token(a, 32)["total"] == pytest.approx(
+        flops.moma_train_per_token(mm.ModelArgs(**{**a.__dict__, "ffn": "dense"}), 32)["total"] + 6 * 2 * 64 * 8)
 
 
 def test_upcycle_copies_modality_ffns_into_every_expert():

@@ -70,36 +70,6 @@ class ModelArgs(lm.ModelArgs):
     def is_mod_layer(self, i: int) -> bool:
         return self.mod and i % 2 == 0
 
-    # ---- FLOPs accounting ----------------------------------------------------------------------------------------
-
-    def flops_per_token(self, seq_len: int, image_fraction: float = 0.5) -> dict:
-        """Training FLOPs per token (6 × multiply-adds of the forward), the dense-LM convention of lm.ModelArgs:
-        6·(params a token passes through) + 6·T·d per layer for causal attention scores. Experts: a group of E_M
-        experts with capacity k_e = n_M·c/E_M processes c expert-FFNs per token on average; routers count d·E_M for
-        the token's group. MoD layers process c_d of the tokens (attention scores: c_d² of the pairs) plus their
-        router d·1. Auxiliary routers are not counted (they are trained afterwards, on frozen activations)."""
-        d, hd = self.hidden_size, self.head_dim
-        attn = d * self.num_attention_heads * hd * 2 + 2 * d * self.num_key_value_heads * hd
-        mlp = 3 * d * self.intermediate_size
-        if self.ffn == "dense":
-            ffn, router = mlp, 0.0
-        elif self.ffn == "moe":
-            ffn, router = self.capacity * mlp, d * self.num_experts
-        else:
-            ffn = self.capacity * mlp
-            router = d * (self.text_experts * (1 - image_fraction) + self.image_experts * image_fraction)
-        scores = seq_len * self.num_attention_heads * hd
-        per_layer = []
-        for i in range(self.num_hidden_layers):
-            if self.is_mod_layer(i):
-                c = self.mod_capacity
-                per_layer.append(6 * (c * (attn + ffn + router) + d) + 6 * c * c * scores)
-            else:
-                per_layer.append(6 * (attn + ffn + router) + 6 * scores)
-        head = 6 * self.vocab_size * d
-        total = sum(per_layer) + head
-        return {"total": total, "layers": sum(per_layer), "head": head}
-
     @property
     def n_params_total(self) -> int:
         return sum(v.size for _, v in tree_flatten(Model(self).parameters()))

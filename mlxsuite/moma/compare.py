@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .. import store, trainer
+from .. import flops, store, trainer
 from ..errors import UserError
 from ..plots import pyplot
 from .data import build_data, load_assets, load_sources, prepare_assets
@@ -121,7 +121,7 @@ def compare(variants: list[str], flops_budget: float, prefix: str = "moma-compar
         name = f"{prefix}-{v.replace('+', '-')}"
         spec = MomaRunSpec(out=name, variant=v, assets=str(assets_folder), **base, train=paper_schedule(**train_cfg))
         args = model_args(spec, layout)
-        fpt = args.flops_per_token(spec.seq_len, frac)["total"]
+        fpt = flops.moma_train_per_token(args, spec.seq_len, frac)["total"]
         spec.train.steps = max(2, int(round(flops_budget / (fpt * tokens_per_step))))
         spec.train.eval_every = max(1, spec.train.steps // 12)
         spec.train.save_every = max(spec.train.eval_every, spec.train.steps // 4)

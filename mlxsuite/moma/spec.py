@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Optional
 
-from .. import trainer
+from .. import flops, trainer
 from ..errors import UserError
 from ..models import lm
 from ..models import moma as mm
@@ -125,7 +125,7 @@ def flops_table(spec: MomaRunSpec, layout: "Layout", variants: list[str], image_
     dense = None
     for v in ["dense"] + [v for v in variants if v != "dense"]:
         args = model_args(MomaRunSpec(**{**asdict(spec), "variant": v, "mod": False, "train": spec.train}), layout)
-        f = args.flops_per_token(spec.seq_len, image_fraction)["total"]
+        f = flops.moma_train_per_token(args, spec.seq_len, image_fraction)["total"]
         dense = dense or f
         rows.append({"variant": v, "layers": args.num_hidden_layers, "flops_per_token": f, "ratio_to_dense": f / dense,
                      "params": args.n_params_total})

@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .. import atomic, store, trainer
+from .. import atomic, flops, store, trainer
 from ..errors import UserError
 from ..models import moma as mm
 from .data import MixedBatches, build_data, load_assets, load_sources, prepare_assets, val_batches
@@ -143,7 +143,7 @@ def train_moma(spec: MomaRunSpec, resume: bool = False, force: bool = False,
     model = mm.build(args, seed=spec.seed)
     if source is not None:
         mm.upcycle(model, source)
-    fpt = args.flops_per_token(spec.seq_len, train_data.image_fraction)["total"]
+    fpt = flops.moma_train_per_token(args, spec.seq_len, train_data.image_fraction)["total"]
     tokens_per_step = spec.batch_size * spec.seq_len
     info = {"variant": variant_name(parse_variant(spec.variant, spec.mod)), "layers": args.num_hidden_layers,
             "params": args.n_params_total, "flops_per_token": fpt, "vocab": layout.size, "text_vocab": layout.text_size,
