@@ -215,6 +215,11 @@ def _value(v):
     return v.item() if isinstance(v, mx.array) and v.ndim == 0 else v
 
 
+def _float32(x) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-05, not 9.999999747378752e-06)."""
+    return float(f"{float(x):.7g}")
+
+
 def gguf_config(metadata: dict, tensors: dict[str, GGUFTensor]) -> dict:
     """An mlx-lm / Hugging Face `config.json` (model_type llama) for a llama GGUF's metadata and tensor table."""
     meta = {k: _value(v) for k, v in metadata.items()}
@@ -258,8 +263,8 @@ def gguf_config(metadata: dict, tensors: dict[str, GGUFTensor]) -> dict:
         "num_key_value_heads": get("attention.head_count_kv") or heads,
         "head_dim": head_dim,
         "vocab_size": vocab,
-        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(get("rope.freq_base", 10000.0)),
+        "rms_norm_eps": _float32(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": _float32(get("rope.freq_base", 10000.0)),
         "rope_scaling": scaling,
         "max_position_embeddings": get("context_length", 2048),
         "tie_word_embeddings": "output.weight" not in tensors,

@@ -106,6 +106,10 @@ def quantize(path: str, w: mx.array, params: dict) -> dict[str, mx.array]:
 
 
 def dequantize(w: mx.array, scales: mx.array, biases: Optional[mx.array], params: dict, dtype=None) -> mx.array:
+    """The float weight; with a `dtype`, affine values are computed in float32 (as llama.cpp decodes its blocks:
+    exact for Q8_0/Q4_0) and then cast, rather than rounded to the scales' float16 first."""
+    if dtype is not None and biases is not None:
+        scales, biases = scales.astype(mx.float32), biases.astype(mx.float32)
     out = mx.dequantize(
         w, scales, biases, group_size=params["group_size"], bits=params["bits"], mode=params.get("mode", "affine")
     )

@@ -128,12 +128,12 @@ def _quant_spec(quantize: bool, bits, group_size, mode: Optional[QMode], recipe:
 def from_hf(
     hf_dir: Optional[str] = typer.Argument(
         None,
-        metavar="[HF_PATH]",
+        metavar="HF_PATH",
         help="A Hugging Face or mlx-lm checkpoint: a folder (config.json, *.safetensors), a Hugging Face cache folder "
         "(models--org--name), or a repo id org/name[@revision] (from the cache, else downloaded). Or --hf-path.",
     ),
     out_name: Optional[str] = typer.Argument(
-        None, metavar="[OUT]", help="Store name, or a path (with a slash). Or --mlx-path."
+        None, metavar="OUT", help="Store name, or a path (with a slash). Or --mlx-path."
     ),
     hf_path: Optional[str] = typer.Option(None, "--hf-path", "--model", help="The checkpoint, as HF_PATH."),
     mlx_path: Optional[str] = typer.Option(None, "--mlx-path", help="The folder to write (a path), as OUT."),
