@@ -132,3 +132,21 @@ def _check_spm_tokenizer(folder: Path) -> None:
     for text in TOKENIZER_CHECK_TEXT:
         if tk.encode(text, add_special_tokens=False).ids != sp.encode(text):
             raise UserError(f"the tokenizer.json built from the GGUF vocabulary does not encode {text!r} as SentencePiece does")
+
+
+def gguf_model_folder(path: str | Path, dtype: Optional[str] = None) -> Path:
+    """A model folder for a GGUF file, converted once into the cache (`~/.cache/mlxsuite/gguf/`, keyed by the file's
+    path, size, modification time and `dtype`) and reused afterwards: how a `.gguf` reference opens as a model."""
+    import hashlib
+
+    from .platform import _cache_dir
+
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(f"GGUF file not found: {path}")
+    stat = path.stat()
+    key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}".encode()).hexdigest()[:16]
+    folder = _cache_dir() / "gguf" / f"{path.stem}-{dtype or 'kept'}-{key}"
+    if not (folder / "config.json").is_file():
+        from_gguf(path, folder, dtype=dtype, force=True)
+    return folder

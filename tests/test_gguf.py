@@ -390,3 +390,16 @@ def test_header_scan_and_refusals(tmp_path, capsys):
     refused(tmp_path / "missing.gguf", "not found")
     with pytest.raises(UserError, match="head"):
         gguf.unpermute_rows(mx.zeros((6, 4)), 4)
+
+
+def test_gguf_model_folder_converts_once(tmp_path, monkeypatch):
+    from mlxsuite.convert_gguf import gguf_model_folder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tk = train_bpe(digits=False)
+    write_gguf(tmp_path / "m.gguf", hf_weights(tk.get_vocab_size(), tie=True), bpe_metadata(tk, "gpt-2"))
+    folder = gguf_model_folder(tmp_path / "m.gguf")
+    assert folder.parent == tmp_path / "cache" / "mlxsuite" / "gguf" and (folder / "tokenizer.json").is_file()
+    stamp = (folder / "config.json").stat().st_mtime_ns
+    assert gguf_model_folder(tmp_path / "m.gguf") == folder and (folder / "config.json").stat().st_mtime_ns == stamp
+    assert gguf_model_folder(tmp_path / "m.gguf", dtype="float16") != folder
