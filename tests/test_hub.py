@@ -97,3 +97,17 @@ def test_unsupported_model_type_is_refused_before_weights(hf_home, tmp_path, mon
     assert hub.resolve_repo("org/llm2").name == HASH
     patterns = fetched[0][1]
     assert "model*.safetensors" in patterns and not any(p.endswith((".bin", ".pt", ".py")) for p in patterns)
+
+
+def test_from_hf_takes_a_cached_repo_id_offline(hf_home, tmp_path, capsys):
+    from test_convert import TOKENS, make_hf, mlx_lm_logits
+
+    import mlx.core as mx
+
+    snapshot = hf_home / "hub" / "models--org--tiny" / "snapshots" / HASH
+    make_hf(snapshot, "qwen2")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(HASH)
+    code, _, err = run(capsys, "convert", "from-hf", "org/tiny", "tiny")
+    assert code == 0, err
+    assert mx.allclose(mlx_lm_logits(tmp_path / "store" / "tiny"), mlx_lm_logits(snapshot), rtol=1e-5, atol=1e-5)

@@ -172,7 +172,7 @@ def from_gguf(
     gguf_file: str = typer.Argument(..., metavar="FILE.gguf", help="A llama-family GGUF file (F32, F16, Q8_0, Q4_0, Q4_1)."),
     out_name: str = typer.Argument(..., metavar="OUT", help="Store name, or a path (with a slash)."),
     dtype: Optional[DType] = typer.Option(
-        None, "--dtype", help="Dequantize to this dtype (default: keep Q8_0/Q4_0/Q4_1 tensors quantized)."
+        None, "--dtype", help="Dequantize, and store every float tensor, in this dtype (default: Q8_0/Q4_0/Q4_1 stay quantized, floats as stored; on the CPU use float32)."
     ),
     force: bool = FORCE,
     json_out: bool = JSON,
