@@ -158,7 +158,6 @@ def _source_dtype(config: dict) -> Optional[str]:
     return d if d in DTYPES else None
 
 
-
 def source_folder(ref: str | Path) -> Path:
     """A local checkpoint folder for `ref`: a folder, a Hugging Face cache folder, or a repo id (`org/name[@rev]`,
     from the cache, else downloaded when allowed; see `mlxsuite.hub`)."""
