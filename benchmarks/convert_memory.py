@@ -104,8 +104,9 @@ def main() -> None:
         baseline = child_peak_mb("import mlxsuite, mlx.core, mlxsuite.convert")
         t0 = time.perf_counter()
         peak = child_peak_mb(
-            "import mlxsuite\nfrom mlxsuite.convert import from_hf\n"
-            f"from_hf({str(src)!r}, {str(out)!r}, dtype={a.dtype!r}, quantize_bits={a.quantize!r})"
+            "import mlxsuite\nfrom mlxsuite.convert import from_hf\nfrom mlxsuite.quantization import quant_spec\n"
+            f"quant = quant_spec({a.quantize!r}) if {a.quantize!r} else None\n"
+            f"from_hf({str(src)!r}, {str(out)!r}, dtype={a.dtype!r}, quant=quant)"
         )
         seconds = time.perf_counter() - t0
         written = sum(p.stat().st_size for p in out.glob("*.safetensors"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
+from .platform import cache_dir
 from .errors import UserError
 
 VAL_PERCENT = 3  # documents whose path hash falls below this percentage go to validation
@@ -126,8 +126,7 @@ def load_corpus(spec: str | None = None) -> Corpus:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "mlxsuite" / "tokens"
+    return cache_dir() / "tokens"
 
 
 def encode_docs(tokenizer, docs: list[str], max_tokens: int | None = None) -> np.ndarray:

@@ -53,7 +53,7 @@ print(json.dumps({"rel_err": worst}))
 """
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(root) / "mlxsuite"
 
@@ -94,7 +94,7 @@ def _openblas_shim() -> str | None:
     if not lib.exists():
         return None
     key = hashlib.sha1(f"{lib.resolve()}|{lib.stat().st_mtime_ns}|{_SHIM_SOURCE}".encode()).hexdigest()[:16]
-    out = _cache_dir() / f"libmlxsuite_openblas_{key}.so"
+    out = cache_dir() / f"libmlxsuite_openblas_{key}.so"
     if out.exists():
         return str(out)
     try:
@@ -163,7 +163,7 @@ def _self_test(path: str) -> tuple[bool, str]:
     except OSError as e:
         return False, str(e)
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
-    cache = _cache_dir() / f"blas-{key}.json"
+    cache = cache_dir() / f"blas-{key}.json"
     if cache.exists():
         try:
             verdict = json.loads(cache.read_text())

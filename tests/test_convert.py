@@ -215,7 +215,7 @@ def test_hf_config_variants():
     assert not convert.hf_config_to_args(config, has_lm_head=True)[0].tie_word_embeddings
     for bad, words in [
         ({"hidden_act": "gelu"}, "activation"),
-        ({"quantization_config": {"quant_method": "awq"}}, "already quantized"),
+        ({"quantization_config": {"quant_method": "awq"}}, "quantized with awq"),
         ({"layer_types": ["sliding_attention", "full_attention"]}, "sliding"),
         ({"rope_scaling": {"rope_type": "nonsense", "factor": 2.0}}, "supported"),
         ({"hidden_size": None}, "hidden_size"),
@@ -266,10 +266,10 @@ def test_from_hf_dtype(tmp_path, capsys):
 
 def test_from_hf_quantized_equals_mlx_lm_quantized(tmp_path, capsys):
     hf = make_hf(tmp_path / "hf", "llama")
-    code, _, err = run(capsys, "convert", "from-hf", str(hf), "q4", "--quantize", "4", "--group-size", "32")
+    code, _, err = run(capsys, "convert", "from-hf", str(hf), "q4", "-q", "--q-bits", "4", "--q-group-size", "32")
     assert code == 0, err
     model, _, folder = store.load_model("q4")
-    assert json.loads((folder / "config.json").read_text())["quantization"] == {"group_size": 32, "bits": 4}
+    assert json.loads((folder / "config.json").read_text())["quantization"] == {"group_size": 32, "bits": 4, "mode": "affine"}
     assert isinstance(model.layers[0].mlp.down_proj, nn.QuantizedLinear)
     assert isinstance(model.model.embed_tokens, nn.QuantizedEmbedding)
 
@@ -401,7 +401,7 @@ def test_quantize_loads_and_runs(tmp_path, capsys, sp_tokenizer, bits, group):
     assert code == 0, err
     assert "2 of 16 layers stay in float" in err  # the two down_proj (input 176)
     model, _, folder = store.load_model("fpq")
-    assert json.loads((folder / "config.json").read_text())["quantization"] == {"group_size": group, "bits": bits}
+    assert json.loads((folder / "config.json").read_text())["quantization"] == {"group_size": group, "bits": bits, "mode": "affine"}
     # micro: d=64, ffn=176, so down_proj (input 176) stays float, as mlx-lm's predicate leaves it
     assert isinstance(model.layers[0].mlp.up_proj, nn.QuantizedLinear) and isinstance(model.lm_head, nn.QuantizedLinear)
     assert isinstance(model.layers[0].mlp.down_proj, nn.Linear)
@@ -488,7 +488,7 @@ def test_unsupported_model_type_and_bad_options(tmp_path, capsys):
     msg = fails(capsys, tmp_path, out, "from-hf", str(hf), "g")
     assert "unsupported" in msg and "gpt2" in msg
     (hf / "config.json").write_text(json.dumps(config))
-    assert "bits" in fails(capsys, tmp_path, out, "from-hf", str(hf), "g", "--quantize", "7")
+    assert "bits" in fails(capsys, tmp_path, out, "from-hf", str(hf), "g", "-q", "--q-bits", "7")
     assert "not found" in fails(capsys, tmp_path, out, "from-hf", str(tmp_path / "nope"), "g")
     assert "--keep" in fails(capsys, tmp_path, out, "prune", str(hf), "g", "--keep", "0.6")
 

@@ -31,11 +31,19 @@ app.add_typer(kvp.app, name="kvp")
 app.add_typer(moma.app, name="moma")
 
 
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         print(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+):
+    """Eager: `--version` answers before click looks for a command."""
 
 
 def _is(exc: BaseException, name: str) -> bool:

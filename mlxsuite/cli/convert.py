@@ -1,24 +1,53 @@
-"""`mlxsuite convert`: Convert weights: from Hugging Face, to mlx-lm, prune, quantize."""
+"""`mlxsuite convert`: weights in from Hugging Face / mlx-lm / GGUF, out to mlx-lm, prune, quantize.
+
+The options of `from-hf` and `quantize` are `mlx_lm.convert`'s (`--hf-path`, `--mlx-path`, `-q`, `--q-bits`,
+`--q-group-size`, `--q-mode`, `--quant-predicate`, `--dtype`, `-d`).
+"""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import err, out
+from ..errors import UserError
+from .common import err, out, print_json
 
-app = typer.Typer(help="Convert weights: from Hugging Face, to mlx-lm, prune, quantize.", no_args_is_help=True)
+app = typer.Typer(
+    help="Convert weights: from Hugging Face / mlx-lm / GGUF, to mlx-lm, prune, quantize.", no_args_is_help=True
+)
 
 FORCE = typer.Option(False, "--force", help="Replace OUT if it exists.")
+JSON = typer.Option(False, "--json", help="Print one JSON document (what was written) on stdout.")
 
 
 class DType(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
+
+
+class QMode(str, Enum):
+    affine = "affine"
+    mxfp4 = "mxfp4"
+    nvfp4 = "nvfp4"
+    mxfp8 = "mxfp8"
+
+
+class Recipe(str, Enum):
+    mixed_2_6 = "mixed_2_6"
+    mixed_3_4 = "mixed_3_4"
+    mixed_3_6 = "mixed_3_6"
+    mixed_4_6 = "mixed_4_6"
+
+
+Q_BITS_HELP = "Bits per weight: affine 2, 3, 4, 5, 6 or 8 (default 4); mxfp4 and nvfp4 4; mxfp8 8."
+Q_GROUP_HELP = "Group size: affine 32, 64 or 128 (default 64); mxfp4 and mxfp8 32; nvfp4 16."
+Q_MODE_HELP = "Quantization mode: affine (default), mxfp4, nvfp4 or mxfp8."
+RECIPE_HELP = "Mixed-bit recipe (affine; mlx-lm's): mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6."
 
 
 @contextmanager
@@ -45,7 +74,19 @@ def _progress(what: str):
         yield update
 
 
-def _report(result, what: str) -> None:
+def _report(result, what: str, json_out: bool) -> None:
+    if json_out:
+        print_json(
+            {
+                "path": str(result.path),
+                "tensors": result.n_tensors,
+                "bytes": result.nbytes,
+                "shards": result.shards,
+                "config": result.config,
+                "notes": result.notes,
+            }
+        )
+        return
     for note in result.notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     out.print(
@@ -56,35 +97,94 @@ def _report(result, what: str) -> None:
     )
 
 
-def _out_path(name: str):
+def _out_path(name: str) -> Path:
     from ..store import output_path
 
     return output_path(name)
 
 
+def _one_of(positional: Optional[str], option: Optional[str], what: str, flag: str) -> str:
+    if positional is not None and option is not None and positional != option:
+        raise UserError(f"{what} given twice ({positional} and {flag} {option}): give one")
+    if positional is None and option is None:
+        raise UserError(f"give {what} (as an argument or {flag})")
+    return positional if positional is not None else option
+
+
+def _quant_spec(quantize: bool, bits, group_size, mode: Optional[QMode], recipe: Optional[Recipe]):
+    """The -q options as mlx_lm.convert reads them; the --q-* options without -q are refused, not ignored."""
+    from ..quantization import quant_spec
+
+    given = [f for f, v in (("--q-bits", bits), ("--q-group-size", group_size), ("--q-mode", mode),
+                            ("--quant-predicate", recipe)) if v is not None]  # fmt: skip
+    if not quantize:
+        if given:
+            raise UserError(f"{', '.join(given)} apply only with -q/--quantize")
+        return None
+    return quant_spec(bits, group_size, mode.value if mode else "affine", recipe.value if recipe else None)
+
+
 @app.command("from-hf")
 def from_hf(
-    hf_dir: str = typer.Argument(..., metavar="HF_DIR", help="Local HF checkpoint (config.json, *.safetensors)."),
-    out_name: str = typer.Argument(..., metavar="OUT", help="Store name, or a path (with a slash)."),
-    dtype: Optional[DType] = typer.Option(None, "--dtype", help="Weight dtype (default: the checkpoint's)."),
-    quantize: Optional[int] = typer.Option(None, "--quantize", "-q", help="Quantize to 4 or 8 bits."),
-    group_size: int = typer.Option(64, "--group-size", help="Quantization group size."),
+    hf_dir: Optional[str] = typer.Argument(
+        None,
+        metavar="HF_PATH",
+        help="A Hugging Face or mlx-lm checkpoint: a folder (config.json, *.safetensors), a Hugging Face cache folder "
+        "(models--org--name), or a repo id org/name[@revision] (from the cache, else downloaded). Or --hf-path.",
+    ),
+    out_name: Optional[str] = typer.Argument(
+        None, metavar="OUT", help="Store name, or a path (with a slash). Or --mlx-path."
+    ),
+    hf_path: Optional[str] = typer.Option(None, "--hf-path", "--model", help="The checkpoint, as HF_PATH."),
+    mlx_path: Optional[str] = typer.Option(None, "--mlx-path", help="The folder to write (a path), as OUT."),
+    quantize: bool = typer.Option(False, "--quantize", "-q", help="Quantize Linear and Embedding layers."),
+    q_bits: Optional[int] = typer.Option(None, "--q-bits", help=Q_BITS_HELP),
+    q_group_size: Optional[int] = typer.Option(None, "--q-group-size", help=Q_GROUP_HELP),
+    q_mode: Optional[QMode] = typer.Option(None, "--q-mode", help=Q_MODE_HELP),
+    quant_predicate: Optional[Recipe] = typer.Option(None, "--quant-predicate", help=RECIPE_HELP),
+    dtype: Optional[DType] = typer.Option(None, "--dtype", help="Float dtype (default: the checkpoint's torch_dtype)."),
+    dequantize: bool = typer.Option(False, "--dequantize", "-d", help="Dequantize an mlx-lm quantized checkpoint."),
     force: bool = FORCE,
+    json_out: bool = JSON,
 ):
-    """Convert a local Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint (safetensors only) into a model here."""
+    """Convert a Llama/Mistral/Qwen2/Qwen3 checkpoint (safetensors only) into a model here, as mlx_lm.convert does."""
     from .. import convert
 
+    source = _one_of(hf_dir, hf_path, "the checkpoint", "--hf-path")
+    target = _one_of(out_name, mlx_path, "the output", "--mlx-path")
+    target_path = Path(target) if mlx_path is not None else _out_path(target)
+    quant = _quant_spec(quantize, q_bits, q_group_size, q_mode, quant_predicate)
     with _progress("converting") as progress:
         result = convert.from_hf(
-            hf_dir,
-            _out_path(out_name),
+            source,
+            target_path,
             dtype=dtype.value if dtype else None,
-            quantize_bits=quantize,
-            group_size=group_size,
+            quant=quant,
+            dequantize=dequantize,
             force=force,
             progress=progress,
         )
-    _report(result, "wrote")
+    _report(result, "wrote", json_out)
+
+
+@app.command("from-gguf")
+def from_gguf(
+    gguf_file: str = typer.Argument(..., metavar="FILE.gguf", help="A llama-family GGUF file (F32, F16, Q8_0, Q4_0, Q4_1)."),
+    out_name: str = typer.Argument(..., metavar="OUT", help="Store name, or a path (with a slash)."),
+    dtype: Optional[DType] = typer.Option(
+        None, "--dtype", help="Dequantize, and store every float tensor, in this dtype (default: Q8_0/Q4_0/Q4_1 stay quantized, floats as stored; on the CPU use float32)."
+    ),
+    force: bool = FORCE,
+    json_out: bool = JSON,
+):
+    """Convert a llama.cpp GGUF file (Llama, Mistral-style, SmolLM2) into a model folder that mlx-lm also opens."""
+    from .. import convert_gguf
+
+    with _progress("converting") as progress:
+        result = convert_gguf.from_gguf(
+            gguf_file, _out_path(out_name), dtype=dtype.value if dtype else None, force=force, progress=progress
+        )
+    _report(result, "wrote", json_out)
 
 
 @app.command("to-mlx-lm")
@@ -92,15 +192,14 @@ def to_mlx_lm(
     model: str = typer.Argument(..., metavar="MODEL", help="Model name in the store, or a path."),
     out_dir: str = typer.Argument(..., metavar="OUT", help="Folder to write (mlx_lm.load opens it)."),
     force: bool = FORCE,
+    json_out: bool = JSON,
 ):
     """Export a model for mlx-lm (`mlx_lm.load` / `mlx_lm.generate`), with a tokenizer.json for its tokenizer."""
-    from pathlib import Path
-
     from .. import convert
 
     with _progress("exporting") as progress:
         result = convert.to_mlx_lm(model, Path(out_dir), force=force, progress=progress)
-    _report(result, f"wrote ({result.config['model_type']} for mlx-lm)")
+    _report(result, f"wrote ({result.config['model_type']} for mlx-lm)", json_out)
 
 
 @app.command("prune")
@@ -109,6 +208,7 @@ def prune(
     out_name: str = typer.Argument(..., metavar="OUT", help="Store name, or a path (with a slash)."),
     keep: float = typer.Option(..., "--keep", help="0.75, 0.5 or 0.25: the KV Prediction paper's LP models."),
     force: bool = FORCE,
+    json_out: bool = JSON,
 ):
     """Layer-pruned copy (KVP-LP): keep 0.75 drops layers i%4==3, 0.5 keeps even layers, 0.25 keeps i%4==0."""
     from .. import convert
@@ -116,20 +216,25 @@ def prune(
     with _progress("pruning") as progress:
         result = convert.prune(model, _out_path(out_name), keep, force=force, progress=progress)
     kept = result.config["mlxsuite"]["pruned"]["layers"]
-    _report(result, f"kept layers {','.join(map(str, kept))}; wrote")
+    _report(result, f"kept layers {','.join(map(str, kept))}; wrote", json_out)
 
 
 @app.command("quantize")
 def quantize(
     model: str = typer.Argument(..., metavar="MODEL", help="Model name in the store, or a path."),
     out_name: str = typer.Argument(..., metavar="OUT", help="Store name, or a path (with a slash)."),
-    bits: int = typer.Option(4, "--bits", help="4 or 8."),
-    group_size: int = typer.Option(64, "--group-size", help="Quantization group size (32, 64 or 128)."),
+    q_bits: Optional[int] = typer.Option(None, "--q-bits", "--bits", help=Q_BITS_HELP),
+    q_group_size: Optional[int] = typer.Option(None, "--q-group-size", "--group-size", help=Q_GROUP_HELP),
+    q_mode: Optional[QMode] = typer.Option(None, "--q-mode", help=Q_MODE_HELP),
+    quant_predicate: Optional[Recipe] = typer.Option(None, "--quant-predicate", help=RECIPE_HELP),
     force: bool = FORCE,
+    json_out: bool = JSON,
 ):
-    """Affine-quantize Linear and Embedding layers (mlx-lm's scheme); loads everywhere a model does."""
+    """Quantize Linear and Embedding layers as mlx_lm.convert -q does; loads everywhere a model does."""
     from .. import convert
 
+    spec = _quant_spec(True, q_bits, q_group_size, q_mode, quant_predicate)
     with _progress("quantizing") as progress:
-        result = convert.quantize(model, _out_path(out_name), bits, group_size, force=force, progress=progress)
-    _report(result, f"{bits}-bit, wrote")
+        result = convert.quantize(model, _out_path(out_name), spec, force=force, progress=progress)
+    what = spec.recipe or f"{spec.bits}-bit {spec.mode}"
+    _report(result, f"{what}, wrote", json_out)
