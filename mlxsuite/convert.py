@@ -44,7 +44,7 @@ from .models import lm
 from .quantization import QuantSpec
 from .tokenizer import TOKENIZER_FILE
 
-HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+HF_MODEL_TYPES = tuple(lm.FAMILIES)
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 # HF defaults where config.json may omit a key (transformers' config classes)
 _HF_DEFAULTS = {

@@ -15,7 +15,7 @@ from typing import Optional
 
 import mlx.core as mx
 
-from . import atomic, gguf, quantization, store
+from . import atomic, gguf, quantization
 from .checkpoint import (
     Item,
     Progress,

@@ -18,7 +18,7 @@ from typing import Optional
 
 from .errors import UserError
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+from .models.lm import FAMILIES as SUPPORTED_MODEL_TYPES  # the model_types this project opens
 # mlx_lm.utils.DEFAULT_ALLOW_PATTERNS without code and pickles: config, tokenizer, chat template, safetensors weights
 ALLOW_PATTERNS = [
     "*.json", "model*.safetensors", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jsonl", "*.jinja",

@@ -62,14 +62,28 @@ def output_path(name_or_path: str) -> Path:
 
 
 def resolve(ref: str) -> Path:
-    """A model folder from a reference: a folder path, or a name in the store. Refuses pickle checkpoints."""
-    for path in (Path(ref).expanduser(), models_dir() / ref):
+    """A model folder from a reference: a folder path (ours, mlx-lm's, a Hugging Face snapshot), a name in the
+    store, a `.gguf` file (converted once into the cache, `convert_gguf.gguf_model_folder`), or a Hugging Face repo
+    id or cache folder (`hub.resolve_repo`: the cache first, a download only when allowed). Refuses pickles."""
+    path = Path(ref).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        from .convert_gguf import gguf_model_folder
+
+        return gguf_model_folder(path)
+    for path in (path, models_dir() / ref):
         if path.is_dir():
             check_weights(path)
             return path
     if Path(ref).suffix in PICKLE_SUFFIXES:
         raise UserError(refuse_pickle_message(Path(ref)))
-    raise UserError(f"model not found: {ref} (not a folder, and not in the store {models_dir()})")
+    from .hub import resolve_repo
+
+    snapshot = resolve_repo(ref)
+    if snapshot is not None:
+        check_weights(snapshot)
+        return snapshot
+    raise UserError(f"model not found: {ref} (not a folder, a .gguf file, a Hugging Face repo id, or a name in the "
+                    f"store {models_dir()})")
 
 
 def refuse_pickle_message(path: Path) -> str:
@@ -163,6 +177,7 @@ def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: Optional[
         from mlx_lm.utils import dequantize_model
 
         model = dequantize_model(model)
+        model.set_dtype(dtype or mx.float32)  # GGUF and mlx-lm scales are half precision: the BLAS wants float32
         notes.append(f"{folder.name}: quantized weights dequantized for the CPU (MLX's CPU quantized matmul is ~40× "
                      "slower than float32 through the BLAS)")
     if dtype is not None:

@@ -403,3 +403,22 @@ def test_gguf_model_folder_converts_once(tmp_path, monkeypatch):
     stamp = (folder / "config.json").stat().st_mtime_ns
     assert gguf_model_folder(tmp_path / "m.gguf") == folder and (folder / "config.json").stat().st_mtime_ns == stamp
     assert gguf_model_folder(tmp_path / "m.gguf", dtype="float16") != folder
+
+
+def test_a_gguf_file_is_a_model_reference(tmp_path, capsys, monkeypatch):
+    """Every command that takes a model takes a .gguf file (converted once into the cache): the loader gives the
+    same logits as mlx-lm on the converted weights, and `generate` runs on the file directly."""
+    from mlxsuite import store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tk = train_bpe(digits=True)
+    weights = hf_weights(tk.get_vocab_size(), tie=True)
+    write_gguf(tmp_path / "m.gguf", weights, bpe_metadata(tk, "smollm"))
+    loaded = store.load(str(tmp_path / "m.gguf"), "lm")
+    tokens = mx.array([tk.encode(TEXTS[0]).ids])
+    ref = mlx_lm_reference(weights, hf_config(tk.get_vocab_size(), True))
+    assert mx.allclose(loaded.model(tokens), ref(tokens), rtol=1e-4, atol=1e-4)
+    assert loaded.folder.is_relative_to(tmp_path / "cache")
+    code, out, err = run(capsys, "generate", str(tmp_path / "m.gguf"), "-p", TEXTS[0][:20], "-m", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["completion"] is not None

@@ -111,3 +111,30 @@ def test_from_hf_takes_a_cached_repo_id_offline(hf_home, tmp_path, capsys):
     code, _, err = run(capsys, "convert", "from-hf", "org/tiny", "tiny")
     assert code == 0, err
     assert mx.allclose(mlx_lm_logits(tmp_path / "store" / "tiny"), mlx_lm_logits(snapshot), rtol=1e-5, atol=1e-5)
+
+
+def test_commands_take_a_cached_repo_id(hf_home, tmp_path, capsys):
+    """`eval`/`generate` and the loader take a repo id: the cached snapshot (an mlx-lm/Hugging Face folder) opens
+    offline with the same logits as mlx-lm's loader."""
+    import mlx.core as mx
+    from conftest import run_cli
+    from mlx_lm.utils import load_model as mlx_lm_load
+
+    from mlxsuite import store
+    from mlxsuite.models import lm
+
+    model = lm.build(lm.ModelArgs(model_type="qwen2", hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=96, qkv_bias=True), seed=3)
+    snapshot = fake_cache(hf_home, "org/tiny", {}, weights=False)
+    config = {k: v for k, v in model.args.to_dict().items() if k not in ("qkv_bias", "qk_norm", "head_dim")}
+    (snapshot / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-6}))  # as mlx-lm writes qwen2
+    from mlx.utils import tree_flatten
+
+    mx.save_safetensors(str(snapshot / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    ours = store.load("org/tiny", "lm")
+    assert ours.folder == snapshot
+    ref, _ = mlx_lm_load(snapshot)
+    tokens = mx.array([[1, 5, 9, 33, 2]])
+    assert mx.allclose(ours.model(tokens), ref(tokens), atol=1e-5)
+    code, _, err = run_cli(capsys, "generate", "org/tiny", "-p", "x", "-m", "2")
+    assert code == 2 and "no tokenizer" in err  # found, loaded, and refused for what it lacks: one line
