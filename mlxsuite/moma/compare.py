@@ -168,14 +168,25 @@ def compare(variants: list[str], flops_budget: float, prefix: str = "moma-compar
 
 
 def plot_curves(curve_map: dict, path: str) -> None:
+    """Loss against training FLOPs (log scale) per modality: raw per-step training losses faint, smoothed training
+    losses (what η reads) solid, validation losses dashed; the y-range leaves out the first tenth of the run."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, title in zip(axes, ("loss", "loss_text", "loss_image"), ("overall", "text", "image")):
+        late, left = [], []
         for i, (v, c) in enumerate(curve_map.items()):
             color = f"C{i}"
             ax.plot(c["flops"], c[f"raw_{key}"], color=color, alpha=0.15, linewidth=0.5)
             ax.plot(c["flops"], c[key], color=color, label=f"{v} (train, smoothed)")
             ax.plot(c["val_flops"], c[f"val_{key}"], color=color, linestyle="--", marker=".", label=f"{v} (val)")
+            start = len(c[key]) // 10
+            late += c[key][start:] + [x for f, x in zip(c["val_flops"], c[f"val_{key}"]) if f >= c["flops"][start]]
+            left.append(c["flops"][start])
+        if late:
+            lo, hi = min(late), max(late)
+            ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+            ax.set_xlim(left=min(left))
+        ax.set_xscale("log")
         ax.set_title(f"{title} loss")
         ax.set_xlabel("training FLOPs")
         ax.set_ylabel("loss")
