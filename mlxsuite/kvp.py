@@ -65,9 +65,11 @@ def parse_aux(aux: str) -> tuple[str, Optional[float]]:
     return "model", None
 
 
-def build_pair(base_name: str, aux_spec: str, seed: int = 0):
+def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str = "default"):
     """(pair, tokenizer, base_folder, info). The base is frozen; the aux is a layer-pruned copy of the base
-    (`prune:X`, KVP-LP) or a stored smaller model sharing its tokenizer (KVP-C); the predictor has default init."""
+    (`prune:X`, KVP-LP) or a stored smaller model sharing its tokenizer (KVP-C); the predictor has nn.Linear's
+    default init (the paper's), or with `predictor_init="identity"` starts as the identity (needs equal KV widths,
+    as an LP auxiliary has: each base layer then starts from the copy of the base layer its aux layer is)."""
     from .convert import pruned_layers
 
     base, tok, base_folder = store.load_model(base_name, dequantize=None)
@@ -87,6 +89,11 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0):
         info = {"kind": "C", "source": str(aux_folder.resolve())}
     mx.random.seed(seed)
     predictor = kvm.KVPredictor(kvm.PredictorArgs.for_models(base, aux, layer_map))
+    if predictor_init == "identity":
+        try:
+            predictor.set_identity()
+        except ValueError:
+            raise UserError("--predictor-init identity needs equal auxiliary and base KV widths (an LP auxiliary)") from None
     pair = kvm.KVPredictionModel(base, aux, predictor)
     pair.base.freeze()
     pair.auxiliary.train()
@@ -112,6 +119,7 @@ class KVPRunSpec:
     seed: int = 0
     eval_windows: int = 16
     baseline: bool = False  # KVP-LP: also train the paper's OE-LP baseline (the pruned model alone, plain CE)
+    predictor_init: str = "default"  # "default" (nn.Linear's, the paper's) or "identity" (a warm start for LP)
     train_embeddings: bool = True  # False: the auxiliary's (and baseline's) embedding and head stay as initialized
     train: trainer.TrainConfig = field(default_factory=lambda: trainer.TrainConfig(lr=1e-3))
 
@@ -130,6 +138,8 @@ class KVPRunSpec:
             if v is not None and (not math.isfinite(v) or v < 0):
                 raise UserError(f"{name.replace('_', '-')} must be >= 0, got {v}")
         kind, _ = parse_aux(self.aux)
+        if self.predictor_init not in ("default", "identity"):
+            raise UserError(f"--predictor-init must be default or identity, got {self.predictor_init!r}")
         if self.baseline and kind != "prune":
             raise UserError("--baseline trains the OE-LP baseline of a layer-pruned auxiliary (--aux prune:X); the "
                             "baseline of KVP-C is the auxiliary's original weights, which `kvp eval` uses as they are")
@@ -196,7 +206,7 @@ def train_kvp(spec: KVPRunSpec, resume: bool = False, force: bool = False, callb
     run = trainer.open_run(store.output_path(spec.out), spec, resume, force, given=given)
     spec, folder = run.spec, run.folder
     with run.preparing():
-        pair, tok, base_folder, info = build_pair(spec.base, spec.aux, spec.seed)
+        pair, tok, base_folder, info = build_pair(spec.base, spec.aux, spec.seed, spec.predictor_init)
         base_hash = store.weights_hash(base_folder)
         started = run.dir / BASE_FILE
         if resume and started.exists() and json.loads(started.read_text())["sha256"] != base_hash:

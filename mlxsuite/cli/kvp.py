@@ -31,6 +31,9 @@ def train(
     seed: int = typer.Option(0, help="Seed of the predictor's initialization and of the batch order."),
     baseline: bool = typer.Option(False, "--baseline", help="Also train the paper's OE-LP baseline beside the pair: "
                                   "the pruned model alone, plain cross-entropy, same batches and steps (KVP-LP only)."),
+    predictor_init: str = typer.Option("default", "--predictor-init",
+                                       help="default (nn.Linear's init, the paper's) or identity (a warm start for a "
+                                       "layer-pruned auxiliary, whose KV widths equal the base's)."),
     train_embeddings: bool = typer.Option(True, "--train-embeddings/--freeze-embeddings",
                                           help="Train the auxiliary's (and baseline's) embedding and head, or keep "
                                           "them as initialized (cheaper for large vocabularies)."),
@@ -44,6 +47,7 @@ def train(
     spec = KVPRunSpec(
         out=out_name, base=base, aux=aux, lambda_kv=lambda_kv, lambda_aux=lambda_aux, z_loss=z_loss, corpus=corpus,
         seq_len=seq_len, batch_size=batch_size, seed=seed, eval_windows=eval_windows, baseline=baseline,
+        predictor_init=predictor_init,
         train_embeddings=train_embeddings, train=train,
     )
     run_training(train_kvp, spec, run, "kvp", lambda r: (

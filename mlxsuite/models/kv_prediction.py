@@ -129,7 +129,8 @@ class KVPredictor(nn.Module):
         return keys, values
 
     def set_identity(self) -> None:
-        """Identity weights, zero biases (tests only; needs equal in/out widths)."""
+        """Identity weights, zero biases (needs equal in/out widths): the tests' reference, and an optional warm start
+        for a layer-pruned auxiliary (`kvp train --predictor-init identity`; the paper uses the default init)."""
         for t in self.key_transforms + self.value_transforms:
             out_dim, in_dim = t.weight.shape
             if out_dim != in_dim:
