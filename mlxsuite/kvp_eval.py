@@ -13,15 +13,15 @@ Metrics, each method continuing from its own prompt cache:
 - continuation cross-entropy of the tokens after a prompt, and first-token accuracy;
 - agreement with the base: greedy continuation of N tokens, token-level match rate and exact match against the
   base's own greedy continuation (what a user of a TTFT method cares about: does it answer like the base?);
-- a generative 1-shot task in the paper's style (greedy, stop at the end of the answer, exact match): completing
-  the first line of a Python function body from its signature and docstring, after one worked example, drawn from
-  the held-out stdlib files (the paper's TriviaQA and HumanEval cannot be downloaded here);
+- a generative task in the paper's style (greedy, stop at the end of the answer, exact match): completing the end
+  of a line of held-out stdlib code from the code before it (the paper's TriviaQA and HumanEval cannot be
+  downloaded here; completing a function's first body line from its signature and docstring, tried first, read 0 %
+  for SmolLM2-135M itself, so it could not tell methods apart);
 - TTFT FLOPs, and the per-layer error of the predicted keys and values.
 """
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -121,49 +121,43 @@ def agreement(ms: list[Method], prompts: np.ndarray, n_tokens: int, batch_size: 
 
 @dataclass
 class CodeSample:
-    prompt: str  # one worked example, then the target's signature and docstring and the body line's indentation
-    answer: str  # the first line of the function body after its docstring (stripped)
+    prompt: str  # the code before the line, and the line up to a cut after "(", "=", "." or ","
+    answer: str  # the rest of the line (stripped)
 
 
-def code_samples(docs: list[str], n: int, seed: int = 0, max_chars: int = 1500) -> list[CodeSample]:
-    """The 1-shot code task from Python sources: functions with a docstring whose next statement's first line has
-    8–60 characters (the answer); each prompt is another such function's head and answer (the shot), then the
-    target's head (signature, docstring) and the answer's indentation.
-    Drawn reproducibly; none when the documents are not Python."""
+def code_samples(docs: list[str], n: int, seed: int = 0, context_lines: int = 40) -> list[CodeSample]:
+    """The code task: complete the end of a line of held-out Python code, from the code before it (up to
+    `context_lines` lines) and the line's start. The cut is after the first "(", "=", "." or "," that leaves 3–30
+    characters, never in whitespace (BPE tokenizers join spaces to the next word: a prompt ending in a space would
+    split a token the model never saw split). Indented lines of 16–80 characters, not comments or strings; drawn
+    reproducibly, at most one per 10 lines of a file. SmolLM2-135M completes 20 % of them exactly (40 samples; the
+    last such cut instead: 27.5 %)."""
     found = []
     for doc in docs:
-        try:
-            tree = ast.parse(doc)
-        except (SyntaxError, ValueError):
-            continue
         lines = doc.splitlines()
-        for node in ast.walk(tree):
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or len(node.body) < 2:
+        for i in range(5, len(lines), 10):
+            line = lines[i].rstrip()
+            body = line.strip()
+            if not line.startswith((" ", "\t")) or not 16 <= len(body) <= 80 or body[0] in "#'\"":
                 continue
-            if ast.get_docstring(node) is None:
+            indent = len(line) - len(body)
+            cut = min((k + 1 for k, ch in enumerate(line) if ch in "(=.," and k >= indent
+                       and 3 <= len(line) - k - 1 <= 30), default=0)
+            if not cut or not line[cut:].strip():
                 continue
-            line = lines[node.body[1].lineno - 1]
-            answer = line.strip()
-            if not 8 <= len(answer) <= 60 or answer.startswith("#"):
-                continue
-            start = node.lineno - 1 - len(node.decorator_list)
-            head = "\n".join(lines[start : node.body[0].end_lineno])
-            indent = line[: len(line) - len(line.lstrip())]
-            if len(head) < max_chars:
-                found.append((head, indent, answer))
+            context = "\n".join(lines[max(0, i - context_lines) : i])
+            found.append(CodeSample(f"{context}\n{line[:cut]}", line[cut:].strip()))
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(found))
-    out = []
-    for k, i in enumerate(order[:n]):
-        shot_head, shot_indent, shot_answer = found[order[(k + 1) % len(order)]] if len(found) > 1 else found[i]
-        head, indent, answer = found[i]
-        shot = f"{shot_head.lstrip()}\n{shot_indent}{shot_answer}\n\n\n"
-        out.append(CodeSample(shot + f"{head.lstrip()}\n{indent}", answer))
-    return out
+    return [found[i] for i in rng.permutation(len(found))[:n]]
 
 
-def code_task(ms: list[Method], tok, samples: list[CodeSample], max_tokens: int = 32, tick: Tick = None) -> dict:
-    """Exact match (stripped) of each method's greedy first body line, stopping at the end of the line."""
+def line_end(text: str) -> Optional[str]:
+    """The generated rest of the line, stripped, once it is complete (a newline follows), else None."""
+    return text.split("\n", 1)[0].strip() if "\n" in text else None
+
+
+def code_task(ms: list[Method], tok, samples: list[CodeSample], max_tokens: int = 24, tick: Tick = None) -> dict:
+    """Exact match of each method's greedy completion of the line (up to the newline) with the real one."""
     res = {}
     for m in ms:
         hits = 0
@@ -174,10 +168,9 @@ def code_task(ms: list[Method], tok, samples: list[CodeSample], max_tokens: int 
             gen: list[int] = []
             for t in generate_step(m.model, mx.array(ids)[None], max_tokens, cache=cache, fill=fill):
                 gen.append(int(t.item()))
-                if "\n" in tok.decode(ids + gen)[len(head):] or gen[-1] == tok.eos_id:
+                if gen[-1] == tok.eos_id or line_end(tok.decode(ids + gen)[len(head):]) is not None:
                     break
-            text = tok.decode(ids + gen)[len(head):]
-            hits += text.split("\n", 1)[0].strip() == s.answer
+            hits += line_end(tok.decode(ids + gen)[len(head):] + "\n") == s.answer
             if tick:
                 tick(f"code task, {m.name}")
         res[m.name] = hits / max(len(samples), 1)

@@ -340,20 +340,22 @@ def test_agreement_counts_matching_tokens_by_hand():
     assert r["half"] == {"token_match": 6 / 8, "exact": 0.5}
 
 
-def test_code_samples_take_the_first_body_line_after_the_docstring():
-    from mlxsuite.kvp_eval import code_samples
+def test_code_samples_cut_lines_after_punctuation_never_in_whitespace():
+    """Lines 5, 15, 25, … are candidates; the cut is after the first "(", "=", "." or "," leaving 3–30 characters."""
+    from mlxsuite.kvp_eval import code_samples, line_end
 
-    doc = (
-        "import os\n\n\ndef area(w, h):\n    \"\"\"Width times height.\"\"\"\n    return w * h\n\n\n"
-        "class A:\n    def name(self):\n        \"\"\"The name.\n\n        Long.\"\"\"\n        if self.x is None:\n"
-        "            return ''\n        return self.x\n\n\ndef skip():\n    \"\"\"No next line.\"\"\"\n"
-    )
-    samples = code_samples([doc, "not python ("], 5)
-    assert sorted(s.answer for s in samples) == ["if self.x is None:", "return w * h"]
-    for s in samples:
-        assert s.prompt.endswith("\n        " if s.answer.startswith("if") else "\n    ")
-        shot = "return w * h" if s.answer.startswith("if") else "if self.x is None:"
-        assert shot in s.prompt and s.answer not in s.prompt.split("\n\n\n")[-1]
+    lines = ["x = 0"] * 40
+    lines[5] = "    result = compute_total(a, b)"  # after "=": " compute_total(a, b)", 20 characters
+    lines[15] = "    return os.path.join(first_argument_name, b)"  # after "os.": 33 characters; "path.": 28
+    lines[25] = "    # a comment = that is long enough"  # a comment: never
+    lines[35] = "    short(a)"  # too short: never
+    samples = code_samples(["\n".join(lines)], 10)
+    got = {s.prompt.rsplit("\n", 1)[1]: s.answer for s in samples}
+    assert got == {"    result =": "compute_total(a, b)", "    return os.path.": "join(first_argument_name, b)"}
+    for s in samples:  # the context: the lines before the cut line
+        row = 5 if "result" in s.prompt.rsplit("\n", 1)[1] else 15
+        assert s.prompt.split("\n")[:-1] == lines[:row]
+    assert line_end(" g(a)") is None and line_end(" g(a)\n    z") == "g(a)"
 
 
 def test_kvp_flops_add_up_and_first_token():
