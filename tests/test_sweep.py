@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mlxsuite import scaling
 from mlxsuite import sweep as sw
 from mlxsuite.errors import UserError
 
@@ -31,7 +32,7 @@ def test_parabola_optimum_interior_edges_and_two_points():
 
 def _synthetic_rows():
     """Runs whose L_u follows a known parametric loss, on a 3-budget × 2-size × 4-vocabulary grid."""
-    truth = sw.scaling.ParametricLoss(A1=0.5, A2=0.3, B=2.0, E=3.0, alpha1=0.4, alpha2=0.6, beta=0.4)
+    truth = scaling.ParametricLoss(A1=0.5, A2=0.3, B=2.0, E=3.0, alpha1=0.4, alpha2=0.6, beta=0.4)
     rows = []
     for c in (1e12, 1e13, 1e14):
         for preset, nnv, d in (("a", 1e5, 64), ("b", 8e5, 128)):
@@ -54,7 +55,9 @@ def test_analyze_recovers_parametric_loss_and_reports_fits():
     assert a3["rmse"] < 1e-3
     assert len(a["optimal_vocab"]) == 3 and len(a["per_model"]) == 6
     a1 = a["fits"]["isoflops"]
-    assert a1["points"] == 3 and set(a1) >= {"nnv", "nv", "characters", "vocab"}
+    assert len(a1["selected"]) == 3 and set(a1["laws"]) == {"nnv", "nv", "characters"}
+    assert [v["budget"] for v in a1["vocab"]] == [1e12, 1e13, 1e14]
+    assert a1["laws"]["nnv"]["exponent"] == 0.5 and a1["laws"]["characters"]["exponent"] == 0.5
     # with this loss the optimal N_v grows with compute at fixed size, as in the paper
     for p in ("a", "b"):
         ms = [m for m in a["per_model"] if m["preset"] == p]
@@ -150,7 +153,7 @@ def test_sweep_end_to_end_interrupt_and_resume(env):
     assert set(saved["runs"]) == {p.name for p in plans}
     a = doc["analysis"]
     assert len(a["per_model"]) == 2 and len(a["optimal_vocab"]) == 2
-    assert a["fits"]["isoflops"]["points"] == 2
+    assert len(a["fits"]["isoflops"]["selected"]) == 2
     assert a["fits"]["parametric"]["points"] == 6
     for o in a["optimal_vocab"]:
         assert 400 <= o["vocab"] <= 640 and o["flag"]
@@ -182,7 +185,7 @@ def test_cli_sweep_json_and_plot(env, capsys):
     assert len(doc["runs"]) == 4
     assert set(doc["runs"][0]) >= {"preset", "vocab", "budget", "steps", "lu", "ce", "bpc"}
     assert [o["flag"] for o in doc["optimal_vocab"]] == ["two-points"] * 2
-    assert doc["fits"]["isoflops"]["points"] == 2
+    assert len(doc["fits"]["isoflops"]["selected"]) == 2
     assert "skipped" in doc["fits"]["parametric"]  # 4 runs < 6
     assert plot.stat().st_size > 1000
     # rerun as a table: everything reused
