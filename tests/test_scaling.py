@@ -215,6 +215,10 @@ def test_fit_compression_recovers_constants():
     # a quadratic that turns inside the range: f is held at its minimum beyond the turning point
     turned = s.fit_compression([1000, 2000, 4000, 8000], s.Compression(0.05, -0.8, 4.0)([1000, 2000, 4000, 8000]))
     assert turned.clamp == pytest.approx(math.exp(0.8 / 0.1), rel=1e-6)
+    # f straight in ln V: a ≈ 0 (either sign), its turning point far away; the clamp stays
+    sizes = [128, 256, 512, 1024]
+    straight = s.fit_compression(sizes, [0.7 - 0.1 * math.log2(v / 128) for v in sizes])
+    assert straight.clamp == 200_000 and straight(512) == pytest.approx(0.5)
     with pytest.raises(UserError, match="3 different"):
         s.fit_compression([1024, 1024, 2048], [0.4, 0.4, 0.3])
 

@@ -83,6 +83,44 @@ def test_plan_rejects_budgets_too_small_and_bad_grids():
         assert p.tokens == p.steps * 128
 
 
+def _interior_rows(plans, v_star, curvature=0.2):
+    """L_u of every planned run on a synthetic surface: a parabola in ln V around V*(C), falling with C."""
+    rows = []
+    for p in plans:
+        lu = -0.5 * math.log(p.budget / 1e10) + curvature * (math.log(p.vocab) - math.log(v_star(p.budget))) ** 2
+        rows.append({**vars(p), "lu": lu})
+    return rows
+
+
+def test_default_grid_brackets_a_moving_optimum_within_the_time_budget():
+    """The default grid must hold an optimum that moves as the preliminary micro sweep measured (V* ≈ 250 at 1e11,
+    ∝ C^0.5) inside the grid at every budget, and the time model must keep it within the 45-minute budget."""
+    grid, settings = sw.SweepGrid(), sw.SweepSettings()
+    plans = sw.plan_runs(grid, settings)
+    assert sw.estimate_seconds(plans) < 0.8 * sw.TIME_BUDGET_S  # a margin: the machine is shared
+    assert min(p.steps for p in plans) >= 50
+    assert len({p.budget for p in plans}) >= 4 and max(grid.budgets) / min(grid.budgets) >= 8
+
+    def v_star(c):
+        return 250 * (c / 1e11) ** 0.5
+
+    tpc = {v: 0.7 - 0.1 * math.log2(v / 128) for v in grid.vocab_sizes}
+    a = sw.analyze(_interior_rows(plans, v_star), tpc)
+    for o in a["optimal_vocab"]:
+        assert o["flag"] == "interior", o
+        assert o["vocab"] == pytest.approx(v_star(o["budget"]), rel=1e-6)
+    assert a["measured"]["exponent"] == pytest.approx(0.5, abs=1e-6)
+    a1 = a["fits"]["isoflops"]
+    assert len(a1["selected"]) == len(grid.budgets)  # one envelope point per budget
+    assert a1["laws"]["nv"]["exponent"] == pytest.approx(0.5, abs=1e-6)  # N_v = V*·d ∝ C^0.5
+    assert a["vocab_grows_with_compute"] is True
+
+    # a grid that stops short of the optimum is flagged, not silently clamped
+    narrow = [p for p in plans if p.vocab <= 256]
+    a = sw.analyze(_interior_rows(narrow, v_star), tpc)
+    assert a["optimal_vocab"][-1]["flag"] == "high-edge" and a["optimal_vocab"][-1]["vocab"] == 256
+
+
 # ---- a real tiny sweep ----------------------------------------------------------------------------------------------
 
 

@@ -59,8 +59,8 @@ def fit_compression(vocab, tokens_per_char, clamp: float = 200_000) -> Compressi
         raise UserError("fitting f(V) = a·ln²V + b·lnV + c needs at least 3 different vocabulary sizes")
     lnv = np.log(v)
     a, b, c = np.linalg.lstsq(np.stack([lnv**2, lnv, np.ones_like(lnv)], 1), np.asarray(tokens_per_char), rcond=None)[0]
-    if a > 0:
-        clamp = min(clamp, math.exp(-b / (2 * a)))
+    if a > 0 and -b / (2 * a) < math.log(clamp):  # the turning point, in ln V (an almost straight f has none)
+        clamp = math.exp(-b / (2 * a))
     return Compression(float(a), float(b), float(c), float(clamp))
 
 

@@ -15,9 +15,9 @@ from ..tokenizer import min_vocab_size
 # (approach 3, published constants) puts micro's optimal V between ~120 and ~250, so the vocabularies start at 128,
 # the smallest a tokenizer without byte fallback reaches on text (~100 characters + 5 specials), and end well
 # above it. One preset: at these budgets the larger `tiny` is far from compute-optimal and never wins a budget.
-DEFAULT_BUDGETS = (1e11, 2e11, 4e11, 8e11)
+DEFAULT_BUDGETS = (5e10, 1e11, 2e11, 4e11)
 DEFAULT_PRESETS = ("micro",)
-DEFAULT_VOCAB_SIZES = (128, 192, 256, 384, 512, 768)
+DEFAULT_VOCAB_SIZES = (128, 181, 256, 362, 512, 724)
 TIME_BUDGET_S = 45 * 60  # what the default sweep must stay within on 2 shared cores
 
 # Time model, measured on 2 CPU cores shared with other jobs (load average 2-4): training at ~3e9 "6ND" FLOPs/s for
