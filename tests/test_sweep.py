@@ -116,9 +116,9 @@ def test_default_grid_brackets_a_moving_optimum_within_the_time_budget():
     assert a["vocab_grows_with_compute"] is True
 
     # a grid that stops short of the optimum is flagged, not silently clamped
-    narrow = [p for p in plans if p.vocab <= 256]
+    narrow = [p for p in plans if p.vocab <= 288]
     a = sw.analyze(_interior_rows(narrow, v_star), tpc)
-    assert a["optimal_vocab"][-1]["flag"] == "high-edge" and a["optimal_vocab"][-1]["vocab"] == 256
+    assert a["optimal_vocab"][-1]["flag"] == "high-edge" and a["optimal_vocab"][-1]["vocab"] == 288
 
 
 # ---- a real tiny sweep ----------------------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ GRID = dict(budgets=[1.5e9, 3e9], presets=["micro"], vocab_sizes=[400, 512, 640]
 
 
 def _settings(corpus):
-    return sw.SweepSettings(corpus=corpus, seq_len=32, batch_size=4, eval_windows=8)
+    return sw.SweepSettings(corpus=corpus, seq_len=32, batch_size=4, eval_chars=600)
 
 
 class Interrupt(Exception):
@@ -215,7 +215,7 @@ def test_cli_sweep_json_and_plot(env, capsys):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "sweep.png"
     args = ["vocab", "sweep", "--corpus", corpus, "--budgets", "1.5e9,3e9", "--presets", "micro",
-            "--vocab-sizes", "400,512", "--seq-len", "32", "--batch-size", "4", "--eval-windows", "8",
+            "--vocab-sizes", "400,512", "--seq-len", "32", "--batch-size", "4", "--eval-chars", "600",
             "--out", "cli-sweep", "--plot", str(plot)]
     code, out, err = run(capsys, *args, "--json")
     assert code == 0, err

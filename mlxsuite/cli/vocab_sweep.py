@@ -190,7 +190,9 @@ def sweep(
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step."),
     lr: float = typer.Option(3e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
-    eval_windows: int = typer.Option(256, "--eval-windows", help="Validation windows for the final L_u."),
+    eval_chars: int = typer.Option(
+        32_000, "--eval-chars", help="Validation characters for the final L_u (the same text for every V)."
+    ),
     free_exponents: bool = typer.Option(
         False, "--free-exponents", help="Approach 1: fit the N_nv and H exponents too (the reference fixes 0.5)."
     ),
@@ -216,7 +218,7 @@ def sweep(
     from .. import sweep as sw
 
     positive("--lr", lr)
-    for name, v in (("--seq-len", seq_len), ("--batch-size", batch_size), ("--eval-windows", eval_windows)):
+    for name, v in (("--seq-len", seq_len), ("--batch-size", batch_size), ("--eval-chars", eval_chars)):
         if v <= 0:
             raise UserError(f"{name} must be a positive integer, got {v}")
     grid = sw.SweepGrid(
@@ -225,7 +227,7 @@ def sweep(
         vocab_sizes=parse_int_list("--vocab-sizes", vocab_sizes) if vocab_sizes else list(sw.DEFAULT_VOCAB_SIZES),
     )
     settings = sw.SweepSettings(corpus=corpus, seq_len=seq_len, batch_size=batch_size, lr=lr, seed=seed,
-                                eval_windows=eval_windows)
+                                eval_chars=eval_chars)
     if plot is not None and not plot.parent.is_dir():
         raise UserError(f"cannot write {plot}: folder {plot.parent} does not exist")
     if dry_run:

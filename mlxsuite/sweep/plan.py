@@ -11,13 +11,15 @@ from .. import scaling
 from ..errors import UserError
 from ..tokenizer import min_vocab_size
 
-# The default grid, sized for 2 busy CPU cores (measured, see BENCHMARKS.md). At these budgets the paper's own fit
-# (approach 3, published constants) puts micro's optimal V between ~120 and ~250, so the vocabularies start at 128,
-# the smallest a tokenizer without byte fallback reaches on text (~100 characters + 5 specials), and end well
-# above it. One preset: at these budgets the larger `tiny` is far from compute-optimal and never wins a budget.
+# The default grid. A preliminary micro sweep (V = 128…1024; BENCHMARKS.md) put the optimum of L_u at the grid's
+# low edge at 3e10 FLOPs, near V = 250 at 1e11 and above 400 at 3e11, so the budgets start where the optimum leaves
+# V = 128 and double up to what fits 45 minutes, and the vocabularies (128·1.5^k) reach about twice the optimum
+# expected at the largest budget. 128 is the smallest a tokenizer without byte fallback reaches on this text (~100
+# characters + 5 specials). One preset: at these budgets the larger `tiny` is far from compute-optimal and never
+# wins a budget (the previous default trained it for nothing).
 DEFAULT_BUDGETS = (5e10, 1e11, 2e11, 4e11)
 DEFAULT_PRESETS = ("micro",)
-DEFAULT_VOCAB_SIZES = (128, 181, 256, 362, 512, 724)
+DEFAULT_VOCAB_SIZES = (128, 192, 288, 432, 648, 972)
 TIME_BUDGET_S = 45 * 60  # what the default sweep must stay within on 2 shared cores
 
 # Time model, measured on 2 CPU cores shared with other jobs (load average 2-4): training at ~3e9 "6ND" FLOPs/s for
@@ -38,7 +40,11 @@ class SweepSettings:
     batch_size: int = 8
     lr: float = 3e-3
     seed: int = 0
-    eval_windows: int = 256
+    eval_chars: int = 32_000  # every run is evaluated on the same first ~32K characters of the validation split
+
+    def eval_windows(self, tokens_per_char: float) -> int:
+        """Validation windows of seq_len tokens that hold `eval_chars` characters at this tokenizer's compression."""
+        return max(1, round(self.eval_chars * tokens_per_char / self.seq_len))
 
     @property
     def tokens_per_step(self) -> int:

@@ -117,12 +117,13 @@ def run_sweep(
         metrics = finished_metrics(run_folder)
         skipped = metrics is not None
         seconds = doc["runs"].get(plan.name, {}).get("seconds")
+        windows = settings.eval_windows(doc["tokenizers"][str(plan.vocab)]["tokens_per_char"])
         if not skipped:
             start = time.perf_counter()
-            metrics = _train_one(plan, run_folder, _tokenizer_path(folder, plan.vocab), settings, i, len(plans),
-                                 callback)
+            metrics = _train_one(plan, run_folder, _tokenizer_path(folder, plan.vocab), settings, windows, i,
+                                 len(plans), callback)
             seconds = time.perf_counter() - start
-        doc["runs"][plan.name] = {**asdict(plan), **_pick(metrics), "seconds": seconds}
+        doc["runs"][plan.name] = {**asdict(plan), **_pick(metrics), "eval_windows": windows, "seconds": seconds}
         _save(folder, doc)
         callback("run_end", {"index": i, "total": len(plans), "run": plan.name, "metrics": _pick(metrics),
                              "skipped": skipped, "seconds": seconds})
@@ -153,8 +154,8 @@ def _save(folder: Path, doc: dict) -> None:
     store.write_json(folder / SWEEP_FILE, doc)
 
 
-def _train_one(plan: RunPlan, run_folder: Path, tokenizer: Path, settings: SweepSettings, index: int, total: int,
-               callback) -> dict:
+def _train_one(plan: RunPlan, run_folder: Path, tokenizer: Path, settings: SweepSettings, eval_windows: int,
+               index: int, total: int, callback) -> dict:
     from ..train_lm import LMRunSpec, train_lm
     from ..trainer import TrainConfig, has_checkpoint
 
@@ -167,7 +168,7 @@ def _train_one(plan: RunPlan, run_folder: Path, tokenizer: Path, settings: Sweep
         seq_len=settings.seq_len,
         batch_size=settings.batch_size,
         seed=settings.seed,
-        eval_windows=settings.eval_windows,
+        eval_windows=eval_windows,
         train=TrainConfig(
             steps=plan.steps,
             lr=settings.lr,
@@ -188,7 +189,7 @@ def _train_one(plan: RunPlan, run_folder: Path, tokenizer: Path, settings: Sweep
     if "val_lu" not in metrics:  # resumed from a checkpoint at the last step: the loop had nothing left to do
         from ..train_lm import eval_model
 
-        ev = eval_model(str(run_folder.resolve()), settings.corpus, settings.seq_len, settings.eval_windows)
+        ev = eval_model(str(run_folder.resolve()), settings.corpus, settings.seq_len, eval_windows)
         metrics = {f"val_{k}": v for k, v in ev.items() if k in ("ce", "lu", "bpc")}
         _store_final(run_folder, metrics)
     return metrics
