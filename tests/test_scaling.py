@@ -354,5 +354,5 @@ def test_fit_isoflops_recovers_the_laws_on_the_lower_envelope():
         assert getattr(free.laws, key).exponent == pytest.approx(exponent, abs=0.03)
     fixed = s.fit_isoflops(flops, nnv, nv, chars, loss)
     assert fixed.laws.nnv.exponent == 0.5 and fixed.free_exponents is False
-    with pytest.raises(UserError, match="2 budgets"):
+    with pytest.raises(UserError, match="at least 2 budgets"):
         s.fit_isoflops([1e15, 1e15], [1, 2], [1, 2], [1, 2], [0.5, 0.4])

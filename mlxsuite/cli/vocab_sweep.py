@@ -212,8 +212,9 @@ def sweep(
     an interrupted sweep (finished runs are kept, a half-finished run resumes from its checkpoint) and redoes the
     analysis, e.g. with --free-exponents.
 
-    Default: budgets 1e11, 2e11, 4e11, 8e11 × micro × V = 128…768 (24 runs); it took 36 minutes on 2 CPU cores shared
-    with other jobs (BENCHMARKS.md). --dry-run prints the plan and a time estimate for any grid.
+    Default: budgets 5e10, 1e11, 2e11, 4e11 × micro × V = 128, 192, 288, 432, 648, 972 (24 runs), planned to take
+    about half an hour on 2 shared CPU cores (the measured time is in BENCHMARKS.md). --dry-run prints the plan and a
+    time estimate for any grid.
     """
     from .. import sweep as sw
 

@@ -193,7 +193,7 @@ def fit_isoflops(flops, nnv, nv, characters, loss, free_exponents: bool = False,
     values = {k: np.asarray(v, dtype=float) for k, v in (("nnv", nnv), ("nv", nv), ("characters", characters))}
     idx = lower_envelope(flops, loss)
     if len(np.unique(flops[idx])) < 2:
-        raise UserError("approach 1 needs the lower envelope to span at least 2 budgets")
+        raise UserError("the lower envelope must span at least 2 budgets")
     laws, r2, rmse = {}, {}, {}
     for key, y in values.items():
         exponent = None if free_exponents or key == "nv" else 0.5

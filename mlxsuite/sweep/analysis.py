@@ -127,7 +127,6 @@ def _isoflops(points: list[dict], budgets: list[float], free_exponents: bool, no
         fit = scaling.fit_isoflops(flops, [p["nnv"] for p in points], [p["nv"] for p in points],
                                    [p["characters"] for p in points], [p["lu"] for p in points], free_exponents)
     except UserError as e:
-        notes.append(f"approach 1 skipped: {e}")
         return {"skipped": str(e)}
     selected = [points[i] for i in fit.selected]
     dropped = [c for c in budgets if c not in {p["budget"] for p in selected}]
@@ -145,17 +144,14 @@ def _isoflops(points: list[dict], budgets: list[float], free_exponents: bool, no
 def _derivative(per_budget: list[dict], per_model: list[dict], tpc: dict[int, float], family, iso: dict,
                 notes: list[str]) -> dict:
     if len(tpc) < 3:
-        notes.append("approach 2 skipped: fitting f(V) needs at least 3 vocabulary sizes")
-        return {"skipped": "needs at least 3 vocabulary sizes"}
+        return {"skipped": "fitting f(V) needs at least 3 vocabulary sizes"}
     if "laws" not in iso:
-        notes.append("approach 2 skipped: it takes N_nv(C) from approach 1, which was skipped")
-        return {"skipped": "needs approach 1"}
+        return {"skipped": "it takes N_nv(C) from approach 1, which was skipped"}
     sizes = sorted(tpc)
     compression = scaling.fit_compression(sizes, [tpc[v] for v in sizes])
     family = sorted(family)
     if len({n for n, _ in family}) < 2:
-        notes.append("approach 2 skipped: fitting γ needs at least 2 model shapes")
-        return {"skipped": "needs at least 2 model shapes"}
+        return {"skipped": "fitting γ needs at least 2 model shapes"}
     nnv_law = scaling.PowerLaw(**iso["laws"]["nnv"])
     anchor_nnv = min(m["nnv"] for m in per_model)
     anchor_budget = float(nnv_law.inverse(anchor_nnv))  # where approach 1 calls the anchor model compute-optimal
@@ -164,6 +160,9 @@ def _derivative(per_budget: list[dict], per_model: list[dict], tpc: dict[int, fl
     law = scaling.derivative_law(compression, anchor_nnv, anchor["vocab"] * anchor["d"], shapes=family)
     roots = [{"nnv": n, "d": d, "vocab": scaling.derivative_root(n, d, compression)} for n, d in family]
     vocab = [(o["budget"], float(law(nnv_law(o["budget"]))) / o["d"]) for o in per_budget]
+    notes.append(f"approach 2: anchored at {anchor['preset']}'s optimum at C = {anchor['budget']:.3g}; its V moves with "
+                 f"C only through approach 1's N_nv(C) ∝ C^{nnv_law.exponent:.2f} (it assumes compute-optimal "
+                 f"training): V ∝ C^{nnv_law.exponent * law.gamma:.2f}")
     return {"gamma": law.gamma, "compression": compression.to_dict(), "roots": roots,
             "anchor": {"preset": anchor["preset"], "budget": anchor["budget"], "vocab": anchor["vocab"],
                        "nnv": anchor_nnv, "compute_optimal_budget": anchor_budget},
@@ -172,8 +171,7 @@ def _derivative(per_budget: list[dict], per_model: list[dict], tpc: dict[int, fl
 
 def _parametric(rows: list[dict], budgets: list[float], presets: list[str], notes: list[str]) -> dict:
     if len(rows) < 6:
-        notes.append("approach 3 skipped: it needs at least 6 runs")
-        return {"points": len(rows), "skipped": "needs at least 6 runs"}
+        return {"points": len(rows), "skipped": "it needs at least 6 runs"}
     nnv, nv, tok, lu = (np.array([r[k] for r in rows], float) for k in ("nnv", "nv", "tokens", "lu"))
     loss = scaling.fit_parametric_loss(nnv, nv, tok, lu, grid=16, rounds=25, nonnegative=True)
     pred = loss(nnv, nv, tok)
