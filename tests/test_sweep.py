@@ -93,8 +93,8 @@ def _interior_rows(plans, v_star, curvature=0.2):
 
 
 def test_default_grid_brackets_a_moving_optimum_within_the_time_budget():
-    """The default grid must hold an optimum that moves as the preliminary micro sweep measured (V* ≈ 250 at 1e11,
-    ∝ C^0.5) inside the grid at every budget, and the time model must keep it within the 45-minute budget."""
+    """The default grid must hold an optimum that moves as a micro sweep measured (V* ≈ 250 at 1e11, ∝ C^0.5) inside
+    the grid at every budget, and the time model must keep it within the 45-minute budget with a margin."""
     grid, settings = sw.SweepGrid(), sw.SweepSettings()
     plans = sw.plan_runs(grid, settings)
     assert sw.estimate_seconds(plans) < 0.8 * sw.TIME_BUDGET_S  # a margin: the machine is shared
@@ -116,9 +116,9 @@ def test_default_grid_brackets_a_moving_optimum_within_the_time_budget():
     assert a["vocab_grows_with_compute"] is True
 
     # a grid that stops short of the optimum is flagged, not silently clamped
-    narrow = [p for p in plans if p.vocab <= 288]
+    narrow = [p for p in plans if p.vocab <= 328]
     a = sw.analyze(_interior_rows(narrow, v_star), tpc)
-    assert a["optimal_vocab"][-1]["flag"] == "high-edge" and a["optimal_vocab"][-1]["vocab"] == 288
+    assert a["optimal_vocab"][-1]["flag"] == "high-edge" and a["optimal_vocab"][-1]["vocab"] == 328
 
 
 # ---- a real tiny sweep ----------------------------------------------------------------------------------------------

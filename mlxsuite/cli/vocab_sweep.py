@@ -212,8 +212,8 @@ def sweep(
     an interrupted sweep (finished runs are kept, a half-finished run resumes from its checkpoint) and redoes the
     analysis, e.g. with --free-exponents.
 
-    Default: budgets 5e10, 1e11, 2e11, 4e11 × micro × V = 128, 192, 288, 432, 648, 972 (24 runs), planned to take
-    about half an hour on 2 shared CPU cores (the measured time is in BENCHMARKS.md). --dry-run prints the plan and a
+    Default: budgets 4e10, 8e10, 1.6e11, 3.2e11 × micro × V = 128, 205, 328, 524, 839 (20 runs), planned to take
+    about 35 minutes on 2 busy CPU cores (the measured time is in BENCHMARKS.md). --dry-run prints the plan and a
     time estimate for any grid.
     """
     from .. import sweep as sw

@@ -173,10 +173,15 @@ def _parametric(rows: list[dict], budgets: list[float], presets: list[str], note
     if len(rows) < 6:
         return {"points": len(rows), "skipped": "it needs at least 6 runs"}
     nnv, nv, tok, lu = (np.array([r[k] for r in rows], float) for k in ("nnv", "nv", "tokens", "lu"))
-    loss = scaling.fit_parametric_loss(nnv, nv, tok, lu, grid=16, rounds=25, nonnegative=True)
+    bounds = (0.02, 2.0)
+    loss = scaling.fit_parametric_loss(nnv, nv, tok, lu, bounds=bounds, grid=16, rounds=25, nonnegative=True)
     pred = loss(nnv, nv, tok)
     a3 = {"points": len(rows), **loss.to_dict(), "rmse": float(np.sqrt(np.mean((pred - lu) ** 2))),
           "r2": scaling.r_squared(lu, pred), "optimal": []}
+    at_bound = [k for k in ("alpha2", "beta") if any(math.isclose(getattr(loss, k), x) for x in bounds)]
+    if at_bound:
+        notes.append(f"approach 3: {' and '.join(at_bound)} at the edge of the exponent search {bounds}: the runs "
+                     "do not pin the form down")
     if len(set(nnv)) == 1:
         notes.append("approach 3: a single model size, so A1 and E are not separately identifiable (the optimal V "
                      "does not depend on them)")

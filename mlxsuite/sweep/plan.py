@@ -11,23 +11,24 @@ from .. import scaling
 from ..errors import UserError
 from ..tokenizer import min_vocab_size
 
-# The default grid. A preliminary micro sweep (V = 128…1024; BENCHMARKS.md) put the optimum of L_u at the grid's
-# low edge at 3e10 FLOPs, near V = 250 at 1e11 and above 400 at 3e11, so the budgets start where the optimum leaves
-# V = 128 and double up to what fits 45 minutes, and the vocabularies (128·1.5^k) reach about twice the optimum
-# expected at the largest budget. 128 is the smallest a tokenizer without byte fallback reaches on this text (~100
-# characters + 5 specials). One preset: at these budgets the larger `tiny` is far from compute-optimal and never
-# wins a budget (the previous default trained it for nothing).
-DEFAULT_BUDGETS = (5e10, 1e11, 2e11, 4e11)
+# The default grid. Measured on micro (BENCHMARKS.md), the optimum of L_u sits at the low edge V = 128 at 3e10
+# FLOPs and moves to ~170 at 5e10, ~250 at 1e11 and ~470 at 4e11, so the budgets start where it has left 128 and
+# double over an 8x range, as far as 45 minutes allow with a margin, and the vocabularies (128·1.6^k) reach about
+# twice the optimum at the largest budget. 128 is the smallest a tokenizer without byte fallback reaches on this
+# text (~100 characters + 5 specials). One preset: at these budgets the larger `tiny` is far from compute-optimal and
+# never wins a budget (the previous default trained it for nothing).
+DEFAULT_BUDGETS = (4e10, 8e10, 1.6e11, 3.2e11)
 DEFAULT_PRESETS = ("micro",)
-DEFAULT_VOCAB_SIZES = (128, 192, 288, 432, 648, 972)
+DEFAULT_VOCAB_SIZES = (128, 205, 328, 524, 839)
 TIME_BUDGET_S = 45 * 60  # what the default sweep must stay within on 2 shared cores
 
-# Time model, measured on 2 CPU cores shared with other jobs (load average 2-4): training at ~3e9 "6ND" FLOPs/s for
-# micro and tiny; every run costs ~10 s besides (corpus, token streams, model build, compile, checkpoints, final
-# evaluation); every tokenizer ~25 s (training, then encoding the whole training split once).
-ASSUMED_FLOPS_PER_S = 3e9
-RUN_OVERHEAD_S = 10.0
-TOKENIZER_S = 25.0
+# Time model, measured on 2 CPU cores shared with other jobs (median load average 6): training at ~2e9 "6ND"
+# FLOPs/s for micro; every run ~20 s besides (corpus, token streams, model build, compile, checkpoints, final
+# evaluation); every tokenizer ~20 s (training, then encoding the whole training split once). A quiet machine is
+# about twice as fast.
+ASSUMED_FLOPS_PER_S = 2e9
+RUN_OVERHEAD_S = 20.0
+TOKENIZER_S = 20.0
 MIN_STEPS = 5
 
 
