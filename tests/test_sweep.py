@@ -30,6 +30,18 @@ def test_parabola_optimum_interior_edges_and_two_points():
     assert concave["flag"].startswith("not-convex") and concave["vocab"] == 512
 
 
+def test_parabola_is_fitted_around_the_measured_best():
+    """L_u rises faster above the optimum than below: a far point on the flat side must not move the vertex."""
+    v = [128, 205, 328, 524, 839]
+    lu = [(math.log(x) - math.log(170)) ** 2 for x in v]
+    lu[-1] = 0.5 * lu[-1]  # the far tail flattens
+    opt = sw.parabola_optimum(v, lu)
+    assert opt["flag"] == "interior" and opt["vocab"] == pytest.approx(170, rel=1e-6)
+    assert opt["window"] == [128, 524]
+    everywhere = sw.parabola_optimum(v, lu, neighbours=len(v))
+    assert abs(everywhere["vocab"] / 170 - 1) > 0.1 and everywhere["window"] == [128, 839]
+
+
 def _synthetic_rows():
     """Runs whose L_u follows a known parametric loss, on a 3-budget × 2-size × 4-vocabulary grid."""
     truth = scaling.ParametricLoss(A1=0.5, A2=0.3, B=2.0, E=3.0, alpha1=0.4, alpha2=0.6, beta=0.4)

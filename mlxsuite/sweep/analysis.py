@@ -2,9 +2,9 @@
 the runs, each giving an optimal V per budget.
 
 - Approach 1 (IsoFLOPs), as the reference `approach1_isoflops.py`: candidate points are the runs, with each
-  (budget, preset) group replaced by its parabola sampled at 20 log-spaced V across the grid and at its minimum (the
-  reference adds a quadratic interpolation through the points instead; a least-squares parabola is steadier on
-  small noisy runs);
+  (budget, preset) group replaced by its parabola (fitted to the best V and two grid points on each side) sampled at
+  20 log-spaced V across those points and at its minimum (the reference adds a quadratic interpolation through the
+  points instead; a least-squares parabola is steadier on small noisy runs);
   the lower envelope of L_u against FLOPs keeps one point per budget, the lowest, if it beats every cheaper budget;
   then ln N_nv = K1 + 0.5·ln C, ln N_v = K2 + α·ln C, ln H = K3 + 0.5·ln C with the Huber loss (`free_exponents`
   frees the 0.5s). Its V per budget: N_v(C) / d of the preset the envelope chose at that budget.
@@ -29,11 +29,16 @@ from ..errors import UserError
 INTERPOLATED_VOCABS = 20  # log-spaced V per (budget, preset), as the reference samples 20 V per model
 
 
-def parabola_optimum(vocab, lu) -> dict:
-    """Minimum of L_u ≈ a·ln²V + b·lnV + c over the grid's range of V.
+NEIGHBOURS = 2  # grid points on each side of the measured best that the parabola is fitted to
 
-    flag: "interior" (a convex parabola's vertex inside the grid), "low-edge" / "high-edge" (vertex outside: clamped
-    to the grid, the true optimum is beyond it), "not-convex" (a ≤ 0: the measured best is taken), "two-points" (too
+
+def parabola_optimum(vocab, lu, neighbours: int = NEIGHBOURS) -> dict:
+    """Minimum of L_u ≈ a·ln²V + b·lnV + c fitted to the measured best V and up to `neighbours` grid points on each
+    side (`window`): L_u rises faster above the optimum than below it, so a parabola through far points on one side
+    would pull the vertex toward the other.
+
+    flag: "interior" (a convex parabola's vertex inside the window), "low-edge" / "high-edge" (vertex outside: clamped
+    to the window, the true optimum is beyond it), "not-convex" (a ≤ 0: the measured best is taken), "two-points" (too
     few vocabularies for a parabola: the measured best).
     """
     v = np.asarray(vocab, dtype=float)
@@ -44,12 +49,15 @@ def parabola_optimum(vocab, lu) -> dict:
     measured = {"measured_best_vocab": int(v[best]), "measured_best_lu": float(y[best]), "points": int(len(v))}
     if len(np.unique(v)) < 3:
         return {"vocab": float(v[best]), "lu": float(y[best]), "flag": "two-points" if len(v) == 2 else "one-point",
-                "coef": None, **measured}
-    x = np.log(v)
-    a, b, c = np.polyfit(x, y, 2)
+                "coef": None, "window": [float(v[0]), float(v[-1])], **measured}
+    lo, hi = max(0, best - neighbours), min(len(v), best + neighbours + 1)
+    if hi - lo < 3:  # a parabola needs 3 points: widen toward the side that has them
+        lo, hi = (0, 3) if lo == 0 else (len(v) - 3, len(v))
+    x, y_fit = np.log(v[lo:hi]), y[lo:hi]
+    a, b, c = np.polyfit(x, y_fit, 2)
     if a <= 0:
-        flag, x_opt = "not-convex", x[best]
-        if best == 0 or best == len(x) - 1:
+        flag, x_opt = "not-convex", math.log(v[best])
+        if best == 0 or best == len(v) - 1:
             flag = "not-convex-edge"
     else:
         x_opt = -b / (2 * a)
@@ -59,9 +67,9 @@ def parabola_optimum(vocab, lu) -> dict:
         elif x_opt >= x[-1]:
             x_opt, flag = x[-1], "high-edge"
     lu_opt = float(a * x_opt**2 + b * x_opt + c) if flag in ("interior", "low-edge", "high-edge") else float(y[best])
-    vocab_opt = {"interior": math.exp(x_opt), "low-edge": v[0], "high-edge": v[-1]}.get(flag, v[best])
+    vocab_opt = math.exp(x_opt) if flag in ("interior", "low-edge", "high-edge") else v[best]
     return {"vocab": float(vocab_opt), "lu": lu_opt, "flag": flag, "coef": [float(a), float(b), float(c)],
-            **measured}
+            "window": [float(v[lo]), float(v[hi - 1])], **measured}
 
 
 def _tokens_per_char(tpc: dict[int, float], vocab) -> np.ndarray:
@@ -104,8 +112,7 @@ def _candidates(rows: list[dict], per_model: list[dict], tpc: dict[int, float]) 
     for m in per_model:
         group = [r for r in rows if r["budget"] == m["budget"] and r["preset"] == m["preset"]]
         if m["coef"] is not None and m["coef"][0] > 0:
-            lo, hi = min(r["vocab"] for r in group), max(r["vocab"] for r in group)
-            vocab = np.unique(np.append(np.geomspace(lo, hi, INTERPOLATED_VOCABS), m["vocab"]))  # and the vertex
+            vocab = np.unique(np.append(np.geomspace(*m["window"], INTERPOLATED_VOCABS), m["vocab"]))  # and the vertex
             lu = np.polyval(m["coef"], np.log(vocab))
             interpolated = True
         else:

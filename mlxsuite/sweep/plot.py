@@ -39,13 +39,13 @@ def plot_sweep(doc: dict, path: str | Path) -> Path:
                      label=f"C={c:.2g}, {p}")
             m = next(m for m in analysis["per_model"] if m["budget"] == c and m["preset"] == p)
             if m["coef"]:
-                xs = np.linspace(math.log(v[0]), math.log(v[-1]), 100)
+                xs = np.linspace(*np.log(m["window"]), 100)
                 ax1.plot(np.exp(xs), np.polyval(m["coef"], xs), "-" if pi == 0 else "--", color=colors[ci], lw=1)
             ax1.plot([m["vocab"]], [m["lu"]], "*", color=colors[ci], ms=14, mec="k")
     ax1.set_xscale("log", base=2)
     ax1.set_xlabel("vocabulary size V")
     ax1.set_ylabel("L_u (nats per token, unigram-normalized)")
-    ax1.set_title("L_u against V per budget (★ parabola minimum)")
+    ax1.set_title("L_u against V per budget (parabola around the best; ★ its minimum)")
     ax1.legend(fontsize=7)
 
     def line(points, style, label, **kw):
