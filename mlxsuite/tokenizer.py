@@ -3,6 +3,9 @@
 Settings follow sail-sg/scaling-with-vocab `train_tokenizer.py` (notes §7): BPE, byte fallback, split digits, split
 by unicode script, whitespace-only pieces allowed, no whitespace folding (indentation survives), NFKC, pad id 3.
 SentencePiece trains on lines; newlines inside a document are encoded through byte fallback (<0x0A>).
+
+Without byte fallback (`byte_fallback=False`, what the vocabulary sweep uses so that V can go down to ~100) the newline
+is its own piece, characters outside the 99.99 % most frequent map to <unk>, and no id is spent on the 256 bytes.
 """
 
 from __future__ import annotations
@@ -70,14 +73,27 @@ def _lines(texts: list[str], max_lines: int) -> Iterator[str]:
             n += 1
 
 
+MIN_VOCAB_BYTE_FALLBACK = 320  # 256 byte ids + 4 specials + the characters
+MIN_VOCAB_NO_FALLBACK = 128  # 5 specials (with the newline) + ~100 characters of English text or code at 99.99 %
+CHARACTER_COVERAGE_NO_FALLBACK = 0.9999
+
+
+def min_vocab_size(byte_fallback: bool = True) -> int:
+    return MIN_VOCAB_BYTE_FALLBACK if byte_fallback else MIN_VOCAB_NO_FALLBACK
+
+
 def train_tokenizer(
-    texts: list[str], vocab_size: int, out_file: str | Path, max_lines: int = 200_000
+    texts: list[str], vocab_size: int, out_file: str | Path, max_lines: int = 200_000, byte_fallback: bool = True
 ) -> Tokenizer:
     """Train a BPE tokenizer of exactly `vocab_size` pieces on about `max_lines` lines sampled from `texts`."""
     import sentencepiece as spm
 
-    if vocab_size < 320:
-        raise UserError(f"vocabulary size {vocab_size} is too small: byte fallback alone needs 260 ids, use >= 320")
+    if vocab_size < min_vocab_size(byte_fallback):
+        why = "byte fallback alone needs 260 ids" if byte_fallback else "the characters alone need ~100 ids"
+        raise UserError(f"vocabulary size {vocab_size} is too small: {why}, use >= {min_vocab_size(byte_fallback)}")
+    chars = {}
+    if not byte_fallback:
+        chars = {"user_defined_symbols": ["\n"], "character_coverage": CHARACTER_COVERAGE_NO_FALLBACK}
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     prefix = out_file.with_name(f".{out_file.stem}.tmp{os.getpid()}")
@@ -87,7 +103,7 @@ def train_tokenizer(
             model_prefix=str(prefix),
             vocab_size=vocab_size,
             model_type="bpe",
-            byte_fallback=True,
+            byte_fallback=byte_fallback,
             split_digits=True,
             split_by_unicode_script=True,
             allow_whitespace_only_pieces=True,
@@ -99,6 +115,7 @@ def train_tokenizer(
             hard_vocab_limit=True,
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
+            **chars,
         )
     except RuntimeError as e:
         raise UserError(f"tokenizer training failed at vocabulary size {vocab_size}: {str(e).splitlines()[0]}") from None

@@ -215,6 +215,10 @@ def test_fit_compression_recovers_constants():
     # a quadratic that turns inside the range: f is held at its minimum beyond the turning point
     turned = s.fit_compression([1000, 2000, 4000, 8000], s.Compression(0.05, -0.8, 4.0)([1000, 2000, 4000, 8000]))
     assert turned.clamp == pytest.approx(math.exp(0.8 / 0.1), rel=1e-6)
+    # f straight in ln V: a ≈ 0 (either sign), its turning point far away; the clamp stays
+    sizes = [128, 256, 512, 1024]
+    straight = s.fit_compression(sizes, [0.7 - 0.1 * math.log2(v / 128) for v in sizes])
+    assert straight.clamp == 200_000 and straight(512) == pytest.approx(0.5)
     with pytest.raises(UserError, match="3 different"):
         s.fit_compression([1024, 1024, 2048], [0.4, 0.4, 0.3])
 
@@ -268,3 +272,87 @@ def test_fit_parametric_loss_with_noise_predicts_close_vocab():
     assert fit.beta == pytest.approx(true.beta, abs=0.05)
     for nnv_, c in [(302e6, 1e19), (2.87e9, 1e21)]:
         assert fit.optimal_nv(nnv_, c) == pytest.approx(true.optimal_nv(nnv_, c), rel=0.1)
+
+
+def test_lower_envelope_keeps_one_point_per_flops_value():
+    # IsoFLOPs grids put many points at one budget: only the lowest of them can be on the envelope
+    flops = np.array([2.0, 1.0, 1.0, 2.0, 1.0, 3.0, 3.0])
+    loss = np.array([1.5, 3.0, 2.0, 1.0, 2.5, 1.2, 0.9])
+    assert s.lower_envelope(flops, loss).tolist() == [2, 3, 6]
+
+
+def _huber_objective(x, y, delta):
+    from scipy.special import huber
+
+    return lambda p: float(np.sum(huber(delta, p[0] + p[1] * x - y)))
+
+
+def test_huber_line_finds_the_minimum_of_the_reference_search():
+    """The reference minimizes the Huber loss with L-BFGS-B from a grid of starts; the exact solver must do no
+    worse, and shrug off the outliers a least-squares line follows."""
+    from scipy.optimize import minimize, minimize_scalar
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 10, 40)
+    y = 1.5 + 0.4 * x + rng.normal(0, 0.02, 40)
+    y[[3, 17, 30]] += [2.0, -1.5, 3.0]
+    objective = _huber_objective(x, y, 1e-3)
+    a, b = s.fit_line(x, y, delta=1e-3)
+    starts = [(k, al) for k in np.linspace(-5, 5, 8) for al in np.linspace(0, 1, 8)]
+    reference = min((minimize(objective, p, method="L-BFGS-B") for p in starts), key=lambda r: r.fun)
+    assert objective([a, b]) <= reference.fun + 1e-9
+    assert (a, b) == pytest.approx((1.5, 0.4), abs=0.03)
+    assert abs(s.fit_line(x, y)[1] - 0.4) > abs(b - 0.4)  # least squares is pulled by the outliers
+    # one parameter free: the minimum of a 1-D search
+    a_fixed, _ = s.fit_line(x, y, slope=0.5, delta=1e-3)
+    ref = minimize_scalar(lambda k: objective([k, 0.5]), bounds=(-10, 10), method="bounded", options={"xatol": 1e-10})
+    assert objective([a_fixed, 0.5]) <= ref.fun + 1e-9
+    _, b_fixed = s.fit_line(x, y, intercept=1.0, delta=1e-3)
+    ref = minimize_scalar(lambda k: objective([1.0, k]), bounds=(-10, 10), method="bounded", options={"xatol": 1e-10})
+    assert objective([1.0, b_fixed]) <= ref.fun + 1e-9
+
+
+def _isoflops_grid(laws, budgets, rng, noise=0.0):
+    """Per budget the optimal point on `laws` (L_u falls with C), plus worse allocations at the same budget and
+    worse points between budgets, which the lower envelope must drop."""
+    points, optimal = [], []
+    for c, c_next in zip(budgets, list(budgets[1:]) + [budgets[-1] * 2]):
+        best = -0.1 * math.log(c)
+        jitter = np.exp(rng.normal(0, noise, 3))
+        optimal.append(len(points))
+        points.append((c, laws.nnv(c) * jitter[0], laws.nv(c) * jitter[1], laws.characters(c) * jitter[2], best))
+        for _ in range(15):
+            f = np.exp(rng.normal(0, 0.7, 3))
+            points.append((c, laws.nnv(c) * f[0], laws.nv(c) * f[1], laws.characters(c) * f[2],
+                           best + rng.uniform(0.01, 0.3)))
+            between = c * (c_next / c) ** rng.uniform(0.1, 0.9)
+            points.append((between, laws.nnv(between), laws.nv(between), laws.characters(between),
+                           best + rng.uniform(0.001, 0.3)))
+    return [np.array(col) for col in zip(*points)], optimal
+
+
+def test_fit_isoflops_recovers_the_laws_on_the_lower_envelope():
+    truth = s.IsoFlopsLaws(s.PowerLaw(0.03, 0.5), s.PowerLaw(0.7, 0.37), s.PowerLaw(9.0, 0.5))
+    budgets = np.geomspace(1e15, 1e20, 11)
+    rng = np.random.default_rng(0)
+    (flops, nnv, nv, chars, loss), optimal = _isoflops_grid(truth, budgets, rng)
+    fit = s.fit_isoflops(flops, nnv, nv, chars, loss)
+    assert sorted(fit.selected) == optimal
+    for key in ("nnv", "nv", "characters"):
+        law = getattr(fit.laws, key)
+        assert (law.coef, law.exponent) == pytest.approx((getattr(truth, key).coef, getattr(truth, key).exponent),
+                                                         rel=1e-6)
+        assert fit.r2[key] == pytest.approx(1.0)
+    assert fit.laws.nnv.exponent == 0.5 and fit.laws.characters.exponent == 0.5  # fixed, as the reference
+
+    # free exponents find exponents other than 0.5; with noise the envelope is the same and the fit close
+    skewed = s.IsoFlopsLaws(s.PowerLaw(0.03, 0.55), s.PowerLaw(0.7, 0.37), s.PowerLaw(9.0, 0.45))
+    (flops, nnv, nv, chars, loss), optimal = _isoflops_grid(skewed, budgets, rng, noise=0.05)
+    free = s.fit_isoflops(flops, nnv, nv, chars, loss, free_exponents=True)
+    assert sorted(free.selected) == optimal
+    for key, exponent in (("nnv", 0.55), ("nv", 0.37), ("characters", 0.45)):
+        assert getattr(free.laws, key).exponent == pytest.approx(exponent, abs=0.03)
+    fixed = s.fit_isoflops(flops, nnv, nv, chars, loss)
+    assert fixed.laws.nnv.exponent == 0.5 and fixed.free_exponents is False
+    with pytest.raises(UserError, match="at least 2 budgets"):
+        s.fit_isoflops([1e15, 1e15], [1, 2], [1, 2], [1, 2], [0.5, 0.4])

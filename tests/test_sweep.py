@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mlxsuite import scaling
 from mlxsuite import sweep as sw
 from mlxsuite.errors import UserError
 
@@ -29,9 +30,21 @@ def test_parabola_optimum_interior_edges_and_two_points():
     assert concave["flag"].startswith("not-convex") and concave["vocab"] == 512
 
 
+def test_parabola_is_fitted_around_the_measured_best():
+    """L_u rises faster above the optimum than below: a far point on the flat side must not move the vertex."""
+    v = [128, 205, 328, 524, 839]
+    lu = [(math.log(x) - math.log(170)) ** 2 for x in v]
+    lu[-1] = 0.5 * lu[-1]  # the far tail flattens
+    opt = sw.parabola_optimum(v, lu)
+    assert opt["flag"] == "interior" and opt["vocab"] == pytest.approx(170, rel=1e-6)
+    assert opt["window"] == [128, 524]
+    everywhere = sw.parabola_optimum(v, lu, neighbours=len(v))
+    assert abs(everywhere["vocab"] / 170 - 1) > 0.1 and everywhere["window"] == [128, 839]
+
+
 def _synthetic_rows():
     """Runs whose L_u follows a known parametric loss, on a 3-budget × 2-size × 4-vocabulary grid."""
-    truth = sw.scaling.ParametricLoss(A1=0.5, A2=0.3, B=2.0, E=3.0, alpha1=0.4, alpha2=0.6, beta=0.4)
+    truth = scaling.ParametricLoss(A1=0.5, A2=0.3, B=2.0, E=3.0, alpha1=0.4, alpha2=0.6, beta=0.4)
     rows = []
     for c in (1e12, 1e13, 1e14):
         for preset, nnv, d in (("a", 1e5, 64), ("b", 8e5, 128)):
@@ -54,7 +67,9 @@ def test_analyze_recovers_parametric_loss_and_reports_fits():
     assert a3["rmse"] < 1e-3
     assert len(a["optimal_vocab"]) == 3 and len(a["per_model"]) == 6
     a1 = a["fits"]["isoflops"]
-    assert a1["points"] == 3 and set(a1) >= {"nnv", "nv", "characters", "vocab"}
+    assert len(a1["selected"]) == 3 and set(a1["laws"]) == {"nnv", "nv", "characters"}
+    assert [v["budget"] for v in a1["vocab"]] == [1e12, 1e13, 1e14]
+    assert a1["laws"]["nnv"]["exponent"] == 0.5 and a1["laws"]["characters"]["exponent"] == 0.5
     # with this loss the optimal N_v grows with compute at fixed size, as in the paper
     for p in ("a", "b"):
         ms = [m for m in a["per_model"] if m["preset"] == p]
@@ -80,6 +95,44 @@ def test_plan_rejects_budgets_too_small_and_bad_grids():
         assert p.tokens == p.steps * 128
 
 
+def _interior_rows(plans, v_star, curvature=0.2):
+    """L_u of every planned run on a synthetic surface: a parabola in ln V around V*(C), falling with C."""
+    rows = []
+    for p in plans:
+        lu = -0.5 * math.log(p.budget / 1e10) + curvature * (math.log(p.vocab) - math.log(v_star(p.budget))) ** 2
+        rows.append({**vars(p), "lu": lu})
+    return rows
+
+
+def test_default_grid_brackets_a_moving_optimum_within_the_time_budget():
+    """The default grid must hold an optimum that moves as a micro sweep measured (V* ≈ 250 at 1e11, ∝ C^0.5) inside
+    the grid at every budget, and the time model must keep it within the 45-minute budget with a margin."""
+    grid, settings = sw.SweepGrid(), sw.SweepSettings()
+    plans = sw.plan_runs(grid, settings)
+    assert sw.estimate_seconds(plans) < 0.8 * sw.TIME_BUDGET_S  # a margin: the machine is shared
+    assert min(p.steps for p in plans) >= 50
+    assert len({p.budget for p in plans}) >= 4 and max(grid.budgets) / min(grid.budgets) >= 8
+
+    def v_star(c):
+        return 250 * (c / 1e11) ** 0.5
+
+    tpc = {v: 0.7 - 0.1 * math.log2(v / 128) for v in grid.vocab_sizes}
+    a = sw.analyze(_interior_rows(plans, v_star), tpc)
+    for o in a["optimal_vocab"]:
+        assert o["flag"] == "interior", o
+        assert o["vocab"] == pytest.approx(v_star(o["budget"]), rel=1e-6)
+    assert a["measured"]["exponent"] == pytest.approx(0.5, abs=1e-6)
+    a1 = a["fits"]["isoflops"]
+    assert len(a1["selected"]) == len(grid.budgets)  # one envelope point per budget
+    assert a1["laws"]["nv"]["exponent"] == pytest.approx(0.5, abs=1e-6)  # N_v = V*·d ∝ C^0.5
+    assert a["vocab_grows_with_compute"] is True
+
+    # a grid that stops short of the optimum is flagged, not silently clamped
+    narrow = [p for p in plans if p.vocab <= 328]
+    a = sw.analyze(_interior_rows(narrow, v_star), tpc)
+    assert a["optimal_vocab"][-1]["flag"] == "high-edge" and a["optimal_vocab"][-1]["vocab"] == 328
+
+
 # ---- a real tiny sweep ----------------------------------------------------------------------------------------------
 
 
@@ -99,7 +152,7 @@ GRID = dict(budgets=[1.5e9, 3e9], presets=["micro"], vocab_sizes=[400, 512, 640]
 
 
 def _settings(corpus):
-    return sw.SweepSettings(corpus=corpus, seq_len=32, batch_size=4, eval_windows=8)
+    return sw.SweepSettings(corpus=corpus, seq_len=32, batch_size=4, eval_chars=600)
 
 
 class Interrupt(Exception):
@@ -150,7 +203,7 @@ def test_sweep_end_to_end_interrupt_and_resume(env):
     assert set(saved["runs"]) == {p.name for p in plans}
     a = doc["analysis"]
     assert len(a["per_model"]) == 2 and len(a["optimal_vocab"]) == 2
-    assert a["fits"]["isoflops"]["points"] == 2
+    assert len(a["fits"]["isoflops"]["selected"]) == 2
     assert a["fits"]["parametric"]["points"] == 6
     for o in a["optimal_vocab"]:
         assert 400 <= o["vocab"] <= 640 and o["flag"]
@@ -174,7 +227,7 @@ def test_cli_sweep_json_and_plot(env, capsys):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "sweep.png"
     args = ["vocab", "sweep", "--corpus", corpus, "--budgets", "1.5e9,3e9", "--presets", "micro",
-            "--vocab-sizes", "400,512", "--seq-len", "32", "--batch-size", "4", "--eval-windows", "8",
+            "--vocab-sizes", "400,512", "--seq-len", "32", "--batch-size", "4", "--eval-chars", "600",
             "--out", "cli-sweep", "--plot", str(plot)]
     code, out, err = run(capsys, *args, "--json")
     assert code == 0, err
@@ -182,7 +235,7 @@ def test_cli_sweep_json_and_plot(env, capsys):
     assert len(doc["runs"]) == 4
     assert set(doc["runs"][0]) >= {"preset", "vocab", "budget", "steps", "lu", "ce", "bpc"}
     assert [o["flag"] for o in doc["optimal_vocab"]] == ["two-points"] * 2
-    assert doc["fits"]["isoflops"]["points"] == 2
+    assert len(doc["fits"]["isoflops"]["selected"]) == 2
     assert "skipped" in doc["fits"]["parametric"]  # 4 runs < 6
     assert plot.stat().st_size > 1000
     # rerun as a table: everything reused

@@ -13,7 +13,7 @@ which reproduces the paper's Table 1 where the paper's text and the code differ:
 - Natural logarithms throughout. Predicted N_v is truncated to an int and V = N_v // d, as the reference code does.
 
 The published constants are the defaults (frozen dataclasses); every predictor takes replacements, e.g. a
-`Compression` fitted on your own tokenizers or a `ParametricLoss` fitted on your own runs.
+`Compression` fitted on your own tokenizers or a `ParametricLoss` fitted on your own runs (`scaling.fits`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 # ---- tokens per character ---------------------------------------------------------------------------------------
 
@@ -254,26 +254,6 @@ def derivative_root(nnv: float, d: int | None = None, compression: Compression =
     return math.exp(_bisect(slope, 0.0, hi))
 
 
-def fit_gamma(nnv, nv, delta: float = 1e-3) -> float:
-    """γ in N_v/N_v[0] = (N_nv/N_nv[0])^γ, minimizing the Huber loss (δ = `delta`) of the log residuals.
-
-    As the reference (`approach2_derivative.py`) does with L-BFGS-B; the loss is convex in γ, so we solve its
-    first-order condition exactly by bisection.
-    """
-    x = np.log(np.asarray(nnv[1:], dtype=float) / nnv[0])
-    y = np.log(np.asarray(nv[1:], dtype=float) / nv[0])
-
-    def grad(gamma: float) -> float:
-        return float(np.sum(x * np.clip(gamma * x - y, -delta, delta)))
-
-    lo, hi = -1.0, 2.0
-    while grad(lo) > 0:
-        lo *= 2
-    while grad(hi) < 0:
-        hi *= 2
-    return _bisect(grad, lo, hi)
-
-
 # N_nv of the paper's seven model families (reference `approach2_derivative.py`): the points γ is fitted on.
 ROOT_NNV = (33e6, 85e6, 151e6, 302e6, 631e6, 1130e6, 2870e6)
 
@@ -302,12 +282,6 @@ class DerivativeLaw:
 
 
 PAPER_DERIVATIVE = DerivativeLaw()
-
-
-def derivative_law(compression: Compression, anchor_nnv: float = 33e6, anchor_nv: float = 6144 * 512) -> DerivativeLaw:
-    """Refit γ on the raw roots under another compression f(V); the anchor stays the paper's (or the one given)."""
-    roots = [derivative_root(n, compression=compression) * embedding_dim(n) for n in ROOT_NNV]
-    return DerivativeLaw(anchor_nnv, anchor_nv, fit_gamma(ROOT_NNV, roots))
 
 
 def predict_derivative(
@@ -400,158 +374,45 @@ def predict_parametric(
     return Prediction.from_nv(loss.optimal_nv(nnv, flops), d, flops)
 
 
-# ---- fitting from measurements ----------------------------------------------------------------------------------
 
 
-def relative_mse(actual, predicted) -> float:
-    """Mean squared error over the squared mean of `actual` (the paper's relative MSE)."""
-    actual = np.asarray(actual, dtype=float)
-    return float(np.mean((actual - predicted) ** 2) / np.mean(actual) ** 2)
+# ---- spending a budget ------------------------------------------------------------------------------------------
 
 
-def r_squared(actual, predicted) -> float:
-    actual = np.asarray(actual, dtype=float)
-    return float(1 - np.sum((actual - predicted) ** 2) / np.sum((actual - actual.mean()) ** 2))
+def allocate(nnv: float, d: int, nv: float, flops: float, compression: Compression = PAPER_COMPRESSION) -> dict:
+    """Spend a budget on a model: V = N_v // d, D = C / (6(N_nv + V·d)) tokens, H = D / f(V) characters."""
+    vocab = max(1, int(nv // d))
+    tokens = flops / (6 * (nnv + vocab * d))
+    return {
+        "nnv": nnv,
+        "d": d,
+        "nv": vocab * d,
+        "vocab": vocab,
+        "tokens": tokens,
+        "characters": float(characters_from_tokens(tokens, vocab, compression)),
+    }
 
 
-def fit_compression(vocab, tokens_per_char, clamp: float = 200_000) -> Compression:
-    """Least-squares f(V) = a·ln²V + b·lnV + c through measured tokens per character (needs 3+ sizes).
-
-    The clamp is lowered to the quadratic's turning point exp(-b/2a) when that comes first, so f never rises.
-    """
-    v = np.minimum(np.asarray(vocab, dtype=float), clamp)
-    if len(np.unique(v)) < 3:
-        raise UserError("fitting f(V) = a·ln²V + b·lnV + c needs at least 3 different vocabulary sizes")
-    lnv = np.log(v)
-    a, b, c = np.linalg.lstsq(np.stack([lnv**2, lnv, np.ones_like(lnv)], 1), np.asarray(tokens_per_char), rcond=None)[0]
-    if a > 0:
-        clamp = min(clamp, math.exp(-b / (2 * a)))
-    return Compression(float(a), float(b), float(c), float(clamp))
+APPROACHES = ("isoflops", "derivative", "parametric")
 
 
-def fit_power_law(x, y, exponent: float | None = None) -> PowerLaw:
-    """Least squares of ln y = ln coef + exponent·ln x (or with the exponent fixed, as approach 1 fixes 0.5).
-
-    The paper minimizes a Huber loss (δ = 1e-3) of the same log residuals; this is the plain least-squares fit.
-    """
-    lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
-    if exponent is None:
-        exponent, log_coef = np.polyfit(lx, ly, 1)
+def plan_budget(
+    flops: float,
+    approach: str = "parametric",
+    d: int | None = None,
+    compression: Compression = PAPER_COMPRESSION,
+    derivative: DerivativeLaw = PAPER_DERIVATIVE,
+) -> dict:
+    """Compute-optimal allocation of a budget: N_nv from the IsoFLOPs law, N_v from `approach`, then `allocate`."""
+    _check_positive("FLOPs", flops)
+    if approach not in APPROACHES:
+        raise UserError(f"unknown approach {approach!r}: choose from {', '.join(APPROACHES)}")
+    nnv = float(compute_optimal_nnv(flops))
+    d = d or embedding_dim(nnv)
+    if approach == "isoflops":
+        nv = PAPER_ISOFLOPS.nv(flops)
+    elif approach == "derivative":
+        nv = derivative(nnv)
     else:
-        log_coef = np.mean(ly - exponent * lx)
-    return PowerLaw(float(math.exp(log_coef)), float(exponent))
-
-
-def lower_envelope(flops, loss) -> np.ndarray:
-    """Indices of the points that beat every cheaper point: the IsoFLOPs frontier approach 1 fits its laws on."""
-    order = np.argsort(flops, kind="stable")
-    keep, best = [], math.inf
-    for i in order:
-        if loss[i] < best:
-            keep.append(i)
-            best = loss[i]
-    return np.array(keep, dtype=int)
-
-
-def _parametric_design(n, x, t, alpha2: float, beta: float) -> np.ndarray:
-    return np.stack([-np.ones_like(n), n**-beta, x**-alpha2, t**-beta], 1)
-
-
-def _linear_part(design: np.ndarray, y: np.ndarray, nonnegative: bool) -> np.ndarray:
-    """(E, A1, A2, B) for fixed exponents: least squares, or with A1, A2, B >= 0 (E free, as E⁺ − E⁻ for NNLS)."""
-    if not nonnegative:
-        return np.linalg.lstsq(design, y, rcond=None)[0]
-    from scipy.optimize import nnls  # the one fit that needs scipy; the rest of this module is numpy only
-
-    split = np.concatenate([design[:, :1], -design[:, :1], design[:, 1:]], axis=1)
-    scale = np.abs(split).max(axis=0)
-    coefs = nnls(split / scale, y)[0] / scale
-    return np.concatenate([[coefs[0] - coefs[1]], coefs[2:]])
-
-
-def fit_parametric_loss(
-    nnv, nv, tokens, loss, bounds=(0.02, 2.0), grid: int = 24, rounds: int = 40, nonnegative: bool = False
-) -> ParametricLoss:
-    """Least-squares fit of `ParametricLoss` (alpha1 = beta) to measured L_u at N_nv, N_v (parameters), D (tokens).
-
-    Given the exponents (alpha2, beta) the loss is linear in (E, A1, A2, B), so we solve that part exactly and search
-    the two exponents on a grid that zooms in on the best cell each round (variable projection). The paper fits
-    with a Huber loss (δ = 1e-3) and L-BFGS-B from 486 starts; this is the plain least-squares fit of the same form.
-    `nonnegative` keeps A1, A2, B >= 0: on a few noisy small runs the free fit readily turns a term negative, and a
-    negative A2 or B has no optimal V. Pass D = H·f(V) (`tokens_from_characters`) to fit the loss in true tokens.
-    """
-    n, x, t = (np.asarray(a, dtype=float) / u for a, u in ((nnv, MILLION), (nv, MILLION), (tokens, BILLION)))
-    y = np.asarray(loss, dtype=float)
-    if len(y) < 6:
-        raise UserError("fitting the parametric loss needs at least 6 points")
-
-    def solve(alpha2: float, beta: float):
-        design = _parametric_design(n, x, t, alpha2, beta)
-        coefs = _linear_part(design, y, nonnegative)
-        return float(np.sum((design @ coefs - y) ** 2)), coefs
-
-    (lo_a, hi_a), (lo_b, hi_b) = (bounds, bounds)
-    best = (math.inf, None, None)
-    for _ in range(rounds):
-        for a2 in np.linspace(lo_a, hi_a, grid):
-            for b in np.linspace(lo_b, hi_b, grid):
-                rss, _ = solve(a2, b)
-                if rss < best[0]:
-                    best = (rss, a2, b)
-        _, a2, b = best
-        step_a, step_b = 2 * (hi_a - lo_a) / (grid - 1), 2 * (hi_b - lo_b) / (grid - 1)
-        lo_a, hi_a = max(bounds[0], a2 - step_a), min(bounds[1], a2 + step_a)
-        lo_b, hi_b = max(bounds[0], b - step_b), min(bounds[1], b + step_b)
-        if hi_a - lo_a < 1e-12 and hi_b - lo_b < 1e-12:
-            break
-    _, a2, b = best
-    _, (e, a1, a2_coef, b_coef) = solve(a2, b)
-    return ParametricLoss(float(a1), float(a2_coef), float(b_coef), float(e), float(b), float(a2), float(b))
-
-
-# ---- public model shapes ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """A decoder's shape from its config.json, enough to count N_nv.
-
-    N_nv = layers·(attention + MLP + norms) + final norm, where attention = d·q + 2·d·kv + q·d
-    (q = heads·head_dim, kv = kv_heads·head_dim; plus q + 2·kv biases if `qkv_bias`), MLP = 3·d·d_ff (gated: gate,
-    up, down) and each RMSNorm has d weights. Embedding and output head are N_v and not counted.
-    """
-
-    layers: int
-    d: int
-    d_ff: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    head_dim: int | None = None
-    qkv_bias: bool = False
-    norms_per_layer: int = 2
-
-    @property
-    def nnv(self) -> int:
-        hd = self.head_dim or self.d // self.heads
-        q, kv = self.heads * hd, self.kv_heads * hd
-        attn = 2 * self.d * q + 2 * self.d * kv + ((q + 2 * kv) if self.qkv_bias else 0)
-        mlp = 3 * self.d * self.d_ff
-        return self.layers * (attn + mlp + self.norms_per_layer * self.d) + self.d
-
-
-# From each model's published config.json (Hugging Face).
-KNOWN_MODELS: dict[str, ModelShape] = {
-    "llama2-7b": ModelShape(32, 4096, 11008, 32, 32, 32000),
-    "llama2-13b": ModelShape(40, 5120, 13824, 40, 40, 32000),
-    "llama2-70b": ModelShape(80, 8192, 28672, 64, 8, 32000),
-    "llama3-8b": ModelShape(32, 4096, 14336, 32, 8, 128256),
-    "llama3-70b": ModelShape(80, 8192, 28672, 64, 8, 128256),
-    "llama3.1-405b": ModelShape(126, 16384, 53248, 128, 8, 128256),
-    "tinyllama-1.1b": ModelShape(22, 2048, 5632, 32, 4, 32000),
-    "mistral-7b": ModelShape(32, 4096, 14336, 32, 8, 32000),
-    "qwen2-7b": ModelShape(28, 3584, 18944, 28, 4, 152064, qkv_bias=True),
-    "qwen2-72b": ModelShape(80, 8192, 29568, 64, 8, 152064, qkv_bias=True),
-    "gemma2-9b": ModelShape(42, 3584, 14336, 16, 8, 256000, head_dim=256, norms_per_layer=4),
-    "gemma2-27b": ModelShape(46, 4608, 36864, 32, 16, 256000, head_dim=128, norms_per_layer=4),
-}
+        nv = PAPER_PARAMETRIC.optimal_nv(nnv, flops)
+    return {"flops": flops, "approach": approach, **allocate(nnv, d, nv, flops, compression)}
