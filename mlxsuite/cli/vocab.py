@@ -167,7 +167,7 @@ def fit_compression(
 
     Each tokenizer trains on the corpus' training split; tokens per character are measured on its held-out split.
     """
-    from ..store import write_json
+    from ..atomic import write_json
     from ..sweep import measure_compression
 
     vocab_sizes = parse_int_list("--sizes", sizes)
