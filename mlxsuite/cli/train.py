@@ -10,39 +10,40 @@ from .. import platform
 from ..errors import UserError
 from ..train_lm import LMRunSpec, auto_vocab_size, train_lm
 from ..trainer import TrainConfig
-from .common import TrainProgress, err, out, positive, print_json
+from .common import Device, TrainProgress, device_option, err, out, positive, print_json
 
 
 def train(
     out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the model to write."),
-    preset: str = typer.Option("tiny", help="Model preset (micro, tiny, small, base, vocab-33m, …)."),
+    preset: str = typer.Option("tiny", "--preset", help="Model preset (micro, tiny, small, base, vocab-33m, …)."),
     vocab_size: str = typer.Option(
         "2048", "--vocab-size", "-v", help="Vocabulary size V of the tokenizer to train, or 'auto' (vocabulary scaling law)."
     ),
-    flops: Optional[float] = typer.Option(None, help="With --vocab-size auto: the training budget in FLOPs."),
-    tokenizer: Optional[str] = typer.Option(None, help="Reuse this tokenizer folder instead of training one."),
+    flops: Optional[float] = typer.Option(None, "--flops", help="With --vocab-size auto: the training budget in FLOPs."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Reuse this tokenizer folder instead of training one."),
     init_from: Optional[str] = typer.Option(
-        None, "--init-from", help="Continue training this stored model (e.g. one from `convert from-hf`); ignores --preset."
+        None, "--init-from", metavar="MODEL",
+        help="Continue training this stored model (e.g. one from `convert from-hf`); ignores --preset.",
     ),
-    corpus: Optional[str] = typer.Option(None, help="Text file, folder or JSONL (default: the Python stdlib)."),
-    seq_len: int = typer.Option(128, "--seq-len"),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file, folder or JSONL (default: the Python stdlib)."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per training sequence."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step, over all processes."),
-    steps: int = typer.Option(200),
-    lr: float = typer.Option(3e-3),
-    warmup: int = typer.Option(20),
-    grad_accum: int = typer.Option(1, "--grad-accum"),
-    grad_clip: float = typer.Option(1.0, "--grad-clip"),
-    weight_decay: float = typer.Option(0.1, "--weight-decay"),
-    save_every: int = typer.Option(50, "--save-every"),
-    eval_every: int = typer.Option(100, "--eval-every"),
-    eval_windows: int = typer.Option(64, "--eval-windows"),
-    seed: int = typer.Option(0),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
+    lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate (AdamW; warm-up, then cosine to 10 %)."),
+    warmup: int = typer.Option(20, "--warmup", help="Linear warm-up steps."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches accumulated per step."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Global gradient-norm clip (0: none)."),
+    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay (not on norms and biases)."),
+    save_every: int = typer.Option(50, "--save-every", help="Checkpoint every N steps (and at the end)."),
+    eval_every: int = typer.Option(100, "--eval-every", help="Validate every N steps (and at the end)."),
+    eval_windows: int = typer.Option(64, "--eval-windows", help="Validation windows of seq-len tokens."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialization and the data order."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Compile the training step."),
-    device: Optional[str] = typer.Option(None, help="cpu or gpu (default: MLX's default)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
-    force: bool = typer.Option(False, help="Start over, replacing an existing --out."),
+    device: Device = device_option(),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Start over, replacing an existing --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the final metrics as one JSON document."),
-    quiet: bool = typer.Option(False, help="No progress output."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ):
     """Train a model. Launch data-parallel runs with `mlx.launch -n 2 -- mlxsuite train …`."""
     platform.set_device(device)
