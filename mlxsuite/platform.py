@@ -428,7 +428,8 @@ def machine_info() -> dict:
 def system_openblas() -> list[str]:
     """System OpenBLAS libraries exporting the standard cblas names (none needs a compiler)."""
     found = [ctypes.util.find_library("openblas")] if ctypes.util.find_library("openblas") else []
-    for pattern in ("/usr/lib/*/libopenblas.so.0", "/usr/lib/*/openblas-pthread/libopenblas.so.0", "/usr/lib64/libopenblas.so.0"):
+    for pattern in ("/usr/lib/*/libopenblas.so.0", "/usr/lib/*/openblas-pthread/libopenblas.so.0",
+                    "/usr/lib64/libopenblas.so.0"):
         found += sorted(glob.glob(pattern))
     return list(dict.fromkeys(found))
 

@@ -48,7 +48,8 @@ def test_every_option_has_help_and_the_model_argument_one_name(path):
 def test_choices_are_checked_by_the_parser(capsys, args):
     code, stdout, stderr = run_cli(capsys, *args)
     assert code == 2 and stdout == ""
-    assert stderr.count("\n") == 1 and re.match(r"error: Invalid value for '(--device|--dtype|--output' / '-o)'", stderr)
+    assert stderr.count("\n") == 1
+    assert re.match(r"error: Invalid value for '(--device|--dtype|--output' / '-o)'", stderr)
 
 
 def test_help_shows_the_choices(capsys, monkeypatch):

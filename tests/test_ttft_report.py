@@ -38,7 +38,8 @@ def report():
 
 def test_records_are_flat_and_complete(report):
     recs = ttft_report.records(report)
-    assert len(recs) == len(report["results"]) == 2 * (4 + 2)  # a model: batch 1 base, mlx-lm; batch 2 base; × 2 caches
+    # per model: batch 1 (base, mlx-lm) and batch 2 (base), each uncached and cached
+    assert len(recs) == len(report["results"]) == 2 * (4 + 2)
     for r in recs:
         assert list(r) == list(ttft_report.FIELDS)
         for k, v in r.items():

@@ -159,7 +159,8 @@ class TrainProgress:
             self.progress.start()
             self.started = True
         if event == "start":
-            self.task = self.progress.add_task(f"{self.label} step", total=info["steps"], completed=info["step"], stats="")
+            self.task = self.progress.add_task(f"{self.label} step", total=info["steps"], completed=info["step"],
+                                               stats="")
             if info["step"]:
                 self.progress.console.print(f"resumed at step {info['step']}")
         elif event == "step" and self.task is not None:

@@ -17,15 +17,19 @@ def train(
     out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the model to write."),
     preset: str = typer.Option("tiny", "--preset", help="Model preset (micro, tiny, small, base, vocab-33m, …)."),
     vocab_size: str = typer.Option(
-        "2048", "--vocab-size", "-v", help="Vocabulary size V of the tokenizer to train, or 'auto' (vocabulary scaling law)."
+        "2048", "--vocab-size", "-v",
+        help="Vocabulary size V of the tokenizer to train, or 'auto' (vocabulary scaling law).",
     ),
-    flops: Optional[float] = typer.Option(None, "--flops", help="With --vocab-size auto: the training budget in FLOPs."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Reuse this tokenizer folder instead of training one."),
+    flops: Optional[float] = typer.Option(
+        None, "--flops", help="With --vocab-size auto: the training budget in FLOPs."),
+    tokenizer: Optional[str] = typer.Option(
+        None, "--tokenizer", help="Reuse this tokenizer folder instead of training one."),
     init_from: Optional[str] = typer.Option(
         None, "--init-from", metavar="MODEL",
         help="Continue training this stored model (e.g. one from `convert from-hf`); ignores --preset.",
     ),
-    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file, folder or JSONL (default: the Python stdlib)."),
+    corpus: Optional[str] = typer.Option(
+        None, "--corpus", help="Text file, folder or JSONL (default: the Python stdlib)."),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per training sequence."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step, over all processes."),
     steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
