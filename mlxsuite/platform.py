@@ -34,6 +34,7 @@ class BlasInfo:
 
 
 _BLAS: BlasInfo | None = None
+_HANDLE: ctypes.CDLL | None = None  # the optimized BLAS loaded, if any
 _SELF_TEST = r"""
 import ctypes, json, sys
 ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)
@@ -201,7 +202,7 @@ def _set_threads(handle: ctypes.CDLL, path: str) -> None:
 
 def load_fast_blas() -> BlasInfo:
     """Load an optimized BLAS into the global symbol scope before mlx.core. Idempotent."""
-    global _BLAS
+    global _BLAS, _HANDLE
     if _BLAS is not None:
         return _BLAS
     if sys.platform == "darwin":
@@ -225,7 +226,7 @@ def load_fast_blas() -> BlasInfo:
         if not ok:
             failures.append(f"{path}: {detail}")
             continue
-        handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        handle = _HANDLE = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         _set_threads(handle, path)
         _BLAS = BlasInfo(path, "loaded", detail)
         return _BLAS
@@ -239,6 +240,14 @@ def load_fast_blas() -> BlasInfo:
 
 def blas_info() -> BlasInfo:
     return _BLAS or load_fast_blas()
+
+
+def blas_threads() -> int | None:
+    """Threads the loaded BLAS runs a GEMM on (None: the stock BLAS, or it does not say)."""
+    for fn in ("scipy_openblas_get_num_threads", "openblas_get_num_threads", "MKL_Get_Max_Threads"):
+        if _HANDLE is not None and hasattr(_HANDLE, fn):
+            return int(getattr(_HANDLE, fn)())
+    return None
 
 
 # ---- device and dtype -------------------------------------------------------------------------------------------
@@ -421,6 +430,7 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "python": _pyplatform.python_version(),
         "blas": blas_name(),
+        "blas_threads": blas_threads(),
     }
 
 

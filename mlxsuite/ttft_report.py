@@ -32,14 +32,14 @@ FIELDS: dict[str, type] = {
     "speedup_vs_mlx_lm": float, "speedup_vs_mlx_lm_paired": float, "tokenize_ms": float, "tokenize_tokens": int,
     "params": int, "nonvocab_params": int, "layers": int, "aux_layers": int, "kvp_param_ratio": float,
     "mlxsuite_version": str, "mlx_version": str, "mlx_lm_version": str, "device": str, "chip": str,
-    "memory_gb": float, "os": str, "os_version": str, "kernel": str, "python": str, "cpu_count": int, "blas": str,
+    "memory_gb": float, "os": str, "os_version": str, "kernel": str, "python": str, "cpu_count": int, "blas": str, "blas_threads": int,
     "dtype": str, "prefill_step": int, "fused_prefill": bool, "gemm_gflops": float, "gemm_dtype": str,
     "gemm_n": int, "reps": int, "warmup": int, "order": str, "seed": int, "load_avg_start": float,
     "load_avg_end": float, "timestamp": str,
 }
 RUN_FIELDS = ("mlxsuite_version", "mlx_version", "mlx_lm_version", "device", "chip", "memory_gb", "os",
-              "os_version", "kernel", "python", "cpu_count", "blas", "dtype", "prefill_step", "fused_prefill",
-              "gemm_gflops", "gemm_dtype", "gemm_n", "reps", "warmup", "seed", "timestamp")
+              "os_version", "kernel", "python", "cpu_count", "blas", "blas_threads", "dtype", "prefill_step",
+              "fused_prefill", "gemm_gflops", "gemm_dtype", "gemm_n", "reps", "warmup", "seed", "timestamp")
 
 
 def records(report: dict) -> list[dict]:
@@ -222,7 +222,9 @@ def footer(report: dict, cols: list[Column]) -> str:
         f"mlxsuite {report['mlxsuite_version']}, MLX {report['mlx_version']}, mlx-lm {report['mlx_lm_version']}",
         f"{report['device']}: {report['chip']}{mem}, {report['cpu_count']} cores",
         f"{report['os']} {report['os_version']}".strip() + f", Python {report['python']}",
-        f"{report['dtype']}, BLAS {report['blas']}, prefill step {report['prefill_step']}"
+        f"{report['dtype']}, BLAS {report['blas']}"
+        + (f" ({report['blas_threads']} threads)" if report.get("blas_threads") else "")
+        + f", prefill step {report['prefill_step']}"
         + (" (fused CPU prefill)" if report.get("fused_prefill") else ""),
         f"GEMM {report['gemm_gflops']:.1f} GFLOP/s {report['gemm_dtype']} (n={report['gemm_n']}, the roofline)",
     ]

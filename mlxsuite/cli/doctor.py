@@ -29,7 +29,8 @@ def doctor(
         ("OS", f"{info['os']} {info['os_version']} (kernel {info['kernel']}, {info['machine']})"),
         ("device", f"{info['device']}: {info['chip']}{memory}, {info['cpu_count']} cores; default dtype "
                    f"{info['default_dtype']}"),
-        ("BLAS", f"{info['blas_name']}: {blas['library']} ({blas['status']}) {blas['detail']}"),
+        ("BLAS", f"{info['blas_name']}" + (f", {info['blas_threads']} threads" if info["blas_threads"] else "")
+                 + f": {blas['library']} ({blas['status']}) {blas['detail']}"),
         ("mx.compile", "compiler found" if info["compile_compiler"] else "no C++ compiler: compiled code runs unfused"),
         ("distributed", ", ".join(info["distributed_backends"]) or "none"),
     ]
