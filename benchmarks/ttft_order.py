@@ -13,6 +13,10 @@ several schedules:
 
     python benchmarks/ttft_order.py                              # 5 process pairs per schedule, all schedules
     python benchmarks/ttft_order.py --schedules new,old --pairs 7
+    python benchmarks/ttft_order.py --same 64 --pairs 10         # one length three times: a paired measurement
+
+With --same N the three "configurations" are the same N-token prompt, so within each process the first position's
+median over the others' is the penalty itself (no other difference), one sample per process.
 
 Prints, per schedule, the median over processes of each length's median TTFT in both orders, and the first-position
 penalty: a length's TTFT when it was measured first / its TTFT when it was measured last − 1 (for the two end
@@ -75,7 +79,32 @@ def child(schedule: str, lengths: list[int], reps: int) -> None:
     model = lm.build(lm.preset_args("tiny", 4096), seed=0)
     model.eval()
     report = ttft.run(ttft.Setup(model, default_prefill_step()), ["base"], [(T, 1) for T in lengths], reps, 1)
-    print(json.dumps({r["prompt_tokens"]: 1e3 * r["ttft_s"]["median"] for r in report["results"]}))
+    print(json.dumps([1e3 * r["ttft_s"]["median"] for r in report["results"]]))  # in the order given
+
+
+def _child_run(cmd: list[str]) -> list[float]:
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def same(a, schedules: list[str]) -> None:
+    """The paired experiment: one length three times per process; penalty = first / median of the others − 1."""
+    pens: dict = {s: [] for s in schedules}
+    loads = [os.getloadavg()[0]]
+    for _ in range(a.pairs):
+        for s in schedules:
+            cmd = [sys.executable, __file__, "--child", s, "--lengths", f"{a.same},{a.same},{a.same}",
+                   "--reps", str(a.reps)]
+            first, *others = _child_run(cmd)
+            pens[s].append(first / statistics.median(others) - 1)
+        loads.append(os.getloadavg()[0])
+    print(f"# tiny preset, {a.same} tokens three times, {a.reps} reps, {a.pairs} processes per schedule; load average "
+          f"{min(loads):.2f}–{max(loads):.2f}")
+    print("| schedule | first-position penalty (median over processes) | per process |")
+    print("|---|---:|---|")
+    for s in schedules:
+        print(f"| {s} | {100 * statistics.median(pens[s]):+.1f} % | "
+              f"{', '.join(f'{100 * x:+.0f}' for x in pens[s])} |", flush=True)
 
 
 def main() -> None:
@@ -84,6 +113,7 @@ def main() -> None:
     p.add_argument("--lengths", default="32,64,128")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--pairs", type=int, default=5, help="processes per order and schedule")
+    p.add_argument("--same", type=int, default=None, help="measure one length three times (paired penalty)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     lengths = [int(x) for x in a.lengths.split(",")]
@@ -91,6 +121,9 @@ def main() -> None:
         child(a.child, lengths, a.reps)
         return
     schedules = a.schedules.split(",")
+    if a.same:
+        same(a, schedules)
+        return
     orders = {"ascending": lengths, "descending": lengths[::-1]}
     runs: dict = {(s, o): [] for s in schedules for o in orders}
     loads = [os.getloadavg()[0]]
@@ -99,8 +132,7 @@ def main() -> None:
             for o in (orders if i % 2 == 0 else dict(reversed(orders.items()))):
                 cmd = [sys.executable, __file__, "--child", s, "--lengths", ",".join(map(str, orders[o])),
                        "--reps", str(a.reps)]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-                runs[(s, o)].append({int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()})
+                runs[(s, o)].append(dict(zip(orders[o], _child_run(cmd))))
         loads.append(os.getloadavg()[0])
     lo, hi = lengths[0], lengths[-1]
     print(f"# tiny preset, lengths {a.lengths}, {a.reps} reps, {a.pairs} processes per order and schedule; "
