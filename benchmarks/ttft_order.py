@@ -90,6 +90,7 @@ def _child_run(cmd: list[str]) -> list[float]:
 def same(a, schedules: list[str]) -> None:
     """The paired experiment: one length three times per process; penalty = first / median of the others − 1."""
     pens: dict = {s: [] for s in schedules}
+    rest: dict = {s: [] for s in schedules}  # the other positions' TTFT: what the schedule's steady state reads
     loads = [os.getloadavg()[0]]
     for _ in range(a.pairs):
         for s in schedules:
@@ -97,14 +98,15 @@ def same(a, schedules: list[str]) -> None:
                    "--reps", str(a.reps)]
             first, *others = _child_run(cmd)
             pens[s].append(first / statistics.median(others) - 1)
+            rest[s].append(statistics.median(others))
         loads.append(os.getloadavg()[0])
     print(f"# tiny preset, {a.same} tokens three times, {a.reps} reps, {a.pairs} processes per schedule; load average "
           f"{min(loads):.2f}–{max(loads):.2f}")
-    print("| schedule | first-position penalty (median over processes) | per process |")
-    print("|---|---:|---|")
+    print("| schedule | first-position penalty (median over processes) | per process | TTFT ms, other positions |")
+    print("|---|---:|---|---:|")
     for s in schedules:
         print(f"| {s} | {100 * statistics.median(pens[s]):+.1f} % | "
-              f"{', '.join(f'{100 * x:+.0f}' for x in pens[s])} |", flush=True)
+              f"{', '.join(f'{100 * x:+.0f}' for x in pens[s])} | {statistics.median(rest[s]):.2f} |", flush=True)
 
 
 def main() -> None:
