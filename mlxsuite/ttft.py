@@ -217,26 +217,7 @@ def run(
                 if m.prefix_cache is None:
                     raise UserError(f"--prefix-cache does not apply to mode {m.name!r} (its prompt fill starts "
                                     "from empty caches): measure it without, or choose other --modes")
-    notes: list[str] = []
-    units: list[_Unit] = []
-    for s, modes in zip(setups, built):
-        for T, B in configs:
-            ms = [m for m in modes if m.max_batch is None or B <= m.max_batch]
-            notes += [f"{m.name} measures batch {m.max_batch} only: skipped at batch {B}" for m in modes if m not in ms]
-            mx.random.seed(seed)
-            tokens = mx.random.randint(0, s.model.args.vocab_size, (B, T))
-            mx.eval(tokens)
-            texts = [s.tokenizer.decode(row) for row in tokens.tolist()] if s.tokenizer is not None else None
-            g = decode if B == 1 else 0
-            if decode and B > 1:
-                notes.append(f"decode speed (-g) is measured at batch 1 only: not at batch {B}")
-            for P in ([0, cached] if cached else [0]):
-                units.append(_Unit(s, ms, tokens, T, B, P, g, texts))
-    for u in units:
-        if u.cached:
-            u.prefix = {m.name: m.prefix_cache(u.tokens[:, : u.cached]) for m in u.modes}
-        for m in u.modes:
-            u.ttft[m.name], u.decode_s[m.name], u.peak[m.name] = [], [], 0
+    units, notes = _units(setups, built, configs, seed, decode, cached)
 
     plan = schedule([[m.name for m in u.modes] for u in units], warmup, reps)
     total = sum(1 for step in plan if step[0] != "gemm")
@@ -310,6 +291,33 @@ def run(
         "notes": list(dict.fromkeys(notes)),
         "results": results,
     }
+
+
+def _units(setups: list[Setup], built: list[list[Mode]], configs: list[tuple[int, int]], seed: int, decode: int,
+           cached: int) -> tuple[list[_Unit], list[str]]:
+    """One unit per model × configuration (× uncached and cached with `cached`): its random prompt (the same for
+    every model of a vocabulary size and every mode), the modes that apply, its prefix caches; and notes on what
+    does not apply."""
+    notes: list[str] = []
+    units: list[_Unit] = []
+    for s, modes in zip(setups, built):
+        for T, B in configs:
+            ms = [m for m in modes if m.max_batch is None or B <= m.max_batch]
+            notes += [f"{m.name} measures batch {m.max_batch} only: skipped at batch {B}" for m in modes if m not in ms]
+            mx.random.seed(seed)
+            tokens = mx.random.randint(0, s.model.args.vocab_size, (B, T))
+            mx.eval(tokens)
+            texts = [s.tokenizer.decode(row) for row in tokens.tolist()] if s.tokenizer is not None else None
+            if decode and B > 1:
+                notes.append(f"decode speed (-g) is measured at batch 1 only: not at batch {B}")
+            for P in ([0, cached] if cached else [0]):
+                units.append(_Unit(s, ms, tokens, T, B, P, decode if B == 1 else 0, texts))
+    for u in units:
+        if u.cached:
+            u.prefix = {m.name: m.prefix_cache(u.tokens[:, : u.cached]) for m in u.modes}
+        for m in u.modes:
+            u.ttft[m.name], u.decode_s[m.name], u.peak[m.name] = [], [], 0
+    return units, notes
 
 
 def _row(u: _Unit, m: Mode, gemm_rate: float) -> dict:
