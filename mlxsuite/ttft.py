@@ -63,9 +63,9 @@ def summarize(samples: list[float]) -> dict:
 
 # ---- the schedule -------------------------------------------------------------------------------------------
 
-WARMUP_POLICY = ("process-level: {warmup} untimed pass(es) over every configuration and mode before the first "
-                 "timed trial")
-ORDER_POLICY = ("{reps} rounds, each visiting every configuration once: configurations rotated by one position "
+WARMUP_POLICY = ("process-level warm-up: {warmup} untimed pass{es} over every configuration and mode before the "
+                 "first timed trial")
+ORDER_POLICY = ("{reps} round{s}, each visiting every configuration once: configurations rotated by one position "
                 "per round (reversed in alternate blocks of rounds), modes alternating (ABBA)")
 GEMM_POLICY = "GEMM probe between rounds, each followed by one untimed trial"
 
@@ -280,7 +280,8 @@ def run(
         "decode_tokens": decode,
         "cached_tokens": cached,
         "seed": seed,
-        "schedule": {"warmup": WARMUP_POLICY.format(warmup=warmup), "order": ORDER_POLICY.format(reps=reps),
+        "schedule": {"warmup": WARMUP_POLICY.format(warmup=warmup, es="" if warmup == 1 else "es"),
+                     "order": ORDER_POLICY.format(reps=reps, s="" if reps == 1 else "s"),
                      "gemm": GEMM_POLICY},
         "load_average": {"start": load_start, "end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "flops_counted": "matmuls: linear layers on all new prompt tokens, causal attention (over cached tokens "

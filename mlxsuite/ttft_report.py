@@ -180,7 +180,8 @@ COLUMNS = [
     Column("TTFT red.", _num(".2f", "ttft_reduction_vs_base", suffix="×"), _beside_base, priority=7),
     Column("FLOPs red.", _num(".2f", "flops_reduction_vs_base", suffix="×"), _beside_base, priority=6),
     Column("TTFT/FLOPs", _num(".2f", "ttft_over_flops_reduction"), _beside_base, wide=True),
-    Column("decode vs base", _num(".2f", "decode_vs_base", suffix="×"), _any("decode_vs_base"), wide=True),
+    Column("decode vs base", _num(".2f", "decode_vs_base", suffix="×"),
+           lambda recs: _beside_base(recs) and _any("decode_vs_base")(recs), priority=5),
     Column("vs uncached", _num(".2f", "ttft_reduction_vs_uncached", suffix="×"), _any("ttft_reduction_vs_uncached"),
            priority=7),
     Column("vs mlx-lm", _num(".2f", "speedup_vs_mlx_lm", suffix="×"), _any("speedup_vs_mlx_lm"), priority=6),
@@ -208,7 +209,8 @@ def columns(recs: list[dict], wide: bool = False) -> list[Column]:
 def to_markdown(recs: list[dict], report: dict, wide: bool = False, cols: Optional[list[Column]] = None) -> str:
     """A GitHub table of the records (the default columns, or all with `wide`), then the run's metadata."""
     cols = cols or columns(recs, wide)
-    lines = ["| " + " | ".join(c.header for c in cols) + " |",
+    title = [f"Time to first token: {'; '.join(report['described'])}", ""] if report.get("described") else []
+    lines = title + ["| " + " | ".join(c.header for c in cols) + " |",
              "|" + "|".join(":---" if c.header in ("model", "mode") else "---:" for c in cols) + "|"]
     lines += ["| " + " | ".join(c.cell(r) for c in cols) + " |" for r in recs]
     return "\n".join(lines) + "\n\n" + footer(report, cols) + "\n"
@@ -223,7 +225,7 @@ def footer(report: dict, cols: list[Column]) -> str:
         f"{report['device']}: {report['chip']}{mem}, {report['cpu_count']} cores",
         f"{report['os']} {report['os_version']}".strip() + f", Python {report['python']}",
         f"{report['dtype']}, BLAS {report['blas']}"
-        + (f" ({report['blas_threads']} threads)" if report.get("blas_threads") else "")
+        + (f" ({_plural(report['blas_threads'], 'thread')})" if report.get("blas_threads") else "")
         + f", prefill step {report['prefill_step']}"
         + (" (fused CPU prefill)" if report.get("fused_prefill") else ""),
         f"GEMM {report['gemm_gflops']:.1f} GFLOP/s {report['gemm_dtype']} (n={report['gemm_n']}, the roofline)",
@@ -241,6 +243,10 @@ def footer(report: dict, cols: list[Column]) -> str:
         legend.append(f"KV Prediction: {k['aux_layers']} of {k['base_layers']} layers in the auxiliary, "
                       f"parameter ratio {k['param_ratio']:.2f}×")
     return text + (" " + "; ".join(legend) + "." if legend else "")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 # ---- plot ---------------------------------------------------------------------------------------------------

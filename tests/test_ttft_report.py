@@ -99,5 +99,6 @@ def test_cli_markdown_prints_a_table_and_its_metadata(capsys):
     code, stdout, stderr = run_cli(capsys, "bench", "ttft", "micro", "-p", "8", "-r", "1", "-o", "md")
     assert code == 0, stderr
     lines = stdout.splitlines()
-    assert lines[0].startswith("| mode | tokens | batch | TTFT ms |") and lines[2].startswith("| base | 8 | 1 |")
-    assert "mlxsuite " in lines[4] and "Schedule:" in lines[4]
+    assert lines[0] == "Time to first token: preset micro, random weights, V=4096" and lines[1] == ""
+    assert lines[2].startswith("| mode | tokens | batch | TTFT ms |") and lines[4].startswith("| base | 8 | 1 |")
+    assert "mlxsuite " in lines[6] and "Schedule:" in lines[6]

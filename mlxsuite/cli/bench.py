@@ -226,7 +226,7 @@ def ttft(
         lib.check_configs(m.args, configs, reps, warmup, prefix_cache, generation_tokens)
     header = (f"[bold]ttft[/bold] {'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
               + (f" (uncached and {prefix_cache} cached)" if prefix_cache else "")
-              + f" × {len(mode_names)} mode(s), {warmup} warm-up pass(es) then {reps} timed rounds")
+              + f" × {len(mode_names)} mode(s), {warmup} warm-up pass(es), {reps} timed round(s)")
     with _progress(header) as progress:
         report = lib.run(setups, mode_names, configs, reps, warmup, seed, progress, generation_tokens, prefix_cache)
     report["described"] = described
