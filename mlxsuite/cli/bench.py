@@ -97,7 +97,7 @@ def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
 
 def ttft(
     model: Optional[List[str]] = typer.Argument(
-        None, metavar="[MODEL]...", help="Models: folders or store names, or presets with random weights (micro, "
+        None, metavar="MODEL", help="Models: folders or store names, or presets with random weights (micro, "
         "tiny, …). Several are measured in one interleaved run."),
     models: Optional[List[str]] = typer.Option(
         None, "--model", "-m", metavar="MODEL", help="A model to measure, as MODEL; repeat to compare models "
