@@ -3,6 +3,7 @@
     python benchmarks/kvp_ttft.py                          # presets small and base, LP-0.50 and LP-0.25, random weights
     python benchmarks/kvp_ttft.py --presets base --keeps 0.5 --reps 7
     python benchmarks/kvp_ttft.py --kvp models/quickstart-kvp --base models/quickstart-lm   # a trained pair
+    python benchmarks/kvp_ttft.py --presets small --keeps 0.5 -g 64   # + decode tokens/s after the first token
 
 Random weights are fine for speed: the work does not depend on the weights. For each preset and LP fraction the
 pair is (base, layer-pruned copy, default-init predictor); the modes are timed by `mlxsuite.ttft` exactly as
@@ -13,6 +14,9 @@ pair is (base, layer-pruned copy, default-init predictor); the modes are timed b
 Prints, per length, the medians, TTFT reduction vs base (base median / mode median), FLOPs reduction vs base (base
 FLOPs / mode FLOPs, counting what runs) and their ratio. Target (issue 5), recorded and not asserted: KVP's TTFT
 reduction >= 0.8 x its FLOPs reduction at 1024 tokens (the paper: 0.63-0.75x on an M2 Pro CPU, Table 5).
+With -g N each run then decodes N more tokens (`generate_tokens` continuing the prompt cache, timed apart): KV
+Prediction decodes with the base alone, so its decode tokens/s should equal the base's (decode_vs_base ≈ 1, the
+median of per-round ratios), while the auxiliary decodes faster.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ def main() -> None:
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--prefill-step", type=int, default=None)
     p.add_argument("--kvp", default=None, help="a trained KVP folder instead of random pairs")
+    p.add_argument("-g", "--decode", type=int, default=0, help="decode tokens after the first (tokens/s)")
     p.add_argument("--json", default=None, help="also write every report to this file")
     a = p.parse_args()
     device = platform.set_device(None)
@@ -69,14 +74,15 @@ def main() -> None:
         runs = [(f"{preset} LP-{float(k):.2f}", random_pair(preset, float(k), a.vocab_size))
                 for preset in a.presets.split(",") for k in a.keeps.split(",")]
     print(f"# {device}, {_platform.processor() or _platform.machine()}, {os.cpu_count()} cores, prefill step {step}, "
-          f"{a.warmup} warm-up + {a.reps} timed runs, load average {os.getloadavg()[0]:.2f}")
+          f"{a.warmup} warm-up pass(es) + {a.reps} rounds, load average {os.getloadavg()[0]:.2f}")
+    decode_head = " base / aux / kvp decode tok/s | kvp decode / base |" if a.decode else ""
     print("| pair | tokens | base ms | aux ms | kvp ms | aux TTFT red. / FLOPs red. | kvp TTFT red. / FLOPs red. "
-          "| kvp TTFT/FLOPs |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| kvp TTFT/FLOPs |" + decode_head)
+    print("|---|---|---|---|---|---|---|---|" + "---|---|" * bool(a.decode))
     reports = []
     for name, pair in runs:
         setup = ttft.Setup(pair.base, step, extras={"kvp": pair})
-        rep = ttft.run(setup, ["base", "aux", "kvp"], [(T, 1) for T in lengths], a.reps, a.warmup)
+        rep = ttft.run(setup, ["base", "aux", "kvp"], [(T, 1) for T in lengths], a.reps, a.warmup, decode=a.decode)
         rep["pair"] = name
         reports.append(rep)
         rows = {(r["mode"], r["prompt_tokens"]): r for r in rep["results"]}
@@ -86,7 +92,9 @@ def main() -> None:
             print(f"| {name} | {T} | {ms(b)} | {ms(x)} | {ms(k)} "
                   f"| {x['ttft_reduction_vs_base']:.2f}× / {x['flops_reduction_vs_base']:.2f}× "
                   f"| {k['ttft_reduction_vs_base']:.2f}× / {k['flops_reduction_vs_base']:.2f}× "
-                  f"| {k['ttft_over_flops_reduction']:.2f} |", flush=True)
+                  f"| {k['ttft_over_flops_reduction']:.2f} |"
+                  + (f" {b['decode_tps']['median']:.0f} / {x['decode_tps']['median']:.0f} / "
+                     f"{k['decode_tps']['median']:.0f} | {k['decode_vs_base']:.3f} |" if a.decode else ""), flush=True)
         print(f"<!-- {name}: parameter ratio {rep['kvp']['param_ratio']:.2f}×, GEMM {rep['gemm_gflops']:.1f} GFLOP/s, "
               f"load {rep['load_average']['start']:.2f} → {rep['load_average']['end']:.2f} -->", flush=True)
     if a.json:

@@ -30,13 +30,13 @@ from mlxsuite.models import kernels, lm
 def _unfused(setup: ttft.Setup) -> ttft.Mode:
     model, step = setup.model, setup.prefill_step
 
-    def first_token(tokens):
+    def run(tokens, cache, decode):
         with kernels.disabled():
-            token = sample(prefill(model, tokens, model.make_cache(), step))
+            token = sample(prefill(model, tokens, model.make_cache() if cache is None else cache, step))
             mx.eval(token)
-        return token
+        yield token
 
-    return ttft.Mode("base-unfused", first_token, lambda T, B: flops.prefill(model.args, T, B))
+    return ttft.Mode("base-unfused", run, lambda T, B, P: B * flops.forward(model.args, T - P, P))
 
 
 def _mlx_lm_default(setup: ttft.Setup) -> ttft.Mode:

@@ -34,6 +34,7 @@ class BlasInfo:
 
 
 _BLAS: BlasInfo | None = None
+_HANDLE: ctypes.CDLL | None = None  # the optimized BLAS loaded, if any
 _SELF_TEST = r"""
 import ctypes, json, sys
 ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)
@@ -121,11 +122,7 @@ def _candidates() -> list[str]:
     prefixes = {sys.prefix, sys.base_prefix, os.environ.get("CONDA_PREFIX", "")}
     for prefix in filter(None, prefixes):
         found += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
-    openblas = ctypes.util.find_library("openblas")
-    if openblas:
-        found.append(openblas)
-    for pattern in ("/usr/lib/*/libopenblas.so.0", "/usr/lib/*/openblas-pthread/libopenblas.so.0", "/usr/lib64/libopenblas.so.0"):
-        found += sorted(glob.glob(pattern))
+    found += system_openblas()
     return list(dict.fromkeys(found))
 
 
@@ -205,7 +202,7 @@ def _set_threads(handle: ctypes.CDLL, path: str) -> None:
 
 def load_fast_blas() -> BlasInfo:
     """Load an optimized BLAS into the global symbol scope before mlx.core. Idempotent."""
-    global _BLAS
+    global _BLAS, _HANDLE
     if _BLAS is not None:
         return _BLAS
     if sys.platform == "darwin":
@@ -229,7 +226,7 @@ def load_fast_blas() -> BlasInfo:
         if not ok:
             failures.append(f"{path}: {detail}")
             continue
-        handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        handle = _HANDLE = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         _set_threads(handle, path)
         _BLAS = BlasInfo(path, "loaded", detail)
         return _BLAS
@@ -237,12 +234,20 @@ def load_fast_blas() -> BlasInfo:
         warnings.warn("no optimized BLAS passed the self-test, MLX float32 matmul will be slow: " + "; ".join(failures))
         _BLAS = BlasInfo("reference", "failed-self-test", "; ".join(failures))
     else:
-        _BLAS = BlasInfo("reference", "stock", "no optimized BLAS found (pip install mkl, or apt install libopenblas0)")
+        _BLAS = BlasInfo("reference", "stock", "no optimized BLAS found (`mlxsuite doctor` says what to install)")
     return _BLAS
 
 
 def blas_info() -> BlasInfo:
     return _BLAS or load_fast_blas()
+
+
+def blas_threads() -> int | None:
+    """Threads the loaded BLAS runs a GEMM on (None: the stock BLAS, or it does not say)."""
+    for fn in ("scipy_openblas_get_num_threads", "openblas_get_num_threads", "MKL_Get_Max_Threads"):
+        if _HANDLE is not None and hasattr(_HANDLE, fn):
+            return int(getattr(_HANDLE, fn)())
+    return None
 
 
 # ---- device and dtype -------------------------------------------------------------------------------------------
@@ -339,23 +344,133 @@ def cpu_name() -> str:
     return _pyplatform.processor() or _pyplatform.machine()
 
 
+def _device_info(device=None) -> dict:
+    """`mx.device_info()` (MLX >= 0.30): Metal gives device_name (the chip) and memory_size; the CPU build gives
+    device_name and architecture only ({'architecture': 'x86_64', 'device_name': 'AMD EPYC'} here)."""
+    import mlx.core as mx
+
+    try:
+        return dict(mx.device_info(device) if device is not None else mx.device_info())
+    except (AttributeError, RuntimeError, ValueError, TypeError):
+        return {}
+
+
+def _system_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def os_release() -> tuple[str, str, str]:
+    """(OS, its version, kernel): ("macOS", "14.5", "23.5.0") on a Mac, ("Linux", "Debian GNU/Linux 12
+    (bookworm)", "6.1.0-…") on Linux, else what `platform` says."""
+    system, kernel = _pyplatform.system(), _pyplatform.release()
+    if system == "Darwin":
+        return "macOS", _pyplatform.mac_ver()[0], kernel
+    if system == "Linux":
+        try:
+            return "Linux", _pyplatform.freedesktop_os_release().get("PRETTY_NAME", ""), kernel
+        except OSError:
+            return "Linux", "", kernel
+    return system, _pyplatform.version(), kernel
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def blas_name(info: BlasInfo | None = None) -> str:
+    """A short name for the BLAS in use: OpenBLAS, MKL, Accelerate, reference, …"""
+    info = info or blas_info()
+    name = os.path.basename(info.library).lower()
+    if "openblas" in name:
+        return "OpenBLAS"
+    if "mkl" in name:
+        return "MKL"
+    return {"accelerate": "Accelerate", "cublas": "cuBLAS"}.get(info.library, info.library)
+
+
+def machine_info() -> dict:
+    """Who measured, for every benchmark result and `doctor`: mlxsuite, MLX and mlx-lm versions, device, chip
+    and memory (`mx.device_info()` where it tells, /proc otherwise), OS and version, Python, BLAS. Memory in GB
+    (10^9 bytes) as mlx-lm prints it."""
+    import mlx.core as mx
+
+    from . import __version__
+
+    device = set_device(None)
+    info = _device_info()
+    if "device_name" not in info and mx.metal.is_available():
+        info = {**_device_info(mx.gpu), **info}
+    memory = info.get("memory_size") or info.get("total_memory") or _system_memory()
+    os_name, os_version, kernel = os_release()
+    return {
+        "mlxsuite_version": __version__,
+        "mlx_version": _mlx_version(),
+        "mlx_lm_version": _version("mlx-lm"),
+        "device": device,
+        "chip": str(info.get("device_name") or cpu_name()),
+        "memory_gb": memory / 1e9 if memory else None,
+        "os": os_name,
+        "os_version": os_version,
+        "kernel": kernel,
+        "machine": _pyplatform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": _pyplatform.python_version(),
+        "blas": blas_name(),
+        "blas_threads": blas_threads(),
+    }
+
+
+
+def system_openblas() -> list[str]:
+    """System OpenBLAS libraries exporting the standard cblas names (none needs a compiler)."""
+    found = [ctypes.util.find_library("openblas")] if ctypes.util.find_library("openblas") else []
+    for pattern in ("/usr/lib/*/libopenblas.so.0", "/usr/lib/*/openblas-pthread/libopenblas.so.0",
+                    "/usr/lib64/libopenblas.so.0"):
+        found += sorted(glob.glob(pattern))
+    return list(dict.fromkeys(found))
+
+
+def blas_advice(info: BlasInfo | None = None) -> str | None:
+    """What to install when MLX is left with the reference BLAS on Linux: a C compiler (for the OpenBLAS shim),
+    a system OpenBLAS, or the `mkl` extra (the one that needs neither). None when nothing is missing."""
+    info = info or blas_info()
+    if sys.platform != "linux" or info.status != "stock" or info.library != "reference":
+        return None
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler or system_openblas():
+        return None
+    mkl = "pip install 'mlxsuite[mkl]' (Intel MKL, ~1 GB), or " if _pyplatform.machine() == "x86_64" else ""
+    return f"no C compiler and no OpenBLAS found: {mkl}apt install libopenblas0 (or a C compiler: apt install gcc)"
+
+
 def describe(measure: bool = True) -> dict:
     """Everything `mlxsuite doctor` reports."""
     import mlx.core as mx
 
     blas = blas_info()
     info = {
-        "os": f"{_pyplatform.system()} {_pyplatform.release()}",
-        "machine": _pyplatform.machine(),
+        **machine_info(),
         "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "python": _pyplatform.python_version(),
-        "mlx_version": _mlx_version(),
-        "device": set_device(None),
         "default_dtype": str(default_dtype()).replace("mlx.core.", ""),
         "metal": bool(mx.metal.is_available()),
         "cuda": bool(mx.cuda.is_available()),
+        "blas_name": blas_name(blas),
         "blas": asdict(blas),
+        "blas_advice": blas_advice(blas),
         "compile_compiler": compiler_available(),
         "distributed_backends": distributed_backends(),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

@@ -70,3 +70,51 @@ def test_openblas_shim_forwards_the_standard_gemm_names():
     # and it is what this process loaded (unless the user chose another BLAS)
     if "MLXSUITE_BLAS" not in os.environ:
         assert platform.blas_info().library == path
+
+
+# ---- who measured: versions, device, chip, memory, OS (every benchmark record and `doctor`) ---------------------
+
+
+def test_machine_info_against_the_system():
+    import importlib.metadata
+    import platform as pyplatform
+
+    import mlx.core as mx
+
+    import mlxsuite
+
+    info = platform.machine_info()
+    assert info["mlxsuite_version"] == mlxsuite.__version__
+    assert info["mlx_version"] == mx.__version__
+    assert info["mlx_lm_version"] == importlib.metadata.version("mlx-lm")
+    assert info["python"] == pyplatform.python_version()
+    assert info["kernel"] == pyplatform.uname().release
+    device_info = mx.device_info()
+    if "device_name" in device_info:  # the CPU build names the CPU: {'architecture': 'x86_64', 'device_name': …}
+        assert info["chip"] == device_info["device_name"]
+    if sys.platform == "linux":
+        assert info["os"] == "Linux"
+        os_release = dict(line.split("=", 1) for line in open("/etc/os-release").read().splitlines() if "=" in line)
+        assert info["os_version"] == os_release["PRETTY_NAME"].strip('"')
+        pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        assert abs(info["memory_gb"] - pages / 1e9) < 0.01 * pages / 1e9  # GB as mlx-lm prints them: 10^9 bytes
+    elif sys.platform == "darwin":
+        assert info["os"] == "macOS" and info["os_version"] == pyplatform.mac_ver()[0]
+
+
+def test_doctor_suggests_the_mkl_extra_only_without_compiler_and_openblas(monkeypatch):
+    import shutil
+
+    reference = platform.BlasInfo("reference", "stock", "no optimized BLAS found")
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(platform._pyplatform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(platform, "system_openblas", lambda: [])
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    advice = platform.blas_advice(reference)
+    assert "mlxsuite[mkl]" in advice and "libopenblas0" in advice
+    monkeypatch.setattr(platform, "system_openblas", lambda: ["/usr/lib/x86_64-linux-gnu/libopenblas.so.0"])
+    assert platform.blas_advice(reference) is None
+    monkeypatch.setattr(platform, "system_openblas", lambda: [])
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/cc" if name == "cc" else None)
+    assert platform.blas_advice(reference) is None
+    assert platform.blas_advice(platform.BlasInfo("/x/libscipy_openblas.so", "loaded")) is None

@@ -1,8 +1,13 @@
-"""`mlxsuite bench ttft` and the prefill behind it: report schema, statistics, FLOPs, mlx-lm comparison, errors,
-and chunked prefill equal to one full forward pass. Tiny models, two repetitions; no timing assertions."""
+"""`mlxsuite bench ttft` and the prefill behind it: records, statistics, FLOPs, the schedule (issue 16), several
+models, decode speed (-g), prefix caching, mlx-lm comparison, errors, and chunked prefill equal to one full forward
+pass. Tiny models, two repetitions; no timing assertions."""
 
+import importlib.metadata
+import itertools
 import json
 import math
+import platform
+import re
 from pathlib import Path
 
 import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
@@ -12,7 +17,9 @@ import pytest
 from conftest import run_cli
 
 from mlxsuite import ttft
+from mlxsuite import ttft_report
 from mlxsuite import flops
+from mlxsuite.generate import generate_tokens
 from mlxsuite.generate import prefill, sample
 from mlxsuite.models import kernels
 from mlxsuite.models import lm
@@ -25,37 +32,44 @@ def quick_roofline(monkeypatch):
 
 
 def bench_json(capsys, *args):
-    code, stdout, stderr = run_cli(capsys, "bench", "ttft", *args, "--json")
+    """The records `-o json` prints, and stderr."""
+    code, stdout, stderr = run_cli(capsys, "bench", "ttft", *args, "-o", "json")
     assert code == 0, stderr
-    return json.loads(stdout), stderr
+    recs = json.loads(stdout)
+    assert all(list(r) == list(ttft_report.FIELDS) for r in recs)
+    return recs, stderr
 
 
 # ---- report schema and statistics ---------------------------------------------------------------------------
 
 
-def test_json_schema_and_statistics(capsys):
-    report, _ = bench_json(capsys, "micro", "--prompt-lengths", "16,40", "--batch-sizes", "1,2", "--reps", "3")
-    for key in ("device", "blas", "gemm_gflops", "results", "prefill_step", "load_average", "notes"):
-        assert key in report
-    assert report["device"] == "cpu" and report["gemm_gflops"] > 0
-    assert [(r["prompt_tokens"], r["batch"]) for r in report["results"]] == [(16, 1), (40, 1), (16, 2), (40, 2)]
+def test_records_carry_statistics_and_metadata(capsys):
+    recs, _ = bench_json(capsys, "micro", "-p", "16,40", "-b", "1,2", "-r", "3")
+    assert sorted((r["prompt_tokens"], r["batch"]) for r in recs) == [(16, 1), (16, 2), (40, 1), (40, 2)]
     args = lm.preset_args("micro", 4096)
-    for r in report["results"]:
-        assert r["mode"] == "base"
-        t = r["ttft_s"]
-        s = np.array(t["samples"])
+    for r in recs:
+        assert r["model"] == "micro" and r["mode"] == "base" and r["cached_tokens"] == 0
+        s = np.array(r["ttft_ms_samples"])
         assert len(s) == 3 and (s > 0).all()
-        assert t["median"] == pytest.approx(np.median(s))
-        assert t["p10"] == pytest.approx(np.percentile(s, 10))
-        assert t["p90"] == pytest.approx(np.percentile(s, 90))
-        assert t["mean"] == pytest.approx(s.mean())
-        assert t["std"] == pytest.approx(s.std(ddof=1))
+        assert r["ttft_ms"] == pytest.approx(np.median(s))
+        assert r["ttft_ms_p10"] == pytest.approx(np.percentile(s, 10))
+        assert r["ttft_ms_p90"] == pytest.approx(np.percentile(s, 90))
+        assert r["ttft_ms_mean"] == pytest.approx(s.mean())
+        assert r["ttft_ms_std"] == pytest.approx(s.std(ddof=1))
         T, B = r["prompt_tokens"], r["batch"]
-        assert r["prompt_tps"] == pytest.approx(B * T / t["median"])
-        assert r["flops"] == flops.prefill(args, T, B)
-        assert r["gflops_per_s"] == pytest.approx(r["flops"] / t["median"] / 1e9)
-        assert r["roofline_fraction"] == pytest.approx(r["gflops_per_s"] / report["gemm_gflops"])
-        assert r["peak_memory_bytes"] > 0
+        assert r["prompt_tps"] == pytest.approx(B * T / (r["ttft_ms"] / 1e3))
+        assert r["gflop"] == pytest.approx(flops.prefill(args, T, B) / 1e9)
+        assert r["gflops_per_s"] == pytest.approx(r["gflop"] / (r["ttft_ms"] / 1e3))
+        assert r["roofline"] == pytest.approx(r["gflops_per_s"] / r["gemm_gflops"])
+        assert r["peak_memory_gb"] > 0 and r["decode_tps"] is None
+        assert r["params"] == args.n_params and r["layers"] == args.num_hidden_layers
+        # the run's metadata, in every record
+        assert r["device"] == "cpu" and r["dtype"] == "float32" and r["gemm_dtype"] == "float32"
+        assert r["mlx_version"] == mx.__version__ and r["python"] == platform.python_version()
+        assert r["mlx_lm_version"] == importlib.metadata.version("mlx-lm")
+        assert r["mlxsuite_version"] == mlxsuite.__version__
+        assert r["reps"] == 3 and r["warmup"] == 1 and r["order"] == "rotating" and r["prefill_step"] == 256
+        assert r["timestamp"].endswith("Z") and r["memory_gb"] > 0 and r["chip"]
 
 
 def test_summarize_single_sample_has_no_std():
@@ -66,7 +80,7 @@ def test_summarize_single_sample_has_no_std():
 def test_table_output(capsys):
     code, stdout, _ = run_cli(capsys, "bench", "ttft", "micro", "--prompt-lengths", "8", "--reps", "2")
     assert code == 0
-    assert "TTFT ms" in stdout and "roofline" in stdout and "base" in stdout
+    assert "TTFT ms" in stdout and "base" in stdout and "MLX " + mx.__version__ in stdout
 
 
 # ---- FLOPs --------------------------------------------------------------------------------------------------
@@ -100,29 +114,25 @@ def test_prefill_flops_by_hand():
 
 
 def test_compare_mlx_lm_reports_ratio(capsys):
-    report, stderr = bench_json(
-        capsys, "micro", "--prompt-lengths", "24", "--batch-sizes", "1,2", "--reps", "2", "--compare-mlx-lm"
-    )
-    rows = {(r["mode"], r["batch"]): r for r in report["results"]}
+    recs, stderr = bench_json(capsys, "micro", "-p", "24", "-b", "1,2", "-r", "2", "--compare-mlx-lm")
+    rows = {(r["mode"], r["batch"]): r for r in recs}
     assert set(rows) == {("base", 1), ("mlx-lm", 1), ("base", 2)}  # mlx-lm: batch 1 only
     base = rows[("base", 1)]
     assert base["speedup_vs_mlx_lm"] > 0 and math.isfinite(base["speedup_vs_mlx_lm"])
-    assert base["speedup_vs_mlx_lm"] == pytest.approx(
-        rows[("mlx-lm", 1)]["ttft_s"]["median"] / base["ttft_s"]["median"]
-    )
-    assert "speedup_vs_mlx_lm" not in rows[("base", 2)]
-    assert any("batch 1 only" in n for n in report["notes"]) and "batch 1 only" in stderr
+    assert base["speedup_vs_mlx_lm"] == pytest.approx(rows[("mlx-lm", 1)]["ttft_ms"] / base["ttft_ms"])
+    assert rows[("base", 2)]["speedup_vs_mlx_lm"] is None
+    assert "batch 1 only" in stderr
 
 
 def test_a_mode_is_a_function_with_its_flops():
-    """How KV Prediction plugs in: register a builder returning Mode(first_token, flops)."""
+    """How KV Prediction plugs in: register a builder returning a Mode (run, flops); prefill_mode builds one on
+    the one prefill."""
     model = lm.build(lm.preset_args("micro", 64), seed=0)
 
     def builder(setup):
-        def first_token(tokens):
-            return sample(prefill(setup.model, tokens[:, -8:], setup.model.make_cache(), setup.prefill_step))
-
-        return ttft.Mode("last-8", first_token, lambda T, B: flops.prefill(setup.model.args, min(T, 8), B))
+        inner = ttft.prefill_mode("last-8", setup.model, setup.prefill_step)
+        return ttft.Mode("last-8", lambda tokens, cache, n: inner.run(tokens[:, -8:], cache, n),
+                         lambda T, B, P: flops.prefill(setup.model.args, min(T, 8), B))
 
     class Tok:
         def decode(self, ids):
@@ -135,12 +145,11 @@ def test_a_mode_is_a_function_with_its_flops():
     try:
         seen = []
         report = ttft.run(
-            ttft.Setup(model, 16),
+            ttft.Setup(model, 16, tokenizer=Tok()),
             ["base", "last-8"],
             [(20, 1)],
             reps=2,
             warmup=0,
-            tokenizer=Tok(),
             progress=lambda done, total, what: seen.append((done, total)),
         )
     finally:
@@ -148,7 +157,7 @@ def test_a_mode_is_a_function_with_its_flops():
     rows = {r["mode"]: r for r in report["results"]}
     assert rows["last-8"]["flops"] == flops.prefill(model.args, 8, 1) < rows["base"]["flops"]
     assert rows["base"]["tokenize_tokens"] == 20 and len(rows["base"]["tokenize_s"]["samples"]) == 2
-    assert seen[-1] == (4, 4)
+    assert seen[-1] == (5, 5)  # 2 rounds × 2 modes, and one untimed trial after the GEMM probe between rounds
 
 
 def test_mode_errors():
@@ -184,22 +193,26 @@ def stored_pair(tmp_path):
     return pair
 
 
-def test_kvp_modes_report_reductions(capsys, stored_pair):
-    report, _ = bench_json(capsys, "base", "--kvp", "pair", "--prompt-lengths", "24,40", "--reps", "2",
-                           "--prefill-step", "16")
-    rows = {(r["mode"], r["prompt_tokens"]): r for r in report["results"]}
+def test_kvp_modes_report_reductions_and_decode(capsys, stored_pair):
+    recs, _ = bench_json(capsys, "base", "--kvp", "pair", "-p", "24,40", "-r", "2", "--prefill-step", "16",
+                         "-g", "3")
+    rows = {(r["mode"], r["prompt_tokens"]): r for r in recs}
     assert set(rows) == {(m, T) for m in ("base", "aux", "kvp") for T in (24, 40)}
-    assert report["kvp"]["aux_layers"] == 2 and report["kvp"]["base_layers"] == 4
+    assert rows[("kvp", 24)]["aux_layers"] == 2 and rows[("base", 24)]["aux_layers"] is None
     aux_args = stored_pair.auxiliary.args
     for T in (24, 40):
         base, aux, kvp = rows[("base", T)], rows[("aux", T)], rows[("kvp", T)]
-        assert base["flops"] == flops.prefill(stored_pair.base.args, T, 1)
-        assert aux["flops"] == flops.prefill(aux_args, T, 1)
-        assert kvp["flops"] == flops.kvp_prefill(stored_pair, T, 1) < base["flops"]
+        assert base["gflop"] == pytest.approx(flops.prefill(stored_pair.base.args, T, 1) / 1e9)
+        assert aux["gflop"] == pytest.approx(flops.prefill(aux_args, T, 1) / 1e9)
+        assert kvp["gflop"] == pytest.approx(flops.kvp_prefill(stored_pair, T, 1) / 1e9)
+        assert kvp["gflop"] < base["gflop"]
         assert base["ttft_reduction_vs_base"] == 1.0 and base["flops_reduction_vs_base"] == 1.0
+        for r in (base, aux, kvp):  # decode speed for every mode, and beside the base's
+            assert r["decode_tokens"] == 3 and len(r["decode_tps_samples"]) == 2 and r["decode_tps"] > 0
+            assert r["decode_vs_base"] > 0
         for r in (aux, kvp):
-            assert r["ttft_reduction_vs_base"] == pytest.approx(base["ttft_s"]["median"] / r["ttft_s"]["median"])
-            assert r["flops_reduction_vs_base"] == pytest.approx(base["flops"] / r["flops"])
+            assert r["ttft_reduction_vs_base"] == pytest.approx(base["ttft_ms"] / r["ttft_ms"])
+            assert r["flops_reduction_vs_base"] == pytest.approx(base["gflop"] / r["gflop"])
             assert r["ttft_over_flops_reduction"] == pytest.approx(
                 r["ttft_reduction_vs_base"] / r["flops_reduction_vs_base"])
     # the table shows the reductions
@@ -216,6 +229,8 @@ def test_kvp_modes_report_reductions(capsys, stored_pair):
         (["other", "--kvp", "pair"], "trained for the base"),
         (["micro", "--kvp", "pair"], "not the preset"),
         (["base", "--kvp", "no-such-pair"], "KVP folder not found"),
+        (["base", "--kvp", "pair", "--prefix-cache", "4"], "does not apply to mode 'kvp'"),
+        (["base", "micro", "--kvp", "pair"], "one MODEL"),
     ],
 )
 def test_kvp_errors(capsys, stored_pair, args, message):
@@ -244,6 +259,15 @@ def test_kvp_errors(capsys, stored_pair, args, message):
         ["micro", "--paper-regime", "--batch-sizes", "2"],
         ["micro", "--plot", "out.jpg"],
         ["micro", "--device", "tpu"],
+        ["micro", "--dtype", "int8"],
+        ["micro", "-o", "xml"],
+        ["micro", "-o", "csv", "--wide"],
+        ["micro", "-o", "csv", "--json"],
+        ["-p", "8"],  # no model
+        ["micro", "-m", "micro"],
+        ["micro", "-p", "16", "--prefix-cache", "16"],
+        ["micro", "-b", "2", "-g", "4"],
+        ["micro", "-g", "-1"],
     ],
 )
 def test_errors_exit_2_with_one_line(capsys, args):
@@ -252,6 +276,172 @@ def test_errors_exit_2_with_one_line(capsys, args):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), stderr
     assert stdout == ""
+
+
+def test_table_fits_100_columns(capsys, stored_pair):
+    """Many columns apply (several modes, mlx-lm, decode, a prefix cache): the default table drops the lowest-
+    priority ones until it fits 100 columns; --wide shows them all."""
+    args = ["bench", "ttft", "base", "--kvp", "pair", "--modes", "base,aux,mlx-lm", "-p", "12", "-r", "1",
+            "--warmup", "0", "-g", "2", "--prefix-cache", "4"]
+    code, stdout, stderr = run_cli(capsys, *args)
+    assert code == 0, stderr
+    table = stdout.split("\n\n")[0].splitlines()  # the title and the table, before the metadata paragraph
+    assert max(len(line) for line in table) <= 100 and "TTFT ms" in table[1] and "More columns with --wide" in stdout
+    assert len(table) == 3 + 2 * 3  # title, header, rule; 2 prompts (uncached, cached) × 3 modes
+    code, wide, _ = run_cli(capsys, *args, "--wide")
+    assert "std ms" in wide and "GFLOP/s" in wide and "decode vs base" in wide
+    assert max(len(line) for line in wide.split("\n\n")[0].splitlines()) > 100
+
+
+def test_progress_is_plain_lines_on_stderr_when_not_a_terminal(capsys, monkeypatch):
+    from mlxsuite.cli import common
+
+    monkeypatch.setattr(common, "PLAIN_EVERY", 0.0)
+    code, stdout, stderr = run_cli(capsys, "bench", "ttft", "micro", "-p", "8", "-r", "2", "-o", "json")
+    assert code == 0
+    json.loads(stdout)  # nothing but the result on stdout
+    lines = [line for line in stderr.splitlines() if line.startswith("ttft runs")]
+    assert len(lines) >= 3 and re.match(r"ttft runs  (\d+)/\1  done  elapsed \d:\d\d:\d\d$", lines[-1])
+    assert any(re.search(r"ttft runs  \d+/\d+  base 8 tokens × 1.*ETA \d:\d\d:\d\d$", line) for line in lines)
+    assert "\x1b" not in stderr  # no terminal control codes in a file
+
+
+# ---- the schedule (issue 16) ----------------------------------------------------------------------------------
+
+
+def test_schedule_warms_every_configuration_first_and_varies_the_order():
+    units = [["base", "kvp"], ["base", "kvp"], ["base"], ["base", "kvp"]]
+    warmup, reps = 2, 6
+    plan = ttft.schedule(units, warmup, reps)
+    first_timed = next(i for i, s in enumerate(plan) if s[0] == "time")
+    for u, modes in enumerate(units):  # every unit and mode warmed `warmup` times before any timed trial
+        for m in modes:
+            assert plan[:first_timed].count(("warm", u, m)) == warmup
+    timed = [s for s in plan if s[0] == "time"]
+    for u, modes in enumerate(units):  # reps timed trials each, one per round
+        for m in modes:
+            assert sorted(s[3] for s in timed if s[1:3] == (u, m)) == list(range(reps))
+    rounds = [[s[1] for s in timed if s[3] == r] for r in range(reps)]
+    orders = [list(dict.fromkeys(r)) for r in rounds]
+    assert len({tuple(o) for o in orders}) == reps  # the order of configurations differs in every round
+    assert {o[0] for o in orders} == set(range(len(units)))  # each configuration leads some round
+    for r in rounds:  # a unit's modes back to back
+        assert len(r) == sum(len(m) for m in units) and [u for u, _ in itertools.groupby(r)] == orders[rounds.index(r)]
+    for r in range(reps):  # mode order alternating between rounds (ABBA)
+        modes_of_0 = [s[2] for s in timed if s[3] == r and s[1] == 0]
+        assert modes_of_0 == (units[0] if r % 2 == 0 else units[0][::-1])
+    for i, s in enumerate(plan[:-1]):  # no timed trial right after the GEMM probe
+        if s[0] == "gemm":
+            assert plan[i + 1][0] != "time"
+    assert plan.count(("gemm",)) == reps
+
+
+def test_the_run_follows_the_schedule(monkeypatch):
+    """Trials happen in the schedule's order, models interleaved: a spy mode records the calls."""
+    calls = []
+
+    def spy(setup):
+        inner = ttft.prefill_mode("spy", setup.model, setup.prefill_step)
+
+        def run(tokens, cache, n):
+            calls.append((setup.name, tokens.shape[1]))
+            return inner.run(tokens, cache, n)
+
+        return ttft.Mode("spy", run, inner.flops)
+
+    ttft.register_mode("spy", spy)
+    try:
+        setups = [ttft.Setup(lm.build(lm.preset_args("micro", 64), seed=s), 16, name=n)
+                  for s, n in ((0, "a"), (1, "b"))]
+        report = ttft.run(setups, ["spy"], [(8, 1), (12, 1)], reps=3, warmup=1)
+    finally:
+        del ttft.MODES["spy"]
+    units = [("a", 8), ("a", 12), ("b", 8), ("b", 12)]
+    expected = [units[s[1]] for s in ttft.schedule([["spy"]] * 4, 1, 3) if s[0] != "gemm"]
+    assert calls == expected
+    assert {r["model"] for r in report["results"]} == {"a", "b"} and len(report["results"]) == 4
+
+
+def test_several_models_in_one_run(capsys):
+    recs, _ = bench_json(capsys, "-m", "micro", "-m", "tiny", "-p", "8", "-r", "2", "--warmup", "0")
+    assert [(r["model"], r["params"]) for r in recs] == [
+        ("micro", lm.preset_args("micro", 4096).n_params), ("tiny", lm.preset_args("tiny", 4096).n_params)]
+
+
+def test_roofline_gemm_runs_in_the_models_dtype(capsys):
+    recs, _ = bench_json(capsys, "micro", "-p", "8", "-r", "1", "--dtype", "bfloat16")
+    assert recs[0]["dtype"] == recs[0]["gemm_dtype"] == "bfloat16"
+    assert recs[0]["roofline"] == pytest.approx(recs[0]["gflops_per_s"] / recs[0]["gemm_gflops"])
+
+
+# ---- decode speed and prefix caching --------------------------------------------------------------------------
+
+
+def _greedy(model, tokens, n):
+    """The reference continuation: generate_tokens on the whole prompt, greedy."""
+    return list(generate_tokens(model, tokens[0], n, prefill_step=16))
+
+
+def test_decode_continues_the_prompt_like_generate_tokens(stored_pair):
+    """A mode's run yields the first token then `decode` more, each the greedy continuation: base, aux, mlx-lm
+    as generate_tokens gives it on the same model; kvp as the base continues from KV Prediction's cache."""
+    from mlxsuite.kvp import prompt_fill
+
+    mx.random.seed(1)
+    tokens = mx.random.randint(0, stored_pair.base.args.vocab_size, (1, 30))
+    setup = ttft.Setup(stored_pair.base, 16, {"kvp": stored_pair})
+    modes = {m.name: m for m in ttft.build_modes(["base", "aux", "kvp", "mlx-lm"], setup)}
+
+    def tokens_of(mode, n=5):
+        return [int(mx.array(t).reshape(-1)[0].item()) for t in modes[mode].run(tokens, None, n)]
+
+    assert tokens_of("base") == _greedy(stored_pair.base, tokens, 6)
+    assert tokens_of("aux") == _greedy(stored_pair.auxiliary, tokens, 6)
+    assert tokens_of("mlx-lm") == _greedy(stored_pair.base, tokens, 6)
+    cache, fill = prompt_fill(stored_pair)
+    assert tokens_of("kvp") == list(generate_tokens(stored_pair.base, tokens[0], 6, cache=cache, fill=fill,
+                                                    prefill_step=16))
+    assert len(tokens_of("base", 0)) == 1
+
+
+@pytest.mark.parametrize("mode", ["base", "mlx-lm"])
+def test_prefix_cache_ends_equal_to_an_uncached_prefill(mode):
+    """The prefix-cache trial (a copy of a cache holding the first P tokens, then the rest through the mode) ends
+    with the cache an uncached prefill of the whole prompt gives, and the same first token; the saved prefix
+    cache is left as it was."""
+    model = lm.build(lm.preset_args("micro", 128, num_key_value_heads=2), seed=3)
+    m = ttft.build_modes([mode], ttft.Setup(model, 7))[0]
+    mx.random.seed(2)
+    tokens = mx.random.randint(0, 128, (1, 40))
+    P = 17
+    saved = m.prefix_cache(tokens[:, :P])
+    before = [mx.array(a) for c in saved for a in c.keys_and_values()]
+    cache = ttft.copy_cache(saved)
+    first = next(m.run(tokens[:, P:], cache, 0))
+    full = model.make_cache()
+    logits = prefill(model, tokens, full, 7)
+    assert first.tolist() == sample(logits).tolist()
+    for c, f in zip(cache, full):
+        # mlx-lm's generate_step computes the next token before it yields one: its cache holds one position more
+        assert c.offset == f.offset + (mode == "mlx-lm") and f.offset == 40
+        for a, b in zip(c.keys_and_values(), f.keys_and_values()):
+            assert mx.allclose(a[..., :40, :], b, atol=1e-5, rtol=1e-5)
+    after = [a for c in saved for a in c.keys_and_values()]
+    assert all(c.offset == P for c in saved) and all(mx.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_prefix_cache_rows(capsys):
+    recs, _ = bench_json(capsys, "micro", "-p", "24,40", "-r", "2", "--prefix-cache", "16", "--compare-mlx-lm")
+    rows = {(r["mode"], r["prompt_tokens"], r["cached_tokens"]): r for r in recs}
+    assert set(rows) == {(m, T, P) for m in ("base", "mlx-lm") for T in (24, 40) for P in (0, 16)}
+    args = lm.preset_args("micro", 4096)
+    for (mode, T, P), r in rows.items():
+        assert r["gflop"] == pytest.approx(flops.forward(args, T - P, P) / 1e9)
+        assert r["prompt_tps"] == pytest.approx((T - P) / (r["ttft_ms"] / 1e3))
+        if P:
+            assert r["ttft_reduction_vs_uncached"] == pytest.approx(rows[(mode, T, 0)]["ttft_ms"] / r["ttft_ms"])
+        else:
+            assert r["ttft_reduction_vs_uncached"] is None
 
 
 def test_plot_without_matplotlib_is_a_clear_error(capsys, monkeypatch, tmp_path):

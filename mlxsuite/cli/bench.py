@@ -1,28 +1,31 @@
-"""`mlxsuite bench`: Benchmarks: time to first token."""
+"""`mlxsuite bench`: Benchmarks: time to first token, decode speed, prompt caching."""
 
 from __future__ import annotations
 
+import io
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import List, Literal, Optional
 
 import typer
 
 import mlx.core as mx
 
 from ..errors import UserError
-from .common import err, out, parse_int_list, positive, print_json
+from .common import Device, Dtype, Progress, device_option, dtype_option, err, out, parse_int_list, positive
 
-app = typer.Typer(help="Benchmarks: time to first token.", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True)
 
 DEFAULT_LENGTHS = "128,512,1024"
 DEFAULT_VOCAB = 4096
+TABLE_WIDTH = 100  # the default table drops its lowest-priority columns until it fits (all of them with --wide)
 
 
 @contextmanager
-def _progress():
-    """A rich progress bar on stderr, fed by the library's progress(done, total, what) callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _progress(header: str):
+    """Progress on stderr (a bar on a terminal, plain lines elsewhere), fed by the library's progress callback;
+    `header` first, once the library has checked its input and starts measuring."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
         TextColumn("[bold]ttft"),
@@ -31,13 +34,13 @@ def _progress():
         TextColumn("runs"),
         TimeElapsedColumn(),
         TextColumn("{task.fields[what]}", style="dim"),
-        console=err,
         transient=True,
-        disable=not err.is_terminal,
     ) as bar:
-        task = bar.add_task("ttft", total=None, what="")
+        task = bar.add_task("ttft runs", total=None, what="")
 
         def update(done: int, total: int, what: str) -> None:
+            if not bar.tasks[0].total:
+                bar.console.print(header, highlight=False, soft_wrap=True)
             bar.update(task, completed=done, total=total, what=what)
 
         yield update
@@ -58,13 +61,13 @@ def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
         V = vocab_size or DEFAULT_VOCAB
         model = lm.build(lm.preset_args(name, V), seed=seed, dtype=dtype)
         model.eval()
-        return model, None, None, f"preset {name}, random weights, V={V}"
+        return model, None, f"preset {name}, random weights, V={V}"
     if vocab_size is not None:
         raise UserError(f"--vocab-size applies to presets only; {folder} has its own vocabulary")
     loaded = store.load(str(folder), "lm", dtype=dtype, dequantize=None)
     for note in loaded.notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
-    return loaded.model, loaded.tokenizer, folder, str(folder)
+    return loaded.model, loaded.tokenizer, str(folder)
 
 
 def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
@@ -89,11 +92,16 @@ def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
         mx.eval(pair.parameters())
     described = f"{model} with KV Prediction {folder.name} ({meta['aux'].get('kind', '?')}"
     described += f"-{meta['aux']['keep']:.2f})" if "keep" in meta["aux"] else ")"
-    return pair.base, tokenizer, folder, described, {"kvp": pair}
+    return pair.base, tokenizer, described, {"kvp": pair}
 
 
 def ttft(
-    model: str = typer.Argument(..., help="A model folder or store name, or a preset (random weights): micro, tiny, …"),
+    model: Optional[List[str]] = typer.Argument(
+        None, metavar="MODEL", help="Models: folders or store names, or presets with random weights (micro, "
+        "tiny, …). Several are measured in one interleaved run."),
+    models: Optional[List[str]] = typer.Option(
+        None, "--model", "-m", metavar="MODEL", help="A model to measure, as MODEL; repeat to compare models "
+        "(llama-bench's -m)."),
     modes: Optional[str] = typer.Option(
         None,
         "--modes",
@@ -104,23 +112,31 @@ def ttft(
         None,
         "--kvp",
         help="A KV Prediction folder trained for MODEL (`mlxsuite kvp train`): times the auxiliary alone (aux) and "
-        "KV Prediction (kvp) beside the base, with TTFT and FLOPs reductions vs the base.",
+        "KV Prediction (kvp) beside the base, with TTFT and FLOPs reductions vs the base. One MODEL only.",
     ),
     prompt_lengths: Optional[str] = typer.Option(
-        None, "--prompt-lengths", help=f"Comma-separated prompt lengths (default: {DEFAULT_LENGTHS})."
+        None, "--prompt-lengths", "-p", help=f"Comma-separated prompt lengths in tokens (default: {DEFAULT_LENGTHS})."
     ),
-    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated batch sizes (default: 1)."),
-    reps: int = typer.Option(5, "--reps", help="Timed runs per configuration and mode."),
-    warmup: int = typer.Option(1, "--warmup", help="Untimed runs before them (0 for none)."),
+    batch_sizes: Optional[str] = typer.Option(
+        None, "--batch-sizes", "-b", help="Comma-separated batch sizes (default: 1)."
+    ),
+    reps: int = typer.Option(5, "--reps", "-r", help="Timed runs per configuration and mode (llama-bench's -r)."),
+    warmup: int = typer.Option(
+        1, "--warmup", help="Untimed passes over every configuration and mode before the first timed run (0: none)."
+    ),
+    generation_tokens: int = typer.Option(
+        0, "--generation-tokens", "-g", help="Also decode this many tokens after the first and report decode "
+        "tokens/s (batch-1 configurations; KV Prediction decodes with the base)."),
+    prefix_cache: int = typer.Option(
+        0, "--prefix-cache", help="Also measure each prompt with its first N tokens already in a prompt cache "
+        "(as mlx_lm.cache_prompt saves one), beside the uncached prompt. Modes base, aux and mlx-lm."),
     prefill_step: Optional[int] = typer.Option(
         None,
         "--prefill-step",
         help="Prefill chunk size (default: per device, 256 on the CPU; see mlxsuite/generate.py).",
     ),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or gpu (default: MLX's default device)."),
-    dtype: Optional[str] = typer.Option(
-        None, "--dtype", help="float32, bfloat16 or float16 (default: float32 on the CPU, bfloat16 on a GPU)."
-    ),
+    device: Device = device_option(),
+    dtype: Dtype = dtype_option(),
     vocab_size: Optional[int] = typer.Option(
         None, "--vocab-size", help=f"Vocabulary size of a preset (default: {DEFAULT_VOCAB})."
     ),
@@ -134,7 +150,11 @@ def ttft(
         "--paper-regime",
         help="The KV Prediction paper's settings: 59 tokens × batch 64, and batch 8 × 128/256/512/1024 tokens.",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    output: Literal["table", "md", "csv", "json", "jsonl"] = typer.Option(
+        "table", "--output", "-o", help="table (fits 100 columns), md (GitHub markdown), or one record per row: "
+        "csv, json (an array), jsonl."),
+    json_out: bool = typer.Option(False, "--json", help="The same as -o json."),
+    wide: bool = typer.Option(False, "--wide", help="Every column in the table or markdown (std, GFLOP, …)."),
     plot: Optional[Path] = typer.Option(
         None, "--plot", help="Draw TTFT against prompt length per mode into this PNG (needs matplotlib)."
     ),
@@ -142,13 +162,31 @@ def ttft(
 ):
     """Time to first token: from the prompt's token ids to the first sampled token.
 
-    Reports median, p10/p90, mean ± std and the samples; prompt tokens/s; the prefill's FLOPs and effective GFLOP/s,
-    also as a fraction of the float32 GEMM rate measured between the trials; peak memory. Each configuration runs
-    --warmup untimed and --reps timed trials per mode, modes interleaved, each trial with a fresh KV cache.
-    Tokenization is timed apart, for models with a tokenizer.
+    One record per model, mode, prompt length, cached prefix and batch size: median TTFT with p10/p90, mean, std
+    and the samples; prompt tokens/s; decode tokens/s (-g); the prefill's FLOPs and GFLOP/s, also as a fraction of
+    the GEMM rate (in the model's dtype) measured between rounds; peak memory; versions, device, chip, OS. Warm-up
+    covers every configuration and mode before the first timed run; the timed rounds rotate the configurations
+    and alternate the modes; every run starts from a fresh KV cache. Tokenization is timed apart, for models with a
+    tokenizer.
     """
+    from .. import platform
     from .. import ttft as lib
+    from .. import ttft_report as report_lib
+    from ..generate import default_prefill_step
 
+    names = list(model or []) + list(models or [])
+    if not names:
+        raise UserError("name a model: MODEL or -m MODEL (a folder, a store name or a preset: micro, tiny, …)")
+    if len(set(names)) != len(names):
+        raise UserError(f"a model is named twice: {', '.join(names)}")
+    if json_out:
+        if output not in ("table", "json"):
+            raise UserError(f"--json is -o json: drop it or -o {output}")
+        output = "json"
+    if wide and output not in ("table", "md"):
+        raise UserError(f"--wide selects table columns: -o {output} has every field already")
+    if kvp is not None and len(names) > 1:
+        raise UserError("--kvp belongs to one base model: measure one MODEL with it")
     if modes is None:
         modes = "base,aux,kvp" if kvp is not None else "base"
     mode_names = [m.strip() for m in modes.split(",") if m.strip()]
@@ -170,106 +208,82 @@ def ttft(
     positive("--vocab-size", vocab_size)
     if warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {warmup}")
+    if generation_tokens < 0 or prefix_cache < 0:
+        raise UserError("-g and --prefix-cache must be 0 or more")
     if plot is not None:
-        lib.check_plot_path(plot)
-
-    from .. import platform
-    from ..generate import default_prefill_step
+        report_lib.check_plot_path(plot)
 
     used_device = platform.set_device(device)
-    if kvp is not None:
-        model_obj, tokenizer, folder, described, extras = _load_kvp(model, kvp, vocab_size, platform.parse_dtype(dtype))
-    else:
-        model_obj, tokenizer, folder, described = _load(model, vocab_size, platform.parse_dtype(dtype), seed)
-        extras = {}
-    setup = lib.Setup(model_obj, prefill_step or default_prefill_step(), extras)
-    lib.check_configs(model_obj.args, configs, reps, warmup)
-    err.print(
-        f"[bold]ttft[/bold] {described} on {used_device}: {len(configs)} configuration(s) × "
-        f"{len(mode_names)} mode(s), "
-        f"{warmup} warm-up + {reps} timed runs each",
-        highlight=False,
-        soft_wrap=True,
-    )
-    with _progress() as progress:
-        report = lib.run(setup, mode_names, configs, reps, warmup, tokenizer, seed, progress)
-    report["model"] = described
+    dt = platform.parse_dtype(dtype)
+    setups, described = [], []
+    for name in names:
+        if kvp is not None:
+            m, tok, what, extras = _load_kvp(name, kvp, vocab_size, dt)
+        else:
+            (m, tok, what), extras = _load(name, vocab_size, dt, seed), {}
+        setups.append(lib.Setup(m, prefill_step or default_prefill_step(), extras, name=name, tokenizer=tok))
+        described.append(what)
+        lib.check_configs(m.args, configs, reps, warmup, prefix_cache, generation_tokens)
+    header = (f"[bold]ttft[/bold] {'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
+              + (f" (uncached and {prefix_cache} cached)" if prefix_cache else "")
+              + f" × {len(mode_names)} mode(s), {warmup} warm-up pass(es), {reps} timed round(s)")
+    with _progress(header) as progress:
+        report = lib.run(setups, mode_names, configs, reps, warmup, seed, progress, generation_tokens, prefix_cache)
+    report["described"] = described
+    recs = report_lib.records(report)
     if plot is not None:
-        lib.plot(report, plot)
+        report_lib.plot(recs, plot)
     for note in report["notes"]:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
-    if json_out:
-        print_json(report)
+    if output == "table":
+        _table(recs, report, wide)
+    elif output == "md":
+        print(report_lib.to_markdown(recs, report, wide), end="")
     else:
-        _table(report)
+        print({"csv": report_lib.to_csv, "json": report_lib.to_json, "jsonl": report_lib.to_jsonl}[output](recs),
+              end="" if output != "json" else "\n")
     if plot is not None:
         err.print(f"plot written to {plot}", highlight=False, soft_wrap=True)
 
 
-def _table(report: dict) -> None:
+def _rich_table(recs: list[dict], cols):
+    from rich import box
     from rich.table import Table
 
-    ratio = any("speedup_vs_mlx_lm" in r for r in report["results"])
-    tokenize = any("tokenize_s" in r for r in report["results"])
-    table = Table(title=f"Time to first token: {report['model']}", title_justify="left")
-    headers = ["mode", "tokens", "batch", "TTFT ms", "p10–p90", "std", "tok/s", "GFLOP/s", "roofline", "peak MiB"]
-    reduction = any("ttft_reduction_vs_base" in r for r in report["results"]) and len(
-        {r["mode"] for r in report["results"]}
-    ) > 1
-    headers += ["vs mlx-lm"] * ratio + ["TTFT red.", "FLOPs red.", "TTFT/FLOPs"] * reduction
-    headers += ["tokenize ms"] * tokenize
-    for name in headers:
-        table.add_column(name, justify="left" if name == "mode" else "right", no_wrap=True)
-    for r in report["results"]:
-        t = r["ttft_s"]
-        row = [
-            r["mode"],
-            str(r["prompt_tokens"]),
-            str(r["batch"]),
-            _ms(t["median"]),
-            f"{_ms(t['p10'])}–{_ms(t['p90'])}",
-            "" if t["std"] is None else _ms(t["std"]),
-            f"{r['prompt_tps']:,.0f}",
-            f"{r['gflops_per_s']:.1f}",
-            f"{100 * r['roofline_fraction']:.0f}%",
-            f"{r['peak_memory_bytes'] / 2**20:,.1f}",
-        ]
-        if ratio:
-            row.append(f"{r['speedup_vs_mlx_lm']:.2f}×" if "speedup_vs_mlx_lm" in r else "")
-        if reduction:
-            row += (
-                [f"{r['ttft_reduction_vs_base']:.2f}×", f"{r['flops_reduction_vs_base']:.2f}×",
-                 f"{r['ttft_over_flops_reduction']:.2f}"]
-                if "ttft_reduction_vs_base" in r else ["", "", ""]
-            )
-        if tokenize:
-            row.append(_ms(r["tokenize_s"]["median"]) if "tokenize_s" in r else "")
-        table.add_row(*row)
-    if out.is_terminal:
-        out.print(table)
-    else:  # a pipe or a file gets the whole table, not one squeezed to 80 columns
-        from rich.console import Console
-
-        Console(width=max(out.width, 140)).print(table)
-    load = report["load_average"]
-    load_text = f"; load average {load['start']:.2f} → {load['end']:.2f}" if load["start"] is not None else ""
-    out.print(
-        f"{report['device']} ({report['cpu']}), {report['dtype']}, BLAS {report['blas']['library']}; float32 GEMM "
-        f"{report['gemm_gflops']:.1f} GFLOP/s (the roofline); prefill step {report['prefill_step']}"
-        f"{' (fused CPU prefill)' if report['fused_prefill'] else ''}{load_text}. "
-        "GFLOP/s count the matmuls: linear layers on all prompt tokens, causal attention, the LM head on the last "
-        "token." + (" vs mlx-lm: mlx-lm's median TTFT / this mode's (> 1: faster)." if ratio else "")
-        + (" TTFT red.: base median TTFT / this mode's; FLOPs red.: base FLOPs / this mode's; TTFT/FLOPs: their "
-           "ratio (1: time saved in proportion to FLOPs)." if reduction else "")
-        + (f" KV Prediction: {report['kvp']['aux_layers']} of {report['kvp']['base_layers']} layers in the "
-           f"auxiliary, parameter ratio {report['kvp']['param_ratio']:.2f}×." if "kvp" in report else ""),
-        highlight=False,
-        soft_wrap=True,
-    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for c in cols:
+        table.add_column(c.header, justify="left" if c.header in ("model", "mode") else "right", no_wrap=True)
+    for r in recs:
+        table.add_row(*(c.cell(r) for c in cols))
+    return table
 
 
-def _ms(s: float) -> str:
-    return f"{s * 1e3:,.1f}" if s < 100 else f"{s * 1e3:,.0f}"
+def _width(table) -> int:
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=10_000)
+    console.print(table)
+    return max(len(line) for line in console.file.getvalue().splitlines())
+
+
+def _table(recs: list[dict], report: dict, wide: bool) -> None:
+    """The default columns that fit TABLE_WIDTH (every column with --wide), then the run's metadata."""
+    from rich.console import Console
+
+    from .. import ttft_report as report_lib
+
+    cols = report_lib.columns(recs, wide)
+    table = _rich_table(recs, cols)
+    dropped = []
+    while not wide and _width(table) > TABLE_WIDTH and len(cols) > 1:
+        lowest = min(cols, key=lambda c: c.priority)
+        dropped.append(lowest.header)
+        cols = [c for c in cols if c is not lowest]
+        table = _rich_table(recs, cols)
+    out.print("Time to first token: " + "; ".join(report["described"]), highlight=False, soft_wrap=True)
+    (out if out.is_terminal else Console(width=max(out.width, _width(table)))).print(table)
+    more = f" More columns with --wide or -o csv/json ({', '.join(dropped)}, …)." if dropped else ""
+    out.print("\n" + report_lib.footer(report, cols) + more, highlight=False, soft_wrap=True)
 
 
 app.command("ttft")(ttft)

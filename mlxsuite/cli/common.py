@@ -7,15 +7,83 @@ from dataclasses import dataclass
 import inspect
 import json
 import math
-from typing import Callable, Optional
+import time
+from typing import Callable, Literal, Optional
 
+import rich.progress
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..errors import UserError
 
 err = Console(stderr=True)  # progress, notes and errors
 out = Console()  # results (tables, or one JSON document with --json)
+
+# ---- shared declarations: the model argument, device and dtype choices (validated by the parser) ----------------
+
+Device = Optional[Literal["cpu", "gpu"]]
+Dtype = Optional[Literal["float32", "bfloat16", "float16"]]
+
+
+def model_argument(help: str = "A model: store name, folder, Hugging Face repo id or .gguf file.", **kw):
+    return typer.Argument(..., metavar="MODEL", help=help, **kw)
+
+
+def device_option():
+    return typer.Option(None, "--device", help="cpu or gpu (default: MLX's default device).")
+
+
+def dtype_option():
+    return typer.Option(None, "--dtype", help="Weights' dtype (default: float32 on the CPU, bfloat16 on a GPU).")
+
+
+# ---- progress -----------------------------------------------------------------------------------------------
+
+PLAIN_EVERY = 5.0  # seconds between plain progress lines when stderr is not a terminal
+
+
+class Progress(rich.progress.Progress):
+    """rich's live bars on a terminal. Elsewhere (a file, a pipe, a CI log) no bar: a plain line per task when it
+    starts, then at most every PLAIN_EVERY seconds and when it finishes — `label  done/total  fields  elapsed
+    ETA` on stderr (the fields: what the task's `stats`, `what` or `name` field holds, e.g. loss and tok/s)."""
+
+    def __init__(self, *columns, console: Console = err, disable: bool = False, **kw):
+        self.plain = not disable and not console.is_terminal
+        super().__init__(*columns, console=console, disable=disable or self.plain, **kw)
+        self._printed: dict = {}  # task id -> time of its last plain line
+
+    def update(self, task_id, **kw) -> None:
+        super().update(task_id, **kw)
+        if self.plain:
+            self._line(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        if self.plain:
+            self._line(task_id)
+
+    def _line(self, task_id) -> None:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        now, last = time.monotonic(), self._printed.get(task_id)
+        finished = task.total is not None and task.completed >= task.total
+        if last is not None and now - last < PLAIN_EVERY and not (finished and last != -1):
+            return
+        self._printed[task_id] = -1 if finished else now  # -1: its last line is printed
+        parts = [Text.from_markup(task.description).plain]
+        parts.append(f"{task.completed:,.0f}/{task.total:,.0f}" if task.total is not None else f"{task.completed:,.0f}")
+        parts += [str(task.fields[k]) for k in ("stats", "what", "name") if task.fields.get(k)]
+        parts.append(f"elapsed {_clock(task.elapsed)}")
+        if not finished and task.time_remaining is not None:
+            parts.append(f"ETA {_clock(task.time_remaining)}")
+        self.console.print("  ".join(parts), markup=False, highlight=False, soft_wrap=True)
+
+
+def _clock(seconds: Optional[float]) -> str:
+    s = int(seconds or 0)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def print_json(obj) -> None:
@@ -58,12 +126,13 @@ def parse_int_list(name: str, text: str) -> list[int]:
 
 
 class TrainProgress:
-    """Renders the trainer's callback events: a progress bar with loss, tokens/s and ETA; eval and save lines."""
+    """Renders the trainer's callback events on stderr: a progress bar with loss, tokens/s and ETA (plain lines
+    every few seconds when stderr is not a terminal); eval and save lines."""
 
     def __init__(self, quiet: bool = False, label: str = "train"):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.quiet = quiet
+        self.quiet, self.label = quiet, label
         self.progress = Progress(
             TextColumn(f"[bold]{label}[/bold]"),
             BarColumn(),
@@ -93,7 +162,8 @@ class TrainProgress:
             self.progress.start()
             self.started = True
         if event == "start":
-            self.task = self.progress.add_task("train", total=info["steps"], completed=info["step"], stats="")
+            self.task = self.progress.add_task(f"{self.label} step", total=info["steps"], completed=info["step"],
+                                               stats="")
             if info["step"]:
                 self.progress.console.print(f"resumed at step {info['step']}")
         elif event == "step" and self.task is not None:
@@ -149,8 +219,10 @@ def train_options(**defaults):
 
     base = TrainConfig()
 
+    kinds = {"device": Device, "schedule": Literal["cosine", "linear"]}
+
     def option(name, default, flag, text):
-        kind = Optional[str] if default is None else type(default)
+        kind = kinds.get(name) or (Optional[str] if default is None else type(default))
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
                                  default=typer.Option(default, flag, help=text))
 

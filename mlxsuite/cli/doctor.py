@@ -1,4 +1,4 @@
-"""`mlxsuite doctor`: what this machine gives MLX (BLAS, device, compiler, distributed backends)."""
+"""`mlxsuite doctor`: what this machine gives MLX (versions, device, chip, BLAS, compiler, distributed backends)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,24 @@ def doctor(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document."),
     no_bench: bool = typer.Option(False, "--no-bench", help="Skip the GEMM measurement."),
 ):
-    """Report OS, CPU, MLX, device, BLAS (with MLX vs numpy float32 GEMM GFLOP/s), compiler and distributed backends."""
+    """Report versions (mlxsuite, MLX, mlx-lm), device, chip and memory, OS, Python, the BLAS (with MLX vs numpy
+    float32 GEMM GFLOP/s), the compiler mx.compile needs and the distributed backends; say what to install when
+    MLX is left with its slow reference BLAS."""
     info = platform.describe(measure=not no_bench)
     if json_out:
         print_json(info)
         return
     table = Table(title="mlxsuite doctor", show_header=False)
     blas = info["blas"]
+    memory = f", {info['memory_gb']:.1f} GB" if info["memory_gb"] else ""
     rows = [
-        ("OS / CPU", f"{info['os']} / {info['cpu']} ({info['cpu_count']} cores)"),
-        ("MLX", f"{info['mlx_version']}, device {info['device']}, default dtype {info['default_dtype']}"),
-        ("BLAS", f"{blas['library']} ({blas['status']}) {blas['detail']}"),
+        ("versions", f"mlxsuite {info['mlxsuite_version']}, MLX {info['mlx_version']}, "
+                     f"mlx-lm {info['mlx_lm_version'] or 'not installed'}, Python {info['python']}"),
+        ("OS", f"{info['os']} {info['os_version']} (kernel {info['kernel']}, {info['machine']})"),
+        ("device", f"{info['device']}: {info['chip']}{memory}, {info['cpu_count']} cores; default dtype "
+                   f"{info['default_dtype']}"),
+        ("BLAS", f"{info['blas_name']}" + (f", {info['blas_threads']} threads" if info["blas_threads"] else "")
+                 + f": {blas['library']} ({blas['status']}) {blas['detail']}"),
         ("mx.compile", "compiler found" if info["compile_compiler"] else "no C++ compiler: compiled code runs unfused"),
         ("distributed", ", ".join(info["distributed_backends"]) or "none"),
     ]
@@ -33,6 +40,8 @@ def doctor(
             ("float32 GEMM", f"MLX {blas['mlx_sgemm_gflops']:.1f} GFLOP/s, numpy {blas['numpy_sgemm_gflops']:.1f} "
              f"GFLOP/s ({ratio:.0%} of numpy, n={blas['n']})")
         )
+    if info["blas_advice"]:
+        rows.append(("[yellow]install[/yellow]", info["blas_advice"]))
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)

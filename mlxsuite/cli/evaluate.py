@@ -8,15 +8,16 @@ import typer
 from rich.table import Table
 
 from ..train_lm import eval_model
-from .common import err, out, positive, print_json
+from .common import err, model_argument, out, positive, print_json
 
 
 def evaluate(
-    model: str = typer.Argument(..., help="Model name in the store, or a model folder."),
-    corpus: Optional[str] = typer.Option(None, help="Text file, folder or JSONL (default: the Python stdlib)."),
-    seq_len: int = typer.Option(128, "--seq-len"),
+    model: str = model_argument(),
+    corpus: Optional[str] = typer.Option(
+        None, "--corpus", help="Text file, folder or JSONL (default: the Python stdlib)."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per validation window."),
     windows: int = typer.Option(64, "--windows", help="Validation windows of seq-len tokens."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document (tokens, ce, ppl, bpc, lu)."),
 ):
     """Evaluate a stored model on a corpus's validation split."""
     positive("seq-len", seq_len)

@@ -10,19 +10,19 @@ import typer
 from .. import store
 from ..errors import UserError
 from ..generate import generate_text
-from .common import err, generation_prompt, print_json
+from .common import err, generation_prompt, model_argument, print_json
 
 
 def generate(
-    model: str = typer.Argument(..., help="Model name in the store, or a model folder."),
+    model: str = model_argument(),
     prompt: str = typer.Option("", "--prompt", "-p", help="Prompt text ('-' reads stdin)."),
-    max_tokens: int = typer.Option(64, "--max-tokens", "-m"),
-    temperature: float = typer.Option(0.0, "--temp", help="0 is greedy."),
-    top_k: int = typer.Option(0, "--top-k"),
-    seed: int = typer.Option(0),
+    max_tokens: int = typer.Option(64, "--max-tokens", "-m", help="Tokens to generate at most (EOS stops earlier)."),
+    temperature: float = typer.Option(0.0, "--temp", help="Sampling temperature; 0 is greedy."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens only (0: all)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampler."),
     kvp: Optional[str] = typer.Option(None, "--kvp", help="KV Prediction folder trained for MODEL: its auxiliary and "
                                       "predictor fill MODEL's prompt cache, MODEL generates every token."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document (model, prompt, completion)."),
 ):
     """Generate a continuation of a prompt."""
     import mlx.core as mx

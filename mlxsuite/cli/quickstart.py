@@ -40,14 +40,14 @@ class QuickstartProgress(TrainProgress):
 
 
 def quickstart(
-    name: str = typer.Option("quickstart", help="Store name prefix: NAME-lm (base) and NAME-kvp (the pair)."),
+    name: str = typer.Option("quickstart", "--name", help="Store name prefix: NAME-lm (base) and NAME-kvp (the pair)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Use this model as the base instead of training "
                                         "one (a store name, folder, Hugging Face repo id or .gguf file)."),
-    steps: int = typer.Option(300, help="Base model training steps (without --model)."),
+    steps: int = typer.Option(300, "--steps", help="Base model training steps (without --model)."),
     kvp_steps: Optional[int] = typer.Option(None, "--kvp-steps", help="KV Prediction training steps (default 60; "
                                             "30 with --model, at batch 4)."),
-    reps: int = typer.Option(3, help="Timed TTFT runs per length and method."),
-    fresh: bool = typer.Option(False, help="Redo everything, even what is finished in the store."),
+    reps: int = typer.Option(3, "--reps", "-r", help="Timed TTFT runs per length and method."),
+    fresh: bool = typer.Option(False, "--fresh", help="Redo everything, even what is finished in the store."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document with both tables on stdout."),
 ):
     """Train a tokenizer, a small base LM and an LP-0.50 KV Prediction pair on the Python stdlib, then show time to

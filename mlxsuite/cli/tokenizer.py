@@ -17,9 +17,10 @@ app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
 def train(
     vocab_size: int = typer.Option(..., "--vocab-size", "-v", help="Number of pieces V."),
     out_name: str = typer.Option(..., "--out", "-o", help="Store name or folder to write."),
-    corpus: Optional[str] = typer.Option(None, help="Text file, folder or JSONL (default: the Python stdlib)."),
-    force: bool = typer.Option(False, help="Replace an existing output."),
-    json_out: bool = typer.Option(False, "--json"),
+    corpus: Optional[str] = typer.Option(
+        None, "--corpus", help="Text file, folder or JSONL (default: the Python stdlib)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document (path, vocab_size, token counts)."),
 ):
     """Train a BPE tokenizer and its unigram table (for L_u) into a folder."""
     positive("vocab size", vocab_size)

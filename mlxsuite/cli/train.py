@@ -16,20 +16,25 @@ from .common import RunFlags, err, positive, run_training, train_options
 @train_options()
 def train(
     out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the model to write."),
-    preset: str = typer.Option("tiny", help="Model preset (micro, tiny, small, base, vocab-33m, …)."),
+    preset: str = typer.Option("tiny", "--preset", help="Model preset (micro, tiny, small, base, vocab-33m, …)."),
     vocab_size: str = typer.Option(
-        "2048", "--vocab-size", "-v", help="Vocabulary size V of the tokenizer to train, or 'auto' (vocabulary scaling law)."
+        "2048", "--vocab-size", "-v",
+        help="Vocabulary size V of the tokenizer to train, or 'auto' (vocabulary scaling law).",
     ),
-    flops: Optional[float] = typer.Option(None, help="With --vocab-size auto: the training budget in FLOPs."),
-    tokenizer: Optional[str] = typer.Option(None, help="Reuse this tokenizer folder instead of training one."),
+    flops: Optional[float] = typer.Option(
+        None, "--flops", help="With --vocab-size auto: the training budget in FLOPs."),
+    tokenizer: Optional[str] = typer.Option(
+        None, "--tokenizer", help="Reuse this tokenizer folder instead of training one."),
     init_from: Optional[str] = typer.Option(
-        None, "--init-from", help="Continue training this stored model (e.g. one from `convert from-hf`); ignores --preset."
+        None, "--init-from", metavar="MODEL",
+        help="Continue training this stored model (e.g. one from `convert from-hf`); ignores --preset.",
     ),
-    corpus: Optional[str] = typer.Option(None, help="Text file, folder or JSONL (default: the Python stdlib)."),
-    seq_len: int = typer.Option(128, "--seq-len"),
+    corpus: Optional[str] = typer.Option(
+        None, "--corpus", help="Text file, folder or JSONL (default: the Python stdlib)."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per training sequence."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step, over all processes."),
     eval_windows: int = typer.Option(64, "--eval-windows", help="Validation windows of --seq-len tokens."),
-    seed: int = typer.Option(0, help="Seed of the initialization and of the batch order."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialization and of the batch order."),
     train: TrainConfig = None,
     run: RunFlags = None,
 ):
