@@ -17,7 +17,7 @@ exists smollm2 || mlxsuite convert from-gguf "$gguf" smollm2 --dtype float32
 
 # 100 steps × 4 rows × 128 tokens = 51K tokens per run; the auxiliary's (and baseline's) embedding and head stay as
 # the base's (SmolLM2 ties them: 28M of its 135M parameters), its 15 layers and the predictor train.
-train=(--base smollm2 --aux prune:0.5 --seq-len 128 --batch-size 4 --steps 100 --lr 1e-3 --warmup 10
+train=(smollm2 --aux prune:0.5 --seq-len 128 --batch-size 4 --steps 100 --lr 1e-3 --warmup 10
        --save-every 10 --eval-every 100 --eval-windows 16 --freeze-embeddings --quiet)
 run() {  # name, extra flags: start, or resume what an interruption left
   local name="$1"; shift

@@ -12,8 +12,18 @@ from conftest import run_cli
 
 from mlxsuite.cli import app, common
 
-COMMANDS = [("bench", "ttft"), ("doctor",), ("generate",), ("eval",), ("train",), ("tokenizer", "train"),
-            ("quickstart",)]
+def _all_commands(group=None, path=()):
+    group = group or typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _all_commands(cmd, path + (name,))
+        else:
+            yield path + (name,)
+
+
+COMMANDS = sorted(_all_commands())
+ARGUMENTS = {"MODEL", "[MODEL]", "[MODEL]...", "KVP", "RUN", "IMAGE", "OUT", "HF_DIR", "[HF_DIR]", "HF_PATH", "[OUT]", "GGUF",
+             "SRC", "DIR", "FILE"}
 
 
 def _command(path):
@@ -32,7 +42,7 @@ def test_every_option_has_help_and_the_model_argument_one_name(path):
             continue
         assert getattr(p, "help", None), f"{' '.join(path)}: {p.opts} has no help text"
         if p.param_type_name == "argument":
-            assert p.metavar in ("MODEL", "[MODEL]..."), (path, p.metavar)
+            assert p.metavar and p.metavar.isupper() and p.metavar in ARGUMENTS, (path, p.metavar)
         if "--device" in p.opts:
             assert typing.get_args(p.type_descriptor.annotation) == ("cpu", "gpu")
         if "--dtype" in p.opts:
@@ -44,12 +54,16 @@ def test_every_option_has_help_and_the_model_argument_one_name(path):
     ["bench", "ttft", "micro", "--dtype", "int8"],
     ["bench", "ttft", "micro", "-o", "html"],
     ["train", "--out", "x", "--device", "tpu"],
+    ["kvp", "train", "micro", "--out", "x", "--device", "tpu"],
+    ["kvp", "eval", "x", "--device", "tpu"],
+    ["convert", "from-hf", "x", "y", "--dtype", "int8"],
+    ["train", "--out", "x", "--lr-schedule", "step"],
 ])
 def test_choices_are_checked_by_the_parser(capsys, args):
     code, stdout, stderr = run_cli(capsys, *args)
     assert code == 2 and stdout == ""
     assert stderr.count("\n") == 1
-    assert re.match(r"error: Invalid value for '(--device|--dtype|--output' / '-o)'", stderr)
+    assert re.match(r"error: Invalid value for '(--device|--dtype|--lr-schedule|--output' / '-o)'", stderr)
 
 
 def test_help_shows_the_choices(capsys, monkeypatch):

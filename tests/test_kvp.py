@@ -285,10 +285,10 @@ def test_mismatched_tokenizer_is_refused(corpus_and_tokenizer, tmp_path, capsys)
     other = train_tokenizer(["alpha beta gamma delta\n" * 50, "one two three four five\n" * 40], 330,
                             tmp_path / "other" / "tokenizer.model")
     save_base("small", other, layers=2)
-    code, out, err = run(capsys, "kvp", "train", "--base", "base", "--aux", "small", "--out", "p", "--steps", "2",
+    code, out, err = run(capsys, "kvp", "train", "base", "--aux", "small", "--out", "p", "--steps", "2",
                          "--corpus", str(corpus))
     assert code == 2 and "tokenizer" in err and len(err.strip().splitlines()) == 1
-    code, out, err = run(capsys, "kvp", "train", "--base", "base", "--aux", "prune:0.3", "--out", "p")
+    code, out, err = run(capsys, "kvp", "train", "base", "--aux", "prune:0.3", "--out", "p")
     assert code == 2 and "prune" in err
 
 
@@ -387,7 +387,7 @@ def test_two_processes_match_one_process(corpus_and_tokenizer, tmp_path):
         pytest.skip("mlx.launch not installed")
     corpus, tok = corpus_and_tokenizer
     save_base("base", tok, qk_norm=True)
-    args = ["kvp", "train", "--base", "base", "--aux", "prune:0.5", "--corpus", str(corpus), "--seq-len", "32",
+    args = ["kvp", "train", "base", "--aux", "prune:0.5", "--corpus", str(corpus), "--seq-len", "32",
             "--batch-size", "4", "--steps", "6", "--warmup", "2", "--save-every", "3", "--eval-every", "100",
             "--log-every", "1", "--eval-windows", "2", "--quiet"]
     env = {**os.environ, "MLXSUITE_LOCAL_RANKS": "2"}

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserError
-from .common import err, out, print_json
+from .common import Dtype, Progress, err, out, print_json
 
 app = typer.Typer(
     help="Convert weights: from Hugging Face / mlx-lm / GGUF, to mlx-lm, prune, quantize.", no_args_is_help=True
@@ -22,12 +22,6 @@ app = typer.Typer(
 
 FORCE = typer.Option(False, "--force", help="Replace OUT if it exists.")
 JSON = typer.Option(False, "--json", help="Print one JSON document (what was written) on stdout.")
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
 
 
 class QMode(str, Enum):
@@ -53,7 +47,7 @@ RECIPE_HELP = "Mixed-bit recipe (affine; mlx-lm's): mixed_2_6, mixed_3_4, mixed_
 @contextmanager
 def _progress(what: str):
     """A rich progress bar on stderr, fed by the library's progress(done, total, name) callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -64,7 +58,6 @@ def _progress(what: str):
         TextColumn("{task.fields[name]}", style="dim"),
         console=err,
         transient=True,
-        disable=not err.is_terminal,  # no bar (and no stray blank line) when stderr is a file or a pipe
     ) as bar:
         task = bar.add_task(what, total=None, name="")
 
@@ -142,7 +135,7 @@ def from_hf(
     q_group_size: Optional[int] = typer.Option(None, "--q-group-size", help=Q_GROUP_HELP),
     q_mode: Optional[QMode] = typer.Option(None, "--q-mode", help=Q_MODE_HELP),
     quant_predicate: Optional[Recipe] = typer.Option(None, "--quant-predicate", help=RECIPE_HELP),
-    dtype: Optional[DType] = typer.Option(None, "--dtype", help="Float dtype (default: the checkpoint's torch_dtype)."),
+    dtype: Dtype = typer.Option(None, "--dtype", help="Float dtype (default: the checkpoint's torch_dtype)."),
     dequantize: bool = typer.Option(False, "--dequantize", "-d", help="Dequantize an mlx-lm quantized checkpoint."),
     force: bool = FORCE,
     json_out: bool = JSON,
@@ -158,7 +151,7 @@ def from_hf(
         result = convert.from_hf(
             source,
             target_path,
-            dtype=dtype.value if dtype else None,
+            dtype=dtype,
             quant=quant,
             dequantize=dequantize,
             force=force,
@@ -169,9 +162,9 @@ def from_hf(
 
 @app.command("from-gguf")
 def from_gguf(
-    gguf_file: str = typer.Argument(..., metavar="FILE.gguf", help="A llama-family GGUF file (F32, F16, Q8_0, Q4_0, Q4_1)."),
+    gguf_file: str = typer.Argument(..., metavar="GGUF", help="A llama-family GGUF file (F32, F16, Q8_0, Q4_0, Q4_1)."),
     out_name: str = typer.Argument(..., metavar="OUT", help="Store name, or a path (with a slash)."),
-    dtype: Optional[DType] = typer.Option(
+    dtype: Dtype = typer.Option(
         None, "--dtype", help="Dequantize, and store every float tensor, in this dtype (default: Q8_0/Q4_0/Q4_1 stay quantized, floats as stored; on the CPU use float32)."
     ),
     force: bool = FORCE,
@@ -182,7 +175,7 @@ def from_gguf(
 
     with _progress("converting") as progress:
         result = convert_gguf.from_gguf(
-            gguf_file, _out_path(out_name), dtype=dtype.value if dtype else None, force=force, progress=progress
+            gguf_file, _out_path(out_name), dtype=dtype, force=force, progress=progress
         )
     _report(result, "wrote", json_out)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
 from .. import platform
 from ..plots import require_matplotlib
-from .common import out, print_json, run_training, train_options
+from ..errors import UserError
+from .common import Device, device_option, out, print_json, run_training, train_options
 
 app = typer.Typer(help="KV Prediction: train an auxiliary model and KV predictor, evaluate it (generate with `mlxsuite generate BASE --kvp DIR`).", no_args_is_help=True)
 
@@ -16,7 +17,9 @@ app = typer.Typer(help="KV Prediction: train an auxiliary model and KV predictor
 @app.command("train")
 @train_options(lr=1e-3)
 def train(
-    base: str = typer.Option(..., help="The (frozen) base model: store name or folder."),
+    base: Optional[str] = typer.Argument(None, metavar="MODEL", help="The (frozen) base model: store name, folder, "
+                                         "Hugging Face repo id or .gguf file (not needed with --resume)."),
+    base_option: Optional[str] = typer.Option(None, "--base", hidden=True, help="The base model (older spelling)."),
     aux: str = typer.Option("prune:0.5", help="prune:0.75|0.5|0.25 (KVP-LP) or a smaller model sharing the base's "
                             "tokenizer (KVP-C)."),
     out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the KVP pair to write."),
@@ -24,14 +27,15 @@ def train(
                                               "(default 1/n_base, the paper's choice; 1 = released configs; 0 = off)."),
     lambda_aux: float = typer.Option(1.0, "--lambda-aux", help="λ_A on the auxiliary's own CE."),
     z_loss: float = typer.Option(0.0, "--z-loss", help="z-loss weight on both logits (configs: 1e-4)."),
-    corpus: Optional[str] = typer.Option(None, help="Text file, folder or JSONL (default: the Python stdlib)."),
-    seq_len: int = typer.Option(128, "--seq-len"),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file, folder or JSONL (default: the Python "
+                                         "stdlib)."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per training sequence."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step, over all processes."),
     eval_windows: int = typer.Option(16, "--eval-windows", help="Validation windows of --seq-len tokens."),
-    seed: int = typer.Option(0, help="Seed of the predictor's initialization and of the batch order."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the predictor's initialization and of the batch order."),
     baseline: bool = typer.Option(False, "--baseline", help="Also train the paper's OE-LP baseline beside the pair: "
                                   "the pruned model alone, plain cross-entropy, same batches and steps (KVP-LP only)."),
-    predictor_init: str = typer.Option("default", "--predictor-init",
+    predictor_init: Literal["default", "identity"] = typer.Option("default", "--predictor-init",
                                        help="default (nn.Linear's init, the paper's) or identity (a warm start for a "
                                        "layer-pruned auxiliary, whose KV widths equal the base's)."),
     train_embeddings: bool = typer.Option(True, "--train-embeddings/--freeze-embeddings",
@@ -43,6 +47,11 @@ def train(
     """Train the auxiliary and predictor against a frozen base."""
     from ..kvp import KVPRunSpec, train_kvp
 
+    if base and base_option and base != base_option:
+        raise UserError(f"two base models given: {base} and --base {base_option}")
+    base = base or base_option
+    if base is None and not run.resume:
+        raise UserError("missing MODEL: the base model to pair (a store name, folder, repo id or .gguf file)")
     platform.set_device(run.device)
     spec = KVPRunSpec(
         out=out_name, base=base, aux=aux, lambda_kv=lambda_kv, lambda_aux=lambda_aux, z_loss=z_loss, corpus=corpus,
@@ -57,17 +66,18 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    kvp_dir: str = typer.Argument(..., help="KVP folder or store name."),
-    corpus: Optional[str] = typer.Option(None, help="Held-out text (default: the embedded corpus's validation files)."),
+    kvp_dir: str = typer.Argument(..., metavar="KVP", help="The KV Prediction pair: store name or folder."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Held-out text (default: the embedded corpus's validation files)."),
     prompt_len: int = typer.Option(64, "--prompt-len", help="Prompt tokens."),
     cont_len: int = typer.Option(32, "--cont-len", help="Continuation tokens scored after the prompt."),
-    samples: int = typer.Option(32, help="Prompt+continuation windows."),
+    samples: int = typer.Option(32, "--samples", help="Prompt+continuation windows."),
     agree_tokens: int = typer.Option(16, "--agree-tokens", help="Greedy tokens compared with the base's (0: skip)."),
-    code: int = typer.Option(32, help="Samples of the 1-shot code task (first body line of a function; 0: skip)."),
-    seed: int = typer.Option(0, help="Seed of the code-task sample draw."),
+    code: int = typer.Option(32, "--code", help="Samples of the 1-shot code task (complete the end of a held-out "
+                             "line; 0: skip)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the code-task sample draw."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write per-layer KV error vs depth to this PNG."),
-    device: Optional[str] = typer.Option(None, help="cpu or gpu (default: MLX's default)."),
-    json_out: bool = typer.Option(False, "--json"),
+    device: Device = device_option(),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON document."),
 ):
     """Base, the paper's baseline, the jointly trained auxiliary and KV Prediction: continuation CE, first-token
     accuracy, agreement with the base, the 1-shot code task, TTFT FLOPs and per-layer KV error."""

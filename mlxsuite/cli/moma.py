@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -44,19 +44,19 @@ class _Progress(TrainProgress):
 @app.command("train")
 @train_options(steps=300, eval_every=25, schedule="linear", min_lr_ratio=0.01)
 def train(
-    variant: str = typer.Option("moma4t4i", help="dense | moe8x (moe<E>x) | moma1t1i | moma4t4i (moma<T>t<I>i)."),
+    variant: str = typer.Option("moma4t4i", "--variant", help="dense | moe8x (moe<E>x) | moma1t1i | moma4t4i (moma<T>t<I>i)."),
     mod: bool = typer.Option(False, "--mod", help="Mixture-of-depths in alternating layers (FLOPs re-matched)."),
     upcycle_from: Optional[str] = typer.Option(None, "--upcycle-from", help="Start from this trained moma1t1i run."),
     out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the run."),
-    preset: str = typer.Option("tiny", help="Dense model size the variant is FLOPs-matched to (micro, tiny, …)."),
-    images: Optional[str] = typer.Option(None, help="Folder of PNG/JPEG images (default: scikit-learn digits)."),
-    captions: Optional[str] = typer.Option(None, help="Captions JSONL {file, caption}; default FOLDER/captions.jsonl."),
-    corpus: Optional[str] = typer.Option(None, help="Text-only corpus (default: the Python stdlib)."),
+    preset: str = typer.Option("tiny", "--preset", help="Dense model size the variant is FLOPs-matched to (micro, tiny, …)."),
+    images: Optional[str] = typer.Option(None, "--images", help="Folder of PNG/JPEG images (default: scikit-learn digits)."),
+    captions: Optional[str] = typer.Option(None, "--captions", help="Captions JSONL {file, caption}; default FOLDER/captions.jsonl."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text-only corpus (default: the Python stdlib)."),
     text_tokens: int = typer.Option(300_000, "--text-tokens", help="Text budget (tokens of the corpus)."),
     codebook_size: int = typer.Option(64, "--codebook-size", help="Image codebook entries K."),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per training row."),
     batch_size: int = typer.Option(16, "--batch-size", help="Rows per step, over all processes."),
-    seed: int = typer.Option(0, help="Seed of the initialization and of the data."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialization and of the data."),
     train: object = None,
     run: object = None,
 ):
@@ -76,12 +76,12 @@ def train(
 
 @app.command("train-routers")
 def train_routers(
-    run: str = typer.Argument(..., help="A trained MoMa run."),
-    steps: Optional[int] = typer.Option(None, help="Router-training steps (default: the run's router_steps)."),
-    resume: bool = typer.Option(False, help="Continue the run's router training from its last checkpoint."),
-    force: bool = typer.Option(False, help="Train the routers again, replacing an earlier router training."),
-    json_out: bool = typer.Option(False, "--json"),
-    quiet: bool = typer.Option(False),
+    run: str = typer.Argument(..., metavar="RUN", help="A trained MoMa run: store name or folder."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Router-training steps (default: the run's router_steps)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run's router training from its last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Train the routers again, replacing an earlier router training."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final metrics as one JSON document."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ):
     """Stage 2: train the auxiliary routers (main model frozen) that make inference causal."""
     import mlx.core as mx
@@ -112,23 +112,25 @@ def _fmt(x, spec=".2f", suffix=""):
 
 @app.command("compare")
 def compare(
-    variants: str = typer.Option("dense,moe8x,moma4t4i,moma4t4i+mod", help="Comma-separated variants."),
+    variants: str = typer.Option("dense,moe8x,moma4t4i,moma4t4i+mod", "--variants", help="Comma-separated variants."),
     flops: float = typer.Option(6e11, "--flops", help="Training FLOPs budget per variant."),
-    prefix: str = typer.Option("moma-compare", help="Run names: PREFIX-VARIANT (resumable)."),
-    preset: str = typer.Option("micro"),
-    seq_len: int = typer.Option(64, "--seq-len"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    text_tokens: int = typer.Option(200_000, "--text-tokens"),
-    corpus: Optional[str] = typer.Option(None),
-    images: Optional[str] = typer.Option(None),
-    captions: Optional[str] = typer.Option(None),
-    lr: float = typer.Option(3e-3),
-    lr_schedule: str = typer.Option("linear", "--lr-schedule", help=SCHEDULE_HELP),
+    prefix: str = typer.Option("moma-compare", "--prefix", help="Run names: PREFIX-VARIANT (resumable)."),
+    preset: str = typer.Option("micro", "--preset", help="Dense model size the variants are FLOPs-matched to."),
+    seq_len: int = typer.Option(64, "--seq-len", help="Tokens per training row."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Rows per step."),
+    text_tokens: int = typer.Option(200_000, "--text-tokens", help="Text budget (tokens of the corpus)."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text-only corpus (default: the Python stdlib)."),
+    images: Optional[str] = typer.Option(None, "--images", help="Folder of PNG/JPEG images (default: scikit-learn "
+                                         "digits)."),
+    captions: Optional[str] = typer.Option(None, "--captions", help="Captions JSONL {file, caption}; default "
+                                           "FOLDER/captions.jsonl."),
+    lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate, reached after 10 warm-up steps."),
+    lr_schedule: Literal["cosine", "linear"] = typer.Option("linear", "--lr-schedule", help=SCHEDULE_HELP),
     min_lr_ratio: float = typer.Option(0.01, "--min-lr-ratio", help=MIN_LR_HELP),
-    compile: bool = typer.Option(True, "--compile/--no-compile"),
-    plot: Optional[str] = typer.Option(None, help="Write loss-vs-FLOPs curves per modality to this PNG."),
-    json_out: bool = typer.Option(False, "--json"),
-    quiet: bool = typer.Option(False),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="Compile the training step (mx.compile)."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write loss-vs-FLOPs curves per modality to this PNG."),
+    json_out: bool = typer.Option(False, "--json", help="Print the comparison as one JSON document."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ):
     """Train each variant at the same FLOPs budget and report losses, η (overall/text/image) and throughput."""
     from ..moma.compare import compare as run_compare
@@ -174,13 +176,13 @@ def compare(
 
 @app.command("generate")
 def generate(
-    run: str = typer.Argument(...),
-    prompt: str = typer.Option(..., help="Caption to draw, e.g. 'a handwritten digit seven'."),
+    run: str = typer.Argument(..., metavar="RUN", help="A trained MoMa run: store name or folder."),
+    prompt: str = typer.Option(..., "--prompt", help="Caption to draw, e.g. 'a handwritten digit seven'."),
     out_file: str = typer.Option("moma.png", "--out", "-o", help="PNG to write."),
-    temperature: float = typer.Option(0.7),
-    seed: int = typer.Option(0),
-    scale: int = typer.Option(8, help="Pixel upscaling of the PNG."),
-    json_out: bool = typer.Option(False, "--json"),
+    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature of the image codes (0: greedy)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    scale: int = typer.Option(8, "--scale", help="Pixel upscaling of the PNG."),
+    json_out: bool = typer.Option(False, "--json", help="Print the codes and the PNG's path as JSON."),
 ):
     """Caption → image through the causal inference path; writes a PNG and prints a block-character preview."""
     from ..images import preview, save_png
@@ -198,9 +200,9 @@ def generate(
 
 @app.command("caption")
 def caption(
-    run: str = typer.Argument(...),
-    image: str = typer.Argument(..., help="PNG/JPEG image."),
-    json_out: bool = typer.Option(False, "--json"),
+    run: str = typer.Argument(..., metavar="RUN", help="A trained MoMa run: store name or folder."),
+    image: str = typer.Argument(..., metavar="IMAGE", help="PNG/JPEG image."),
+    json_out: bool = typer.Option(False, "--json", help="Print the caption as JSON."),
 ):
     """Image → caption through the causal inference path."""
     from ..moma.generate import caption_image
@@ -214,13 +216,14 @@ def caption(
 
 @app.command("flops")
 def flops(
-    variants: str = typer.Option("dense,moe8x,moma1t1i,moma4t4i,moma4t4i+mod", help="Comma-separated variants."),
-    preset: str = typer.Option("tiny"),
-    seq_len: int = typer.Option(128, "--seq-len"),
+    variants: str = typer.Option("dense,moe8x,moma1t1i,moma4t4i,moma4t4i+mod", "--variants",
+                                 help="Comma-separated variants."),
+    preset: str = typer.Option("tiny", "--preset", help="Dense model size the variants are FLOPs-matched to."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per row."),
     image_fraction: float = typer.Option(0.5, "--image-fraction", help="Share of image tokens in a batch."),
-    text_vocab: int = typer.Option(512, "--text-vocab"),
-    codebook_size: int = typer.Option(64, "--codebook-size"),
-    json_out: bool = typer.Option(False, "--json"),
+    text_vocab: int = typer.Option(512, "--text-vocab", help="Text vocabulary size."),
+    codebook_size: int = typer.Option(64, "--codebook-size", help="Image codebook entries K."),
+    json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ):
     """FLOPs accounting: training FLOPs per token of each variant against the dense model it is matched to."""
     from ..moma.data import Layout

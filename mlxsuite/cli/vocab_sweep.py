@@ -11,7 +11,7 @@ from rich.table import Table
 
 from .. import scaling
 from ..errors import UserError
-from .common import err, out, parse_int_list, positive, print_json
+from .common import Progress, err, out, parse_int_list, positive, print_json
 
 
 def _parse_float_list(name: str, text: str) -> list[float]:
@@ -28,7 +28,7 @@ class _SweepProgress:
     """Renders sweep events: an overall bar (runs done / remaining) and one bar per training run."""
 
     def __init__(self, quiet: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
         self.quiet = quiet
         self.progress = Progress(
@@ -186,10 +186,10 @@ def sweep(
     presets: Optional[str] = typer.Option(None, "--presets", help="Model sizes (N_nv) to train at every budget."),
     vocab_sizes: Optional[str] = typer.Option(None, "--vocab-sizes", help="Vocabulary sizes (>= 128)."),
     out_name: str = typer.Option("vocab-sweep", "--out", "-o", help="Sweep folder: a store name or a path."),
-    seq_len: int = typer.Option(64, "--seq-len"),
+    seq_len: int = typer.Option(64, "--seq-len", help="Tokens per training sequence."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step."),
-    lr: float = typer.Option(3e-3, "--lr"),
-    seed: int = typer.Option(0, "--seed"),
+    lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate of every run."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every run's initialization and data order."),
     eval_chars: int = typer.Option(
         32_000, "--eval-chars", help="Validation characters for the final L_u (the same text for every V)."
     ),
