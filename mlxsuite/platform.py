@@ -186,14 +186,21 @@ def _self_test(path: str) -> tuple[bool, str]:
     return ok, detail
 
 
+def default_blas_threads(cores: int, load: float, ranks: int = 1) -> int:
+    """GEMM threads: the cores not already busy (1-minute load average), shared among local ranks. A BLAS thread
+    that has to wait for a busy core stalls the whole GEMM: on a 2-core machine with one other busy process, 2
+    threads made a 512-token prefill 2× slower than 1 (BENCHMARKS.md)."""
+    idle = cores - int(load + 0.5)
+    return max(1, min(cores, idle) // max(1, ranks))
+
+
 def _set_threads(handle: ctypes.CDLL, path: str) -> None:
-    """Use every core for GEMM unless the user set a thread count (one per rank under mlx.launch)."""
+    """Set the GEMM thread count (default_blas_threads) unless the user set one."""
     user_vars = ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
     if any(v in os.environ for v in user_vars):
         return
-    n = os.cpu_count() or 1
-    if "MLX_RANK" in os.environ:  # several ranks share this machine
-        n = max(1, n // int(os.environ.get("MLXSUITE_LOCAL_RANKS", "2")))
+    ranks = int(os.environ.get("MLXSUITE_LOCAL_RANKS", "2")) if "MLX_RANK" in os.environ else 1
+    n = default_blas_threads(os.cpu_count() or 1, os.getloadavg()[0], ranks)
     for fn in ("MKL_Set_Num_Threads", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
         if hasattr(handle, fn):
             getattr(handle, fn)(ctypes.c_int(n))

@@ -118,3 +118,14 @@ def test_doctor_suggests_the_mkl_extra_only_without_compiler_and_openblas(monkey
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/cc" if name == "cc" else None)
     assert platform.blas_advice(reference) is None
     assert platform.blas_advice(platform.BlasInfo("/x/libscipy_openblas.so", "loaded")) is None
+
+
+def test_blas_threads_default_to_the_idle_cores():
+    from mlxsuite.platform import default_blas_threads
+
+    assert default_blas_threads(2, 0.1) == 2      # an idle 2-core machine: both
+    assert default_blas_threads(2, 1.2) == 1      # one core busy: a second thread would wait for it
+    assert default_blas_threads(2, 7.0) == 1      # never fewer than one
+    assert default_blas_threads(8, 2.6) == 5
+    assert default_blas_threads(8, 0.0, ranks=2) == 4  # mlx.launch -n 2 on one machine
+    assert default_blas_threads(2, 0.0, ranks=2) == 1

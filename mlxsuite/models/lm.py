@@ -111,8 +111,10 @@ class ModelArgs(BaseModelArgs):
         return self.n_nonvocab_params + heads * self.n_vocab_params
 
 
-# The vocabulary paper's model family (Table 4): untied embeddings, MHA, width d from the N_nv → d table.
-# The tiny ones train in minutes on a CPU. Vocabulary size is chosen at training time.
+# The vocabulary paper's model family (Table 4: MHA, width d from the N_nv → d table, untied embeddings) as the
+# vocab-* presets, and small ones that train in minutes on a CPU (micro … base). The small ones tie their embeddings
+# (at V of a few thousand and d ≤ 384 an untied head would be a large share of the parameters): a deviation from the
+# paper's family, stated in ARCHITECTURE.md. Vocabulary size is chosen at training time.
 PRESETS: dict[str, dict] = {
     "micro": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=176, num_attention_heads=2),
     "tiny": dict(hidden_size=128, num_hidden_layers=4, intermediate_size=352, num_attention_heads=4),
