@@ -47,6 +47,7 @@ class QuickstartConfig:
     keep: float = 0.5  # the LP fraction of the auxiliary
     baseline: bool = True  # train the paper's OE-LP baseline beside the pair (same batches and steps)
     train_embeddings: bool = True
+    predictor_init: str = "default"  # the paper's; "identity" for a real model's short fine-tune (kvp train --help)
     corpus: Optional[str] = None  # None: the embedded stdlib corpus
     model_overrides: dict = field(default_factory=dict)
     # quality
@@ -131,8 +132,9 @@ def run_quickstart(
     if not pair_done:
         spec = KVPRunSpec(
             out=cfg.kvp_name, base=cfg.base_name, aux=f"prune:{cfg.keep}", corpus=cfg.corpus, seq_len=cfg.seq_len,
-            batch_size=cfg.kvp_batch_size, eval_windows=8, baseline=cfg.baseline,
-            train_embeddings=cfg.train_embeddings, train=TrainConfig(steps=cfg.kvp_steps, lr=cfg.kvp_lr, warmup=min(10, cfg.kvp_steps // 10), save_every=20,
+            batch_size=cfg.kvp_batch_size, eval_windows=8, baseline=cfg.baseline, predictor_init=cfg.predictor_init,
+            train_embeddings=cfg.train_embeddings,
+            train=TrainConfig(steps=cfg.kvp_steps, lr=cfg.kvp_lr, warmup=min(10, cfg.kvp_steps // 10), save_every=20,
                               eval_every=cfg.kvp_steps, log_every=5),
         )
         resume = not fresh and base_done and has_checkpoint(kvp_folder / "run")
