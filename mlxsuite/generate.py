@@ -89,13 +89,23 @@ def generate_step(
     `prompt`); `fill` how prompt chunks enter it (`prefill`); `processor` changes the logits before each sampling
     (e.g. to restrict the vocabulary)."""
     cache = model.make_cache() if cache is None else cache
-    logits = prefill(model, prompt, cache, prefill_step, fill)
+
+    def next_token(logits: mx.array) -> mx.array:
+        return sample(processor(logits) if processor is not None else logits, temperature, top_k)
+
+    if max_tokens < 1:
+        return
+    token = next_token(prefill(model, prompt, cache, prefill_step, fill))
+    mx.async_eval(token)
     for i in range(max_tokens):
-        token = sample(processor(logits) if processor is not None else logits, temperature, top_k)
+        # As mlx-lm does: schedule the next step before handing this token out, so the device computes it while
+        # the caller (detokenizing, printing) holds this one. The cache is then one token ahead of the caller.
+        following = next_token(model(token[:, None], cache)[:, -1]) if i + 1 < max_tokens else None
+        if following is not None:
+            mx.async_eval(following)
         mx.eval(token)
         yield token
-        if i + 1 < max_tokens:
-            logits = model(token[:, None], cache)[:, -1]
+        token = following
 
 
 def generate_tokens(model, prompt: mx.array, max_tokens: int, temperature: float = 0.0, top_k: int = 0,

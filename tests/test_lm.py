@@ -80,3 +80,18 @@ def test_init_follows_the_paper_scales():
     out_std = float(np.array(model.model.layers[0].mlp.down_proj.weight).std())
     assert abs(std - (2 / (5 * 256)) ** 0.5) < 0.05 * std
     assert abs(out_std - 1 / 256**0.5 / 6) < 0.05 * out_std
+
+
+def test_greedy_generation_matches_mlx_lm_generate_step():
+    """The one decode loop (prefill in chunks, then one token at a time, the next step scheduled before a token is
+    handed out) gives mlx-lm's own greedy tokens on the same weights."""
+    from mlx_lm.generate import generate_step as mlx_lm_generate_step
+
+    from mlxsuite.generate import generate_tokens
+
+    ours, ref = _pair(llama, num_key_value_heads=2, tie_word_embeddings=False)
+    prompt = mx.array(np.random.default_rng(3).integers(0, 320, size=(37,)))
+    want = [int(t) for t, _ in mlx_lm_generate_step(prompt, ref, max_tokens=12, prefill_step_size=8)]
+    assert list(generate_tokens(ours, prompt, 12, prefill_step=8)) == want
+    assert list(generate_tokens(ours, prompt, 1)) == want[:1]
+    assert list(generate_tokens(ours, prompt, 0)) == []
