@@ -113,8 +113,8 @@ class ImageTokenizer:
         return np.clip(from_patches(self.codebook[codes], self.patch), 0.0, 1.0)
 
     def save(self, folder: Path) -> None:
-        mx.save_safetensors(str(Path(folder) / CODEBOOK_FILE), {"codebook": mx.array(self.codebook)},
-                            metadata={"size": str(self.size), "patch": str(self.patch)})
+        atomic.write_safetensors(Path(folder) / CODEBOOK_FILE, {"codebook": mx.array(self.codebook)},
+                                 metadata={"size": str(self.size), "patch": str(self.patch)})
 
     @classmethod
     def load(cls, folder: Path) -> "ImageTokenizer":

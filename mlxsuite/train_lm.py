@@ -7,7 +7,6 @@ training ends. `resume=True` continues from `run/checkpoint` with the spec saved
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -70,7 +69,7 @@ def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus):
             src = store.resolve(spec.tokenizer) / "tokenizer.model"
         if not src.exists():
             raise UserError(f"{spec.tokenizer} has no SentencePiece tokenizer (tokenizer.model)")
-        shutil.copy(src, path)
+        Tokenizer(src).save(folder)
         return Tokenizer(path)
     return train_tokenizer(corpus.train, spec.vocab_size, path)
 
@@ -167,10 +166,16 @@ def auto_vocab_size(preset: str, flops: Optional[float] = None, multiple: int = 
 
 
 def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128, windows: int = 64) -> dict:
-    """Validation metrics of a stored model on a corpus's validation split (default: the embedded corpus)."""
+    """Validation metrics of a stored model on a corpus's validation split (default: that of the corpus the model
+    was trained on, as its config records it; the embedded corpus for models trained elsewhere)."""
     model, tok, folder = store.load_model(name)
     if tok is None:
         raise UserError(f"{folder} has no tokenizer")
+    if corpus_spec is None:
+        corpus_spec = store.read_config(folder).get("mlxsuite", {}).get("corpus")
+        if corpus_spec not in (None, "stdlib") and not Path(corpus_spec).exists():
+            raise UserError(f"{folder} was trained on {corpus_spec}, which is gone: pass --corpus (stdlib: the "
+                            "embedded corpus)")
     corpus = data.load_corpus(corpus_spec)
     val = data.token_stream(tok, corpus, "val")
     w = data.eval_windows(val, seq_len, windows)
