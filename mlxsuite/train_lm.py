@@ -150,19 +150,31 @@ def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callbac
     return {**metrics, "folder": str(folder)}
 
 
-def auto_vocab_size(preset: str, flops: Optional[float] = None, multiple: int = 128, minimum: int = 512) -> dict:
+def auto_vocab_size(preset: str, flops: Optional[float] = None, multiple: int = 128, minimum: int = 512,
+                    tokens: Optional[int] = None) -> dict:
     """V for a preset from the vocabulary paper's approach 3 (parametric L_u fit) at its N_nv and width d, at a
-    training budget of `flops` (default: the paper's compute-optimal budget for that N_nv). Rounded to a multiple of
-    128 as in the paper's configs; at least `minimum` (byte fallback plus a useful merge table). The published fit
-    was made at 33M–3B non-vocabulary parameters, so for the tiny presets this is an extrapolation."""
+    training budget of `flops`, else of `tokens` training tokens (C = 6 (N_nv + V d) tokens, solved together with
+    V), else the paper's compute-optimal budget for that N_nv. Rounded to a multiple of 128 as in the paper's
+    configs; at least `minimum` (byte fallback plus a useful merge table). The published fit was made at 33M–3B
+    non-vocabulary parameters, so for the tiny presets this is an extrapolation."""
     from . import scaling
 
     if preset not in lm.PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(lm.PRESETS)}")
     args = lm.preset_args(preset, 1)
-    pred = scaling.predict_parametric(args.n_nonvocab_params, flops, d=args.hidden_size)
-    vocab = max(minimum, int(round(pred.vocab / multiple)) * multiple)
-    return {"vocab_size": vocab, "predicted_vocab": pred.vocab, "nnv": args.n_nonvocab_params, "flops": pred.flops}
+    nnv, d = args.n_nonvocab_params, args.hidden_size
+
+    def choose(budget):
+        pred = scaling.predict_parametric(nnv, budget, d=d)
+        return max(minimum, int(round(pred.vocab / multiple)) * multiple), pred
+
+    vocab, pred = choose(flops if flops is not None or not tokens else 6 * (nnv + minimum * d) * tokens)
+    for _ in range(10 if flops is None and tokens else 0):  # the budget depends on V through N_v = V d
+        again, pred = choose(6 * (nnv + vocab * d) * tokens)
+        if again == vocab:
+            break
+        vocab = again
+    return {"vocab_size": vocab, "predicted_vocab": pred.vocab, "nnv": nnv, "flops": pred.flops}
 
 
 def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128, windows: int = 64) -> dict:
