@@ -48,6 +48,9 @@ class LMRunSpec:
         for name in ("seq_len", "batch_size", "eval_windows", "vocab_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        context = lm.preset_args(self.preset, 1, **self.model_overrides).max_position_embeddings
+        if not self.init_from and self.seq_len > context:
+            raise UserError(f"--seq-len {self.seq_len} is longer than the model's context ({context} tokens)")
         self.train.validate()
 
 
