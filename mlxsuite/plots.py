@@ -26,18 +26,17 @@ def pyplot():
     return plt
 
 
-FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def check_path(path) -> None:
-    """Fail before the work a plot comes after: matplotlib missing, a format it does not write, a folder that does
-    not exist, or a path that is a folder."""
+    """Fail before the work a plot comes after: matplotlib missing, not a .png, a folder that does not exist, or a
+    path that is a folder."""
     from pathlib import Path
 
     require_matplotlib()
     path = Path(path)
-    if path.suffix.lower() not in FORMATS:
-        raise UserError(f"--plot {path}: give a file name ending in {', '.join(FORMATS)}")
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--plot writes a PNG: give a file name ending in .png, got {path}")
     if path.is_dir():
         raise UserError(f"--plot {path} is a folder: give a file name")
     if not path.parent.resolve().is_dir():

@@ -251,7 +251,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def check_plot_path(path: Path) -> None:
-    """Fail before measuring: matplotlib missing, a format it does not write, or a folder that does not exist."""
+    """Fail before measuring: matplotlib missing, not a .png, or a folder that does not exist."""
     check_path(path)
 
 
