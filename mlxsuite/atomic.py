@@ -78,6 +78,10 @@ def write_text(path: Path, text: str) -> Path:
     return write_file(path, lambda tmp: tmp.write_text(text))
 
 
+def copy_file(src: Path, path: Path) -> Path:
+    return write_file(path, lambda tmp: shutil.copyfile(src, tmp))
+
+
 def write_json(path: Path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from . import store
+from . import atomic, store
 from .errors import UserError
 from .hf_tokenizer import TOKENIZER_FILES
 from .models import lm
@@ -262,7 +261,7 @@ def write_weights(
         del out
         mx.clear_cache()
     index = {"metadata": {"total_size": nbytes}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / INDEX_FILE).write_text(json.dumps(index, indent=4) + "\n")
+    atomic.write_text(folder / INDEX_FILE, json.dumps(index, indent=4) + "\n")
     return len(weight_map), nbytes, n
 
 
@@ -288,13 +287,13 @@ def shards_by_size(items: list[Item], nbytes: dict[str, int], limit: int = 2 << 
 
 
 def write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(path, obj)
 
 
 def copy_side_files(src: Path, dst: Path, names=SIDE_FILES) -> None:
     for name in names:
         if (src / name).is_file():
-            shutil.copy(src / name, dst / name)
+            atomic.copy_file(src / name, dst / name)
 
 
 def refuse_existing(out: Path, force: bool) -> None:

@@ -12,7 +12,6 @@ one onto `mlxsuite.models.lm` (Qwen2: q/k/v biases via `qkv_bias`; Qwen3: `qk_no
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -254,7 +253,7 @@ def from_hf(
         copied = copy_tokenizer_files(hf_dir, tmp)
         if "tokenizer.json" not in copied:
             if (hf_dir / TOKENIZER_FILE).is_file():  # a SentencePiece-only checkpoint: our Tokenizer reads it
-                shutil.copy(hf_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+                atomic.copy_file(hf_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
                 notes.append("no tokenizer.json: copied the SentencePiece tokenizer.model (no BOS is added)")
             else:
                 notes.append("the checkpoint has no tokenizer (tokenizer.json): the model has none")

@@ -102,10 +102,11 @@ def load_corpus(spec: str | None = None) -> Corpus:
     if not path.exists():
         raise UserError(f"corpus not found: {spec}")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in path.rglob("*")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise UserError(f"corpus folder {spec} has no files")
-        return _split([(str(p.relative_to(path)), _read_text(p)) for p in files], str(path))
+        return _split([(str(p.relative_to(path)), _read_text(p)) for p in files], str(path.resolve()))
     if path.suffix == ".jsonl":
         docs = []
         for i, line in enumerate(_read_text(path).splitlines()):
@@ -118,8 +119,8 @@ def load_corpus(spec: str | None = None) -> Corpus:
             if not isinstance(text, str):
                 raise UserError(f"{spec} line {i + 1}: 'text' must be a string")
             docs.append((f"{i}", text))
-        return _split(docs, str(path))
-    return _split(_chunks(_read_text(path), path.name), str(path))
+        return _split(docs, str(path.resolve()))
+    return _split(_chunks(_read_text(path), path.name), str(path.resolve()))
 
 
 # ---- token streams ----------------------------------------------------------------------------------------------
@@ -143,24 +144,52 @@ def encode_docs(tokenizer, docs: list[str], max_tokens: int | None = None) -> np
     return stream[:max_tokens] if max_tokens is not None else stream
 
 
+CACHE_LIMIT_BYTES = 1 << 30  # token streams kept on disk; the least recently used go first
+
+
 def token_stream(tokenizer, corpus: Corpus, split: str, max_tokens: int | None = None) -> np.ndarray:
-    """The split's token stream, cached on disk per (tokenizer, corpus, split, limit)."""
+    """The split's token stream, cached on disk per (tokenizer content, corpus, split, limit), at most
+    CACHE_LIMIT_BYTES of them."""
     docs = corpus.train if split == "train" else corpus.val
     tok_hash = hashlib.sha1(tokenizer.path.read_bytes()).hexdigest()[:16]
     path = _cache_dir() / f"{corpus.fingerprint}-{tok_hash}-{split}-{max_tokens or 'all'}.npy"
     if corpus.fingerprint and path.exists():
         try:
-            return np.load(path, allow_pickle=False)
+            stream = np.load(path, allow_pickle=False)
+            path.touch()  # recently used
+            return stream
         except (OSError, ValueError):
             pass
     stream = encode_docs(tokenizer, docs, max_tokens)
     if corpus.fingerprint:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_file(path, lambda tmp: np.save(tmp, stream))
+            prune_cache(path.parent, CACHE_LIMIT_BYTES, keep=path)
         except OSError:
             pass
     return stream
+
+
+def prune_cache(folder: Path, limit: int, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used `.npy` files of `folder` until the rest fit in `limit` bytes."""
+    entries = []
+    for p in Path(folder).glob("*.npy"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        entries.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, p in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if p == keep:
+            continue
+        p.unlink(missing_ok=True)
+        total -= size
+        removed.append(p)
+    return removed
 
 
 def chars_in(corpus: Corpus, split: str, tokenizer, stream_len: int) -> int:

@@ -22,6 +22,8 @@ from typing import Callable, Iterator, Optional
 
 import mlx.core as mx
 
+from .errors import UserError
+
 DEFAULT_PREFILL_STEP = {"cpu": 256, "gpu": 2048}
 
 Fill = Callable[[mx.array], list]  # writes a chunk (B, n) of prompt tokens into the prompt cache; returns what to eval
@@ -127,12 +129,24 @@ def generate_text(
 ) -> str:
     """Decode the continuation of `prompt`; keywords of `generate_tokens` (cache, fill, …) pass through."""
     ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
+    context = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    if context is not None and len(ids) + max_tokens > context:
+        raise UserError(f"the prompt ({len(ids)} tokens) and --max-tokens {max_tokens} exceed the model's context "
+                        f"({context} tokens): shorten the prompt or generate fewer tokens")
     tokens = generate_tokens(model, mx.array(ids), max_tokens, temperature, top_k, **kw)
-    return decode_stream(tokenizer, tokens, on_token)
+    return decode_stream(tokenizer, tokens, on_token, prompt_ids=ids)
 
 
-def decode_stream(tokenizer, tokens: Iterator[int], on_token: Optional[Callable[[str], None]] = None) -> str:
-    """Decode generated ids up to EOS; `on_token` receives each new piece of text as it appears."""
+PROMPT_TAIL = 8  # prompt tokens decoded with the completion, so a word boundary at the join keeps its space
+
+
+def decode_stream(tokenizer, tokens: Iterator[int], on_token: Optional[Callable[[str], None]] = None,
+                  prompt_ids: Optional[list] = None) -> str:
+    """Decode generated ids up to EOS; `on_token` receives each new piece of text as it appears. The ids are decoded
+    after the last prompt tokens and the new suffix taken: decoded alone, a first piece "▁word" would lose its
+    space (SentencePiece drops a leading one)."""
+    tail = list(prompt_ids or [])[-PROMPT_TAIL:]
+    skip = len(tokenizer.decode(tail)) if tail else 0
     out: list[int] = []
     shown = ""
     for token in tokens:
@@ -140,7 +154,7 @@ def decode_stream(tokenizer, tokens: Iterator[int], on_token: Optional[Callable[
             break
         out.append(token)
         if on_token is not None:
-            text = tokenizer.decode(out)
+            text = tokenizer.decode(tail + out)[skip:]
             on_token(text[len(shown) :])
             shown = text
-    return tokenizer.decode(out)
+    return tokenizer.decode(tail + out)[skip:]

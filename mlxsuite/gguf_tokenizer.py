@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from . import atomic
 from .errors import UserError
 
 MODELS = ("gpt2", "llama")
@@ -149,14 +150,16 @@ def write_tokenizer(metadata: dict, folder: Path) -> list[str]:
     folder = Path(folder)
     written = ["tokenizer.json", "tokenizer_config.json"]
     if meta["tokenizer.ggml.model"] == "gpt2":
-        bpe_tokenizer(meta).save(str(folder / "tokenizer.json"))
+        tk = bpe_tokenizer(meta)
+        atomic.write_file(folder / "tokenizer.json", lambda tmp: tk.save(str(tmp)))
         add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
     else:
-        (folder / "tokenizer.model").write_bytes(spm_proto(meta).SerializeToString())
+        proto = spm_proto(meta).SerializeToString()
+        atomic.write_file(folder / "tokenizer.model", lambda tmp: tmp.write_bytes(proto))
         spm_to_tokenizer_json(folder / "tokenizer.model", folder)
         tk = Tokenizer.from_file(str(folder / "tokenizer.json"))
         _bos_post_processor(tk, meta, default_add_bos=True)
-        tk.save(str(folder / "tokenizer.json"))
+        atomic.write_file(folder / "tokenizer.json", lambda tmp: tk.save(str(tmp)))
         add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", True))
         written.insert(0, "tokenizer.model")
     tokens = meta["tokenizer.ggml.tokens"]
@@ -177,7 +180,6 @@ def write_tokenizer(metadata: dict, folder: Path) -> list[str]:
         "model_max_length": 1_000_000_000,
         "chat_template": meta.get("tokenizer.chat_template"),
     }
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({k: v for k, v in config.items() if v is not None}, indent=2, ensure_ascii=False) + "\n"
-    )
+    atomic.write_text(folder / "tokenizer_config.json",
+                      json.dumps({k: v for k, v in config.items() if v is not None}, indent=2, ensure_ascii=False) + "\n")
     return written

@@ -12,10 +12,10 @@ exactly as SentencePiece does, so mlx-lm and transformers can open models traine
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Iterable
 
+from . import atomic
 from .errors import UserError
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -112,7 +112,7 @@ def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     copied = []
     for name in TOKENIZER_FILES:
         if (Path(src) / name).is_file():
-            shutil.copy(Path(src) / name, Path(dst) / name)
+            atomic.copy_file(Path(src) / name, Path(dst) / name)
             copied.append(name)
     return copied
 
@@ -143,7 +143,7 @@ def spm_to_tokenizer_json(model_file: Path, folder: Path) -> None:
     specials = [p.piece for p in proto.pieces if p.type in (2, 3)]
     tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     folder = Path(folder)
-    tk.save(str(folder / TOKENIZER_JSON))
+    atomic.write_file(folder / TOKENIZER_JSON, lambda tmp: tk.save(str(tmp)))
 
     spec = proto.trainer_spec
 
@@ -161,6 +161,5 @@ def spm_to_tokenizer_json(model_file: Path, folder: Path) -> None:
         "clean_up_tokenization_spaces": False,
         "model_max_length": 1_000_000_000,
     }
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({k: v for k, v in config.items() if v is not None}, indent=2) + "\n"
-    )
+    atomic.write_text(folder / "tokenizer_config.json",
+                      json.dumps({k: v for k, v in config.items() if v is not None}, indent=2) + "\n")

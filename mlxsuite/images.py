@@ -16,6 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from . import atomic
 from .errors import UserError
 
 CODEBOOK_FILE = "codebook.safetensors"
@@ -112,8 +113,8 @@ class ImageTokenizer:
         return np.clip(from_patches(self.codebook[codes], self.patch), 0.0, 1.0)
 
     def save(self, folder: Path) -> None:
-        mx.save_safetensors(str(Path(folder) / CODEBOOK_FILE), {"codebook": mx.array(self.codebook)},
-                            metadata={"size": str(self.size), "patch": str(self.patch)})
+        atomic.write_safetensors(Path(folder) / CODEBOOK_FILE, {"codebook": mx.array(self.codebook)},
+                                 metadata={"size": str(self.size), "patch": str(self.patch)})
 
     @classmethod
     def load(cls, folder: Path) -> "ImageTokenizer":
@@ -241,10 +242,7 @@ def save_png(image: np.ndarray, path: str | Path, scale: int = 8) -> Path:
 
     arr = (np.clip(image, 0, 1) * 255).astype(np.uint8)
     arr = np.kron(arr, np.ones((scale, scale), np.uint8))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr, mode="L").save(path)
-    return path
+    return atomic.write_file(Path(path), lambda tmp: Image.fromarray(arr, mode="L").save(tmp))
 
 
 def preview(image: np.ndarray) -> str:

@@ -35,7 +35,7 @@ from .errors import UserError
 from .generate import Fill, generate_step, prefill
 from .kvp import BASELINE_DIR, flops_reduction, load_pair, prompt_fill
 from .models import kv_prediction as kvm
-from .plots import pyplot
+from .plots import pyplot, save
 
 Tick = Optional[Callable[[str], None]]
 
@@ -274,5 +274,4 @@ def plot_kv_errors(result: dict, path: str) -> None:
     ax.set_title("KV Prediction error by depth")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

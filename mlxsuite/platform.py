@@ -98,19 +98,22 @@ def _openblas_shim() -> str | None:
     out = cache_dir() / f"libmlxsuite_openblas_{key}.so"
     if out.exists():
         return str(out)
+    from . import atomic
+
+    def compile_into(tmp: Path) -> None:
+        src = atomic.temp_path(out.with_suffix(".c"))
+        try:
+            src.write_text(_SHIM_SOURCE)
+            cmd = [compiler, "-O2", "-shared", "-fPIC", str(src), "-o", str(tmp), f"-L{lib_dir}",
+                   "-lscipy_openblas", f"-Wl,-rpath,{lib_dir}"]
+            if subprocess.run(cmd, capture_output=True, timeout=120).returncode != 0:
+                raise OSError("compiler failed")
+        finally:
+            src.unlink(missing_ok=True)
+
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        src = out.with_suffix(f".{os.getpid()}.c")
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        src.write_text(_SHIM_SOURCE)
-        cmd = [compiler, "-O2", "-shared", "-fPIC", str(src), "-o", str(tmp), f"-L{lib_dir}", "-lscipy_openblas",
-               f"-Wl,-rpath,{lib_dir}"]
-        ok = subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
-        src.unlink(missing_ok=True)
-        if not ok:
-            tmp.unlink(missing_ok=True)
-            return None
-        os.replace(tmp, out)
+        atomic.write_file(out, compile_into)
+        os.chmod(out, 0o755)
         return str(out)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -177,10 +180,9 @@ def _self_test(path: str) -> tuple[bool, str]:
     except (subprocess.TimeoutExpired, ValueError, KeyError, IndexError) as e:
         ok, detail = False, f"self-test failed: {e}"
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"ok": ok, "detail": detail, "library": path}))
-        os.replace(tmp, cache)
+        from . import atomic
+
+        atomic.write_text(cache, json.dumps({"ok": ok, "detail": detail, "library": path}))
     except OSError:
         pass
     return ok, detail

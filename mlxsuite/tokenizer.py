@@ -10,7 +10,9 @@ is its own piece, characters outside the 99.99 % most frequent map to <unk>, and
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -94,13 +96,11 @@ def train_tokenizer(
     chars = {}
     if not byte_fallback:
         chars = {"user_defined_symbols": ["\n"], "character_coverage": CHARACTER_COVERAGE_NO_FALLBACK}
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    prefix = out_file.with_name(f".{out_file.stem}.tmp{os.getpid()}")
+    model = io.BytesIO()  # trained in memory: no temporary path ends up in the model (trainer_spec.model_prefix)
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=_lines(texts, max_lines),
-            model_prefix=str(prefix),
+            model_writer=model,
             vocab_size=vocab_size,
             model_type="bpe",
             byte_fallback=byte_fallback,
@@ -118,10 +118,16 @@ def train_tokenizer(
             **chars,
         )
     except RuntimeError as e:
+        fits = re.search(r"value <= (\d+)", str(e))
+        if fits:
+            raise UserError(f"the corpus is too small for a vocabulary of {vocab_size}: it supports at most "
+                            f"{fits.group(1)} pieces, pass --vocab-size {fits.group(1)} or less") from None
+        needs = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+        if needs:
+            raise UserError(f"vocabulary size {vocab_size} is too small for this corpus: its characters alone need "
+                            f"{needs.group(1)} ids, pass --vocab-size {needs.group(1)} or more") from None
         raise UserError(f"tokenizer training failed at vocabulary size {vocab_size}: {str(e).splitlines()[0]}") from None
-    finally:
-        Path(f"{prefix}.vocab").unlink(missing_ok=True)
-    os.replace(f"{prefix}.model", out_file)
+    atomic.write_file(Path(out_file), lambda tmp: tmp.write_bytes(model.getvalue()))
     return Tokenizer(out_file)
 
 

@@ -7,7 +7,6 @@ training ends. `resume=True` continues from `run/checkpoint` with the spec saved
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -49,6 +48,9 @@ class LMRunSpec:
         for name in ("seq_len", "batch_size", "eval_windows", "vocab_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        context = lm.preset_args(self.preset, 1, **self.model_overrides).max_position_embeddings
+        if not self.init_from and self.seq_len > context:
+            raise UserError(f"--seq-len {self.seq_len} is longer than the model's context ({context} tokens)")
         self.train.validate()
 
 
@@ -70,7 +72,7 @@ def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus):
             src = store.resolve(spec.tokenizer) / "tokenizer.model"
         if not src.exists():
             raise UserError(f"{spec.tokenizer} has no SentencePiece tokenizer (tokenizer.model)")
-        shutil.copy(src, path)
+        Tokenizer(src).save(folder)
         return Tokenizer(path)
     return train_tokenizer(corpus.train, spec.vocab_size, path)
 
@@ -151,26 +153,44 @@ def train_lm(spec: LMRunSpec, resume: bool = False, force: bool = False, callbac
     return {**metrics, "folder": str(folder)}
 
 
-def auto_vocab_size(preset: str, flops: Optional[float] = None, multiple: int = 128, minimum: int = 512) -> dict:
+def auto_vocab_size(preset: str, flops: Optional[float] = None, multiple: int = 128, minimum: int = 512,
+                    tokens: Optional[int] = None) -> dict:
     """V for a preset from the vocabulary paper's approach 3 (parametric L_u fit) at its N_nv and width d, at a
-    training budget of `flops` (default: the paper's compute-optimal budget for that N_nv). Rounded to a multiple of
-    128 as in the paper's configs; at least `minimum` (byte fallback plus a useful merge table). The published fit
-    was made at 33M–3B non-vocabulary parameters, so for the tiny presets this is an extrapolation."""
+    training budget of `flops`, else of `tokens` training tokens (C = 6 (N_nv + V d) tokens, solved together with
+    V), else the paper's compute-optimal budget for that N_nv. Rounded to a multiple of 128 as in the paper's
+    configs; at least `minimum` (byte fallback plus a useful merge table). The published fit was made at 33M–3B
+    non-vocabulary parameters, so for the tiny presets this is an extrapolation."""
     from . import scaling
 
     if preset not in lm.PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(lm.PRESETS)}")
     args = lm.preset_args(preset, 1)
-    pred = scaling.predict_parametric(args.n_nonvocab_params, flops, d=args.hidden_size)
-    vocab = max(minimum, int(round(pred.vocab / multiple)) * multiple)
-    return {"vocab_size": vocab, "predicted_vocab": pred.vocab, "nnv": args.n_nonvocab_params, "flops": pred.flops}
+    nnv, d = args.n_nonvocab_params, args.hidden_size
+
+    def choose(budget):
+        pred = scaling.predict_parametric(nnv, budget, d=d)
+        return max(minimum, int(round(pred.vocab / multiple)) * multiple), pred
+
+    vocab, pred = choose(flops if flops is not None or not tokens else 6 * (nnv + minimum * d) * tokens)
+    for _ in range(10 if flops is None and tokens else 0):  # the budget depends on V through N_v = V d
+        again, pred = choose(6 * (nnv + vocab * d) * tokens)
+        if again == vocab:
+            break
+        vocab = again
+    return {"vocab_size": vocab, "predicted_vocab": pred.vocab, "nnv": nnv, "flops": pred.flops}
 
 
 def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128, windows: int = 64) -> dict:
-    """Validation metrics of a stored model on a corpus's validation split (default: the embedded corpus)."""
+    """Validation metrics of a stored model on a corpus's validation split (default: that of the corpus the model
+    was trained on, as its config records it; the embedded corpus for models trained elsewhere)."""
     model, tok, folder = store.load_model(name)
     if tok is None:
         raise UserError(f"{folder} has no tokenizer")
+    if corpus_spec is None:
+        corpus_spec = store.read_config(folder).get("mlxsuite", {}).get("corpus")
+        if corpus_spec not in (None, "stdlib") and not Path(corpus_spec).exists():
+            raise UserError(f"{folder} was trained on {corpus_spec}, which is gone: pass --corpus (stdlib: the "
+                            "embedded corpus)")
     corpus = data.load_corpus(corpus_spec)
     val = data.token_stream(tok, corpus, "val")
     w = data.eval_windows(val, seq_len, windows)

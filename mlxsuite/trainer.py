@@ -236,8 +236,19 @@ def _rewrite_metrics(path: Path, up_to_step: int) -> None:
     """On resume, drop log lines written after the checkpoint so the log reads as one uninterrupted run."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= up_to_step]
-    atomic.write_text(path, "".join(ln + "\n" for ln in keep))
+    keep = [r for r in _records(path.read_text()) if r.get("step", 0) <= up_to_step]
+    atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def _records(text: str) -> list[dict]:
+    """The log's records; a line cut short by a kill (appends are not atomic) is dropped."""
+    out = []
+    for ln in text.splitlines():
+        try:
+            out.append(json.loads(ln))
+        except ValueError:
+            continue
+    return out
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------------
@@ -359,5 +370,5 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return _records(path.read_text())
 

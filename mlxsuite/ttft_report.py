@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import atomic
-from .errors import UserError
-from .plots import pyplot, require_matplotlib
+from .plots import check_path, pyplot, save
 
 FORMATS = ("table", "md", "csv", "json", "jsonl")
 
@@ -254,11 +252,7 @@ def _plural(n: int, word: str) -> str:
 
 def check_plot_path(path: Path) -> None:
     """Fail before measuring: matplotlib missing, not a .png, or a folder that does not exist."""
-    require_matplotlib()
-    if Path(path).suffix.lower() != ".png":
-        raise UserError(f"--plot writes a PNG: give a file name ending in .png, got {path}")
-    if not Path(path).parent.resolve().is_dir():
-        raise UserError(f"--plot: folder {Path(path).parent} does not exist")
+    check_path(path)
 
 
 def plot(recs: list[dict], path: Path) -> None:
@@ -289,7 +283,4 @@ def plot(recs: list[dict], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    try:
-        atomic.write_file(Path(path), lambda tmp: fig.savefig(tmp, dpi=120))
-    finally:
-        plt.close(fig)
+    save(fig, path)

@@ -174,7 +174,7 @@ def test_fit_compression(capsys, small_corpus, tmp_path):
         (["--sizes", "512,x"], "comma-separated"),
         (["--sizes", "100,512,1024"], "too small"),
         # byte fallback (256) + special pieces + every distinct character must fit in the vocabulary
-        (["--sizes", "320,512,1024"], "tokenizer training failed at vocabulary size 320"),
+        (["--sizes", "320,512,1024"], "vocabulary size 320 is too small"),
         (["--sizes", "512,768,1024", "--save", "/nonexistent/dir/f.json"], "does not exist"),
         (["--sizes", "512,768,1024", "--corpus", "/nonexistent/corpus.txt"], "corpus not found"),
     ],

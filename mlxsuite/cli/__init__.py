@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 
 import typer
 
@@ -51,28 +54,55 @@ def _is(exc: BaseException, name: str) -> bool:
     return any(c.__name__ == name for c in type(exc).__mro__)
 
 
+def _rank() -> int:
+    """This process's rank under `mlx.launch` (which sets MLX_RANK), 0 alone."""
+    try:
+        return int(os.environ.get("MLX_RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _exit_quietly(code: int) -> None:
+    """Another rank than 0 leaves the message to rank 0, which checks the same things: it waits a moment first,
+    because mlx.launch stops the remaining ranks as soon as one exits with an error."""
+    time.sleep(RANK_EXIT_DELAY)
+    sys.exit(code)
+
+
+RANK_EXIT_DELAY = 2.0
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: bad input is one line on stderr and exit code 2, never a traceback."""
+    """Entry point: bad input is one line on stderr and exit code 2, never a traceback. Under `mlx.launch` only
+    rank 0 prints it; every rank exits with the same status."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="mlxsuite")
     except UserError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(2, f"[red]error:[/red] {e}")
     except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        _fail(130, "interrupted")
     except Exception as e:
         if _is(e, "NoArgsIsHelpError"):
             print(e.ctx.get_help())
             sys.exit(0)
         if _is(e, "UsageError"):
-            err.print(f"[red]error:[/red] {' '.join(e.format_message().split())}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            _fail(2, f"[red]error:[/red] {' '.join(e.format_message().split())}")
         if _is(e, "Exit"):
-            sys.exit(e.exit_code)
-        if _is(e, "Abort"):
-            err.print("interrupted")
-            sys.exit(130)
-        raise
+            rv = e.exit_code
+        elif _is(e, "Abort"):
+            _fail(130, "interrupted")
+        else:
+            raise
+    if rv == 130:  # typer turns a KeyboardInterrupt inside a command into exit status 130, silently
+        _fail(130, "interrupted")
     if isinstance(rv, int) and rv:
         sys.exit(rv)
+
+
+def _fail(code: int, message: str) -> None:
+    """One line on stderr (from rank 0 only under mlx.launch) and exit `code`."""
+    if _rank() != 0:
+        _exit_quietly(code)
+    err.print(message, highlight=False, soft_wrap=True)
+    sys.exit(code)

@@ -104,7 +104,7 @@ def positive(name: str, value: float | int | None) -> None:
         raise UserError(f"{name} must be a positive number, got {value}")
 
 
-def generation_prompt(prompt: str, max_tokens: int, temperature: float) -> str:
+def generation_prompt(prompt: str, max_tokens: int, temperature: float, top_k: int = 0) -> str:
     """Check the sampling options shared by the generate commands; '-' reads the prompt from stdin."""
     import sys
 
@@ -112,6 +112,8 @@ def generation_prompt(prompt: str, max_tokens: int, temperature: float) -> str:
         raise UserError(f"max-tokens must be positive, got {max_tokens}")
     if temperature < 0:
         raise UserError(f"temperature must be >= 0, got {temperature}")
+    if top_k < 0:
+        raise UserError(f"top-k must be >= 0 (0: all tokens), got {top_k}")
     return sys.stdin.read() if prompt == "-" else prompt
 
 

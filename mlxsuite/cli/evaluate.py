@@ -14,7 +14,8 @@ from .common import err, model_argument, out, positive, print_json
 def evaluate(
     model: str = model_argument(),
     corpus: Optional[str] = typer.Option(
-        None, "--corpus", help="Text file, folder or JSONL (default: the Python stdlib)."),
+        None, "--corpus", help="Text file, folder or JSONL, or 'stdlib' (default: the corpus the model was trained on, as its "
+        "config records it; else the Python stdlib)."),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per validation window."),
     windows: int = typer.Option(64, "--windows", help="Validation windows of seq-len tokens."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (tokens, ce, ppl, bpc, lu)."),

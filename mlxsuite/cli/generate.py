@@ -27,7 +27,7 @@ def generate(
     """Generate a continuation of a prompt."""
     import mlx.core as mx
 
-    prompt = generation_prompt(prompt, max_tokens, temperature)
+    prompt = generation_prompt(prompt, max_tokens, temperature, top_k)
     kw = {}
     if kvp is not None:
         from ..kvp import load_pair, prompt_fill
@@ -43,11 +43,17 @@ def generate(
     if tok is None:
         raise UserError(f"{folder} has no tokenizer")
     mx.random.seed(seed)
-    stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-    if stream:
-        sys.stdout.write(prompt)
-    text = generate_text(m, tok, prompt, max_tokens, temperature, top_k, on_token=stream, **kw)
+    started = []  # the prompt is echoed with the first token, after generate_text has checked its input
+
+    def stream(piece: str) -> None:
+        if not started:
+            sys.stdout.write(prompt)
+            started.append(True)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    text = generate_text(m, tok, prompt, max_tokens, temperature, top_k, on_token=None if json_out else stream, **kw)
     if json_out:
         print_json({"model": str(folder), "prompt": prompt, "completion": text})
     else:
-        sys.stdout.write("\n")
+        sys.stdout.write(("" if started else prompt) + "\n")

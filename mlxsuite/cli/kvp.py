@@ -7,7 +7,7 @@ from typing import Literal, Optional
 import typer
 
 from .. import platform
-from ..plots import require_matplotlib
+from ..plots import check_path
 from ..errors import UserError
 from .common import Device, device_option, out, print_json, run_training, train_options
 
@@ -87,7 +87,7 @@ def evaluate(
 
     platform.set_device(device)
     if plot:
-        require_matplotlib()
+        check_path(plot)
     result = evaluate_kvp(kvp_dir, corpus, prompt_len, cont_len, samples, agree_tokens, code, seed)
     if plot:
         plot_kv_errors(result, plot)

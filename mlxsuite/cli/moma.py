@@ -133,16 +133,22 @@ def compare(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ):
     """Train each variant at the same FLOPs budget and report losses, η (overall/text/image) and throughput."""
-    from ..moma.compare import compare as run_compare
+    from ..moma.compare import compare as run_compare, plot_curves
+    from ..plots import check_path
 
     positive("flops", flops)
+    if plot:
+        check_path(plot)
     names = [v.strip() for v in variants.split(",") if v.strip()]
     base = dict(preset=preset, seq_len=seq_len, batch_size=batch_size, text_tokens=text_tokens, corpus=corpus,
                 images=images, captions=captions,
                 train=dict(lr=lr, schedule=lr_schedule, min_lr_ratio=min_lr_ratio, compile=compile, warmup=10))
     with _Progress(quiet=quiet or json_out, label="compare") as progress:
-        result = run_compare(names, flops, prefix=prefix, base=base, callback=progress, plot=plot)
+        result = run_compare(names, flops, prefix=prefix, base=base, callback=progress)
     if json_out:
+        if plot:
+            plot_curves(result["curves"], plot)
+            result["plot"] = plot
         print_json({k: v for k, v in result.items()})
         return
     from rich.table import Table
@@ -170,7 +176,8 @@ def compare(
               "budget (η < 1). "
               "Validation losses: expert choice over the batch (non-causal) and auxiliary routers (causal).",
               soft_wrap=True)
-    if plot:
+    if plot:  # after the table: a failing plot cannot lose it
+        plot_curves(result["curves"], plot)
         out.print(f"plot: {plot}")
 
 
@@ -189,6 +196,8 @@ def generate(
     from ..moma.generate import generate_image
 
     positive("scale", scale)
+    if temperature < 0:
+        raise UserError(f"temperature must be >= 0, got {temperature}")
     result = generate_image(run, prompt, temperature=temperature, seed=seed)
     path = save_png(result["image"], out_file, scale=scale)
     if json_out:

@@ -41,10 +41,19 @@ def train(
     """Train a model. Launch data-parallel runs with `mlx.launch -n 2 -- mlxsuite train …`."""
     platform.set_device(run.device)
     positive("flops", flops)
+    for source, ignored in (("init_from", ("preset", "vocab_size", "tokenizer")), ("tokenizer", ("vocab_size",))):
+        both = [f"--{n.replace('_', '-')}" for n in ignored if n in run.given]
+        if locals()[source] is not None and both:
+            raise UserError(f"--{source.replace('_', '-')} fixes what {' and '.join(both)} would set: drop "
+                            f"{'them' if len(both) > 1 else 'it'}")
+    if flops is not None and vocab_size != "auto":
+        raise UserError("--flops only applies to --vocab-size auto")
     if vocab_size == "auto":
-        choice = auto_vocab_size(preset, flops)
+        tokens = train.steps * batch_size * seq_len
+        choice = auto_vocab_size(preset, flops, tokens=tokens)
+        budget = "--flops" if flops is not None else f"{tokens:,} tokens: --steps × --batch-size × --seq-len"
         err.print(f"vocab-size auto: V = {choice['vocab_size']} (approach 3 predicts {choice['predicted_vocab']} for "
-                  f"N_nv = {choice['nnv']:,} at {choice['flops']:.3g} FLOPs)")
+                  f"N_nv = {choice['nnv']:,} at {choice['flops']:.3g} FLOPs, {budget})")
         vocab = choice["vocab_size"]
     else:
         try:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from .. import scaling
 from ..errors import UserError
+from ..plots import check_path
 from .common import Progress, err, out, parse_int_list, positive, print_json
 
 
@@ -229,8 +230,8 @@ def sweep(
     )
     settings = sw.SweepSettings(corpus=corpus, seq_len=seq_len, batch_size=batch_size, lr=lr, seed=seed,
                                 eval_chars=eval_chars)
-    if plot is not None and not plot.parent.is_dir():
-        raise UserError(f"cannot write {plot}: folder {plot.parent} does not exist")
+    if plot is not None:
+        check_path(plot)
     if dry_run:
         plans = sw.plan_runs(grid, settings)
         est = sw.estimate_seconds(plans)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import flops, store, trainer
 from ..errors import UserError
-from ..plots import pyplot
+from ..plots import check_path, pyplot, save
 from .data import build_data, load_assets, load_sources, prepare_assets
 from .spec import MomaRunSpec, model_args, paper_schedule, parse_variant
 from .train import train_moma, train_routers
@@ -98,6 +98,8 @@ def compare(variants: list[str], flops_budget: float, prefix: str = "moma-compar
     η (§4.2): dense's final training loss L* (the smoothed curve's end point, see `smooth`); the FLOPs t* at which
     a variant's smoothed training-loss curve first reaches L*; η = dense FLOPs / t*. Every variant sees the same
     batches step by step. `eta_val` is the same on the validation curves (expert-choice routing)."""
+    if plot:
+        check_path(plot)
     callback = callback or (lambda event, info: None)
     for v in variants:
         parse_variant(v)
@@ -192,5 +194,4 @@ def plot_curves(curve_map: dict, path: str) -> None:
         ax.set_ylabel("loss")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)

@@ -10,13 +10,12 @@ as the per-token modality index (§3.3: modality indices from the host).
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .. import data, store
+from .. import atomic, data, store
 from ..errors import UserError
 from ..images import ImageSet, ImageTokenizer, load_images
 from ..tokenizer import Tokenizer, train_tokenizer
@@ -146,7 +145,7 @@ def prepare_assets(spec: MomaRunSpec, folder: Path, imageset: ImageSet, corpus: 
             if not (src / name).exists():
                 raise UserError(f"{src} has no {name} to reuse")
             if not (folder / name).exists():
-                shutil.copy(src / name, folder / name)
+                atomic.copy_file(src / name, folder / name)
     if not (folder / "tokenizer.model").exists():
         # captions make about a tenth of the sampled lines, so their words become pieces
         uniq = sorted({c for cs in imageset.captions for c in cs})

@@ -222,7 +222,7 @@ def train_routers(name: str, steps: Optional[int] = None, callback: Optional[Cal
         if steps is not None and steps <= 0:
             raise UserError(f"steps must be a positive integer, got {steps}")
         rspec = trainer.open_run(folder / "routers", RouterRunSpec(str(folder), router_config(spec, steps)), resume,
-                                 force, group).spec
+                                 force, group, given=("steps",) if steps is not None else ()).spec
         model.only_aux_trainable()
         batches = MixedBatches(train_data, spec.batch_size, spec.seed + 1, rank, size)
         trainer.train(model, router_loss, batches, rspec.train, folder / "routers" / "run", callback=callback,

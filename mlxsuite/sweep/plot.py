@@ -7,18 +7,16 @@ from pathlib import Path
 import numpy as np
 
 from .. import scaling
-from ..errors import UserError
-from ..plots import pyplot
+from ..plots import check_path, pyplot, save
 
 
 def plot_sweep(doc: dict, path: str | Path) -> Path:
     """Left: L_u against V for every budget (colour) and preset (marker), the fitted parabolas and their optima.
     Right: the optimal V against compute: measured (lowest point per budget), approaches 1-3 fitted on the runs,
     and the paper's published approach 3 at the swept presets' size (dotted)."""
+    check_path(path)
     plt = pyplot()
     path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
     analysis = doc["analysis"]
     runs = list(doc["runs"].values()) if isinstance(doc["runs"], dict) else doc["runs"]
     names = {p["name"] for p in doc["plan"]}
@@ -75,6 +73,5 @@ def plot_sweep(doc: dict, path: str | Path) -> Path:
     ax2.set_title("Optimal vocabulary against compute (shaded: trained V range)")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path

@@ -88,6 +88,7 @@ def run_sweep(
         raise UserError(f"{folder} holds a sweep with other settings ({diff}): use another --out or pass --force")
     if doc is None and folder.exists() and any(folder.iterdir()):
         raise UserError(f"{folder} exists and is not a sweep: use another --out or pass --force")
+    corpus = load_corpus(settings.corpus) if doc is None else None  # a new sweep checks its corpus before writing
     folder.mkdir(parents=True, exist_ok=True)
     doc = doc or {"format": FORMAT, "settings": asdict(settings), "tokenizers": {}, "runs": {}}
     doc["grid"] = asdict(grid)
@@ -109,7 +110,7 @@ def run_sweep(
         _save(folder, doc)
         callback("shared_tokenizer", info)
 
-    train_tokenizers(lambda: load_corpus(settings.corpus), vocabs,
+    train_tokenizers(lambda: corpus or load_corpus(settings.corpus), vocabs,
                      lambda v: _tokenizer_path(folder, v), byte_fallback=False, known=known, callback=shared)
 
     for i, plan in enumerate(plans):
