@@ -54,6 +54,14 @@ def test_quickstart_tables_and_reuse(small_corpus, monkeypatch):
     third = run_quickstart(cfg, callback=lambda e, i: events.append((e, i)))
     assert [i["reused"] for e, i in events if e == "stage"] == [True, True, True, False]
     assert [row["prompt_tokens"] for row in third["ttft"]["table"]] == [16]
+    # --model: the same pipeline on a model the user brings (here the base just trained): nothing trains a base,
+    # the pair is built on that model's weights (its predictor from the identity, as `quickstart --model` does)
+    events.clear()
+    mine = QuickstartConfig(**{**cfg.__dict__, "name": "mine", "model": r["base"]["folder"], "predictor_init": "identity"})
+    theirs = run_quickstart(mine, callback=lambda e, i: events.append((e, i)))
+    assert [i["reused"] for e, i in events if e == "stage"] == [True, False, False, False]
+    assert theirs["base"]["params"] == r["base"]["params"] and theirs["kvp"]["folder"] != r["kvp"]["folder"]
+    assert theirs["quality"]["methods"]["base"]["continuation_ce"] == q["methods"]["base"]["continuation_ce"]
 
 
 def test_quickstart_cli_json(small_corpus, monkeypatch, capsys):
