@@ -33,4 +33,7 @@ for name in smollm2-kvp-id smollm2-kvp smollm2-kvp-id-lc0; do
 done
 mlxsuite bench ttft smollm2 --kvp smollm2-kvp-id -p 128,512,1024,2048 -r 3 -g 16 -o json > "$out/ttft.json"
 mlxsuite bench ttft smollm2 --kvp smollm2-kvp-id -p 128,512,1024,2048 -r 3 -o md > "$out/ttft.md"
-echo "results in $out/"
+py="$(dirname "$(command -v mlxsuite)")/python"
+"$py" "$here/../benchmarks/kvp_table5.py" --ttft "$out/ttft.json" "identity init=$out/smollm2-kvp-id-eval.json" \
+  "identity init, λ_C = 0=$out/smollm2-kvp-id-lc0-eval.json" "default init=$out/smollm2-kvp-eval.json" > "$out/table5.md"
+echo "results in $out/ (table5.md: TTFT against quality)"

@@ -14,7 +14,7 @@ class QuickstartProgress(TrainProgress):
     """The trainer's bars and lines (TrainProgress), plus a line per stage and a bar per measurement, on stderr."""
 
     def __init__(self, quiet: bool = False):
-        super().__init__(quiet=quiet, label="progress")
+        super().__init__(quiet=quiet, label="train")
         self.measure_task = None
 
     def __call__(self, event: str, info: dict) -> None:
@@ -26,7 +26,7 @@ class QuickstartProgress(TrainProgress):
                 self.started = True
             state = " [green](done before: reused)[/green]" if info["reused"] else ""
             stage = f"[bold cyan]stage {info['index']}/{info['total']}[/bold cyan]"
-            self.progress.console.print(f"{stage} {info['title']}{state}")
+            self.progress.console.print(f"{stage} {info['title']}{state}", soft_wrap=True)
             self.measure_task = None
         elif event == "measure":
             if self.measure_task is None:
