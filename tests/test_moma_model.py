@@ -191,7 +191,7 @@ def test_mod_gathered_attention_matches_masked_full_attention():
     sel[np.array(sel_idx)] = True
     allowed = np.tril(np.ones((L, L), bool))[None] & sel.reshape(B, L)[:, None, :]
     full = attn(x, mx.array(np.where(allowed, 0.0, -1e9)[:, None].astype(np.float32))).reshape(B * L, D)[sel_idx]
-    gathered = mm.attend_selected(attn, x.reshape(B * L, D)[sel_idx], sel_idx // L, sel_idx % L)
+    gathered = mm.attend_selected(attn, x.reshape(B * L, D)[sel_idx], sel_idx // L, sel_idx % L, L)
     assert mx.allclose(full, gathered, atol=1e-5).item()
 
 
@@ -383,3 +383,34 @@ def test_parse_variant_and_errors():
     args = tiny_args(text_experts=3)
     with pytest.raises(UserError, match="does not divide"):
         mspec.check_divisible(args, rows=4, seq_len=16, image_tokens_per_row=8)  # 32 text tokens over 3 experts
+
+
+@pytest.mark.parametrize("B,L,fraction", [(16, 128, 0.25), (3, 200, 0.5), (5, 40, 0.3)])
+def test_mod_attention_band_equals_the_whole_selection(B, L, fraction):
+    """MoD attention in bands of query chunks (a token's row-mates lie within L − 1 flat places) = the k × k masked
+    attention over the whole selection, values and gradients; small selections take the k × k path itself."""
+    import numpy as np
+
+    from mlxsuite.models import lm
+    from mlxsuite.models.moma import attend_selected
+
+    args = lm.ModelArgs(hidden_size=64, num_hidden_layers=1, intermediate_size=96, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=100)
+    attn = lm.Attention(args)
+    mx.eval(attn.parameters())
+    n = int(B * L * fraction)
+    sel = mx.array(np.sort(np.random.default_rng(B).choice(B * L, n, replace=False)).astype(np.uint32))
+    rows, pos = sel // L, sel % L
+    xs = mx.random.normal((n, 64), key=mx.random.key(L))
+
+    def whole(x):
+        q, k, v = attn.project(x[:, None])
+        q, k = attn.finish_queries(q, pos), attn.finish_keys(k, pos)
+        q, k, v = (t.transpose(2, 1, 0, 3) for t in (q, k, v))
+        allowed = (rows[:, None] == rows[None]) & (pos[:, None] >= pos[None])
+        return attn.attend(q, k, v, mx.where(allowed, 0.0, -1e9))[0]
+
+    banded = lambda x: attend_selected(attn, x, rows, pos, L)  # noqa: E731
+    np.testing.assert_allclose(np.array(banded(xs)), np.array(whole(xs)), atol=1e-5)
+    g = [mx.grad(lambda x: (f(x) * mx.sin(x[:, :1])).sum())(xs) for f in (banded, whole)]
+    np.testing.assert_allclose(np.array(g[0]), np.array(g[1]), atol=1e-5)

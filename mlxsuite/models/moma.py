@@ -86,16 +86,40 @@ def mod_matched_layers(dense_layers: int, mod_capacity: float = 0.25) -> int:
     return best
 
 
-def attend_selected(attn: lm.Attention, xs: mx.array, rows: mx.array, pos: mx.array) -> mx.array:
+BAND = 64  # query chunk of the banded MoD attention
+
+
+def attend_selected(attn: lm.Attention, xs: mx.array, rows: mx.array, pos: mx.array, span: int) -> mx.array:
     """Self-attention over a MoD layer's selected tokens only, gathered flat: xs (k, D) sorted by (row, position).
     Each token attends to the selected tokens of its own row at positions <= its own, with RoPE at its original
     position. The pieces of `lm.Attention`, with each token as a one-token sequence so that every one gets its own
-    RoPE offset, then the k tokens as one sequence under a (row, causal) mask."""
+    RoPE offset. A token's earlier row-mates lie at most `span` − 1 places before it (span: the row length), so
+    chunks of BAND queries attend to a band of BAND + span − 1 keys under a (row, causal) mask, not all k: the k × k
+    scores of the whole selection were as many as a full layer's attention, and cost MoD most of its overhead."""
     q, k, v = attn.project(xs[:, None])  # (k, heads, 1, head_dim)
     q, k = attn.finish_queries(q, pos), attn.finish_keys(k, pos)
-    q, k, v = (t.transpose(2, 1, 0, 3) for t in (q, k, v))  # (1, heads, k, head_dim)
-    allowed = (rows[:, None] == rows[None]) & (pos[:, None] >= pos[None])
-    return attn.attend(q, k, v, mx.where(allowed, 0.0, -1e9).astype(xs.dtype))[0]
+    n, C, W = xs.shape[0], BAND, span - 1
+    chunks = -(-n // C)
+    if chunks * C * (C + W) >= n * n:  # the band would not be smaller: one k × k attention
+        q, k, v = (t.transpose(2, 1, 0, 3) for t in (q, k, v))  # (1, heads, k, head_dim)
+        allowed = (rows[:, None] == rows[None]) & (pos[:, None] >= pos[None])
+        return attn.attend(q, k, v, mx.where(allowed, 0.0, -1e9).astype(xs.dtype))[0]
+    q, k, v = (t[:, :, 0] for t in (q, k, v))  # (k, heads, head_dim)
+    rows, pos = rows.astype(mx.int32), pos.astype(mx.int32)
+    tail = chunks * C - n  # queries padded at the end (row −2: attend to nothing real, dropped)
+    q = mx.concatenate([q, mx.zeros((tail,) + q.shape[1:], q.dtype)])
+    q_rows = mx.concatenate([rows, mx.full((tail,), -2, mx.int32)]).reshape(chunks, C)
+    q_pos = mx.concatenate([pos, mx.zeros((tail,), mx.int32)]).reshape(chunks, C)
+    front = lambda t, fill: mx.concatenate([mx.full((W,) + t.shape[1:], fill, t.dtype), t])  # noqa: E731
+    band = mx.arange(chunks)[:, None] * C + mx.arange(C + W)[None]  # (chunks, C + W) into the W-padded keys
+    window = mx.minimum(band, n + W - 1)  # the last chunk's band stops at the last key (its extra slots repeat it)
+    k_rows, k_pos = front(rows, -1)[window], front(pos, 0)[window]
+    kw, vw = (front(t, 0)[window].transpose(0, 2, 1, 3) for t in (k, v))  # (chunks, kv heads, C + W, head_dim)
+    allowed = (q_rows[:, :, None] == k_rows[:, None]) & (q_pos[:, :, None] >= k_pos[:, None])
+    allowed = allowed & (band < n + W)[:, None]  # a repeated last key counts once
+    qc = q.reshape(chunks, C, *q.shape[1:]).transpose(0, 2, 1, 3)  # (chunks, heads, C, head_dim)
+    out = attn.attend(qc, kw, vw, mx.where(allowed, 0.0, -1e9)[:, None].astype(xs.dtype))
+    return out.reshape(chunks * C, -1)[:n]
 
 
 class MoDCache(KVCache):
@@ -178,7 +202,7 @@ class Block(nn.Module):
                 ctx.routes.append(sel)
         # only the k_d selected tokens run: attention among them (same row, causal), then the FFN
         xs = x.reshape(N, D)[sel_idx]
-        hs = xs + attend_selected(self.self_attn, self.input_layernorm(xs), sel_idx // L, sel_idx % L)
+        hs = xs + attend_selected(self.self_attn, self.input_layernorm(xs), sel_idx // L, sel_idx % L, L)
         sub = replace(ctx, is_image=ctx.is_image[sel_idx])
         ys = hs + self.ffn(self.post_attention_layernorm(hs), sub, None, self.group_counts(ctx, k_d, N))
         upd = (r[sel_idx][:, None] * (ys - xs)).astype(x.dtype)
