@@ -28,7 +28,7 @@ def main() -> None:
         return [f"{by[(mode, n)]['ttft_reduction_vs_base']:.2f}×" for n in lengths]
 
     head = ["method", "runs as"] + [f"TTFT red. {n}" for n in lengths] + [
-        f"FLOPs red. {lengths[-1]}", "cont. CE", "first-token acc.", "agree (tokens)", "agree (exact)", "code EM"]
+        f"FLOPs red. {lengths[-1]}", "cont. CE", "first-token acc.", "agree (tokens)", "agree (exact)", "same prefix", "code EM"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join([":---", ":---"] + ["---:"] * (len(head) - 2)) + "|")
 
@@ -36,7 +36,9 @@ def main() -> None:
         flops = by[(mode, lengths[-1])]["flops_reduction_vs_base"]
         cells = [label, mode] + ttft_cells(mode) + [f"{flops:.2f}×", f"{m['ce']:.3f}", f"{100 * m['first_acc']:.1f} %",
                                                    f"{100 * m['agree_token_match']:.1f} %",
-                                                   f"{100 * m['agree_exact']:.1f} %", f"{100 * m['code_em']:.1f} %"]
+                                                   f"{100 * m['agree_exact']:.1f} %",
+                                                   f"{m['agree_prefix']:.2f}" if "agree_prefix" in m else "–",
+                                                   f"{100 * m['code_em']:.1f} %"]
         print("| " + " | ".join(cells) + " |")
 
     first_label, first = evals[0]

@@ -103,8 +103,9 @@ def greedy(m: Method, prompts: mx.array, n_tokens: int) -> np.ndarray:
 
 
 def agreement(ms: list[Method], prompts: np.ndarray, n_tokens: int, batch_size: int = 8, tick: Tick = None) -> dict:
-    """Per method: token-level match rate and exact-match rate of its greedy continuation of N tokens against the
-    base's own (the first method is the base: its rates are 1 by construction)."""
+    """Per method: token-level match rate, exact-match rate and the mean number of leading tokens equal (before the
+    first divergence) of its greedy continuation of N tokens against the base's own (the first method is the base:
+    its rates are 1 and its prefix N by construction)."""
     match = {m.name: [] for m in ms}
     for i in range(0, len(prompts), batch_size):
         batch = mx.array(prompts[i : i + batch_size])
@@ -115,8 +116,12 @@ def agreement(ms: list[Method], prompts: np.ndarray, n_tokens: int, batch_size: 
             match[m.name].append(out == ref)
             if tick:
                 tick(f"agreement, {m.name}")
-    return {k: {"token_match": float(np.concatenate(v).mean()), "exact": float(np.concatenate(v).all(axis=1).mean())}
-            for k, v in match.items()}
+    scores = {}
+    for k, v in match.items():
+        same = np.concatenate(v)
+        scores[k] = {"token_match": float(same.mean()), "exact": float(same.all(axis=1).mean()),
+                     "prefix": float(np.cumprod(same, axis=1).sum(axis=1).mean())}  # tokens before the first miss
+    return scores
 
 
 @dataclass

@@ -328,7 +328,7 @@ def test_agreement_counts_matching_tokens_by_hand():
     from mlxsuite import kvp_eval
 
     outputs = {"base": np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), "copy": np.array([[1, 2, 3, 4], [5, 6, 7, 8]]),
-               "half": np.array([[1, 2, 9, 9], [5, 6, 7, 8]])}
+               "half": np.array([[1, 2, 9, 9], [5, 6, 7, 8]]), "late": np.array([[0, 2, 3, 4], [5, 6, 7, 0]])}
     real = kvp_eval.greedy
     kvp_eval.greedy = lambda m, prompts, n: outputs[m.name]
     try:
@@ -336,8 +336,9 @@ def test_agreement_counts_matching_tokens_by_hand():
         r = kvp_eval.agreement(ms, np.zeros((2, 3), np.int32), 4)
     finally:
         kvp_eval.greedy = real
-    assert r["copy"] == {"token_match": 1.0, "exact": 1.0}
-    assert r["half"] == {"token_match": 6 / 8, "exact": 0.5}
+    assert r["copy"] == {"token_match": 1.0, "exact": 1.0, "prefix": 4.0}
+    assert r["half"] == {"token_match": 6 / 8, "exact": 0.5, "prefix": (2 + 4) / 2}
+    assert r["late"] == {"token_match": 6 / 8, "exact": 0.0, "prefix": (0 + 3) / 2}  # same match rate, diverges earlier
 
 
 def test_code_samples_cut_lines_after_punctuation_never_in_whitespace():

@@ -99,14 +99,15 @@ def evaluate(
     table = Table(title=f"KV Prediction: {result['kvp']} ({result['samples']} prompts of {prompt_len} tokens)")
     columns = [("method", None), (f"CE next {cont_len}", "ce"), ("first-token acc", "first_acc"),
                (f"agree {agree_tokens} tok", "agree_token_match"), ("agree exact", "agree_exact"),
-               (f"code EM ({result['code_samples']})", "code_em")]
+               ("same prefix", "agree_prefix"), (f"code EM ({result['code_samples']})", "code_em")]
     columns = [(title, key) for title, key in columns if key is None or any(key in d for d in result["methods"].values())]
     for title, _ in columns + [("prefill FLOPs", None), ("FLOPs red.", None)]:
         table.add_column(title, justify="left" if title == "method" else "right")
     base_f = fl["prefill_flops"]["base"]
     for m, d in result["methods"].items():
         f = fl["prefill_flops"]["kvp" if m == "kvp" else "base" if m == "base" else "aux"]
-        cells = [f"{d[key]:.4f}" if key == "ce" else f"{d[key]:.3f}" for _, key in columns[1:]]
+        cells = [f"{d[key]:.4f}" if key == "ce" else f"{d[key]:.2f}" if key == "agree_prefix" else f"{d[key]:.3f}"
+                 for _, key in columns[1:]]
         table.add_row(m, *cells, f"{f:.3g}", f"{base_f / f:.2f}×")
     out.print(table)
     out.print(f"parameter ratio base/aux (the paper's FLOPs reduction): {fl['param_ratio']:.2f}×")
