@@ -29,7 +29,7 @@ def doctor(
         ("OS", f"{info['os']} {info['os_version']} (kernel {info['kernel']}, {info['machine']})"),
         ("device", f"{info['device']}: {info['chip']}{memory}, {info['cpu_count']} cores; default dtype "
                    f"{info['default_dtype']}"),
-        ("BLAS", f"{info['blas_name']}" + (f", {info['blas_threads']} threads" if info["blas_threads"] else "")
+        ("BLAS", f"{info['blas_name']}" + (f", {_threads(info['blas_threads'])}" if info["blas_threads"] else "")
                  + f": {blas['library']} ({blas['status']}) {blas['detail']}"),
         ("mx.compile", "compiler found" if info["compile_compiler"] else "no C++ compiler: compiled code runs unfused"),
         ("distributed", ", ".join(info["distributed_backends"]) or "none"),
@@ -45,3 +45,11 @@ def doctor(
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
+
+
+def _threads(n: int) -> str:
+    import os
+
+    mine = any(v in os.environ for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"))
+    why = "as your environment sets" if mine else "the cores idle at start; OPENBLAS_NUM_THREADS sets it"
+    return f"{n} thread{'' if n == 1 else 's'} ({why})"
