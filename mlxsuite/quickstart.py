@@ -193,7 +193,7 @@ def run_quickstart(
     stages["ttft"] = {"seconds": time.perf_counter() - t0, "reused": ttft_done}
 
     return {
-        "base": {"name": cfg.base_name, "folder": str(base_folder), "preset": cfg.preset,
+        "base": {"name": cfg.base_name, "folder": str(base_folder), "preset": None if cfg.model else cfg.preset,
                  "params": pair.base.args.n_params, "layers": pair.base.args.num_hidden_layers,
                  "reused": base_done},
         "kvp": {"name": cfg.kvp_name, "folder": str(kvp_folder), "aux": meta["aux"],
