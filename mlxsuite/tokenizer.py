@@ -155,11 +155,14 @@ def load_unigram(folder: Path) -> np.ndarray | None:
 
 def load_tokenizer(folder: Path):
     """The tokenizer stored in a model folder: SentencePiece (`tokenizer.model`, ours) or Hugging Face
-    (`tokenizer.json`, converted models; see `mlxsuite.hf_tokenizer`). None when the folder has neither."""
+    (`tokenizer.json`, converted models; see `mlxsuite.hf_tokenizer`), which wins in a folder that has both and a
+    `tokenizer_config.json` (Llama-2/Mistral checkpoints and GGUFs: mlx-lm reads tokenizer.json, whose post-processor
+    adds the BOS the model was trained with). None when the folder has neither."""
     folder = Path(folder)
-    if (folder / TOKENIZER_FILE).exists():
+    hf_folder = (folder / "tokenizer.json").exists() and (folder / "tokenizer_config.json").exists()
+    if (folder / TOKENIZER_FILE).exists() and not hf_folder:
         return Tokenizer(folder / TOKENIZER_FILE)
-    if (folder / "tokenizer.json").exists():
+    if (folder / "tokenizer.json").exists():  # a Hugging Face / mlx-lm folder: as mlx-lm reads it (e.g. its BOS)
         from .hf_tokenizer import HFTokenizer
 
         return HFTokenizer(folder)

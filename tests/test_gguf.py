@@ -353,6 +353,11 @@ def test_sentencepiece_gguf_tokenizer(tmp_path, capsys, spm):
         assert rebuilt.encode(text) == original.encode(text)
         assert tokenizer.encode(text) == [bos] + original.encode(text)  # llama's add_bos_token
         assert tokenizer.decode(tokenizer.encode(text)[1:]) == original.decode(original.encode(text))
+    # this project reads the folder as mlx-lm does: tokenizer.json (with its BOS), not the bare tokenizer.model
+    from mlxsuite.tokenizer import load_tokenizer
+
+    ours = load_tokenizer(tmp_path / "conv")
+    assert [ours.encode(text) for text in TEXTS] == [tokenizer.encode(text) for text in TEXTS]
 
 
 def test_header_scan_and_refusals(tmp_path, capsys):
