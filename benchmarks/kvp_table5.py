@@ -17,12 +17,12 @@ import json
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ttft", required=True, help="bench ttft -o json output")
-    p.add_argument("evals", nargs="+", help="LABEL=kvp-eval.json (the first: the pair whose baseline is shown)")
+    p.add_argument("evals", nargs="+", help="LABEL=kvp-eval.json (split at the last =; the first: the pair whose baseline is shown)")
     a = p.parse_args()
     records = json.load(open(a.ttft))
     lengths = sorted({r["prompt_tokens"] for r in records if r["cached_tokens"] == 0})
     by = {(r["mode"], r["prompt_tokens"]): r for r in records if r["cached_tokens"] == 0 and r["batch"] == 1}
-    evals = [(label, json.load(open(path))) for label, path in (e.split("=", 1) for e in a.evals)]
+    evals = [(label, json.load(open(path))) for label, path in (e.rsplit("=", 1) for e in a.evals)]
 
     def ttft_cells(mode: str) -> list[str]:
         return [f"{by[(mode, n)]['ttft_reduction_vs_base']:.2f}×" for n in lengths]
@@ -51,7 +51,7 @@ def main() -> None:
         row(f"**KV Prediction ({label})**", "kvp", ev["methods"]["kvp"])
     any_rec = records[0]
     print(f"\n{first['samples']} held-out prompts; code EM over {first['code_samples']} samples. TTFT: "
-          f"{any_rec['reps']} reps, {any_rec['device']}, {any_rec['blas']} ({any_rec['blas_threads']} threads), load "
+          f"{any_rec['reps']} reps, {any_rec['device']}, {any_rec['blas']} ({any_rec['blas_threads']} BLAS thread{'' if any_rec['blas_threads'] == 1 else 's'}), load "
           f"{any_rec['load_avg_start']:.2f} → {any_rec['load_avg_end']:.2f}.")
 
 
