@@ -31,7 +31,7 @@ run smollm2-kvp                                           # the predictor's defa
 for name in smollm2-kvp-id smollm2-kvp smollm2-kvp-id-lc0; do
   mlxsuite kvp eval "$name" --samples 64 --agree-tokens 16 --code 48 --json > "$out/$name-eval.json"
 done
-mlxsuite bench ttft smollm2 --kvp smollm2-kvp-id -p 128,512,1024,2048 -r 3 -g 16 -o json > "$out/ttft.json"
+mlxsuite bench ttft smollm2 --kvp smollm2-kvp-id -p 128,512,1024,2048 -r 5 -g 16 -o json > "$out/ttft.json"
 mlxsuite bench ttft smollm2 --kvp smollm2-kvp-id -p 128,512,1024,2048 -r 3 -o md > "$out/ttft.md"
 py="$(dirname "$(command -v mlxsuite)")/python"
 "$py" "$here/../benchmarks/kvp_table5.py" --ttft "$out/ttft.json" "identity init=$out/smollm2-kvp-id-eval.json" \
