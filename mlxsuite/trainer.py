@@ -325,6 +325,8 @@ def train(
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             losses = mx.distributed.all_sum(mx.stack(window_loss), group=group) / world
+            names = sorted(aux)  # the recipe's own metrics, averaged over the ranks as the loss is
+            extra = mx.distributed.all_sum(mx.stack([aux[k] for k in names]), group=group) / world if names else []
             dt = time.perf_counter() - window_t0
             metrics = {
                 "step": done,
@@ -334,7 +336,7 @@ def train(
                 "grad_norm": float(grad_norm.item()),
                 "tokens_per_s": window_tokens / dt if dt > 0 else 0.0,
                 "peak_memory_bytes": mx.get_peak_memory(),
-                **{k: float(v.item()) for k, v in aux.items()},
+                **{k: float(extra[i].item()) for i, k in enumerate(names)},
             }
             _log(log_path, rank, {"event": "train", **metrics})
             callback("step", metrics)

@@ -276,12 +276,14 @@ def test_two_processes_match_one_process(small_corpus, tmp_path):
                        env={**os.environ, "MLXSUITE_LOCAL_RANKS": "2"})
     assert r.returncode == 0, r.stderr[-2000:]
 
-    def losses(folder):
+    def losses(folder, key="loss"):
         lines = (folder / "run" / "metrics.jsonl").read_text().splitlines()
-        return [json.loads(ln)["loss"] for ln in lines if json.loads(ln)["event"] == "train"]
+        return [json.loads(ln)[key] for ln in lines if json.loads(ln)["event"] == "train"]
 
     assert len(losses(one)) == len(losses(two)) >= 2
     np.testing.assert_allclose(losses(one), losses(two), rtol=1e-4)
+    for key in ("loss_text", "loss_image"):  # the per-modality metrics too: averaged over the ranks, not rank 0's half
+        np.testing.assert_allclose(losses(one, key), losses(two, key), rtol=1e-4, err_msg=key)
     a, b = mx.load(str(one / "model.safetensors")), mx.load(str(two / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
