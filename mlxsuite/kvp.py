@@ -1,6 +1,6 @@
 """KV Prediction recipe: build a (base, auxiliary, predictor) pair, train it with the shared trainer, and use it:
-its prompt fill for the one prefill, generation. The model code is in `mlxsuite.models.kv_prediction`; evaluation
-in `mlxsuite.kvp_eval`; the folder format in `mlxsuite.store` (config.json with model_type "kv_prediction": the base
+its prompt fill for the one prefill and decode loop (`mlxsuite.generate`). The model code is in
+`mlxsuite.models.kv_prediction`; evaluation in `mlxsuite.kvp_eval`; the folder format in `mlxsuite.store` (config.json with model_type "kv_prediction": the base
 reference with the sha256 of its weights, aux kind, layer map, λs; `aux/`; `predictor.safetensors`; `run/`).
 `aux/`, the predictor and config.json appear when training ends; `resume=True` continues from `run/checkpoint`.
 """
@@ -20,7 +20,6 @@ import numpy as np
 from . import atomic, data, store, trainer
 from .errors import UserError
 from .evaluate import evaluate_lm, lm_loss
-from .generate import generate_text, prefill
 from .models import kv_prediction as kvm
 from .models import lm
 
@@ -303,22 +302,6 @@ def prompt_fill(pair: kvm.KVPredictionModel) -> tuple[list, Callable]:
     prompt cache and the fill that writes predicted KV into it, chunk by chunk (the aux keeps its own cache)."""
     base_cache, aux_cache = pair.base.make_cache(), pair.auxiliary.make_cache()
     return base_cache, lambda chunk: pair.fill(chunk, aux_cache, base_cache)
-
-
-def prompt_step(pair: kvm.KVPredictionModel, tokens: mx.array, prefill_step: Optional[int] = None):
-    """The KV Prediction prompt step (corenet `forward` with an empty cache): the aux on tokens[:, :-1] and the
-    predictor fill the base's cache, chunk by chunk; the base runs the last token against it. Returns (the base's
-    logits (B, V) for the first generated token, the base cache at offset N). Later steps are plain base steps."""
-    cache, fill = prompt_fill(pair)
-    return prefill(pair.base, tokens, cache, prefill_step, fill), cache
-
-
-def generate_kvp_text(pair, tokenizer, prompt: str, max_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-                      on_token: Optional[Callable[[str], None]] = None) -> str:
-    """`generate.generate_text` with KV Prediction at prefill: the first token from the base over the predicted
-    cache, then base-only decoding."""
-    cache, fill = prompt_fill(pair)
-    return generate_text(pair.base, tokenizer, prompt, max_tokens, temperature, top_k, on_token, cache=cache, fill=fill)
 
 
 def flops_reduction(pair: kvm.KVPredictionModel) -> float:

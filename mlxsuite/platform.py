@@ -196,10 +196,13 @@ def default_blas_threads(cores: int, load: float, ranks: int = 1) -> int:
     return max(1, min(cores, idle) // max(1, ranks))
 
 
+def blas_threads_set_by_user() -> bool:
+    return any(v in os.environ for v in ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+
+
 def _set_threads(handle: ctypes.CDLL, path: str) -> None:
     """Set the GEMM thread count (default_blas_threads) unless the user set one."""
-    user_vars = ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    if any(v in os.environ for v in user_vars):
+    if blas_threads_set_by_user():
         return
     ranks = int(os.environ.get("MLXSUITE_LOCAL_RANKS", "2")) if "MLX_RANK" in os.environ else 1
     n = default_blas_threads(os.cpu_count() or 1, os.getloadavg()[0], ranks)

@@ -74,6 +74,11 @@ def build_modes(names: list[str], setup: Setup) -> list[Mode]:
 # ---- modes --------------------------------------------------------------------------------------------------
 
 
+def prompt_flops(model) -> Callable[[int, int, int], float]:
+    """FLOPs of a forward over a prompt of T tokens × B whose first P are already cached."""
+    return lambda T, B, P: B * flops.forward(model.args, T - P, P)
+
+
 def prefill_mode(name: str, model: Model, step: int, start: Optional[Callable[[], tuple]] = None,
                  count: Optional[Callable[[int, int, int], int]] = None) -> Mode:
     """A mode built on the one prefill: `start()` gives (prompt cache, fill) (default: a new cache of `model`,
@@ -95,7 +100,7 @@ def prefill_mode(name: str, model: Model, step: int, start: Optional[Callable[[]
         mx.eval(prefill(model, tokens, cache, step), [c.keys_and_values() for c in cache])
         return cache
 
-    count = count or (lambda T, B, P: B * flops.forward(model.args, T - P, P))
+    count = count or prompt_flops(model)
     return Mode(name, run, count, prefix_cache=None if start is not None else prefix_cache)
 
 
@@ -157,7 +162,7 @@ def _mlx_lm_mode(setup: Setup) -> Mode:
         mx.eval([c.keys_and_values() for c in cache])
         return cache
 
-    return Mode("mlx-lm", run, lambda T, B, P: B * flops.forward(setup.model.args, T - P, P), max_batch=1,
+    return Mode("mlx-lm", run, prompt_flops(setup.model), max_batch=1,
                 prefix_cache=prefix_cache)
 
 

@@ -27,6 +27,15 @@ def small_corpus(tmp_path_factory):
     return folder
 
 
+def stdlib_text(chars: int = 100_000) -> str:
+    """About `chars` characters of stdlib source (mid-size files of one folder): a small single-file corpus."""
+    from mlxsuite.data import stdlib_files
+
+    _, files = stdlib_files()
+    return "".join(p.read_text(errors="ignore") for p in files
+                   if p.parent == files[0].parent and 2_000 < p.stat().st_size < 30_000)[:chars]
+
+
 def run_cli(capsys, *args):
     """(exit code, stdout, stderr) of `mlxsuite *args`, run in this process through the real entry point."""
     from mlxsuite.cli import main

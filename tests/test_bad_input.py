@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, stdlib_text
 
 BIN = Path(sys.executable).parent
 
@@ -19,13 +19,9 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A store with a micro LM ("base") and a micro MoMa run ("mm"), and corpora good and bad."""
-    from mlxsuite.data import stdlib_files
-
     root = tmp_path_factory.mktemp("bad")
-    _, files = stdlib_files()
     good = root / "good.txt"
-    good.write_text("".join(p.read_text(errors="ignore") for p in files if p.parent == files[0].parent
-                            and 2_000 < p.stat().st_size < 30_000)[:100_000])
+    good.write_text(stdlib_text())
     (root / "empty.txt").write_text("  \n")
     (root / "binary.txt").write_bytes(bytes(range(256)) * 4)
     (root / "latin1.txt").write_bytes("café crème ".encode("latin-1") * 50)

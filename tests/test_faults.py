@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import stdlib_text
 
 BIN = Path(sys.executable).parent / "mlxsuite"
 TEMP = re.compile(r"^\..+\.(?:tmp|old)-\d+-[0-9a-f]{8}")
@@ -21,13 +22,9 @@ TEMP = re.compile(r"^\..+\.(?:tmp|old)-\d+-[0-9a-f]{8}")
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A store of its own, a ~100 KB corpus and a micro base model trained once (what kvp/convert start from)."""
-    from mlxsuite.data import stdlib_files
-
     root = tmp_path_factory.mktemp("faults")
-    _, files = stdlib_files()
     corpus = root / "corpus.txt"
-    corpus.write_text("".join(p.read_text(errors="ignore") for p in files if p.parent == files[0].parent
-                              and 2_000 < p.stat().st_size < 30_000)[:100_000])
+    corpus.write_text(stdlib_text())
     e = {**os.environ, "MLXSUITE_MODELS": str(root / "store"), "OPENBLAS_NUM_THREADS": "1"}
     r = subprocess.run([str(BIN), *train_args("base", corpus)], env=e, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -13,10 +13,18 @@ import pytest
 from conftest import run_cli as run
 
 from mlxsuite import flops, store
-from mlxsuite.kvp import prompt_step
 from mlxsuite.models import kernels
 from mlxsuite.models import kv_prediction as kvm
 from mlxsuite.models import lm
+
+
+def prompt_step(pair, tokens, prefill_step=None):
+    """KV Prediction's prompt step through the one prefill: (the base's logits for the first token, its cache)."""
+    from mlxsuite.generate import prefill
+    from mlxsuite.kvp import prompt_fill
+
+    cache, fill = prompt_fill(pair)
+    return prefill(pair.base, tokens, cache, prefill_step, fill), cache
 
 
 def micro_base(qk_norm=False, kv_heads=None, layers=3, vocab=61, seed=1) -> lm.Model:
@@ -255,10 +263,12 @@ def test_training_lowers_the_loss_resumes_exactly_and_loads(corpus_and_tokenizer
 
     # the hook for `mlxsuite generate BASE --kvp DIR`: the pair must belong to that base
     from mlxsuite.errors import UserError
-    from mlxsuite.kvp import generate_kvp_text
+    from mlxsuite.generate import generate_text
+    from mlxsuite.kvp import prompt_fill
 
     pair, tok2, _, _ = load_pair("pair", expect_base="base")
-    expected = generate_kvp_text(pair, tok2, "def", max_tokens=3)
+    cache, fill = prompt_fill(pair)
+    expected = generate_text(pair.base, tok2, "def", max_tokens=3, cache=cache, fill=fill)
     code, out, err = run(capsys, "generate", "base", "--kvp", "pair", "-p", "def", "-m", "3", "--json")
     assert code == 0, err
     assert json.loads(out)["completion"] == expected

@@ -48,8 +48,5 @@ def doctor(
 
 
 def _threads(n: int) -> str:
-    import os
-
-    mine = any(v in os.environ for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"))
-    why = "as your environment sets" if mine else "the cores idle at start; OPENBLAS_NUM_THREADS sets it"
+    why = "as your environment sets" if platform.blas_threads_set_by_user() else "the cores idle at start; OPENBLAS_NUM_THREADS sets it"
     return f"{n} thread{'' if n == 1 else 's'} ({why})"
