@@ -157,6 +157,7 @@ class Run:
     folder: Path
     group: Any
     created: bool = False  # this process started the run (not a resume)
+    made: tuple = ()  # the folder's ancestors that starting it created (the store itself on a first run)
 
     @property
     def dir(self) -> Path:
@@ -179,6 +180,11 @@ class Run:
         except BaseException:
             if self.created and self.rank == 0:
                 shutil.rmtree(self.folder, ignore_errors=True)
+                for parent in self.made:  # deepest first; only while empty
+                    try:
+                        parent.rmdir()
+                    except OSError:
+                        break
             raise
 
 
@@ -215,12 +221,13 @@ def open_run(folder: Path, spec, resume: bool, force: bool, group=None, given: I
     if not resume and folder.exists() and not force:
         raise UserError(f"{folder} exists: pass --resume to continue its run or --force to start over")
     barrier(group)  # every rank has checked before rank 0 writes anything
+    made = tuple(p for p in folder.absolute().parents if not p.exists())
     if group.rank() == 0 and not resume:
         if folder.exists():
             shutil.rmtree(folder)
         atomic.write_json(spec_file, asdict(spec))
     barrier(group)  # the others wait for rank 0's folder
-    return Run(spec, folder, group, created=not resume)
+    return Run(spec, folder, group, created=not resume, made=made)
 
 
 def barrier(group) -> None:

@@ -168,3 +168,12 @@ def test_ctrl_c_is_one_line_exit_130(world, tmp_path, delay):
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err
+
+
+def test_a_failed_first_run_leaves_no_store_behind(tmp_path, monkeypatch, capsys):
+    """The store itself is created by the first run that writes: a first run that fails takes it away again."""
+    store = tmp_path / "fresh-store"
+    monkeypatch.setenv("MLXSUITE_MODELS", str(store))
+    code, _, err = run_cli(capsys, "kvp", "train", "nosuch", "--out", "p")
+    assert code == 2 and err.count("\n") == 1 and "nosuch" in err
+    assert not store.exists()
