@@ -27,8 +27,12 @@ if __name__ == "__main__":
         rows.append(r)
     if not a.stock:
         env = {**os.environ, "MLXSUITE_BLAS": "reference"}
-        out = subprocess.run([sys.executable, __file__, "--sizes", a.sizes, "--reps", "3", "--stock"],
-                             capture_output=True, text=True, env=env).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--sizes", a.sizes, "--reps", "3", "--stock"],
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout
         stock = json.loads(out)["rows"]
         for r, s in zip(rows, stock):
             r["mlx_stock_blas_gflops"] = s["mlx_sgemm_gflops"]

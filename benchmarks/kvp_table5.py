@@ -17,7 +17,11 @@ import json
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ttft", required=True, help="bench ttft -o json output")
-    p.add_argument("evals", nargs="+", help="LABEL=kvp-eval.json (split at the last =; the first: the pair whose baseline is shown)")
+    p.add_argument(
+        "evals",
+        nargs="+",
+        help="LABEL=kvp-eval.json (split at the last =; the first: the pair whose baseline is shown)",
+    )
     a = p.parse_args()
     records = json.load(open(a.ttft))
     lengths = sorted({r["prompt_tokens"] for r in records if r["cached_tokens"] == 0})
@@ -27,18 +31,37 @@ def main() -> None:
     def ttft_cells(mode: str) -> list[str]:
         return [f"{by[(mode, n)]['ttft_reduction_vs_base']:.2f}×" for n in lengths]
 
-    head = ["method", "runs as"] + [f"TTFT red. {n}" for n in lengths] + [
-        f"FLOPs red. {lengths[-1]}", "cont. CE", "first-token acc.", "agree (tokens)", "agree (exact)", "same prefix", "code EM"]
+    head = (
+        ["method", "runs as"]
+        + [f"TTFT red. {n}" for n in lengths]
+        + [
+            f"FLOPs red. {lengths[-1]}",
+            "cont. CE",
+            "first-token acc.",
+            "agree (tokens)",
+            "agree (exact)",
+            "same prefix",
+            "code EM",
+        ]
+    )
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join([":---", ":---"] + ["---:"] * (len(head) - 2)) + "|")
 
     def row(label: str, mode: str, m: dict) -> None:
         flops = by[(mode, lengths[-1])]["flops_reduction_vs_base"]
-        cells = [label, mode] + ttft_cells(mode) + [f"{flops:.2f}×", f"{m['ce']:.3f}", f"{100 * m['first_acc']:.1f} %",
-                                                   f"{100 * m['agree_token_match']:.1f} %",
-                                                   f"{100 * m['agree_exact']:.1f} %",
-                                                   f"{m['agree_prefix']:.2f}" if "agree_prefix" in m else "–",
-                                                   f"{100 * m['code_em']:.1f} %"]
+        cells = (
+            [label, mode]
+            + ttft_cells(mode)
+            + [
+                f"{flops:.2f}×",
+                f"{m['ce']:.3f}",
+                f"{100 * m['first_acc']:.1f} %",
+                f"{100 * m['agree_token_match']:.1f} %",
+                f"{100 * m['agree_exact']:.1f} %",
+                f"{m['agree_prefix']:.2f}" if "agree_prefix" in m else "–",
+                f"{100 * m['code_em']:.1f} %",
+            ]
+        )
         print("| " + " | ".join(cells) + " |")
 
     first_label, first = evals[0]
@@ -50,9 +73,11 @@ def main() -> None:
     for label, ev in evals:
         row(f"**KV Prediction ({label})**", "kvp", ev["methods"]["kvp"])
     any_rec = records[0]
-    print(f"\n{first['samples']} held-out prompts; code EM over {first['code_samples']} samples. TTFT: "
-          f"{any_rec['reps']} reps, {any_rec['device']}, {any_rec['blas']} ({any_rec['blas_threads']} BLAS thread{'' if any_rec['blas_threads'] == 1 else 's'}), load "
-          f"{any_rec['load_avg_start']:.2f} → {any_rec['load_avg_end']:.2f}.")
+    print(
+        f"\n{first['samples']} held-out prompts; code EM over {first['code_samples']} samples. TTFT: "
+        f"{any_rec['reps']} reps, {any_rec['device']}, {any_rec['blas']} ({any_rec['blas_threads']} BLAS thread{'' if any_rec['blas_threads'] == 1 else 's'}), load "
+        f"{any_rec['load_avg_start']:.2f} → {any_rec['load_avg_end']:.2f}."
+    )
 
 
 if __name__ == "__main__":

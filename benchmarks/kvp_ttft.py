@@ -26,12 +26,12 @@ import json
 import os
 import platform as _platform
 
-import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
-
 import mlx.core as mx
 
-from mlxsuite import platform, ttft
-from mlxsuite.convert import pruned_layers
+import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
+from mlxsuite import platform
+from mlxsuite.bench import ttft
+from mlxsuite.convert.hf import pruned_layers
 from mlxsuite.generate import default_prefill_step
 from mlxsuite.models import kv_prediction as kvm
 from mlxsuite.models import lm
@@ -66,18 +66,25 @@ def main() -> None:
     step = a.prefill_step or default_prefill_step()
     lengths = [int(x) for x in a.lengths.split(",")]
     if a.kvp:
-        from mlxsuite.kvp import load_pair
+        from mlxsuite.kvp.recipe import load_pair
 
         pair, _, folder, meta = load_pair(a.kvp)
         runs = [(f"{folder.name}", pair)]
     else:
-        runs = [(f"{preset} LP-{float(k):.2f}", random_pair(preset, float(k), a.vocab_size))
-                for preset in a.presets.split(",") for k in a.keeps.split(",")]
-    print(f"# {device}, {_platform.processor() or _platform.machine()}, {os.cpu_count()} cores, prefill step {step}, "
-          f"{a.warmup} warm-up pass(es) + {a.reps} rounds, load average {os.getloadavg()[0]:.2f}")
+        runs = [
+            (f"{preset} LP-{float(k):.2f}", random_pair(preset, float(k), a.vocab_size))
+            for preset in a.presets.split(",")
+            for k in a.keeps.split(",")
+        ]
+    print(
+        f"# {device}, {_platform.processor() or _platform.machine()}, {os.cpu_count()} cores, prefill step {step}, "
+        f"{a.warmup} warm-up pass(es) + {a.reps} rounds, load average {os.getloadavg()[0]:.2f}"
+    )
     decode_head = " base / aux / kvp decode tok/s | kvp decode / base |" if a.decode else ""
-    print("| pair | tokens | base ms | aux ms | kvp ms | aux TTFT red. / FLOPs red. | kvp TTFT red. / FLOPs red. "
-          "| kvp TTFT/FLOPs |" + decode_head)
+    print(
+        "| pair | tokens | base ms | aux ms | kvp ms | aux TTFT red. / FLOPs red. | kvp TTFT red. / FLOPs red. "
+        "| kvp TTFT/FLOPs |" + decode_head
+    )
     print("|---|---|---|---|---|---|---|---|" + "---|---|" * bool(a.decode))
     reports = []
     for name, pair in runs:
@@ -89,14 +96,24 @@ def main() -> None:
         for T in lengths:
             b, x, k = rows[("base", T)], rows[("aux", T)], rows[("kvp", T)]
             ms = lambda r: f"{r['ttft_s']['median'] * 1e3:.1f}"  # noqa: E731
-            print(f"| {name} | {T} | {ms(b)} | {ms(x)} | {ms(k)} "
-                  f"| {x['ttft_reduction_vs_base']:.2f}× / {x['flops_reduction_vs_base']:.2f}× "
-                  f"| {k['ttft_reduction_vs_base']:.2f}× / {k['flops_reduction_vs_base']:.2f}× "
-                  f"| {k['ttft_over_flops_reduction']:.2f} |"
-                  + (f" {b['decode_tps']['median']:.0f} / {x['decode_tps']['median']:.0f} / "
-                     f"{k['decode_tps']['median']:.0f} | {k['decode_vs_base']:.3f} |" if a.decode else ""), flush=True)
-        print(f"<!-- {name}: parameter ratio {rep['kvp']['param_ratio']:.2f}×, GEMM {rep['gemm_gflops']:.1f} GFLOP/s, "
-              f"load {rep['load_average']['start']:.2f} → {rep['load_average']['end']:.2f} -->", flush=True)
+            print(
+                f"| {name} | {T} | {ms(b)} | {ms(x)} | {ms(k)} "
+                f"| {x['ttft_reduction_vs_base']:.2f}× / {x['flops_reduction_vs_base']:.2f}× "
+                f"| {k['ttft_reduction_vs_base']:.2f}× / {k['flops_reduction_vs_base']:.2f}× "
+                f"| {k['ttft_over_flops_reduction']:.2f} |"
+                + (
+                    f" {b['decode_tps']['median']:.0f} / {x['decode_tps']['median']:.0f} / "
+                    f"{k['decode_tps']['median']:.0f} | {k['decode_vs_base']:.3f} |"
+                    if a.decode
+                    else ""
+                ),
+                flush=True,
+            )
+        print(
+            f"<!-- {name}: parameter ratio {rep['kvp']['param_ratio']:.2f}×, GEMM {rep['gemm_gflops']:.1f} GFLOP/s, "
+            f"load {rep['load_average']['start']:.2f} → {rep['load_average']['end']:.2f} -->",
+            flush=True,
+        )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(reports, f, indent=2)

@@ -17,15 +17,15 @@ import json
 import time
 from functools import partial
 
-import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
-from mlxsuite.flops import moma_train_per_token
+import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 from mlxsuite.models import lm
 from mlxsuite.models import moma as mm
+from mlxsuite.models.flops import moma_train_per_token
 from mlxsuite.moma.spec import parse_variant
 
 
@@ -81,8 +81,9 @@ def main():
         base = dict(lm.PRESETS[a.preset])
         if f["mod"]:
             base["num_hidden_layers"] = mm.mod_matched_layers(base["num_hidden_layers"])
-        args = mm.ModelArgs.from_dict({**base, **f, "vocab_size": vt + codes + 2, "image_start": vt,
-                                       "image_end": vt + codes})
+        args = mm.ModelArgs.from_dict(
+            {**base, **f, "vocab_size": vt + codes + 2, "image_start": vt, "image_end": vt + codes}
+        )
         steps[v] = make_step(args, a.batch_size, a.seq_len)
         flops[v] = moma_train_per_token(args, a.seq_len, a.image_fraction)["total"]
         for _ in range(3):  # compile + warm up
@@ -98,21 +99,33 @@ def main():
     med = {v: float(np.median(t)) for v, t in times.items()}
     med_cpu = {v: float(np.median(t)) for v, t in cpu.items()}
     dense, dense_cpu = med.get("dense"), med_cpu.get("dense")
-    rows = [{"variant": v, "median_s": med[v], "ratio_to_dense": med[v] / dense if dense else None,
-             "median_cpu_s": med_cpu[v], "cpu_ratio_to_dense": med_cpu[v] / dense_cpu if dense_cpu else None,
-             "flops_ratio_to_dense": flops[v] / flops["dense"] if "dense" in flops else None} for v in med]
+    rows = [
+        {
+            "variant": v,
+            "median_s": med[v],
+            "ratio_to_dense": med[v] / dense if dense else None,
+            "median_cpu_s": med_cpu[v],
+            "cpu_ratio_to_dense": med_cpu[v] / dense_cpu if dense_cpu else None,
+            "flops_ratio_to_dense": flops[v] / flops["dense"] if "dense" in flops else None,
+        }
+        for v in med
+    ]
     if a.json:
         report = {"preset": a.preset, "seq_len": a.seq_len, "batch_size": a.batch_size, "rows": rows}
         print(json.dumps(report, indent=2))
     else:
-        print(f"preset {a.preset}, {a.batch_size}×{a.seq_len} tokens, image fraction {a.image_fraction}, "
-              f"{a.rounds} interleaved rounds")
+        print(
+            f"preset {a.preset}, {a.batch_size}×{a.seq_len} tokens, image fraction {a.image_fraction}, "
+            f"{a.rounds} interleaved rounds"
+        )
         print(f"  {'variant':>14}  {'wall':>9}  {'× dense':>8}  {'CPU':>9}  {'× dense':>8}  FLOPs × dense")
         for r in rows:
             ratio = f"{r['ratio_to_dense']:.3f}×" if r["ratio_to_dense"] else ""
             cpu_ratio = f"{r['cpu_ratio_to_dense']:.3f}×" if r["cpu_ratio_to_dense"] else ""
-            print(f"  {r['variant']:>14}  {r['median_s'] * 1e3:6.1f} ms  {ratio:>8}  {r['median_cpu_s'] * 1e3:6.1f} ms  "
-                  f"{cpu_ratio:>8}  {r['flops_ratio_to_dense']:.3f}×")
+            print(
+                f"  {r['variant']:>14}  {r['median_s'] * 1e3:6.1f} ms  {ratio:>8}  {r['median_cpu_s'] * 1e3:6.1f} ms  "
+                f"{cpu_ratio:>8}  {r['flops_ratio_to_dense']:.3f}×"
+            )
 
 
 if __name__ == "__main__":

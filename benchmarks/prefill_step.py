@@ -17,12 +17,13 @@ import math
 import os
 import platform as _platform
 
-import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
 import mlx.core as mx
 
-from mlxsuite import flops, platform, ttft
+import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
+from mlxsuite import platform
+from mlxsuite.bench import ttft
 from mlxsuite.generate import prefill, sample
-from mlxsuite.models import kernels, lm
+from mlxsuite.models import flops, kernels, lm
 
 
 def step_mode(step: int, unfused: bool):

@@ -19,17 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlx.core as mx
+import mlx.nn as nn
 from convert_memory import child_peak_mb
 
 import mlxsuite  # noqa: F401  (the fast BLAS before mlx.core)
-import mlx.core as mx
-import mlx.nn as nn
 
 DEFAULT = Path.home() / ".cache" / "mlxsuite" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def validation_files(n: int) -> list[Path]:
-    from mlxsuite import data
+    from mlxsuite.data import corpus as data
 
     root, files = data.stdlib_files()
     return [p for p in files if data._is_val(str(p.relative_to(root)))][:n]
@@ -77,7 +77,7 @@ def main() -> None:
         model_q, _ = load(str(kept))
         files = validation_files(a.files)
         windows = [tokenizer.encode(p.read_text())[: a.tokens] for p in files]
-        from mlxsuite.data import stdlib_files
+        from mlxsuite.data.corpus import stdlib_files
 
         root, _ = stdlib_files()
         json_window = [tokenizer.encode((root / "json" / "__init__.py").read_text())[:512]]
@@ -96,8 +96,10 @@ def main() -> None:
                 mx.eval(m(x))
                 times[name].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"\nforward of {x.shape[1]} tokens, float32, medians of {a.repeats}: ours {med['ours'] * 1e3:.0f} ms, "
-              f"mlx-lm {med['mlx-lm'] * 1e3:.0f} ms, ratio {med['ours'] / med['mlx-lm']:.2f}")
+        print(
+            f"\nforward of {x.shape[1]} tokens, float32, medians of {a.repeats}: ours {med['ours'] * 1e3:.0f} ms, "
+            f"mlx-lm {med['mlx-lm'] * 1e3:.0f} ms, ratio {med['ours'] / med['mlx-lm']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import statistics
 import tempfile
 import time
 
-import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
@@ -28,10 +27,12 @@ from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 from mlx_lm.tuner import trainer as lm_trainer
 
-from mlxsuite import platform, trainer
-from mlxsuite.data import Batches
-from mlxsuite.evaluate import lm_loss
+import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
+from mlxsuite import platform
+from mlxsuite.data.corpus import Batches
 from mlxsuite.models import kernels, lm
+from mlxsuite.train import trainer
+from mlxsuite.train.evaluate import lm_loss
 
 
 def ours_plain(args, weights, tokens):
@@ -46,8 +47,14 @@ def ours(args, weights, tokens):
     cfg = trainer.TrainConfig(steps=A.steps, warmup=0, save_every=10**9, eval_every=10**9, log_every=1)
     ends = []
     with tempfile.TemporaryDirectory() as d:
-        trainer.train(model, lm_loss, batches, cfg, d,
-                      callback=lambda event, info: ends.append(time.perf_counter()) if event == "step" else None)
+        trainer.train(
+            model,
+            lm_loss,
+            batches,
+            cfg,
+            d,
+            callback=lambda event, info: ends.append(time.perf_counter()) if event == "step" else None,
+        )
     return (len(ends) - 1) * A.batch_size * A.seq_len / (ends[-1] - ends[0])
 
 
@@ -58,8 +65,13 @@ def theirs(args, weights, tokens):
     rows = (len(tokens) - 1) // A.seq_len
     dataset = [(tokens[i * A.seq_len : i * A.seq_len + A.seq_len + 1].tolist(), 0) for i in range(rows)]
     targs = lm_trainer.TrainingArgs(
-        batch_size=A.batch_size, iters=A.steps, steps_per_report=1, steps_per_eval=10**9, steps_per_save=10**9,
-        max_seq_length=A.seq_len + 1, adapter_file=os.path.join(tempfile.mkdtemp(), "a.safetensors"),
+        batch_size=A.batch_size,
+        iters=A.steps,
+        steps_per_report=1,
+        steps_per_eval=10**9,
+        steps_per_save=10**9,
+        max_seq_length=A.seq_len + 1,
+        adapter_file=os.path.join(tempfile.mkdtemp(), "a.safetensors"),
     )
     opt = optim.AdamW(learning_rate=1e-3, betas=[0.9, 0.95], weight_decay=0.1)
     ends = []
@@ -84,20 +96,30 @@ if __name__ == "__main__":
     A = p.parse_args()
     args = lm.preset_args(A.preset, A.vocab_size)
     weights = list(tree_flatten(lm.build(args, seed=0).parameters()))
-    tokens = np.random.default_rng(0).integers(0, A.vocab_size, size=A.batch_size * A.seq_len * (A.steps + 2)).astype(np.int32)
+    tokens = (
+        np.random.default_rng(0)
+        .integers(0, A.vocab_size, size=A.batch_size * A.seq_len * (A.steps + 2))
+        .astype(np.int32)
+    )
     runs = {"mlxsuite": ours, "mlxsuite-plain": ours_plain, "mlx_lm": theirs}
     samples = {name: [] for name in runs}
     load = [os.getloadavg()[0]]
     for r in range(A.rounds):
-        for name in (list(runs) if r % 2 == 0 else reversed(list(runs))):
+        for name in list(runs) if r % 2 == 0 else reversed(list(runs)):
             samples[name].append(runs[name](args, weights, tokens))
     load.append(os.getloadavg()[0])
     med = {name: statistics.median(v) for name, v in samples.items()}
     paired = lambda a, b: statistics.median(x / y for x, y in zip(samples[a], samples[b]))  # noqa: E731
     result = {
-        "preset": A.preset, "vocab_size": A.vocab_size, "tokens_per_step": A.batch_size * A.seq_len,
-        "tok_s": med, "ratio": med["mlxsuite"] / med["mlx_lm"], "ratio_paired": paired("mlxsuite", "mlx_lm"),
-        "ratio_plain": med["mlxsuite-plain"] / med["mlx_lm"], "samples": samples,
-        "blas": platform.blas_info().library, "load_average": load,
+        "preset": A.preset,
+        "vocab_size": A.vocab_size,
+        "tokens_per_step": A.batch_size * A.seq_len,
+        "tok_s": med,
+        "ratio": med["mlxsuite"] / med["mlx_lm"],
+        "ratio_paired": paired("mlxsuite", "mlx_lm"),
+        "ratio_plain": med["mlxsuite-plain"] / med["mlx_lm"],
+        "samples": samples,
+        "blas": platform.blas_info().library,
+        "load_average": load,
     }
     print(json.dumps(result, indent=2))

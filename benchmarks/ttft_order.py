@@ -69,13 +69,18 @@ def _without(kind, new):
 def child(schedule: str, lengths: list[int], reps: int) -> None:
     """One process: tiny preset, mode base, the lengths in the order given; prints {length: median ms}."""
     import mlxsuite  # noqa: F401  (before mlx.core: the fast BLAS)
-    from mlxsuite import ttft
+    from mlxsuite.bench import ttft
     from mlxsuite.generate import default_prefill_step
     from mlxsuite.models import lm
 
     new = ttft.schedule
-    ttft.schedule = {"new": new, "old": _old, "warm-first": _warm_first(new),
-                     "no-rewarm": _without("no-rewarm", new), "no-probe": _without("no-probe", new)}[schedule]
+    ttft.schedule = {
+        "new": new,
+        "old": _old,
+        "warm-first": _warm_first(new),
+        "no-rewarm": _without("no-rewarm", new),
+        "no-probe": _without("no-probe", new),
+    }[schedule]
     model = lm.build(lm.preset_args("tiny", 4096), seed=0)
     model.eval()
     report = ttft.run(ttft.Setup(model, default_prefill_step()), ["base"], [(T, 1) for T in lengths], reps, 1)
@@ -94,19 +99,32 @@ def same(a, schedules: list[str]) -> None:
     loads = [os.getloadavg()[0]]
     for _ in range(a.pairs):
         for s in schedules:
-            cmd = [sys.executable, __file__, "--child", s, "--lengths", f"{a.same},{a.same},{a.same}",
-                   "--reps", str(a.reps)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                s,
+                "--lengths",
+                f"{a.same},{a.same},{a.same}",
+                "--reps",
+                str(a.reps),
+            ]
             first, *others = _child_run(cmd)
             pens[s].append(first / statistics.median(others) - 1)
             rest[s].append(statistics.median(others))
         loads.append(os.getloadavg()[0])
-    print(f"# tiny preset, {a.same} tokens three times, {a.reps} reps, {a.pairs} processes per schedule; load average "
-          f"{min(loads):.2f}–{max(loads):.2f}")
+    print(
+        f"# tiny preset, {a.same} tokens three times, {a.reps} reps, {a.pairs} processes per schedule; load average "
+        f"{min(loads):.2f}–{max(loads):.2f}"
+    )
     print("| schedule | first-position penalty (median over processes) | per process | TTFT ms, other positions |")
     print("|---|---:|---|---:|")
     for s in schedules:
-        print(f"| {s} | {100 * statistics.median(pens[s]):+.1f} % | "
-              f"{', '.join(f'{100 * x:+.0f}' for x in pens[s])} | {statistics.median(rest[s]):.2f} |", flush=True)
+        print(
+            f"| {s} | {100 * statistics.median(pens[s]):+.1f} % | "
+            f"{', '.join(f'{100 * x:+.0f}' for x in pens[s])} | {statistics.median(rest[s]):.2f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -131,16 +149,29 @@ def main() -> None:
     loads = [os.getloadavg()[0]]
     for i in range(a.pairs):
         for s in schedules:  # interleaved: schedules and orders alternate in time
-            for o in (orders if i % 2 == 0 else dict(reversed(orders.items()))):
-                cmd = [sys.executable, __file__, "--child", s, "--lengths", ",".join(map(str, orders[o])),
-                       "--reps", str(a.reps)]
+            for o in orders if i % 2 == 0 else dict(reversed(orders.items())):
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    s,
+                    "--lengths",
+                    ",".join(map(str, orders[o])),
+                    "--reps",
+                    str(a.reps),
+                ]
                 runs[(s, o)].append(dict(zip(orders[o], _child_run(cmd))))
         loads.append(os.getloadavg()[0])
     lo, hi = lengths[0], lengths[-1]
-    print(f"# tiny preset, lengths {a.lengths}, {a.reps} reps, {a.pairs} processes per order and schedule; "
-          f"load average {min(loads):.2f}–{max(loads):.2f} (samples {', '.join(f'{x:.2f}' for x in loads)})")
-    print("| schedule | order | " + " | ".join(f"{T} tokens ms" for T in lengths)
-          + f" | penalty {lo} first | penalty {hi} first |")
+    print(
+        f"# tiny preset, lengths {a.lengths}, {a.reps} reps, {a.pairs} processes per order and schedule; "
+        f"load average {min(loads):.2f}–{max(loads):.2f} (samples {', '.join(f'{x:.2f}' for x in loads)})"
+    )
+    print(
+        "| schedule | order | "
+        + " | ".join(f"{T} tokens ms" for T in lengths)
+        + f" | penalty {lo} first | penalty {hi} first |"
+    )
     print("|---|---|" + "---:|" * (len(lengths) + 2))
     for s in schedules:
         med = {o: {T: statistics.median(r[T] for r in runs[(s, o)]) for T in lengths} for o in orders}
@@ -148,7 +179,7 @@ def main() -> None:
         pen_hi = med["descending"][hi] / med["ascending"][hi] - 1
         for o in orders:
             first = orders[o][0]
-            cells = " | ".join((f"**{med[o][T]:.2f}**" if T == first else f"{med[o][T]:.2f}") for T in lengths)
+            cells = " | ".join((f"**{med[o][T]:.2f}**" if first == T else f"{med[o][T]:.2f}") for T in lengths)
             pens = f"{100 * pen_lo:+.1f} % | {100 * pen_hi:+.1f} %" if o == "ascending" else " | "
             print(f"| {s} | {','.join(map(str, orders[o]))} | {cells} | {pens} |", flush=True)
 

@@ -19,12 +19,13 @@ import argparse
 import os
 import platform as _platform
 
-import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
 import mlx.core as mx
 
-from mlxsuite import flops, platform, ttft
+import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
+from mlxsuite import platform
+from mlxsuite.bench import ttft
 from mlxsuite.generate import default_prefill_step, prefill, sample
-from mlxsuite.models import kernels, lm
+from mlxsuite.models import flops, kernels, lm
 
 
 def _unfused(setup: ttft.Setup) -> ttft.Mode:

@@ -19,7 +19,7 @@ if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "mlxsuite":
     # `main` restores Python's handler (KeyboardInterrupt, caught there) once it starts.
     _signal.signal(_signal.SIGINT, _interrupted_at_start)
 
-from .platform import load_fast_blas  # noqa: E402
+from mlxsuite.platform import load_fast_blas  # noqa: E402
 
 load_fast_blas()
 

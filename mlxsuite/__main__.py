@@ -1,5 +1,5 @@
 """`python -m mlxsuite …`: the same entry point as the `mlxsuite` command."""
 
-from .cli import main
+from mlxsuite.cli import main
 
 main()

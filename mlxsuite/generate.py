@@ -18,11 +18,12 @@ the CPU because the attention is unfused (the scores are chunk × context). On a
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Optional
 
 import mlx.core as mx
 
-from .errors import UserError
+from mlxsuite.platform.errors import UserError
 
 DEFAULT_PREFILL_STEP = {"cpu": 256, "gpu": 2048}
 
@@ -45,8 +46,9 @@ def model_fill(model, cache: list) -> Fill:
     return fill
 
 
-def prefill(model, tokens: mx.array, cache: list, prefill_step: Optional[int] = None,
-            fill: Optional[Fill] = None) -> mx.array:
+def prefill(
+    model, tokens: mx.array, cache: list, prefill_step: Optional[int] = None, fill: Optional[Fill] = None
+) -> mx.array:
     """Write `tokens` (B, L) into `cache` — all but the last through `fill` (default `model_fill`) in chunks of
     `prefill_step`, the last through the model — and return the last token's logits (B, V)."""
     step = prefill_step or default_prefill_step()
@@ -110,8 +112,9 @@ def generate_step(
         token = following
 
 
-def generate_tokens(model, prompt: mx.array, max_tokens: int, temperature: float = 0.0, top_k: int = 0,
-                    **kw) -> Iterator[int]:
+def generate_tokens(
+    model, prompt: mx.array, max_tokens: int, temperature: float = 0.0, top_k: int = 0, **kw
+) -> Iterator[int]:
     """`generate_step` for one 1-D prompt, yielding ints."""
     for token in generate_step(model, prompt[None], max_tokens, temperature, top_k, **kw):
         yield int(token.item())
@@ -131,8 +134,10 @@ def generate_text(
     ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
     context = getattr(getattr(model, "args", None), "max_position_embeddings", None)
     if context is not None and len(ids) + max_tokens > context:
-        raise UserError(f"the prompt ({len(ids)} tokens) and --max-tokens {max_tokens} exceed the model's context "
-                        f"({context} tokens): shorten the prompt or generate fewer tokens")
+        raise UserError(
+            f"the prompt ({len(ids)} tokens) and --max-tokens {max_tokens} exceed the model's context "
+            f"({context} tokens): shorten the prompt or generate fewer tokens"
+        )
     tokens = generate_tokens(model, mx.array(ids), max_tokens, temperature, top_k, **kw)
     return decode_stream(tokenizer, tokens, on_token, prompt_ids=ids)
 
@@ -140,8 +145,12 @@ def generate_text(
 PROMPT_TAIL = 8  # prompt tokens decoded with the completion, so a word boundary at the join keeps its space
 
 
-def decode_stream(tokenizer, tokens: Iterator[int], on_token: Optional[Callable[[str], None]] = None,
-                  prompt_ids: Optional[list] = None) -> str:
+def decode_stream(
+    tokenizer,
+    tokens: Iterator[int],
+    on_token: Optional[Callable[[str], None]] = None,
+    prompt_ids: Optional[list] = None,
+) -> str:
     """Decode generated ids up to EOS; `on_token` receives each new piece of text as it appears. The ids are decoded
     after the last prompt tokens and the new suffix taken: decoded alone, a first piece "▁word" would lose its
     space (SentencePiece drops a leading one)."""

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
-from . import atomic, store
-from .errors import UserError
-from .trainer import TrainConfig, has_checkpoint
+from mlxsuite import store
+from mlxsuite.platform import atomic
+from mlxsuite.platform.errors import UserError
+from mlxsuite.train.trainer import TrainConfig, has_checkpoint
 
 RESULTS_FILE = "quickstart.json"
 
@@ -84,11 +86,11 @@ def run_quickstart(
     config: Optional[QuickstartConfig] = None, fresh: bool = False, callback: Optional[Callable] = None
 ) -> dict:
     """Run (or reuse) the four stages; returns one JSON-ready document with the TTFT and the quality tables."""
-    from . import ttft
-    from .generate import default_prefill_step
-    from .kvp import BASELINE_DIR, KVPRunSpec, load_pair, train_kvp
-    from .kvp_eval import evaluate_kvp, load_baseline
-    from .train_lm import LMRunSpec, train_lm
+    from mlxsuite.bench import ttft
+    from mlxsuite.generate import default_prefill_step
+    from mlxsuite.kvp.evaluate import evaluate_kvp, load_baseline
+    from mlxsuite.kvp.recipe import BASELINE_DIR, KVPRunSpec, load_pair, train_kvp
+    from mlxsuite.train.lm import LMRunSpec, train_lm
 
     cfg = config or QuickstartConfig()
     callback = callback or (lambda event, info: None)
@@ -105,14 +107,26 @@ def run_quickstart(
     else:
         base_folder = store.output_path(cfg.base_name)
         base_done = (base_folder / store.WEIGHTS_FILE).exists() and not fresh
-        _stage(callback, 1, "base", f"tokenizer + base LM ({cfg.preset}, V={cfg.vocab_size}, {cfg.steps} steps)",
-               base_done)
+        _stage(
+            callback, 1, "base", f"tokenizer + base LM ({cfg.preset}, V={cfg.vocab_size}, {cfg.steps} steps)", base_done
+        )
     if not base_done:
         spec = LMRunSpec(
-            out=cfg.base_name, preset=cfg.preset, vocab_size=cfg.vocab_size, corpus=cfg.corpus, seq_len=cfg.seq_len,
-            batch_size=cfg.batch_size, model_overrides=dict(cfg.model_overrides),
-            train=TrainConfig(steps=cfg.steps, lr=3e-3, warmup=min(30, cfg.steps // 10), save_every=50,
-                              eval_every=cfg.steps, log_every=5),
+            out=cfg.base_name,
+            preset=cfg.preset,
+            vocab_size=cfg.vocab_size,
+            corpus=cfg.corpus,
+            seq_len=cfg.seq_len,
+            batch_size=cfg.batch_size,
+            model_overrides=dict(cfg.model_overrides),
+            train=TrainConfig(
+                steps=cfg.steps,
+                lr=3e-3,
+                warmup=min(30, cfg.steps // 10),
+                save_every=50,
+                eval_every=cfg.steps,
+                log_every=5,
+            ),
         )
         resume = not fresh and has_checkpoint(base_folder / "run")
         train_lm(spec, resume=resume, force=True, callback=callback)
@@ -127,15 +141,34 @@ def run_quickstart(
     if not fresh and (kvp_folder / store.PREDICTOR_FILE).exists() and baseline_done:
         meta = store.read_config(kvp_folder)
         pair_done = meta["base"]["sha256"] == base_hash  # a retrained base needs a new pair
-    _stage(callback, 2, "kvp", f"KV Prediction pair (LP-{cfg.keep:.2f}, {cfg.kvp_steps} steps)"
-           + (" and the OE-LP baseline" if cfg.baseline else ""), pair_done)
+    _stage(
+        callback,
+        2,
+        "kvp",
+        f"KV Prediction pair (LP-{cfg.keep:.2f}, {cfg.kvp_steps} steps)"
+        + (" and the OE-LP baseline" if cfg.baseline else ""),
+        pair_done,
+    )
     if not pair_done:
         spec = KVPRunSpec(
-            out=cfg.kvp_name, base=cfg.base_name, aux=f"prune:{cfg.keep}", corpus=cfg.corpus, seq_len=cfg.seq_len,
-            batch_size=cfg.kvp_batch_size, eval_windows=8, baseline=cfg.baseline, predictor_init=cfg.predictor_init,
+            out=cfg.kvp_name,
+            base=cfg.base_name,
+            aux=f"prune:{cfg.keep}",
+            corpus=cfg.corpus,
+            seq_len=cfg.seq_len,
+            batch_size=cfg.kvp_batch_size,
+            eval_windows=8,
+            baseline=cfg.baseline,
+            predictor_init=cfg.predictor_init,
             train_embeddings=cfg.train_embeddings,
-            train=TrainConfig(steps=cfg.kvp_steps, lr=cfg.kvp_lr, warmup=min(10, cfg.kvp_steps // 10), save_every=20,
-                              eval_every=cfg.kvp_steps, log_every=5),
+            train=TrainConfig(
+                steps=cfg.kvp_steps,
+                lr=cfg.kvp_lr,
+                warmup=min(10, cfg.kvp_steps // 10),
+                save_every=20,
+                eval_every=cfg.kvp_steps,
+                log_every=5,
+            ),
         )
         resume = not fresh and base_done and has_checkpoint(kvp_folder / "run")
         if resume:
@@ -158,14 +191,20 @@ def run_quickstart(
     t0 = time.perf_counter()
     q = saved.get("quality")
     quality_done = q is not None and q.get("settings") == cfg.quality_settings()
-    _stage(callback, 3, "quality", "quality: base, baseline, auxiliary, KV Prediction on held-out text",
-           quality_done)
+    _stage(callback, 3, "quality", "quality: base, baseline, auxiliary, KV Prediction on held-out text", quality_done)
     if not quality_done:
         result = evaluate_kvp(
-            str(kvp_folder), cfg.corpus, prompt_len=cfg.prompt_len, cont_len=cfg.cont_len, samples=cfg.samples,
-            agree_tokens=cfg.agree_tokens, code=cfg.code, loaded=(pair, tok, baseline),
-            progress=lambda done, total, what: callback("measure", {"stage": "quality", "done": done,
-                                                                    "total": total, "what": what}),
+            str(kvp_folder),
+            cfg.corpus,
+            prompt_len=cfg.prompt_len,
+            cont_len=cfg.cont_len,
+            samples=cfg.samples,
+            agree_tokens=cfg.agree_tokens,
+            code=cfg.code,
+            loaded=(pair, tok, baseline),
+            progress=lambda done, total, what: callback(
+                "measure", {"stage": "quality", "done": done, "total": total, "what": what}
+            ),
         )
         saved["quality"] = {"settings": cfg.quality_settings(), "result": result}
         save()
@@ -176,14 +215,25 @@ def run_quickstart(
     t0 = time.perf_counter()
     t = saved.get("ttft")
     ttft_done = t is not None and t.get("settings") == cfg.ttft_settings()
-    _stage(callback, 4, "ttft", f"time to first token at {'/'.join(map(str, cfg.lengths))} tokens "
-           f"({cfg.warmup} warm-up + {cfg.reps} runs, interleaved)", ttft_done)
+    _stage(
+        callback,
+        4,
+        "ttft",
+        f"time to first token at {'/'.join(map(str, cfg.lengths))} tokens "
+        f"({cfg.warmup} warm-up + {cfg.reps} runs, interleaved)",
+        ttft_done,
+    )
     if not ttft_done:
         setup = ttft.Setup(pair.base, default_prefill_step(), {"kvp": pair})
         report = ttft.run(
-            setup, ["base", "aux", "kvp"], [(T, 1) for T in cfg.lengths], cfg.reps, cfg.warmup,
-            progress=lambda done, total, what: callback("measure", {"stage": "ttft", "done": done, "total": total,
-                                                                    "what": what}),
+            setup,
+            ["base", "aux", "kvp"],
+            [(T, 1) for T in cfg.lengths],
+            cfg.reps,
+            cfg.warmup,
+            progress=lambda done, total, what: callback(
+                "measure", {"stage": "ttft", "done": done, "total": total, "what": what}
+            ),
         )
         for row in report["results"]:  # the samples stay, the per-run memory detail is enough in the bench
             row.pop("tokenize_s", None)
@@ -193,15 +243,32 @@ def run_quickstart(
     stages["ttft"] = {"seconds": time.perf_counter() - t0, "reused": ttft_done}
 
     return {
-        "base": {"name": cfg.base_name, "folder": str(base_folder), "preset": None if cfg.model else cfg.preset,
-                 "params": pair.base.args.n_params, "layers": pair.base.args.num_hidden_layers,
-                 "reused": base_done},
-        "kvp": {"name": cfg.kvp_name, "folder": str(kvp_folder), "aux": meta["aux"],
-                "aux_layers": pair.auxiliary.args.num_hidden_layers, "params": meta["params"],
-                "param_ratio": pair.base.args.n_params / pair.auxiliary.args.n_params, "reused": pair_done},
-        "ttft": {"table": _ttft_table(report), "device": report["device"], "prefill_step": report["prefill_step"],
-                 "reps": report["reps"], "load_average": report["load_average"], "reused": ttft_done,
-                 "report": report},
+        "base": {
+            "name": cfg.base_name,
+            "folder": str(base_folder),
+            "preset": None if cfg.model else cfg.preset,
+            "params": pair.base.args.n_params,
+            "layers": pair.base.args.num_hidden_layers,
+            "reused": base_done,
+        },
+        "kvp": {
+            "name": cfg.kvp_name,
+            "folder": str(kvp_folder),
+            "aux": meta["aux"],
+            "aux_layers": pair.auxiliary.args.num_hidden_layers,
+            "params": meta["params"],
+            "param_ratio": pair.base.args.n_params / pair.auxiliary.args.n_params,
+            "reused": pair_done,
+        },
+        "ttft": {
+            "table": _ttft_table(report),
+            "device": report["device"],
+            "prefill_step": report["prefill_step"],
+            "reps": report["reps"],
+            "load_average": report["load_average"],
+            "reused": ttft_done,
+            "report": report,
+        },
         "quality": {**quality, "reused": quality_done},
         "stages": stages,
         "wall_s": time.perf_counter() - t_start,
@@ -224,8 +291,13 @@ def _ttft_table(report: dict) -> list[dict]:
 
 
 def _quality_table(result: dict) -> dict:
-    names = {"ce": "continuation_ce", "first_acc": "first_token_acc", "agree_token_match": "agree_token_match",
-             "agree_exact": "agree_exact", "code_em": "code_em"}
+    names = {
+        "ce": "continuation_ce",
+        "first_acc": "first_token_acc",
+        "agree_token_match": "agree_token_match",
+        "agree_exact": "agree_exact",
+        "code_em": "code_em",
+    }
     return {
         "methods": {m: {names[k]: x for k, x in v.items() if k in names} for m, v in result["methods"].items()},
         "samples": result["samples"],

@@ -1,5 +1,6 @@
-import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
 import pytest
+
+import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
 
 
 @pytest.fixture(autouse=True)
@@ -11,7 +12,7 @@ def _isolated_store(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
     """A ~400 KB folder corpus cut from the stdlib: fast to tokenize and train on."""
-    from mlxsuite.data import stdlib_files
+    from mlxsuite.data.corpus import stdlib_files
 
     root, files = stdlib_files()
     folder = tmp_path_factory.mktemp("corpus")
@@ -29,11 +30,12 @@ def small_corpus(tmp_path_factory):
 
 def stdlib_text(chars: int = 100_000) -> str:
     """About `chars` characters of stdlib source (mid-size files of one folder): a small single-file corpus."""
-    from mlxsuite.data import stdlib_files
+    from mlxsuite.data.corpus import stdlib_files
 
     _, files = stdlib_files()
-    return "".join(p.read_text(errors="ignore") for p in files
-                   if p.parent == files[0].parent and 2_000 < p.stat().st_size < 30_000)[:chars]
+    return "".join(
+        p.read_text(errors="ignore") for p in files if p.parent == files[0].parent and 2_000 < p.stat().st_size < 30_000
+    )[:chars]
 
 
 def run_cli(capsys, *args):

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, stdlib_text
 
 BIN = Path(sys.executable).parent
@@ -27,11 +26,51 @@ def world(tmp_path_factory):
     (root / "latin1.txt").write_bytes("café crème ".encode("latin-1") * 50)
     (root / "tiny.txt").write_text("hello world, a tiny corpus\n" * 40)
     e = {**os.environ, "MLXSUITE_MODELS": str(root / "store"), "OPENBLAS_NUM_THREADS": "1"}
-    for args in (["train", "--out", "base", "--preset", "micro", "--corpus", str(good), "--vocab-size", "512",
-                  "--steps", "4", "--seq-len", "32", "--batch-size", "8", "--eval-windows", "2", "--quiet"],
-                 ["moma", "train", "--variant", "moma1t1i", "--out", "mm", "--preset", "micro", "--corpus", str(good),
-                  "--seq-len", "48", "--batch-size", "8", "--text-tokens", "6000", "--codebook-size", "16",
-                  "--steps", "2", "--quiet"]):
+    for args in (
+        [
+            "train",
+            "--out",
+            "base",
+            "--preset",
+            "micro",
+            "--corpus",
+            str(good),
+            "--vocab-size",
+            "512",
+            "--steps",
+            "4",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "8",
+            "--eval-windows",
+            "2",
+            "--quiet",
+        ],
+        [
+            "moma",
+            "train",
+            "--variant",
+            "moma1t1i",
+            "--out",
+            "mm",
+            "--preset",
+            "micro",
+            "--corpus",
+            str(good),
+            "--seq-len",
+            "48",
+            "--batch-size",
+            "8",
+            "--text-tokens",
+            "6000",
+            "--codebook-size",
+            "16",
+            "--steps",
+            "2",
+            "--quiet",
+        ],
+    ):
         r = subprocess.run([str(BIN / "mlxsuite"), *args], env=e, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
     return root
@@ -48,8 +87,22 @@ CASES = [
     (["train", "--out", "b1", "--corpus", "{root}/binary.txt"], "binary"),
     (["train", "--out", "b1", "--corpus", "{root}/latin1.txt"], "UTF-8"),
     (["train", "--out", "b1", "--preset", "micro", "--corpus", "{root}/tiny.txt"], "--vocab-size"),
-    (["train", "--out", "b1", "--preset", "micro", "--corpus", "{root}/good.txt", "--vocab-size", "512",
-      "--seq-len", "100000"], "context"),
+    (
+        [
+            "train",
+            "--out",
+            "b1",
+            "--preset",
+            "micro",
+            "--corpus",
+            "{root}/good.txt",
+            "--vocab-size",
+            "512",
+            "--seq-len",
+            "100000",
+        ],
+        "context",
+    ),
     (["train", "--out", "base", "--resume", "--vocab-size", "600"], "--vocab-size 600"),
     (["train", "--out", "b1", "--init-from", "base", "--vocab-size", "600"], "--init-from"),
     (["kvp", "train", "base", "--aux", "bogus", "--out", "k1"], "bogus"),
@@ -66,10 +119,14 @@ CASES = [
     (["generate", "base", "-p", "x", "--temp", "-1"], "temperature"),
     (["generate", "base", "-p", "x", "--top-k", "-3"], "top-k"),
     (["moma", "generate", "mm", "--prompt", "a digit 3", "--temperature", "-1"], "temperature"),
-    (["moma", "compare", "--variants", "dense,moe2x", "--preset", "micro", "--plot", "{root}/no/such/c.png"],
-     "does not exist"),
-    (["vocab", "sweep", "--budgets", "1e9", "--presets", "micro", "--out", "s1", "--plot", "{root}/no/such/s.png"],
-     "does not exist"),
+    (
+        ["moma", "compare", "--variants", "dense,moe2x", "--preset", "micro", "--plot", "{root}/no/such/c.png"],
+        "does not exist",
+    ),
+    (
+        ["vocab", "sweep", "--budgets", "1e9", "--presets", "micro", "--out", "s1", "--plot", "{root}/no/such/s.png"],
+        "does not exist",
+    ),
     (["bench", "ttft", "base", "--plot", "{root}/no/such/t.png"], "does not exist"),
     (["eval", "{root}/truncated"], "corrupt"),
 ]
@@ -111,7 +168,7 @@ def test_eval_defaults_to_the_training_corpus(world, capsys, monkeypatch):
 
 
 def test_folder_corpus_skips_dot_folders(tmp_path):
-    from mlxsuite.data import load_corpus
+    from mlxsuite.data.corpus import load_corpus
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.py").write_text("print('a')\n" * 20)
@@ -122,20 +179,20 @@ def test_folder_corpus_skips_dot_folders(tmp_path):
 
 
 def test_completion_keeps_the_space_at_the_join(world):
+    from mlxsuite.data.tokenizer import Tokenizer
     from mlxsuite.generate import decode_stream
-    from mlxsuite.tokenizer import Tokenizer
 
     tok = Tokenizer(world / "store" / "base" / "tokenizer.model")
     prompt, full = tok.encode("def the quick"), tok.encode("def the quick brown fox")
     assert full[: len(prompt)] == prompt  # the join falls on a word boundary
     pieces = []
-    text = decode_stream(tok, iter(full[len(prompt):]), pieces.append, prompt_ids=prompt)
+    text = decode_stream(tok, iter(full[len(prompt) :]), pieces.append, prompt_ids=prompt)
     assert text == "".join(pieces) == " brown fox"  # decoded alone it reads "brown fox"
-    assert tok.decode(full[len(prompt):]) == "brown fox"
+    assert tok.decode(full[len(prompt) :]) == "brown fox"
 
 
 def test_token_cache_is_bounded(tmp_path):
-    from mlxsuite.data import prune_cache
+    from mlxsuite.data.corpus import prune_cache
 
     for i, size in enumerate([300, 300, 300]):
         p = tmp_path / f"{i}.npy"
@@ -150,20 +207,45 @@ def test_two_ranks_existing_output_one_line(world):
     if not launch.exists():
         pytest.skip("mlx.launch not installed")
     e = {**os.environ, "MLXSUITE_MODELS": str(world / "store"), "OPENBLAS_NUM_THREADS": "1"}
-    r = subprocess.run([str(launch), "-n", "2", "--", str(BIN / "mlxsuite"), "train", "--out", "base", "--preset",
-                        "micro"], env=e, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(launch), "-n", "2", "--", str(BIN / "mlxsuite"), "train", "--out", "base", "--preset", "micro"],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [ln for ln in r.stderr.splitlines() if "[WARN]" not in ln]  # the launcher's own per-rank notes
-    assert lines == [f"error: {world / 'store' / 'base'} exists: pass --resume to continue its run or --force to "
-                     "start over"], r.stderr
+    assert lines == [
+        f"error: {world / 'store' / 'base'} exists: pass --resume to continue its run or --force to start over"
+    ], r.stderr
     assert "exited with code 2" in r.stderr and "Traceback" not in r.stderr + r.stdout
 
 
 @pytest.mark.parametrize("delay", [0.15, 1.0, 2.5])
 def test_ctrl_c_is_one_line_exit_130(world, tmp_path, delay):
     e = {**os.environ, "MLXSUITE_MODELS": str(tmp_path / "store"), "OPENBLAS_NUM_THREADS": "1"}
-    p = subprocess.Popen([str(BIN / "mlxsuite"), "train", "--out", "c", "--preset", "micro", "--corpus",
-                          str(world / "good.txt"), "--vocab-size", "512", "--steps", "200", "--seq-len", "32"],
-                         env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            str(BIN / "mlxsuite"),
+            "train",
+            "--out",
+            "c",
+            "--preset",
+            "micro",
+            "--corpus",
+            str(world / "good.txt"),
+            "--vocab-size",
+            "512",
+            "--steps",
+            "200",
+            "--seq-len",
+            "32",
+        ],
+        env=e,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(delay)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)

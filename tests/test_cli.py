@@ -18,8 +18,21 @@ def test_doctor_json_reports_blas_side_by_side():
     r = run("doctor", "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    for key in ("mlxsuite_version", "mlx_version", "mlx_lm_version", "device", "chip", "memory_gb", "os",
-                "os_version", "python", "blas_name", "blas_advice", "compile_compiler", "distributed_backends"):
+    for key in (
+        "mlxsuite_version",
+        "mlx_version",
+        "mlx_lm_version",
+        "device",
+        "chip",
+        "memory_gb",
+        "os",
+        "os_version",
+        "python",
+        "blas_name",
+        "blas_advice",
+        "compile_compiler",
+        "distributed_backends",
+    ):
         assert key in info
     blas = info["blas"]
     assert blas["library"] and blas["mlx_sgemm_gflops"] > 0 and blas["numpy_sgemm_gflops"] > 0

@@ -12,6 +12,7 @@ from conftest import run_cli
 
 from mlxsuite.cli import app, common
 
+
 def _all_commands(group=None, path=()):
     group = group or typer.main.get_command(app)
     for name, cmd in group.commands.items():
@@ -22,8 +23,23 @@ def _all_commands(group=None, path=()):
 
 
 COMMANDS = sorted(_all_commands())
-ARGUMENTS = {"MODEL", "[MODEL]", "[MODEL]...", "KVP", "RUN", "IMAGE", "OUT", "HF_DIR", "[HF_DIR]", "HF_PATH", "[OUT]", "GGUF",
-             "SRC", "DIR", "FILE"}
+ARGUMENTS = {
+    "MODEL",
+    "[MODEL]",
+    "[MODEL]...",
+    "KVP",
+    "RUN",
+    "IMAGE",
+    "OUT",
+    "HF_DIR",
+    "[HF_DIR]",
+    "HF_PATH",
+    "[OUT]",
+    "GGUF",
+    "SRC",
+    "DIR",
+    "FILE",
+}
 
 
 def _command(path):
@@ -49,16 +65,19 @@ def test_every_option_has_help_and_the_model_argument_one_name(path):
             assert typing.get_args(p.type_descriptor.annotation) == ("float32", "bfloat16", "float16")
 
 
-@pytest.mark.parametrize("args", [
-    ["bench", "ttft", "micro", "--device", "tpu"],
-    ["bench", "ttft", "micro", "--dtype", "int8"],
-    ["bench", "ttft", "micro", "-o", "html"],
-    ["train", "--out", "x", "--device", "tpu"],
-    ["kvp", "train", "micro", "--out", "x", "--device", "tpu"],
-    ["kvp", "eval", "x", "--device", "tpu"],
-    ["convert", "from-hf", "x", "y", "--dtype", "int8"],
-    ["train", "--out", "x", "--lr-schedule", "step"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "ttft", "micro", "--device", "tpu"],
+        ["bench", "ttft", "micro", "--dtype", "int8"],
+        ["bench", "ttft", "micro", "-o", "html"],
+        ["train", "--out", "x", "--device", "tpu"],
+        ["kvp", "train", "micro", "--out", "x", "--device", "tpu"],
+        ["kvp", "eval", "x", "--device", "tpu"],
+        ["convert", "from-hf", "x", "y", "--dtype", "int8"],
+        ["train", "--out", "x", "--lr-schedule", "step"],
+    ],
+)
 def test_choices_are_checked_by_the_parser(capsys, args):
     code, stdout, stderr = run_cli(capsys, *args)
     assert code == 2 and stdout == ""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli as run
 
-from mlxsuite import scaling
+from mlxsuite.vocab import scaling
 
 
 def run_json(capsys, *args):

@@ -12,18 +12,18 @@ import math
 import random
 from pathlib import Path
 
+import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from conftest import run_cli as run
-
-import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
-import mlx.core as mx
-import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
-from mlxsuite import convert, store
-from mlxsuite.errors import UserError
+import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
+from mlxsuite import store
+from mlxsuite.convert import hf as convert
 from mlxsuite.models import lm
+from mlxsuite.platform.errors import UserError
 
 D, FFN, HEADS, KV_HEADS, LAYERS, VOCAB = 64, 128, 4, 2, 2, 320
 TOKENS = mx.array([[5, 17, 300, 2, 99, 42, 7, 250, 1, 0, 64, 128]])
@@ -44,7 +44,11 @@ FAMILIES = {
         attention_bias=True,
         mlp_bias=True,
         rope_scaling=dict(
-            rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=64,
         ),
     ),
     # mistral: untied, no biases, a sliding_window mlx-lm ignores, explicit head_dim
@@ -125,7 +129,22 @@ def hf_config(spec: dict) -> dict:
     return config
 
 
-WORDS = "the quick brown fox jumps over lazy dog model weights convert layer tensor shard".split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "model",
+    "weights",
+    "convert",
+    "layer",
+    "tensor",
+    "shard",
+]
 
 
 def write_hf_tokenizer(folder: Path, bos: bool) -> None:
@@ -225,7 +244,7 @@ def test_hf_config_variants():
 
 
 def test_hf_tokenizer_special_ids(tmp_path):
-    from mlxsuite.hf_tokenizer import HFTokenizer
+    from mlxsuite.data.hf_tokenizer import HFTokenizer
 
     write_hf_tokenizer(tmp_path, bos=False)
     cfg = {"eos_token": {"content": "</s>", "special": True}, "bos_token": None}
@@ -269,7 +288,11 @@ def test_from_hf_quantized_equals_mlx_lm_quantized(tmp_path, capsys):
     code, _, err = run(capsys, "convert", "from-hf", str(hf), "q4", "-q", "--q-bits", "4", "--q-group-size", "32")
     assert code == 0, err
     model, _, folder = store.load_model("q4")
-    assert json.loads((folder / "config.json").read_text())["quantization"] == {"group_size": 32, "bits": 4, "mode": "affine"}
+    assert json.loads((folder / "config.json").read_text())["quantization"] == {
+        "group_size": 32,
+        "bits": 4,
+        "mode": "affine",
+    }
     assert isinstance(model.layers[0].mlp.down_proj, nn.QuantizedLinear)
     assert isinstance(model.model.embed_tokens, nn.QuantizedEmbedding)
 
@@ -294,10 +317,28 @@ SAMPLE = [
 
 @pytest.fixture(scope="module")
 def sp_tokenizer(tmp_path_factory):
-    from mlxsuite.tokenizer import train_tokenizer
+    from mlxsuite.data.tokenizer import train_tokenizer
 
     rng = random.Random(0)
-    words = "the quick brown fox jumps over lazy dog model weights 123 4567 naïve café def return x".split()
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "lazy",
+        "dog",
+        "model",
+        "weights",
+        "123",
+        "4567",
+        "naïve",
+        "café",
+        "def",
+        "return",
+        "x",
+    ]
     texts = ["\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(30)) for _ in range(20)]
     return train_tokenizer(texts, 330, tmp_path_factory.mktemp("sp") / "tokenizer.model")
 
@@ -401,7 +442,11 @@ def test_quantize_loads_and_runs(tmp_path, capsys, sp_tokenizer, bits, group):
     assert code == 0, err
     assert "2 of 16 layers stay in float" in err  # the two down_proj (input 176)
     model, _, folder = store.load_model("fpq")
-    assert json.loads((folder / "config.json").read_text())["quantization"] == {"group_size": group, "bits": bits, "mode": "affine"}
+    assert json.loads((folder / "config.json").read_text())["quantization"] == {
+        "group_size": group,
+        "bits": bits,
+        "mode": "affine",
+    }
     # micro: d=64, ffn=176, so down_proj (input 176) stays float, as mlx-lm's predicate leaves it
     assert isinstance(model.layers[0].mlp.up_proj, nn.QuantizedLinear) and isinstance(model.lm_head, nn.QuantizedLinear)
     assert isinstance(model.layers[0].mlp.down_proj, nn.Linear)
@@ -512,8 +557,26 @@ def test_converted_model_trains_evaluates_and_generates(tmp_path, capsys, small_
     code, _, err = run(capsys, "convert", "from-hf", str(hf), "conv")
     assert code == 0, err
     code, out, err = run(
-        capsys, "train", "--init-from", "conv", "--out", "ft", "--corpus", str(small_corpus), "--seq-len", "16",
-        "--batch-size", "4", "--steps", "3", "--warmup", "1", "--eval-windows", "2", "--json", "--quiet",
+        capsys,
+        "train",
+        "--init-from",
+        "conv",
+        "--out",
+        "ft",
+        "--corpus",
+        str(small_corpus),
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--eval-windows",
+        "2",
+        "--json",
+        "--quiet",
     )
     assert code == 0, err
     assert math.isfinite(json.loads(out)["val_ce"])
@@ -522,7 +585,9 @@ def test_converted_model_trains_evaluates_and_generates(tmp_path, capsys, small_
     assert set(before) == set(after)
     assert not mx.allclose(before["model.norm.weight"], after["model.norm.weight"]).item()  # it trained
     assert (store.resolve("ft") / "tokenizer.json").exists()
-    code, out, err = run(capsys, "eval", "ft", "--corpus", str(small_corpus), "--seq-len", "16", "--windows", "2", "--json")
+    code, out, err = run(
+        capsys, "eval", "ft", "--corpus", str(small_corpus), "--seq-len", "16", "--windows", "2", "--json"
+    )
     assert code == 0, err
     code, out, err = run(capsys, "generate", "ft", "-p", "def", "-m", "3", "--json")
     assert code == 0, err

@@ -13,13 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlx.core as mx
+import mlx.nn as nn
 import pytest
 from conftest import run_cli as run
 from test_convert import TOKENS, make_hf, mlx_lm_logits
 
 import mlxsuite
-import mlx.core as mx
-import mlx.nn as nn
 
 
 def mlx_lm_quantized(hf: Path, **kw):
@@ -31,7 +31,12 @@ def mlx_lm_quantized(hf: Path, **kw):
     recipe = kw.pop("recipe", None)
     predicate = mixed_quant_predicate_builder(recipe, model, kw.get("group_size") or 64) if recipe else None
     return quantize_model(
-        model, load_config(hf), kw.get("group_size"), kw.get("bits"), mode=kw.get("mode", "affine"), quant_predicate=predicate
+        model,
+        load_config(hf),
+        kw.get("group_size"),
+        kw.get("bits"),
+        mode=kw.get("mode", "affine"),
+        quant_predicate=predicate,
     )
 
 
@@ -48,7 +53,9 @@ def mlx_lm_quantized(hf: Path, **kw):
 def test_from_hf_quantizes_as_mlx_lm(tmp_path, capsys, flags, kw):
     hf = make_hf(tmp_path / "hf", "qwen3")
     out = tmp_path / "q"
-    code, stdout, err = run(capsys, "convert", "from-hf", "--hf-path", str(hf), "--mlx-path", str(out), "-q", *flags, "--json")
+    code, stdout, err = run(
+        capsys, "convert", "from-hf", "--hf-path", str(hf), "--mlx-path", str(out), "-q", *flags, "--json"
+    )
     assert code == 0, err
     ref, ref_config = mlx_lm_quantized(hf, **kw)
     written = json.loads((out / "config.json").read_text())
@@ -66,9 +73,10 @@ def test_mlx_lm_folders_kept_or_dequantized(tmp_path, capsys):
     ref, _ = load_model(mixed)
     # kept as it is: the per-layer entries come along, mlx-lm opens it with the same logits
     assert run(capsys, "convert", "from-hf", str(mixed), str(tmp_path / "kept"))[0] == 0
-    assert json.loads((tmp_path / "kept" / "config.json").read_text())["quantization"] == json.loads(
-        (mixed / "config.json").read_text()
-    )["quantization"]
+    assert (
+        json.loads((tmp_path / "kept" / "config.json").read_text())["quantization"]
+        == json.loads((mixed / "config.json").read_text())["quantization"]
+    )
     assert mx.array_equal(mlx_lm_logits(tmp_path / "kept"), ref(TOKENS))
     # -d: floats, equal to mlx-lm's dequantize_model
     code, _, err = run(capsys, "convert", "from-hf", str(mixed), str(tmp_path / "deq"), "-d", "--dtype", "float32")
@@ -92,7 +100,9 @@ def test_quantize_our_model_with_a_recipe(tmp_path, capsys):
     assert code == 0, err
     base, _, folder = store.load_model("fp")
     config = json.loads((folder / "config.json").read_text())
-    _, ref_config = quantize_model(base, config, 64, None, quant_predicate=mixed_quant_predicate_builder("mixed_3_4", base, 64))
+    _, ref_config = quantize_model(
+        base, config, 64, None, quant_predicate=mixed_quant_predicate_builder("mixed_3_4", base, 64)
+    )
     assert json.loads(stdout)["config"]["quantization"] == ref_config["quantization"]
     assert mx.allclose(mlx_lm_logits(tmp_path / "store" / "mixed"), base(TOKENS), rtol=1e-5, atol=1e-5)
 
@@ -107,14 +117,45 @@ def test_invalid_combinations_are_refused(tmp_path, capsys):
 
     refused("from-hf", str(hf), "x", "--q-bits", "4", words="apply only with -q")
     refused("from-hf", str(hf), "x", "-q", "-d", words="either quantize (-q) or dequantize (-d)")
-    refused("from-hf", str(hf), "x", "-q", "--q-mode", "mxfp4", "--q-bits", "8", words="mxfp4 is 4-bit with group size 32 only")
-    refused("from-hf", str(hf), "x", "-q", "--quant-predicate", "mixed_4_6", "--q-mode", "nvfp4", words="affine mode only")
-    refused("from-hf", str(hf), "x", "-q", "--quant-predicate", "mixed_4_6", "--q-bits", "4", words="the recipe sets the bits")
+    refused(
+        "from-hf",
+        str(hf),
+        "x",
+        "-q",
+        "--q-mode",
+        "mxfp4",
+        "--q-bits",
+        "8",
+        words="mxfp4 is 4-bit with group size 32 only",
+    )
+    refused(
+        "from-hf", str(hf), "x", "-q", "--quant-predicate", "mixed_4_6", "--q-mode", "nvfp4", words="affine mode only"
+    )
+    refused(
+        "from-hf",
+        str(hf),
+        "x",
+        "-q",
+        "--quant-predicate",
+        "mixed_4_6",
+        "--q-bits",
+        "4",
+        words="the recipe sets the bits",
+    )
     refused("from-hf", str(hf), "x", "-q", "--q-group-size", "48", words="--q-group-size must be 32, 64 or 128")
     refused("from-hf", str(hf), "x", "-d", words="is not quantized")
     refused("from-hf", str(hf), "x", "--hf-path", str(tmp_path), words="given twice")
     refused("from-hf", "--mlx-path", str(tmp_path / "x"), words="give the checkpoint")
-    refused("quantize", "nope", "x", "--q-mode", "mxfp8", "--q-group-size", "64", words="mxfp8 is 8-bit with group size 32 only")
+    refused(
+        "quantize",
+        "nope",
+        "x",
+        "--q-mode",
+        "mxfp8",
+        "--q-group-size",
+        "64",
+        words="mxfp8 is 8-bit with group size 32 only",
+    )
 
 
 def test_version(capsys):

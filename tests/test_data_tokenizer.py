@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from mlxsuite import data
-from mlxsuite.errors import UserError
-from mlxsuite.tokenizer import Tokenizer, train_tokenizer, unigram_probs
+from mlxsuite.data import corpus as data
+from mlxsuite.data.tokenizer import Tokenizer, train_tokenizer, unigram_probs
+from mlxsuite.platform.errors import UserError
 
 
 @pytest.fixture(scope="module")

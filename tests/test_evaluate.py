@@ -6,8 +6,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlxsuite import trainer
-from mlxsuite.evaluate import evaluate_lm
+from mlxsuite.train import trainer
+from mlxsuite.train.evaluate import evaluate_lm
 
 
 class UnigramModel(nn.Module):

@@ -32,9 +32,30 @@ def env(tmp_path_factory):
 
 
 def train_args(out, corpus, steps=24):
-    return ["train", "--out", out, "--preset", "micro", "--corpus", str(corpus), "--vocab-size", "512",
-            "--steps", str(steps), "--save-every", "3", "--seq-len", "32", "--batch-size", "8", "--eval-windows", "4",
-            "--eval-every", str(steps), "--quiet"]
+    return [
+        "train",
+        "--out",
+        out,
+        "--preset",
+        "micro",
+        "--corpus",
+        str(corpus),
+        "--vocab-size",
+        "512",
+        "--steps",
+        str(steps),
+        "--save-every",
+        "3",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "8",
+        "--eval-windows",
+        "4",
+        "--eval-every",
+        str(steps),
+        "--quiet",
+    ]
 
 
 def temps(root: Path) -> list[Path]:
@@ -105,9 +126,30 @@ def test_kvp_train_killed_resumes_exactly(env, seed):
     store, corpus, e = env
 
     def args(out):
-        return ["kvp", "train", "base", "--aux", "prune:0.5", "--out", out, "--corpus", str(corpus), "--steps", "18",
-                "--save-every", "3", "--seq-len", "32", "--batch-size", "8", "--eval-windows", "4", "--eval-every",
-                "18", "--quiet"]
+        return [
+            "kvp",
+            "train",
+            "base",
+            "--aux",
+            "prune:0.5",
+            "--out",
+            out,
+            "--corpus",
+            str(corpus),
+            "--steps",
+            "18",
+            "--save-every",
+            "3",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "8",
+            "--eval-windows",
+            "4",
+            "--eval-every",
+            "18",
+            "--quiet",
+        ]
 
     if not (store / "kvp-ref").exists():
         run_ok(args("kvp-ref"), e)
@@ -122,21 +164,50 @@ def test_moma_train_killed_resumes_exactly(env):
     store, corpus, e = env
 
     def args(out):
-        return ["moma", "train", "--variant", "moma1t1i", "--out", out, "--preset", "micro", "--corpus", str(corpus),
-                "--seq-len", "48", "--batch-size", "8", "--text-tokens", "6000", "--codebook-size", "16",
-                "--steps", "12", "--warmup", "2", "--save-every", "2", "--eval-every", "12", "--quiet"]
+        return [
+            "moma",
+            "train",
+            "--variant",
+            "moma1t1i",
+            "--out",
+            out,
+            "--preset",
+            "micro",
+            "--corpus",
+            str(corpus),
+            "--seq-len",
+            "48",
+            "--batch-size",
+            "8",
+            "--text-tokens",
+            "6000",
+            "--codebook-size",
+            "16",
+            "--steps",
+            "12",
+            "--warmup",
+            "2",
+            "--save-every",
+            "2",
+            "--eval-every",
+            "12",
+            "--quiet",
+        ]
 
     run_ok(args("moma-ref"), e)
     cut = kill_then_rerun(args, e, store, 1, resumable=True)
     assert digest(cut, "model.safetensors") == digest(store / "moma-ref", "model.safetensors")
 
 
-@pytest.mark.parametrize("command", [
-    ["convert", "prune", "base", "{out}", "--keep", "0.5"],
-    ["convert", "quantize", "base", "{out}", "--q-bits", "4", "--q-group-size", "32"],
-    ["convert", "to-mlx-lm", "base", "{out}"],
-    ["tokenizer", "train", "--vocab-size", "400", "--corpus", "{corpus}", "--out", "{out}"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["convert", "prune", "base", "{out}", "--keep", "0.5"],
+        ["convert", "quantize", "base", "{out}", "--q-bits", "4", "--q-group-size", "32"],
+        ["convert", "to-mlx-lm", "base", "{out}"],
+        ["tokenizer", "train", "--vocab-size", "400", "--corpus", "{corpus}", "--out", "{out}"],
+    ],
+)
 def test_convert_and_tokenizer_killed_leave_nothing(env, command):
     store, corpus, e = env
 
@@ -180,9 +251,27 @@ def test_vocab_sweep_killed_continues_to_the_same_result(env):
     store, corpus, e = env
 
     def args(out):
-        return ["vocab", "sweep", "--corpus", str(corpus), "--budgets", "1e9", "--presets", "micro",
-                "--vocab-sizes", "400,512", "--seq-len", "32", "--batch-size", "4", "--eval-chars", "600",
-                "--out", out, "--json"]
+        return [
+            "vocab",
+            "sweep",
+            "--corpus",
+            str(corpus),
+            "--budgets",
+            "1e9",
+            "--presets",
+            "micro",
+            "--vocab-sizes",
+            "400,512",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--eval-chars",
+            "600",
+            "--out",
+            out,
+            "--json",
+        ]
 
     run_ok(args("sweep-ref"), e)
     kill_during(args("cut"), e, store, 1)

@@ -15,16 +15,15 @@ import json
 import struct
 from pathlib import Path
 
+import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from conftest import run_cli as run
 
 import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
-import mlx.core as mx
-import mlx.nn as nn
-
-from mlxsuite import gguf
-from mlxsuite.errors import UserError
+from mlxsuite.convert import gguf_reader as gguf
+from mlxsuite.platform.errors import UserError
 
 D, FFN, HEADS, KV_HEADS, LAYERS = 64, 128, 4, 2, 2
 TEXTS = [
@@ -50,7 +49,10 @@ def train_bpe(digits: bool):
     tk.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     corpus = [t * 3 for t in TEXTS] + ["def function(x): return x * 2 + 10 for i in range(100)"] * 5
     tk.train_from_iterator(corpus, trainer)
@@ -295,7 +297,9 @@ def test_unpermute_inverts_llama_cpp_permutation_on_packed_rows():
         assert mx.array_equal(gguf.unpermute_rows(permute_weights(part, HEADS, KV_HEADS), KV_HEADS), part)
     # unpermuting the packed rows, scales and biases is unpermuting the dequantized weight
     back = [gguf.unpermute_rows(permute_weights(p, HEADS, KV_HEADS), KV_HEADS) for p in (q, scales, biases)]
-    assert mx.array_equal(mx.dequantize(*back, group_size=32, bits=4), mx.dequantize(q, scales, biases, group_size=32, bits=4))
+    assert mx.array_equal(
+        mx.dequantize(*back, group_size=32, bits=4), mx.dequantize(q, scales, biases, group_size=32, bits=4)
+    )
 
 
 def test_quantized_gguf_kept_and_dequantized(tmp_path, capsys):
@@ -317,7 +321,11 @@ def test_quantized_gguf_kept_and_dequantized(tmp_path, capsys):
     config = json.loads((tmp_path / "kept" / "config.json").read_text())
     assert config["quantization"]["model.embed_tokens"] == {"group_size": 32, "bits": 8, "mode": "affine"}
     # the most common parameters folder-wide (4-bit, group 32), mlx-lm's per-layer entries for the others
-    assert {k: config["quantization"][k] for k in ("group_size", "bits", "mode")} == {"group_size": 32, "bits": 4, "mode": "affine"}
+    assert {k: config["quantization"][k] for k in ("group_size", "bits", "mode")} == {
+        "group_size": 32,
+        "bits": 4,
+        "mode": "affine",
+    }
     assert "model.layers.0.self_attn.q_proj" not in config["quantization"]
     assert config["quantization"]["model.layers.1.mlp.up_proj"]["bits"] == 8
     model, _ = load_mlx_lm(tmp_path / "kept")
@@ -326,7 +334,9 @@ def test_quantized_gguf_kept_and_dequantized(tmp_path, capsys):
     # float16 scales make the activations float16 (as mlx-lm runs any GGUF-derived quantized model): 1% of the range
     assert mx.abs(model(tokens).astype(mx.float32) - expected).max().item() < 0.01 * mx.abs(expected).max().item()
 
-    code, _, err = run(capsys, "convert", "from-gguf", str(tmp_path / "q.gguf"), str(tmp_path / "f32"), "--dtype", "float32")
+    code, _, err = run(
+        capsys, "convert", "from-gguf", str(tmp_path / "q.gguf"), str(tmp_path / "f32"), "--dtype", "float32"
+    )
     assert code == 0, err
     model, _ = load_mlx_lm(tmp_path / "f32")
     # dequantized weights are exactly what the ggml blocks decode to, rows back in Hugging Face order
@@ -354,7 +364,7 @@ def test_sentencepiece_gguf_tokenizer(tmp_path, capsys, spm):
         assert tokenizer.encode(text) == [bos] + original.encode(text)  # llama's add_bos_token
         assert tokenizer.decode(tokenizer.encode(text)[1:]) == original.decode(original.encode(text))
     # this project reads the folder as mlx-lm does: tokenizer.json (with its BOS), not the bare tokenizer.model
-    from mlxsuite.tokenizer import load_tokenizer
+    from mlxsuite.data.tokenizer import load_tokenizer
 
     ours = load_tokenizer(tmp_path / "conv")
     assert [ours.encode(text) for text in TEXTS] == [tokenizer.encode(text) for text in TEXTS]
@@ -398,7 +408,7 @@ def test_header_scan_and_refusals(tmp_path, capsys):
 
 
 def test_gguf_model_folder_converts_once(tmp_path, monkeypatch):
-    from mlxsuite.convert_gguf import gguf_model_folder
+    from mlxsuite.convert.from_gguf import gguf_model_folder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     tk = train_bpe(digits=False)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli as run
 
-from mlxsuite import hub
-from mlxsuite.errors import UserError
+from mlxsuite.platform.errors import UserError
+from mlxsuite.store import hub
 
 HASH = "0123456789abcdef0123456789abcdef01234567"
 
@@ -92,7 +92,9 @@ def test_unsupported_model_type_is_refused_before_weights(hf_home, tmp_path, mon
     # a supported one: the snapshot is fetched with safetensors as the only weights
     fetched.clear()
     monkeypatch.setattr(
-        huggingface_hub, "hf_hub_download", lambda repo, f, **kw: str(fake_cache(hf_home, "org/llm", {"model_type": "qwen2"}) / f)
+        huggingface_hub,
+        "hf_hub_download",
+        lambda repo, f, **kw: str(fake_cache(hf_home, "org/llm", {"model_type": "qwen2"}) / f),
     )
     assert hub.resolve_repo("org/llm2").name == HASH
     patterns = fetched[0][1]
@@ -100,9 +102,8 @@ def test_unsupported_model_type_is_refused_before_weights(hf_home, tmp_path, mon
 
 
 def test_from_hf_takes_a_cached_repo_id_offline(hf_home, tmp_path, capsys):
-    from test_convert import TOKENS, make_hf, mlx_lm_logits
-
     import mlx.core as mx
+    from test_convert import make_hf, mlx_lm_logits
 
     snapshot = hf_home / "hub" / "models--org--tiny" / "snapshots" / HASH
     make_hf(snapshot, "qwen2")
@@ -123,8 +124,19 @@ def test_commands_take_a_cached_repo_id(hf_home, tmp_path, capsys):
     from mlxsuite import store
     from mlxsuite.models import lm
 
-    model = lm.build(lm.ModelArgs(model_type="qwen2", hidden_size=32, num_hidden_layers=2, intermediate_size=64,
-                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=96, qkv_bias=True), seed=3)
+    model = lm.build(
+        lm.ModelArgs(
+            model_type="qwen2",
+            hidden_size=32,
+            num_hidden_layers=2,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=96,
+            qkv_bias=True,
+        ),
+        seed=3,
+    )
     snapshot = fake_cache(hf_home, "org/tiny", {}, weights=False)
     config = {k: v for k, v in model.args.to_dict().items() if k not in ("qkv_bias", "qk_norm", "head_dim")}
     (snapshot / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-6}))  # as mlx-lm writes qwen2

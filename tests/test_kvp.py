@@ -7,29 +7,35 @@ import json
 import sysconfig
 from pathlib import Path
 
-import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 import mlx.core as mx
 import pytest
 from conftest import run_cli as run
 
-from mlxsuite import flops, store
-from mlxsuite.models import kernels
+import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
+from mlxsuite import store
+from mlxsuite.models import flops, kernels, lm
 from mlxsuite.models import kv_prediction as kvm
-from mlxsuite.models import lm
 
 
 def prompt_step(pair, tokens, prefill_step=None):
     """KV Prediction's prompt step through the one prefill: (the base's logits for the first token, its cache)."""
     from mlxsuite.generate import prefill
-    from mlxsuite.kvp import prompt_fill
+    from mlxsuite.kvp.recipe import prompt_fill
 
     cache, fill = prompt_fill(pair)
     return prefill(pair.base, tokens, cache, prefill_step, fill), cache
 
 
 def micro_base(qk_norm=False, kv_heads=None, layers=3, vocab=61, seed=1) -> lm.Model:
-    args = lm.ModelArgs(hidden_size=64, num_hidden_layers=layers, intermediate_size=96, num_attention_heads=4,
-                        num_key_value_heads=kv_heads, vocab_size=vocab, qk_norm=qk_norm)
+    args = lm.ModelArgs(
+        hidden_size=64,
+        num_hidden_layers=layers,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        vocab_size=vocab,
+        qk_norm=qk_norm,
+    )
     model = lm.build(args, seed=seed)
     if qk_norm:  # non-trivial norm weights, so a missing or doubled k-norm shows
         for i, layer in enumerate(model.layers):
@@ -93,8 +99,15 @@ def test_keys_are_tapped_before_k_norm_and_rope():
 
 def test_predictor_shapes_with_different_widths():
     base = micro_base(kv_heads=2, layers=4)
-    aux_args = lm.ModelArgs(hidden_size=48, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
-                            num_key_value_heads=1, head_dim=16, vocab_size=61)
+    aux_args = lm.ModelArgs(
+        hidden_size=48,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        vocab_size=61,
+    )
     aux = lm.build(aux_args, seed=2)
     pred = kvm.KVPredictor(kvm.PredictorArgs.for_models(base, aux, kvm.contiguous_layer_map(4, 2)))
     pair = kvm.KVPredictionModel(base, aux, pred)
@@ -119,8 +132,19 @@ def test_chunked_kvp_prefill_equals_the_unchunked_reference(qk_norm, kv_heads, a
     if aux_kind == "LP":
         aux = kvm.layer_pruned(base, [0, 2])
     else:  # a narrower aux with another head size: the base's own RoPE table must be used for predicted keys
-        aux = lm.build(lm.ModelArgs(hidden_size=48, num_hidden_layers=2, intermediate_size=64, num_attention_heads=3,
-                                    num_key_value_heads=1, head_dim=16, vocab_size=61, qk_norm=qk_norm), seed=4)
+        aux = lm.build(
+            lm.ModelArgs(
+                hidden_size=48,
+                num_hidden_layers=2,
+                intermediate_size=64,
+                num_attention_heads=3,
+                num_key_value_heads=1,
+                head_dim=16,
+                vocab_size=61,
+                qk_norm=qk_norm,
+            ),
+            seed=4,
+        )
     pred = kvm.KVPredictor(kvm.PredictorArgs.for_models(base, aux, kvm.contiguous_layer_map(4, 2)))
     mx.eval(pred.parameters())
     pair = kvm.KVPredictionModel(base, aux, pred)
@@ -153,7 +177,7 @@ def test_layer_maps_reproduce_the_released_lists():
 
 
 def test_lp_layer_maps_follow_the_paper():
-    from mlxsuite.convert import pruned_layers
+    from mlxsuite.convert.hf import pruned_layers
 
     for n in (28, 36):
         for keep, expect in ((0.5, [i // 2 for i in range(n)]), (0.25, [i // 4 for i in range(n)])):
@@ -181,13 +205,25 @@ def test_layer_pruned_aux_copies_the_retained_layers():
 
 @pytest.fixture(scope="module")
 def corpus_and_tokenizer(tmp_path_factory):
-    from mlxsuite.tokenizer import train_tokenizer
+    from mlxsuite.data.tokenizer import train_tokenizer
 
     root = Path(sysconfig.get_paths()["stdlib"])
     folder = tmp_path_factory.mktemp("corpus")
     texts = []
-    for name in ("textwrap.py", "bisect.py", "heapq.py", "fnmatch.py", "shlex.py", "glob.py", "colorsys.py",
-                 "keyword.py", "stat.py", "struct.py", "this.py", "queue.py"):
+    for name in (
+        "textwrap.py",
+        "bisect.py",
+        "heapq.py",
+        "fnmatch.py",
+        "shlex.py",
+        "glob.py",
+        "colorsys.py",
+        "keyword.py",
+        "stat.py",
+        "struct.py",
+        "this.py",
+        "queue.py",
+    ):
         if (root / name).exists():
             texts.append((root / name).read_text())
             (folder / name.replace(".py", ".txt")).write_text(texts[-1])
@@ -196,20 +232,43 @@ def corpus_and_tokenizer(tmp_path_factory):
 
 
 def save_base(name: str, tok, seed=0, layers=4, **kw) -> Path:
-    args = lm.ModelArgs(hidden_size=64, num_hidden_layers=layers, intermediate_size=128, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=tok.vocab_size, **kw)
+    args = lm.ModelArgs(
+        hidden_size=64,
+        num_hidden_layers=layers,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=tok.vocab_size,
+        **kw,
+    )
     model = lm.build(args, seed=seed)
     return store.save(store.output_path(name), model, tok)
 
 
 def spec_for(corpus, **kw):
-    from mlxsuite.kvp import KVPRunSpec
-    from mlxsuite.trainer import TrainConfig
+    from mlxsuite.kvp.recipe import KVPRunSpec
+    from mlxsuite.train.trainer import TrainConfig
 
-    train = TrainConfig(steps=kw.pop("steps", 12), lr=3e-3, warmup=2, save_every=kw.pop("save_every", 6),
-                        eval_every=100, log_every=1, compile=False)
-    return KVPRunSpec(out=kw.pop("out", "pair"), base="base", aux=kw.pop("aux", "prune:0.5"), corpus=str(corpus),
-                      seq_len=32, batch_size=4, eval_windows=2, train=train, **kw)
+    train = TrainConfig(
+        steps=kw.pop("steps", 12),
+        lr=3e-3,
+        warmup=2,
+        save_every=kw.pop("save_every", 6),
+        eval_every=100,
+        log_every=1,
+        compile=False,
+    )
+    return KVPRunSpec(
+        out=kw.pop("out", "pair"),
+        base="base",
+        aux=kw.pop("aux", "prune:0.5"),
+        corpus=str(corpus),
+        seq_len=32,
+        batch_size=4,
+        eval_windows=2,
+        train=train,
+        **kw,
+    )
 
 
 class Stop(Exception):
@@ -217,8 +276,8 @@ class Stop(Exception):
 
 
 def test_training_lowers_the_loss_resumes_exactly_and_loads(corpus_and_tokenizer, capsys):
-    from mlxsuite import trainer
-    from mlxsuite.kvp import load_pair, train_kvp
+    from mlxsuite.kvp.recipe import load_pair, train_kvp
+    from mlxsuite.train import trainer
 
     corpus, tok = corpus_and_tokenizer
     save_base("base", tok, qk_norm=True)
@@ -254,17 +313,36 @@ def test_training_lowers_the_loss_resumes_exactly_and_loads(corpus_and_tokenizer
 
     # evaluation through the CLI, with the per-layer error plot
     png = folder / "err.png"
-    code, out, err = run(capsys, "kvp", "eval", "pair", "--corpus", str(corpus), "--prompt-len", "8", "--cont-len",
-                         "4", "--samples", "2", "--agree-tokens", "3", "--code", "2", "--json", "--plot", str(png))
+    code, out, err = run(
+        capsys,
+        "kvp",
+        "eval",
+        "pair",
+        "--corpus",
+        str(corpus),
+        "--prompt-len",
+        "8",
+        "--cont-len",
+        "4",
+        "--samples",
+        "2",
+        "--agree-tokens",
+        "3",
+        "--code",
+        "2",
+        "--json",
+        "--plot",
+        str(png),
+    )
     assert code == 0, err
     r = json.loads(out)
     assert set(r["methods"]) == {"base", "aux-joint", "kvp"} and len(r["kv_error"]["v_l1"]) == 4 and png.stat().st_size
     assert r["flops"]["prefill_flops"]["kvp"] < r["flops"]["prefill_flops"]["base"]
 
     # the hook for `mlxsuite generate BASE --kvp DIR`: the pair must belong to that base
-    from mlxsuite.errors import UserError
     from mlxsuite.generate import generate_text
-    from mlxsuite.kvp import prompt_fill
+    from mlxsuite.kvp.recipe import prompt_fill
+    from mlxsuite.platform.errors import UserError
 
     pair, tok2, _, _ = load_pair("pair", expect_base="base")
     cache, fill = prompt_fill(pair)
@@ -288,24 +366,26 @@ def test_training_lowers_the_loss_resumes_exactly_and_loads(corpus_and_tokenizer
 
 
 def test_mismatched_tokenizer_is_refused(corpus_and_tokenizer, tmp_path, capsys):
-    from mlxsuite.tokenizer import train_tokenizer
+    from mlxsuite.data.tokenizer import train_tokenizer
 
     corpus, tok = corpus_and_tokenizer
     save_base("base", tok)
-    other = train_tokenizer(["alpha beta gamma delta\n" * 50, "one two three four five\n" * 40], 330,
-                            tmp_path / "other" / "tokenizer.model")
+    other = train_tokenizer(
+        ["alpha beta gamma delta\n" * 50, "one two three four five\n" * 40], 330, tmp_path / "other" / "tokenizer.model"
+    )
     save_base("small", other, layers=2)
-    code, out, err = run(capsys, "kvp", "train", "base", "--aux", "small", "--out", "p", "--steps", "2",
-                         "--corpus", str(corpus))
+    code, out, err = run(
+        capsys, "kvp", "train", "base", "--aux", "small", "--out", "p", "--steps", "2", "--corpus", str(corpus)
+    )
     assert code == 2 and "tokenizer" in err and len(err.strip().splitlines()) == 1
     code, out, err = run(capsys, "kvp", "train", "base", "--aux", "prune:0.3", "--out", "p")
     assert code == 2 and "prune" in err
 
 
 def test_eval_reports_all_methods(corpus_and_tokenizer, capsys, tmp_path):
-    from mlxsuite.kvp_eval import evaluate_kvp
-
     import shutil
+
+    from mlxsuite.kvp.evaluate import evaluate_kvp
 
     corpus, tok = corpus_and_tokenizer
     held_out = tmp_path / "corpus"  # the last file is held out: Python with documented functions, for the code task
@@ -314,8 +394,16 @@ def test_eval_reports_all_methods(corpus_and_tokenizer, capsys, tmp_path):
     base = micro_base(qk_norm=True, vocab=tok.vocab_size)
     pair = identity_pair(base)
     other = micro_base(qk_norm=True, vocab=tok.vocab_size, seed=9)  # a "baseline" that is another model
-    r = evaluate_kvp(str(tmp_path), str(held_out), prompt_len=12, cont_len=4, samples=4, agree_tokens=5, code=3,
-                     loaded=(pair, tok, other))
+    r = evaluate_kvp(
+        str(tmp_path),
+        str(held_out),
+        prompt_len=12,
+        cont_len=4,
+        samples=4,
+        agree_tokens=5,
+        code=3,
+        loaded=(pair, tok, other),
+    )
     m = r["methods"]
     assert list(m) == ["base", "baseline", "aux-joint", "kvp"]
     # identity pair: KVP is the base exactly; aux is a copy of the base too: full agreement, same answers
@@ -335,10 +423,14 @@ def test_agreement_counts_matching_tokens_by_hand():
     """Token match and exact match against the base's greedy continuation, on hand-made continuations."""
     import numpy as np
 
-    from mlxsuite import kvp_eval
+    from mlxsuite.kvp import evaluate as kvp_eval
 
-    outputs = {"base": np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), "copy": np.array([[1, 2, 3, 4], [5, 6, 7, 8]]),
-               "half": np.array([[1, 2, 9, 9], [5, 6, 7, 8]]), "late": np.array([[0, 2, 3, 4], [5, 6, 7, 0]])}
+    outputs = {
+        "base": np.array([[1, 2, 3, 4], [5, 6, 7, 8]]),
+        "copy": np.array([[1, 2, 3, 4], [5, 6, 7, 8]]),
+        "half": np.array([[1, 2, 9, 9], [5, 6, 7, 8]]),
+        "late": np.array([[0, 2, 3, 4], [5, 6, 7, 0]]),
+    }
     real = kvp_eval.greedy
     kvp_eval.greedy = lambda m, prompts, n: outputs[m.name]
     try:
@@ -353,7 +445,7 @@ def test_agreement_counts_matching_tokens_by_hand():
 
 def test_code_samples_cut_lines_after_punctuation_never_in_whitespace():
     """Lines 5, 15, 25, … are candidates; the cut is after the first "(", "=", "." or "," leaving 3–30 characters."""
-    from mlxsuite.kvp_eval import code_samples, line_end
+    from mlxsuite.kvp.evaluate import code_samples, line_end
 
     lines = ["x = 0"] * 40
     lines[5] = "    result = compute_total(a, b)"  # after "=": " compute_total(a, b)", 20 characters
@@ -376,8 +468,9 @@ def test_kvp_flops_add_up_and_first_token():
     pair = identity_pair(base)
     pred = flops.predictor(pair, 36)
     assert pred == 2 * 36 * 2 * 4 * 32 * 32  # K and V maps per base layer, 32 → 32 (2 KV heads × 16)
-    assert flops.kvp_prefill(pair, 37, 2) == 2 * (flops.forward(base.args, 36, logits_tokens=0) + pred
-                                                  + flops.forward(base.args, 1, 36))
+    assert flops.kvp_prefill(pair, 37, 2) == 2 * (
+        flops.forward(base.args, 36, logits_tokens=0) + pred + flops.forward(base.args, 1, 36)
+    )
     tokens = mx.random.randint(0, 61, (2, 9), key=mx.random.key(6))
     tok = sample(prompt_step(pair, tokens)[0])
     assert tok.shape == (2,) and mx.array_equal(tok, mx.argmax(base(tokens)[:, -1], axis=-1))
@@ -398,16 +491,55 @@ def test_two_processes_match_one_process(corpus_and_tokenizer, tmp_path):
         pytest.skip("mlx.launch not installed")
     corpus, tok = corpus_and_tokenizer
     save_base("base", tok, qk_norm=True)
-    args = ["kvp", "train", "base", "--aux", "prune:0.5", "--corpus", str(corpus), "--seq-len", "32",
-            "--batch-size", "4", "--steps", "6", "--warmup", "2", "--save-every", "3", "--eval-every", "100",
-            "--log-every", "1", "--eval-windows", "2", "--quiet"]
+    args = [
+        "kvp",
+        "train",
+        "base",
+        "--aux",
+        "prune:0.5",
+        "--corpus",
+        str(corpus),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "6",
+        "--warmup",
+        "2",
+        "--save-every",
+        "3",
+        "--eval-every",
+        "100",
+        "--log-every",
+        "1",
+        "--eval-windows",
+        "2",
+        "--quiet",
+    ]
     env = {**os.environ, "MLXSUITE_LOCAL_RANKS": "2"}
     one = subprocess.run([str(bin_dir / "mlxsuite"), *args, "--out", "one"], capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([str(bin_dir / "mlx.launch"), "-n", "2", "--backend", "ring", "--", str(bin_dir / "mlxsuite"),
-                          *args, "--out", "two"], capture_output=True, text=True, timeout=300, env=env)
+    two = subprocess.run(
+        [
+            str(bin_dir / "mlx.launch"),
+            "-n",
+            "2",
+            "--backend",
+            "ring",
+            "--",
+            str(bin_dir / "mlxsuite"),
+            *args,
+            "--out",
+            "two",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
-    from mlxsuite import trainer
+    from mlxsuite.train import trainer
 
     def losses(name):
         return [m["loss"] for m in trainer.read_metrics(store.output_path(name) / "run") if m["event"] == "train"]

@@ -53,9 +53,13 @@ def test_logits_match_mlx_lm_full_and_cached(ref_module, kw):
     _close(ours(tokens[:, 20:21], cache=c)[:, 0], full[:, 20])
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(num_key_value_heads=2, tie_word_embeddings=False), dict(qk_norm=True, qkv_bias=True)])
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(num_key_value_heads=2, tie_word_embeddings=False), dict(qk_norm=True, qkv_bias=True)]
+)
 def test_parameter_counts_match_the_module(kw):
-    args = lm.ModelArgs(hidden_size=64, num_hidden_layers=3, intermediate_size=160, num_attention_heads=4, vocab_size=320, **kw)
+    args = lm.ModelArgs(
+        hidden_size=64, num_hidden_layers=3, intermediate_size=160, num_attention_heads=4, vocab_size=320, **kw
+    )
     model = lm.Model(args)
     total = sum(v.size for _, v in tree_flatten(model.parameters()))
     assert total == args.n_params
@@ -66,8 +70,13 @@ def test_parameter_counts_match_the_module(kw):
 def test_vocab_paper_family_nonvocab_counts():
     """The paper's N_nv labels (notes §1): L·(4d² + 3·d·d_ff + 2d) + d."""
     expected = {
-        "vocab-33m": 33_563_136, "vocab-85m": 84_953_856, "vocab-151m": 151_020_288, "vocab-302m": 302_027_776,
-        "vocab-631m": 631_174_656, "vocab-1130m": 1_130_457_088, "vocab-2870m": 2_870_633_600,
+        "vocab-33m": 33_563_136,
+        "vocab-85m": 84_953_856,
+        "vocab-151m": 151_020_288,
+        "vocab-302m": 302_027_776,
+        "vocab-631m": 631_174_656,
+        "vocab-1130m": 1_130_457_088,
+        "vocab-2870m": 2_870_633_600,
     }
     for name, n in expected.items():
         assert lm.preset_args(name, 32000).n_nonvocab_params == n, name

@@ -8,17 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxsuite import images as I
-from mlxsuite.errors import UserError
+import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 from mlxsuite.moma import compare as mcompare
 from mlxsuite.moma import data as mdata
+from mlxsuite.moma import images as I
 from mlxsuite.moma import spec as mspec
 from mlxsuite.moma import train as mtrain
+from mlxsuite.platform.errors import UserError
 
 BIN = Path(sys.executable).parent
 
@@ -55,8 +55,9 @@ def test_image_folder_errors(tmp_path):
 
     (tmp_path / "a.png").write_bytes(b"not a png")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "b.png")
-    (tmp_path / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "x"}) + "\n" +
-                                             json.dumps({"file": "b.png", "caption": "y"}) + "\n")
+    (tmp_path / "captions.jsonl").write_text(
+        json.dumps({"file": "a.png", "caption": "x"}) + "\n" + json.dumps({"file": "b.png", "caption": "y"}) + "\n"
+    )
     with pytest.raises(UserError, match="cannot read image"):
         I.load_image_folder(tmp_path)
     (tmp_path / "a.png").unlink()
@@ -86,11 +87,22 @@ def corpus_file(tmp_path):
 def test_tiny_compare_end_to_end(tmp_path, monkeypatch, corpus_file, capsys):
     monkeypatch.setenv("MLXSUITE_MODELS", str(tmp_path / "models"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    base = dict(preset="micro", model_overrides=dict(hidden_size=32, intermediate_size=64), corpus=corpus_file,
-                text_tokens=6000, seq_len=48, batch_size=4, codebook_size=16, text_vocab=400, router_steps=4,
-                eval_batches=1, train=dict(lr=3e-3, warmup=1, compile=False))
-    result = mcompare.compare(["dense", "moma1t1i"], flops_budget=4e8, prefix="t", base=base,
-                          plot=str(tmp_path / "curves.png"))
+    base = dict(
+        preset="micro",
+        model_overrides=dict(hidden_size=32, intermediate_size=64),
+        corpus=corpus_file,
+        text_tokens=6000,
+        seq_len=48,
+        batch_size=4,
+        codebook_size=16,
+        text_vocab=400,
+        router_steps=4,
+        eval_batches=1,
+        train=dict(lr=3e-3, warmup=1, compile=False),
+    )
+    result = mcompare.compare(
+        ["dense", "moma1t1i"], flops_budget=4e8, prefix="t", base=base, plot=str(tmp_path / "curves.png")
+    )
     rows = {r["variant"]: r for r in result["variants"]}
     assert set(rows) == {"dense", "moma1t1i"}
     for r in rows.values():
@@ -109,8 +121,12 @@ def test_tiny_compare_end_to_end(tmp_path, monkeypatch, corpus_file, capsys):
     assert mtrain.train_routers("t-moma1t1i", force=True)["router_acc"] > 0.5
 
     # upcycling: a moma2t2i run seeded from the trained 1t1i run, with Gumbel-sigmoid router noise
-    spec = mspec.MomaRunSpec(out="up", variant="moma2t2i", upcycle_from="t-moma1t1i",
-                            **{**base, "train": mspec.paper_schedule(steps=2, warmup=1, compile=False)})
+    spec = mspec.MomaRunSpec(
+        out="up",
+        variant="moma2t2i",
+        upcycle_from="t-moma1t1i",
+        **{**base, "train": mspec.paper_schedule(steps=2, warmup=1, compile=False)},
+    )
     up = mtrain.train_moma(spec)
     assert np.isfinite(up["loss"])
     saved = json.loads((tmp_path / "models" / "up" / "run" / "spec.json").read_text())
@@ -120,8 +136,17 @@ def test_tiny_compare_end_to_end(tmp_path, monkeypatch, corpus_file, capsys):
     # generation and captioning through the causal path (the CLI)
     from mlxsuite.cli import main
 
-    main(["moma", "generate", "t-moma1t1i", "--prompt", "a handwritten digit seven", "--out",
-          str(tmp_path / "seven.png")])
+    main(
+        [
+            "moma",
+            "generate",
+            "t-moma1t1i",
+            "--prompt",
+            "a handwritten digit seven",
+            "--out",
+            str(tmp_path / "seven.png"),
+        ]
+    )
     assert (tmp_path / "seven.png").exists()
     out = capsys.readouterr().out
     assert "█" in out or "▓" in out or "░" in out or "▒" in out
@@ -144,8 +169,9 @@ def test_eta_interpolation_and_augment():
 def _fake_run(folder, losses_by_step: dict, per_step_flops: float, eval_every: int):
     """A run folder as `compare` leaves it: config.json (FLOPs accounting) and run/metrics.jsonl, every step logged."""
     (folder / "run").mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"mlxsuite": {"flops_per_token": per_step_flops,
-                                                                 "tokens_per_step": 1}}))
+    (folder / "config.json").write_text(
+        json.dumps({"mlxsuite": {"flops_per_token": per_step_flops, "tokens_per_step": 1}})
+    )
     lines = []
     n = len(losses_by_step["loss"])
     for i in range(n):
@@ -168,10 +194,18 @@ def test_eta_recovers_a_known_speed_up_on_power_law_curves(tmp_path, steps):
     as 3.24 and 2.0 as 1.90."""
     per_step = 1e9
     F = per_step * np.arange(1, steps + 1)
-    dense = _fake_run(tmp_path / "dense", {"loss": _power_law(F), "loss_text": _power_law(F) + 0.3,
-                                           "loss_image": _power_law(F) - 0.2}, per_step, steps // 12)
-    sparse = _fake_run(tmp_path / "sparse", {"loss": _power_law(3.7 * F), "loss_text": _power_law(2.0 * F) + 0.3,
-                                             "loss_image": _power_law(5.2 * F) - 0.2}, per_step, steps // 12)
+    dense = _fake_run(
+        tmp_path / "dense",
+        {"loss": _power_law(F), "loss_text": _power_law(F) + 0.3, "loss_image": _power_law(F) - 0.2},
+        per_step,
+        steps // 12,
+    )
+    sparse = _fake_run(
+        tmp_path / "sparse",
+        {"loss": _power_law(3.7 * F), "loss_text": _power_law(2.0 * F) + 0.3, "loss_image": _power_law(5.2 * F) - 0.2},
+        per_step,
+        steps // 12,
+    )
     d, s = mcompare.curves(dense), mcompare.curves(sparse)
     got = mcompare.etas(d, s)
     assert got["overall"] == pytest.approx(3.7, rel=0.02)
@@ -227,8 +261,30 @@ def test_cli_group_size_and_caption_errors(tmp_path, monkeypatch, capsys, corpus
     monkeypatch.setenv("MLXSUITE_MODELS", str(tmp_path / "models"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(SystemExit) as e:  # 4 rows × 48 tokens = 192 tokens; the image group has 4×32 = 128 over 3
-        main(["moma", "train", "--variant", "moma2t3i", "--out", "x", "--preset", "micro", "--corpus", corpus_file,
-              "--seq-len", "48", "--batch-size", "4", "--text-tokens", "6000", "--codebook-size", "16", "--steps", "1"])
+        main(
+            [
+                "moma",
+                "train",
+                "--variant",
+                "moma2t3i",
+                "--out",
+                "x",
+                "--preset",
+                "micro",
+                "--corpus",
+                corpus_file,
+                "--seq-len",
+                "48",
+                "--batch-size",
+                "4",
+                "--text-tokens",
+                "6000",
+                "--codebook-size",
+                "16",
+                "--steps",
+                "1",
+            ]
+        )
     assert e.value.code == 2 and "does not divide" in capsys.readouterr().err
     assert not (tmp_path / "models" / "x").exists()  # found after the tokenizer was trained: nothing left behind
     folder = tmp_path / "imgs"
@@ -242,7 +298,7 @@ def test_cli_group_size_and_caption_errors(tmp_path, monkeypatch, capsys, corpus
 
 def test_moma_trains_with_the_papers_schedule_by_default():
     """MoMa decays linearly to 1 % of the peak (§4.1); the shared trainer offers it next to the LM's cosine."""
-    from mlxsuite import trainer
+    from mlxsuite.train import trainer
 
     cfg = mspec.MomaRunSpec(out="x").train
     assert (cfg.schedule, cfg.min_lr_ratio) == ("linear", 0.01)
@@ -257,9 +313,36 @@ def test_moma_trains_with_the_papers_schedule_by_default():
 
 
 def _train_args(corpus, out, extra=()):
-    return ["moma", "train", "--variant", "moma1t1i", "--out", str(out), "--preset", "micro", "--corpus", str(corpus),
-            "--seq-len", "48", "--batch-size", "8", "--text-tokens", "6000", "--codebook-size", "16", "--steps", "20",
-            "--warmup", "2", "--save-every", "10", "--eval-every", "10", "--quiet", *extra]
+    return [
+        "moma",
+        "train",
+        "--variant",
+        "moma1t1i",
+        "--out",
+        str(out),
+        "--preset",
+        "micro",
+        "--corpus",
+        str(corpus),
+        "--seq-len",
+        "48",
+        "--batch-size",
+        "8",
+        "--text-tokens",
+        "6000",
+        "--codebook-size",
+        "16",
+        "--steps",
+        "20",
+        "--warmup",
+        "2",
+        "--save-every",
+        "10",
+        "--eval-every",
+        "10",
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.mark.skipif(shutil.which("mlx.launch", path=str(BIN)) is None, reason="mlx.launch not installed")
@@ -270,10 +353,19 @@ def test_two_processes_match_one_process(small_corpus, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     r = subprocess.run([str(BIN / "mlxsuite"), *_train_args(small_corpus, one)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    cmd = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "--", str(BIN / "mlxsuite"),
-           *_train_args(small_corpus, two)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "MLXSUITE_LOCAL_RANKS": "2"})
+    cmd = [
+        str(BIN / "mlx.launch"),
+        "-n",
+        "2",
+        "--backend",
+        "ring",
+        "--",
+        str(BIN / "mlxsuite"),
+        *_train_args(small_corpus, two),
+    ]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "MLXSUITE_LOCAL_RANKS": "2"}
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
     def losses(folder, key="loss"):

@@ -1,27 +1,36 @@
 """MoMa's model: expert choice, dispatch against dense references, modality routing, mixture-of-depths, causality of
 the inference path and its KV cache, FLOPs matching, upcycling, noise-free router supervision."""
 
-import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from mlxsuite import flops
-from mlxsuite.errors import UserError
+import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 from mlxsuite.generate import generate_tokens
-from mlxsuite.models import lm
+from mlxsuite.models import flops, lm
 from mlxsuite.models import moma as mm
 from mlxsuite.models import moma_experts as me
 from mlxsuite.moma import data as mdata
 from mlxsuite.moma import spec as mspec
 from mlxsuite.moma import train as mtrain
+from mlxsuite.platform.errors import UserError
 
 
 def tiny_args(**kw):
-    base = dict(hidden_size=32, num_hidden_layers=2, intermediate_size=48, num_attention_heads=2, vocab_size=60,
-                image_start=40, image_end=58, ffn="moma", text_experts=2, image_experts=2)
+    base = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=48,
+        num_attention_heads=2,
+        vocab_size=60,
+        image_start=40,
+        image_end=58,
+        ffn="moma",
+        text_experts=2,
+        image_experts=2,
+    )
     base.update(kw)
     return mm.ModelArgs(**base)
 
@@ -62,8 +71,13 @@ def test_dispatch_matches_dense_reference_values_and_gradients():
     mx.random.seed(0)
     N, D, H, E, k = 24, 8, 12, 3, 8
     ffn = me.SparseFFN(D, H, [E], by_modality=False)
-    ffn.update(dict(gate_proj=0.3 * mx.random.normal((E, D, H)), up_proj=0.3 * mx.random.normal((E, D, H)),
-                    down_proj=0.3 * mx.random.normal((E, H, D))))
+    ffn.update(
+        dict(
+            gate_proj=0.3 * mx.random.normal((E, D, H)),
+            up_proj=0.3 * mx.random.normal((E, D, H)),
+            down_proj=0.3 * mx.random.normal((E, H, D)),
+        )
+    )
     x = mx.random.normal((N, D))
     member = mx.array(np.arange(N) % 4 != 0)
 
@@ -280,10 +294,18 @@ def test_variants_are_flops_matched():
     assert by["dense"]["params"] == dense_params
     assert by["moma4t4i"]["params"] > 3 * dense_params  # 8 full-size FFNs per layer
     # the paper's parameter rule: 8 experts × 8d² per layer
-    a = mm.ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=176, num_attention_heads=2,
-                     vocab_size=100, ffn="moe", num_experts=8)
+    a = mm.ModelArgs(
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=176,
+        num_attention_heads=2,
+        vocab_size=100,
+        ffn="moe",
+        num_experts=8,
+    )
     assert flops.moma_train_per_token(a, 32)["total"] == pytest.approx(
-        flops.moma_train_per_token(mm.ModelArgs(**{**a.__dict__, "ffn": "dense"}), 32)["total"] + 6 * 2 * 64 * 8)
+        flops.moma_train_per_token(mm.ModelArgs(**{**a.__dict__, "ffn": "dense"}), 32)["total"] + 6 * 2 * 64 * 8
+    )
 
 
 def test_upcycle_copies_modality_ffns_into_every_expert():
@@ -346,8 +368,9 @@ def test_router_training_targets_are_noise_free_after_upcycling():
     (l1, _), (l2, _) = mtrain.router_loss(model, batch), mtrain.router_loss(model, batch)
     assert l1.item() == l2.item()
     # main training of the same model does draw noise: two forward passes route differently
-    assert not mx.allclose(model(inputs, n_image=pos.size, mode="train"),
-                           model(inputs, n_image=pos.size, mode="train")).item()
+    assert not mx.allclose(
+        model(inputs, n_image=pos.size, mode="train"), model(inputs, n_image=pos.size, mode="train")
+    ).item()
 
 
 def test_router_accuracy_of_an_upcycled_model_is_against_noise_free_selections():
@@ -394,8 +417,14 @@ def test_mod_attention_band_equals_the_whole_selection(B, L, fraction):
     from mlxsuite.models import lm
     from mlxsuite.models.moma import attend_selected
 
-    args = lm.ModelArgs(hidden_size=64, num_hidden_layers=1, intermediate_size=96, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=100)
+    args = lm.ModelArgs(
+        hidden_size=64,
+        num_hidden_layers=1,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+    )
     attn = lm.Attention(args)
     mx.eval(attn.parameters())
     n = int(B * L * fraction)

@@ -20,7 +20,9 @@ def test_loaded_blas_matches_numpy():
     np.testing.assert_allclose(np.array(mx.array(a) @ mx.array(b)), a @ b, rtol=1e-4, atol=1e-4)
 
 
-CHILD = "import json, mlxsuite; from dataclasses import asdict; print(json.dumps(asdict(mlxsuite.platform.blas_info())))"
+CHILD = (
+    "import json, mlxsuite; from dataclasses import asdict; print(json.dumps(asdict(mlxsuite.platform.blas_info())))"
+)
 
 
 def _child(env):
@@ -123,9 +125,9 @@ def test_doctor_suggests_the_mkl_extra_only_without_compiler_and_openblas(monkey
 def test_blas_threads_default_to_the_idle_cores():
     from mlxsuite.platform import default_blas_threads
 
-    assert default_blas_threads(2, 0.1) == 2      # an idle 2-core machine: both
-    assert default_blas_threads(2, 1.2) == 1      # one core busy: a second thread would wait for it
-    assert default_blas_threads(2, 7.0) == 1      # never fewer than one
+    assert default_blas_threads(2, 0.1) == 2  # an idle 2-core machine: both
+    assert default_blas_threads(2, 1.2) == 1  # one core busy: a second thread would wait for it
+    assert default_blas_threads(2, 7.0) == 1  # never fewer than one
     assert default_blas_threads(8, 2.6) == 5
     assert default_blas_threads(8, 0.0, ranks=2) == 4  # mlx.launch -n 2 on one machine
     assert default_blas_threads(2, 0.0, ranks=2) == 1

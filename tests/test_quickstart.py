@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import json
 
-import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 import pytest
 
-from mlxsuite import ttft
+import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
+from mlxsuite.bench import ttft
 from mlxsuite.quickstart import QuickstartConfig, run_quickstart
 
 
 def tiny_config(corpus) -> QuickstartConfig:
     return QuickstartConfig(
-        name="qs", preset="micro", vocab_size=512, seq_len=32, batch_size=4, steps=3, kvp_steps=2, kvp_batch_size=4,
-        corpus=str(corpus), model_overrides={"num_hidden_layers": 4}, prompt_len=8, cont_len=4, samples=2, agree_tokens=3,
-        lengths=(16, 40), reps=1, warmup=0,
+        name="qs",
+        preset="micro",
+        vocab_size=512,
+        seq_len=32,
+        batch_size=4,
+        steps=3,
+        kvp_steps=2,
+        kvp_batch_size=4,
+        corpus=str(corpus),
+        model_overrides={"num_hidden_layers": 4},
+        prompt_len=8,
+        cont_len=4,
+        samples=2,
+        agree_tokens=3,
+        lengths=(16, 40),
+        reps=1,
+        warmup=0,
     )
 
 
@@ -57,7 +71,9 @@ def test_quickstart_tables_and_reuse(small_corpus, monkeypatch):
     # --model: the same pipeline on a model the user brings (here the base just trained): nothing trains a base,
     # the pair is built on that model's weights (its predictor from the identity, as `quickstart --model` does)
     events.clear()
-    mine = QuickstartConfig(**{**cfg.__dict__, "name": "mine", "model": r["base"]["folder"], "predictor_init": "identity"})
+    mine = QuickstartConfig(
+        **{**cfg.__dict__, "name": "mine", "model": r["base"]["folder"], "predictor_init": "identity"}
+    )
     theirs = run_quickstart(mine, callback=lambda e, i: events.append((e, i)))
     assert [i["reused"] for e, i in events if e == "stage"] == [True, False, False, False]
     assert theirs["base"]["params"] == r["base"]["params"] and theirs["kvp"]["folder"] != r["kvp"]["folder"]
@@ -74,20 +90,22 @@ def test_quickstart_cli_json(small_corpus, monkeypatch, capsys):
     cfg = tiny_config(small_corpus)
     run_quickstart(cfg)
     monkeypatch.setattr(cli, "QuickstartConfig", lambda **kw: QuickstartConfig(**{**cfg.__dict__, **kw}))
-    code, stdout, stderr = run_cli(capsys, "quickstart", "--name", "qs", "--steps", "3", "--kvp-steps", "2",
-                                   "--reps", "1", "--json")
+    code, stdout, stderr = run_cli(
+        capsys, "quickstart", "--name", "qs", "--steps", "3", "--kvp-steps", "2", "--reps", "1", "--json"
+    )
     assert code == 0, stderr
     doc = json.loads(stdout)
     assert doc["stages"]["ttft"]["reused"] and {"ttft", "quality"} <= set(doc)
-    code, stdout, stderr = run_cli(capsys, "quickstart", "--name", "qs", "--steps", "3", "--kvp-steps", "2",
-                                   "--reps", "1")
+    code, stdout, stderr = run_cli(
+        capsys, "quickstart", "--name", "qs", "--steps", "3", "--kvp-steps", "2", "--reps", "1"
+    )
     assert code == 0, stderr
     assert "Time to first token" in stdout and "KV Prediction" in stdout and "OE-LP baseline" in stdout
 
 
 @pytest.mark.parametrize("field,value", [("steps", 0), ("reps", 0)])
 def test_quickstart_rejects_bad_settings(field, value):
-    from mlxsuite.errors import UserError
+    from mlxsuite.platform.errors import UserError
 
     with pytest.raises(UserError):
         run_quickstart(QuickstartConfig(**{field: value}))

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from mlxsuite import scaling as s
-from mlxsuite.errors import UserError
+from mlxsuite.platform.errors import UserError
+from mlxsuite.vocab import scaling as s
 
 F = s.PAPER_COMPRESSION
 
@@ -54,7 +54,13 @@ def test_characters_tokens_and_flops():
 
 def test_embedding_dim_table_is_right_closed():
     assert [s.embedding_dim(n) for n in (1, 50e6, 50e6 + 1, 2.87e9, 7e9, 150e9, 1e12)] == [
-        512, 512, 768, 3200, 4096, 12288, 20480,
+        512,
+        512,
+        768,
+        3200,
+        4096,
+        12288,
+        20480,
     ]
     with pytest.raises(UserError, match="beyond"):
         s.embedding_dim(1.5e12)
@@ -323,11 +329,13 @@ def _isoflops_grid(laws, budgets, rng, noise=0.0):
         points.append((c, laws.nnv(c) * jitter[0], laws.nv(c) * jitter[1], laws.characters(c) * jitter[2], best))
         for _ in range(15):
             f = np.exp(rng.normal(0, 0.7, 3))
-            points.append((c, laws.nnv(c) * f[0], laws.nv(c) * f[1], laws.characters(c) * f[2],
-                           best + rng.uniform(0.01, 0.3)))
+            points.append(
+                (c, laws.nnv(c) * f[0], laws.nv(c) * f[1], laws.characters(c) * f[2], best + rng.uniform(0.01, 0.3))
+            )
             between = c * (c_next / c) ** rng.uniform(0.1, 0.9)
-            points.append((between, laws.nnv(between), laws.nv(between), laws.characters(between),
-                           best + rng.uniform(0.001, 0.3)))
+            points.append(
+                (between, laws.nnv(between), laws.nv(between), laws.characters(between), best + rng.uniform(0.001, 0.3))
+            )
     return [np.array(col) for col in zip(*points)], optimal
 
 
@@ -340,8 +348,9 @@ def test_fit_isoflops_recovers_the_laws_on_the_lower_envelope():
     assert sorted(fit.selected) == optimal
     for key in ("nnv", "nv", "characters"):
         law = getattr(fit.laws, key)
-        assert (law.coef, law.exponent) == pytest.approx((getattr(truth, key).coef, getattr(truth, key).exponent),
-                                                         rel=1e-6)
+        assert (law.coef, law.exponent) == pytest.approx(
+            (getattr(truth, key).coef, getattr(truth, key).exponent), rel=1e-6
+        )
         assert fit.r2[key] == pytest.approx(1.0)
     assert fit.laws.nnv.exponent == 0.5 and fit.laws.characters.exponent == 0.5  # fixed, as the reference
 

@@ -12,12 +12,12 @@ import os
 import sysconfig
 from pathlib import Path
 
+import mlx.core as mx
+import mlx.nn as nn
 import pytest
 from conftest import run_cli as run
 
 import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
-import mlx.core as mx
-import mlx.nn as nn
 
 GGUF = Path(
     os.environ.get("MLXSUITE_SMOLLM2")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mlxsuite import scaling
-from mlxsuite import sweep as sw
-from mlxsuite.errors import UserError
+from mlxsuite.platform.errors import UserError
+from mlxsuite.vocab import scaling
+from mlxsuite.vocab import sweep as sw
 
 # ---- analysis on synthetic data (numpy only, instant) -------------------------------------------------------------
 
@@ -51,9 +51,20 @@ def _synthetic_rows():
             for v in (512, 1024, 2048, 4096):
                 nv = v * d
                 tokens = c / (6 * (nnv + nv))
-                rows.append({"preset": preset, "vocab": v, "budget": c, "d": d, "nnv": nnv, "nv": nv,
-                             "tokens": tokens, "lu": float(truth(nnv, nv, tokens)),
-                             "characters": tokens / 0.3, "bpc": 3 + float(truth(nnv, nv, tokens)) - 0.1 * math.log(v)})
+                rows.append(
+                    {
+                        "preset": preset,
+                        "vocab": v,
+                        "budget": c,
+                        "d": d,
+                        "nnv": nnv,
+                        "nv": nv,
+                        "tokens": tokens,
+                        "lu": float(truth(nnv, nv, tokens)),
+                        "characters": tokens / 0.3,
+                        "bpc": 3 + float(truth(nnv, nv, tokens)) - 0.1 * math.log(v),
+                    }
+                )
     return truth, rows
 
 
@@ -196,7 +207,8 @@ def test_sweep_end_to_end_interrupt_and_resume(env):
     tok = (folder / "tokenizers" / "v512.model").read_bytes()
     for p in plans:
         assert (folder / "runs" / p.name / "tokenizer.model").read_bytes() == (
-            folder / "tokenizers" / f"v{p.vocab}.model").read_bytes()
+            folder / "tokenizers" / f"v{p.vocab}.model"
+        ).read_bytes()
     assert tok
 
     saved = json.loads((folder / "sweep.json").read_text())
@@ -226,9 +238,28 @@ def test_cli_sweep_json_and_plot(env, capsys):
     tmp_path, corpus = env
     pytest.importorskip("matplotlib")
     plot = tmp_path / "sweep.png"
-    args = ["vocab", "sweep", "--corpus", corpus, "--budgets", "1.5e9,3e9", "--presets", "micro",
-            "--vocab-sizes", "400,512", "--seq-len", "32", "--batch-size", "4", "--eval-chars", "600",
-            "--out", "cli-sweep", "--plot", str(plot)]
+    args = [
+        "vocab",
+        "sweep",
+        "--corpus",
+        corpus,
+        "--budgets",
+        "1.5e9,3e9",
+        "--presets",
+        "micro",
+        "--vocab-sizes",
+        "400,512",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--eval-chars",
+        "600",
+        "--out",
+        "cli-sweep",
+        "--plot",
+        str(plot),
+    ]
     code, out, err = run(capsys, *args, "--json")
     assert code == 0, err
     doc = json.loads(out)

@@ -16,9 +16,31 @@ BIN = Path(sys.executable).parent
 
 def _train_args(corpus, out, steps=24, batch=8, extra=()):
     return [
-        "train", "--out", str(out), "--preset", "micro", "--vocab-size", "512", "--corpus", str(corpus),
-        "--seq-len", "32", "--batch-size", str(batch), "--steps", str(steps), "--warmup", "4", "--save-every", "8",
-        "--eval-every", "12", "--eval-windows", "8", "--quiet", *extra,
+        "train",
+        "--out",
+        str(out),
+        "--preset",
+        "micro",
+        "--vocab-size",
+        "512",
+        "--corpus",
+        str(corpus),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        str(batch),
+        "--steps",
+        str(steps),
+        "--warmup",
+        "4",
+        "--save-every",
+        "8",
+        "--eval-every",
+        "12",
+        "--eval-windows",
+        "8",
+        "--quiet",
+        *extra,
     ]
 
 
@@ -60,7 +82,7 @@ KILL_AT_SAVE = """
 import os, signal, sys
 import mlxsuite
 from mlxsuite.cli import main
-from mlxsuite import train_lm
+from mlxsuite.train import lm as train_lm
 original = train_lm.trainer.save_checkpoint
 def save_then_die(run_dir, step, *a, **k):
     path = original(run_dir, step, *a, **k)
@@ -84,6 +106,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(small_corpus, tmp_path
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+
     def curve(folder):
         return [(m["event"], m["step"], m.get("loss", m.get("ce"))) for m in _metrics(folder)]
 
@@ -96,9 +119,19 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(small_corpus, tmp_path
 def test_two_processes_match_one_process_on_the_combined_batch(small_corpus, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert _mlxsuite(_train_args(small_corpus, one, steps=16)).returncode == 0
-    cmd = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "--", str(BIN / "mlxsuite"),
-           *_train_args(small_corpus, two, steps=16)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "MLXSUITE_LOCAL_RANKS": "2"})
+    cmd = [
+        str(BIN / "mlx.launch"),
+        "-n",
+        "2",
+        "--backend",
+        "ring",
+        "--",
+        str(BIN / "mlxsuite"),
+        *_train_args(small_corpus, two, steps=16),
+    ]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "MLXSUITE_LOCAL_RANKS": "2"}
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     m1 = [m["loss"] for m in _metrics(one) if m["event"] == "train"]
     m2 = [m["loss"] for m in _metrics(two) if m["event"] == "train"]
@@ -113,7 +146,7 @@ def test_resume_replays_random_numbers_drawn_in_the_loss(tmp_path):
     """A loss that draws noise: 8 steps straight equal 4 steps, a fresh process-like restart, and 4 more."""
     import mlx.nn as nn
 
-    from mlxsuite import trainer
+    from mlxsuite.train import trainer
 
     def noisy_loss(model, batch):
         x = batch.astype(mx.float32)
@@ -130,6 +163,7 @@ def test_resume_replays_random_numbers_drawn_in_the_loss(tmp_path):
     cfg = dict(warmup=0, save_every=4, eval_every=100, log_every=1, lr=1e-2)
     straight = fresh()
     trainer.train(straight, noisy_loss, batches, trainer.TrainConfig(steps=8, **cfg), tmp_path / "a")
+
     class Stop(Exception):
         pass
 
@@ -138,8 +172,14 @@ def test_resume_replays_random_numbers_drawn_in_the_loss(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        trainer.train(fresh(), noisy_loss, batches, trainer.TrainConfig(steps=8, **cfg), tmp_path / "b",
-                      callback=stop_after_first_save)
+        trainer.train(
+            fresh(),
+            noisy_loss,
+            batches,
+            trainer.TrainConfig(steps=8, **cfg),
+            tmp_path / "b",
+            callback=stop_after_first_save,
+        )
     resumed = fresh()
     trainer.train(resumed, noisy_loss, batches, trainer.TrainConfig(steps=8, **cfg), tmp_path / "b", resume=True)
     np.testing.assert_allclose(np.array(resumed.weight), np.array(straight.weight), rtol=1e-6)
@@ -148,8 +188,8 @@ def test_resume_replays_random_numbers_drawn_in_the_loss(tmp_path):
 
 
 def test_vocab_size_auto_picks_v_from_the_scaling_law(small_corpus, tmp_path):
-    from mlxsuite import scaling
     from mlxsuite.models import lm
+    from mlxsuite.vocab import scaling
 
     out = tmp_path / "auto"
     r = _mlxsuite([*_train_args(small_corpus, out, steps=2), "--vocab-size", "auto", "--flops", "1e15"])

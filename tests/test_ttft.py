@@ -10,19 +10,16 @@ import platform
 import re
 from pathlib import Path
 
-import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
 import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import run_cli
 
-from mlxsuite import ttft
-from mlxsuite import ttft_report
-from mlxsuite import flops
-from mlxsuite.generate import generate_tokens
-from mlxsuite.generate import prefill, sample
-from mlxsuite.models import kernels
-from mlxsuite.models import lm
+import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
+from mlxsuite.bench import report as ttft_report
+from mlxsuite.bench import ttft
+from mlxsuite.generate import generate_tokens, prefill, sample
+from mlxsuite.models import flops, kernels, lm
 
 
 @pytest.fixture(autouse=True)
@@ -131,8 +128,11 @@ def test_a_mode_is_a_function_with_its_flops():
 
     def builder(setup):
         inner = ttft.prefill_mode("last-8", setup.model, setup.prefill_step)
-        return ttft.Mode("last-8", lambda tokens, cache, n: inner.run(tokens[:, -8:], cache, n),
-                         lambda T, B, P: flops.prefill(setup.model.args, min(T, 8), B))
+        return ttft.Mode(
+            "last-8",
+            lambda tokens, cache, n: inner.run(tokens[:, -8:], cache, n),
+            lambda T, B, P: flops.prefill(setup.model.args, min(T, 8), B),
+        )
 
     class Tok:
         def decode(self, ids):
@@ -174,10 +174,11 @@ def test_mode_errors():
 @pytest.fixture
 def stored_pair(tmp_path):
     """A stored base (micro-sized, 4 layers, with a tokenizer) and an untrained LP-0.50 pair for it."""
-    from mlxsuite import kvp, store
-    from mlxsuite.tokenizer import train_tokenizer
-
     import sysconfig
+
+    from mlxsuite import store
+    from mlxsuite.data.tokenizer import train_tokenizer
+    from mlxsuite.kvp import recipe as kvp
 
     root = Path(sysconfig.get_paths()["stdlib"])
     names = ("textwrap.py", "bisect.py", "heapq.py", "shlex.py")
@@ -187,15 +188,17 @@ def stored_pair(tmp_path):
         model = lm.build(lm.preset_args("micro", tok.vocab_size, num_hidden_layers=4), seed=seed)
         store.save(store.output_path(name), model, tok)
     pair, tok, base_folder, info = kvp.build_pair("base", "prune:0.5")
-    meta = {"base": {"name": "base", "path": str(base_folder.resolve()), "sha256": store.weights_hash(base_folder)},
-            "aux": {k: v for k, v in info.items() if k != "layer_map"}, "layer_map": info["layer_map"]}
+    meta = {
+        "base": {"name": "base", "path": str(base_folder.resolve()), "sha256": store.weights_hash(base_folder)},
+        "aux": {k: v for k, v in info.items() if k != "layer_map"},
+        "layer_map": info["layer_map"],
+    }
     store.save_pair(store.output_path("pair"), pair, tok, meta)
     return pair
 
 
 def test_kvp_modes_report_reductions_and_decode(capsys, stored_pair):
-    recs, _ = bench_json(capsys, "base", "--kvp", "pair", "-p", "24,40", "-r", "2", "--prefill-step", "16",
-                         "-g", "3")
+    recs, _ = bench_json(capsys, "base", "--kvp", "pair", "-p", "24,40", "-r", "2", "--prefill-step", "16", "-g", "3")
     rows = {(r["mode"], r["prompt_tokens"]): r for r in recs}
     assert set(rows) == {(m, T) for m in ("base", "aux", "kvp") for T in (24, 40)}
     assert rows[("kvp", 24)]["aux_layers"] == 2 and rows[("base", 24)]["aux_layers"] is None
@@ -214,10 +217,25 @@ def test_kvp_modes_report_reductions_and_decode(capsys, stored_pair):
             assert r["ttft_reduction_vs_base"] == pytest.approx(base["ttft_ms"] / r["ttft_ms"])
             assert r["flops_reduction_vs_base"] == pytest.approx(base["gflop"] / r["gflop"])
             assert r["ttft_over_flops_reduction"] == pytest.approx(
-                r["ttft_reduction_vs_base"] / r["flops_reduction_vs_base"])
+                r["ttft_reduction_vs_base"] / r["flops_reduction_vs_base"]
+            )
     # the table shows the reductions
-    code, stdout, stderr = run_cli(capsys, "bench", "ttft", "base", "--kvp", "pair", "--modes", "base,kvp",
-                                   "--prompt-lengths", "16", "--reps", "1", "--warmup", "0")
+    code, stdout, stderr = run_cli(
+        capsys,
+        "bench",
+        "ttft",
+        "base",
+        "--kvp",
+        "pair",
+        "--modes",
+        "base,kvp",
+        "--prompt-lengths",
+        "16",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+    )
     assert code == 0, stderr
     assert "TTFT red." in stdout and "FLOPs red." in stdout and "kvp" in stdout
 
@@ -281,8 +299,25 @@ def test_errors_exit_2_with_one_line(capsys, args):
 def test_table_fits_100_columns(capsys, stored_pair):
     """Many columns apply (several modes, mlx-lm, decode, a prefix cache): the default table drops the lowest-
     priority ones until it fits 100 columns; --wide shows them all."""
-    args = ["bench", "ttft", "base", "--kvp", "pair", "--modes", "base,aux,mlx-lm", "-p", "12", "-r", "1",
-            "--warmup", "0", "-g", "2", "--prefix-cache", "4"]
+    args = [
+        "bench",
+        "ttft",
+        "base",
+        "--kvp",
+        "pair",
+        "--modes",
+        "base,aux,mlx-lm",
+        "-p",
+        "12",
+        "-r",
+        "1",
+        "--warmup",
+        "0",
+        "-g",
+        "2",
+        "--prefix-cache",
+        "4",
+    ]
     code, stdout, stderr = run_cli(capsys, *args)
     assert code == 0, stderr
     table = stdout.split("\n\n")[0].splitlines()  # the title and the table, before the metadata paragraph
@@ -351,8 +386,9 @@ def test_the_run_follows_the_schedule(monkeypatch):
 
     ttft.register_mode("spy", spy)
     try:
-        setups = [ttft.Setup(lm.build(lm.preset_args("micro", 64), seed=s), 16, name=n)
-                  for s, n in ((0, "a"), (1, "b"))]
+        setups = [
+            ttft.Setup(lm.build(lm.preset_args("micro", 64), seed=s), 16, name=n) for s, n in ((0, "a"), (1, "b"))
+        ]
         report = ttft.run(setups, ["spy"], [(8, 1), (12, 1)], reps=3, warmup=1)
     finally:
         del ttft.MODES["spy"]
@@ -365,7 +401,9 @@ def test_the_run_follows_the_schedule(monkeypatch):
 def test_several_models_in_one_run(capsys):
     recs, _ = bench_json(capsys, "-m", "micro", "-m", "tiny", "-p", "8", "-r", "2", "--warmup", "0")
     assert [(r["model"], r["params"]) for r in recs] == [
-        ("micro", lm.preset_args("micro", 4096).n_params), ("tiny", lm.preset_args("tiny", 4096).n_params)]
+        ("micro", lm.preset_args("micro", 4096).n_params),
+        ("tiny", lm.preset_args("tiny", 4096).n_params),
+    ]
 
 
 def test_roofline_gemm_runs_in_the_models_dtype(capsys):
@@ -385,7 +423,7 @@ def _greedy(model, tokens, n):
 def test_decode_continues_the_prompt_like_generate_tokens(stored_pair):
     """A mode's run yields the first token then `decode` more, each the greedy continuation: base, aux, mlx-lm
     as generate_tokens gives it on the same model; kvp as the base continues from KV Prediction's cache."""
-    from mlxsuite.kvp import prompt_fill
+    from mlxsuite.kvp.recipe import prompt_fill
 
     mx.random.seed(1)
     tokens = mx.random.randint(0, stored_pair.base.args.vocab_size, (1, 30))
@@ -399,8 +437,9 @@ def test_decode_continues_the_prompt_like_generate_tokens(stored_pair):
     assert tokens_of("aux") == _greedy(stored_pair.auxiliary, tokens, 6)
     assert tokens_of("mlx-lm") == _greedy(stored_pair.base, tokens, 6)
     cache, fill = prompt_fill(stored_pair)
-    assert tokens_of("kvp") == list(generate_tokens(stored_pair.base, tokens[0], 6, cache=cache, fill=fill,
-                                                    prefill_step=16))
+    assert tokens_of("kvp") == list(
+        generate_tokens(stored_pair.base, tokens[0], 6, cache=cache, fill=fill, prefill_step=16)
+    )
     assert len(tokens_of("base", 0)) == 1
 
 
@@ -483,6 +522,7 @@ def kernels_on(on: bool):
     import contextlib
 
     return contextlib.nullcontext() if on else kernels.disabled()
+
 
 VARIANTS = [
     dict(),

@@ -3,11 +3,12 @@ the same records as JSON. One small measured run (micro, two repetitions) feeds 
 
 import json
 
-import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
 import pytest
 from conftest import run_cli
 
-from mlxsuite import ttft, ttft_report
+import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
+from mlxsuite.bench import report as ttft_report
+from mlxsuite.bench import ttft
 from mlxsuite.models import lm
 
 
@@ -29,8 +30,10 @@ def report():
     """A run with most fields filled: two models, mlx-lm beside the base, decode speed, a prefix cache, batch 2."""
     ttft.GEMM_N, n = 128, ttft.GEMM_N
     try:
-        setups = [ttft.Setup(lm.build(lm.preset_args("micro", 64), seed=s), 8, name=name, tokenizer=Tok())
-                  for s, name in ((0, "a"), (1, "b"))]
+        setups = [
+            ttft.Setup(lm.build(lm.preset_args("micro", 64), seed=s), 8, name=name, tokenizer=Tok())
+            for s, name in ((0, "a"), (1, "b"))
+        ]
         return ttft.run(setups, ["base", "mlx-lm"], [(12, 1), (12, 2)], reps=2, warmup=1, decode=2, cached=4)
     finally:
         ttft.GEMM_N = n
@@ -74,12 +77,22 @@ def test_markdown_shows_the_records_and_the_run(report):
     for r, row in zip(recs, rows):
         cell = dict(zip(header, row))
         assert (cell["model"], cell["mode"], int(cell["tokens"]), int(cell["batch"])) == (
-            r["model"], r["mode"], r["prompt_tokens"], r["batch"])
+            r["model"],
+            r["mode"],
+            r["prompt_tokens"],
+            r["batch"],
+        )
         assert float(cell["TTFT ms"].replace(",", "")) == pytest.approx(r["ttft_ms"], rel=0.01, abs=0.01)
     assert lines[2 + len(recs)] == ""
     footer = lines[3 + len(recs)]
-    for text in (f"MLX {report['mlx_version']}", f"mlx-lm {report['mlx_lm_version']}", report["chip"],
-                 report["timestamp"], "untimed pass", "rotated"):
+    for text in (
+        f"MLX {report['mlx_version']}",
+        f"mlx-lm {report['mlx_lm_version']}",
+        report["chip"],
+        report["timestamp"],
+        "untimed pass",
+        "rotated",
+    ):
         assert text in footer
     wide = ttft_report.to_markdown(recs, report, wide=True)
     assert "std ms" in wide.splitlines()[0] and "std ms" not in lines[0]
@@ -91,7 +104,9 @@ def test_cli_formats_parse_to_records(capsys, fmt):
     assert code == 0, stderr
     recs = {"json": json.loads, "jsonl": ttft_report.read_jsonl, "csv": ttft_report.read_csv}[fmt](stdout)
     assert [(r["model"], r["mode"], r["prompt_tokens"], r["batch"]) for r in recs] == [
-        ("micro", "base", 8, 1), ("micro", "base", 16, 1)]
+        ("micro", "base", 8, 1),
+        ("micro", "base", 16, 1),
+    ]
     assert all(list(r) == list(ttft_report.FIELDS) and len(r["ttft_ms_samples"]) == 2 for r in recs)
 
 

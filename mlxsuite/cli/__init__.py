@@ -9,10 +9,10 @@ import time
 
 import typer
 
-from .. import __version__  # loads the fast BLAS before anything imports mlx.core
-from ..errors import UserError
-from . import bench, convert, doctor, evaluate, generate, kvp, moma, quickstart, tokenizer, train, vocab
-from .common import err
+from mlxsuite import __version__  # loads the fast BLAS before anything imports mlx.core
+from mlxsuite.cli import bench, convert, doctor, evaluate, generate, kvp, moma, quickstart, tokenizer, train, vocab
+from mlxsuite.cli.common import err
+from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(
     name="mlxsuite",

@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Literal, Optional
-
-import typer
+from typing import Literal, Optional
 
 import mlx.core as mx
+import typer
 
-from ..errors import UserError
-from .common import Device, Dtype, Progress, device_option, dtype_option, err, out, parse_int_list, positive
+from mlxsuite.cli.common import Device, Dtype, Progress, device_option, dtype_option, err, out, parse_int_list, positive
+from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True)
 
@@ -48,8 +47,8 @@ def _progress(header: str):
 
 def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
     """A model folder or store name (with its tokenizer), else a preset with random weights."""
-    from .. import store
-    from ..models import lm
+    from mlxsuite import store
+    from mlxsuite.models import lm
 
     try:
         folder = store.resolve(name)
@@ -72,9 +71,9 @@ def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
 
 def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
     """The pair in `kvp`, refused unless its base is `model` (same weights); the base mode times the pair's base."""
-    from .. import store
-    from ..kvp import load_pair
-    from ..models import lm
+    from mlxsuite import store
+    from mlxsuite.kvp.recipe import load_pair
+    from mlxsuite.models import lm
 
     if vocab_size is not None:
         raise UserError("--vocab-size applies to presets only, not with --kvp")
@@ -96,12 +95,19 @@ def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
 
 
 def ttft(
-    model: Optional[List[str]] = typer.Argument(
-        None, metavar="MODEL", help="Models: folders or store names, or presets with random weights (micro, "
-        "tiny, …). Several are measured in one interleaved run."),
-    models: Optional[List[str]] = typer.Option(
-        None, "--model", "-m", metavar="MODEL", help="A model to measure, as MODEL; repeat to compare models "
-        "(llama-bench's -m)."),
+    model: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="MODEL",
+        help="Models: folders or store names, or presets with random weights (micro, "
+        "tiny, …). Several are measured in one interleaved run.",
+    ),
+    models: Optional[list[str]] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        metavar="MODEL",
+        help="A model to measure, as MODEL; repeat to compare models (llama-bench's -m).",
+    ),
     modes: Optional[str] = typer.Option(
         None,
         "--modes",
@@ -125,11 +131,18 @@ def ttft(
         1, "--warmup", help="Untimed passes over every configuration and mode before the first timed run (0: none)."
     ),
     generation_tokens: int = typer.Option(
-        0, "--generation-tokens", "-g", help="Also decode this many tokens after the first and report decode "
-        "tokens/s (batch-1 configurations; KV Prediction decodes with the base)."),
+        0,
+        "--generation-tokens",
+        "-g",
+        help="Also decode this many tokens after the first and report decode "
+        "tokens/s (batch-1 configurations; KV Prediction decodes with the base).",
+    ),
     prefix_cache: int = typer.Option(
-        0, "--prefix-cache", help="Also measure each prompt with its first N tokens already in a prompt cache "
-        "(as mlx_lm.cache_prompt saves one), beside the uncached prompt. Modes base, aux and mlx-lm."),
+        0,
+        "--prefix-cache",
+        help="Also measure each prompt with its first N tokens already in a prompt cache "
+        "(as mlx_lm.cache_prompt saves one), beside the uncached prompt. Modes base, aux and mlx-lm.",
+    ),
     prefill_step: Optional[int] = typer.Option(
         None,
         "--prefill-step",
@@ -151,8 +164,11 @@ def ttft(
         help="The KV Prediction paper's settings: 59 tokens × batch 64, and batch 8 × 128/256/512/1024 tokens.",
     ),
     output: Literal["table", "md", "csv", "json", "jsonl"] = typer.Option(
-        "table", "--output", "-o", help="table (fits 100 columns), md (GitHub markdown), or one record per row: "
-        "csv, json (an array), jsonl."),
+        "table",
+        "--output",
+        "-o",
+        help="table (fits 100 columns), md (GitHub markdown), or one record per row: csv, json (an array), jsonl.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="The same as -o json."),
     wide: bool = typer.Option(False, "--wide", help="Every column in the table or markdown (std, GFLOP, …)."),
     plot: Optional[Path] = typer.Option(
@@ -169,10 +185,10 @@ def ttft(
     and alternate the modes; every run starts from a fresh KV cache. Tokenization is timed apart, for models with a
     tokenizer.
     """
-    from .. import platform
-    from .. import ttft as lib
-    from .. import ttft_report as report_lib
-    from ..generate import default_prefill_step
+    from mlxsuite import platform
+    from mlxsuite.bench import report as report_lib
+    from mlxsuite.bench import ttft as lib
+    from mlxsuite.generate import default_prefill_step
 
     names = list(model or []) + list(models or [])
     if not names:
@@ -224,9 +240,11 @@ def ttft(
         setups.append(lib.Setup(m, prefill_step or default_prefill_step(), extras, name=name, tokenizer=tok))
         described.append(what)
         lib.check_configs(m.args, configs, reps, warmup, prefix_cache, generation_tokens)
-    header = (f"[bold]ttft[/bold] {'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
-              + (f" (uncached and {prefix_cache} cached)" if prefix_cache else "")
-              + f" × {len(mode_names)} mode(s), {warmup} warm-up pass(es), {reps} timed round(s)")
+    header = (
+        f"[bold]ttft[/bold] {'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
+        + (f" (uncached and {prefix_cache} cached)" if prefix_cache else "")
+        + f" × {len(mode_names)} mode(s), {warmup} warm-up pass(es), {reps} timed round(s)"
+    )
     with _progress(header) as progress:
         report = lib.run(setups, mode_names, configs, reps, warmup, seed, progress, generation_tokens, prefix_cache)
     report["described"] = described
@@ -240,8 +258,10 @@ def ttft(
     elif output == "md":
         print(report_lib.to_markdown(recs, report, wide), end="")
     else:
-        print({"csv": report_lib.to_csv, "json": report_lib.to_json, "jsonl": report_lib.to_jsonl}[output](recs),
-              end="" if output != "json" else "\n")
+        print(
+            {"csv": report_lib.to_csv, "json": report_lib.to_json, "jsonl": report_lib.to_jsonl}[output](recs),
+            end="" if output != "json" else "\n",
+        )
     if plot is not None:
         err.print(f"plot written to {plot}", highlight=False, soft_wrap=True)
 
@@ -270,7 +290,7 @@ def _table(recs: list[dict], report: dict, wide: bool) -> None:
     """The default columns that fit TABLE_WIDTH (every column with --wide), then the run's metadata."""
     from rich.console import Console
 
-    from .. import ttft_report as report_lib
+    from mlxsuite.bench import report as report_lib
 
     cols = report_lib.columns(recs, wide)
     table = _rich_table(recs, cols)

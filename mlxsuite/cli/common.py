@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 import inspect
 import json
 import math
 import time
-from typing import Callable, Literal, Optional
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import rich.progress
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import UserError
+from mlxsuite.platform.errors import UserError
 
 err = Console(stderr=True)  # progress, notes and errors
 out = Console()  # results (tables, or one JSON document with --json)
@@ -164,8 +165,9 @@ class TrainProgress:
             self.progress.start()
             self.started = True
         if event == "start":
-            self.task = self.progress.add_task(f"{self.label} step", total=info["steps"], completed=info["step"],
-                                               stats="")
+            self.task = self.progress.add_task(
+                f"{self.label} step", total=info["steps"], completed=info["step"], stats=""
+            )
             if info["step"]:
                 self.progress.console.print(f"resumed at step {info['step']}")
         elif event == "step" and self.task is not None:
@@ -198,7 +200,11 @@ TRAIN_OPTIONS = {
 }
 RUN_OPTIONS = {
     "device": (None, "--device", "cpu or gpu (default: MLX's default device)."),
-    "resume": (False, "--resume", "Continue the run in --out from its last checkpoint, with the settings it began with."),
+    "resume": (
+        False,
+        "--resume",
+        "Continue the run in --out from its last checkpoint, with the settings it began with.",
+    ),
     "force": (False, "--force", "Start over, replacing an existing --out."),
     "json_out": (False, "--json", "Print the final metrics as one JSON document on stdout."),
     "quiet": (False, "--quiet", "No progress output."),
@@ -217,7 +223,7 @@ class RunFlags:
 
 def train_options(**defaults):
     """Add the training options to a typer command (see TRAIN_OPTIONS and RUN_OPTIONS)."""
-    from ..trainer import TrainConfig
+    from mlxsuite.train.trainer import TrainConfig
 
     base = TrainConfig()
 
@@ -225,8 +231,9 @@ def train_options(**defaults):
 
     def option(name, default, flag, text):
         kind = kinds.get(name) or (Optional[str] if default is None else type(default))
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
-                                 default=typer.Option(default, flag, help=text))
+        return inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=typer.Option(default, flag, help=text)
+        )
 
     def decorate(command):
         signature = inspect.signature(command)
@@ -238,21 +245,26 @@ def train_options(**defaults):
         @functools.wraps(command)
         def wrapper(ctx: typer.Context, *args, **kwargs):
             config = TrainConfig(**{name: kwargs.pop(name) for name in TRAIN_OPTIONS})
-            given = frozenset(n for n in ctx.params if ctx.get_parameter_source(n).name not in ("DEFAULT", "DEFAULT_MAP"))
+            given = frozenset(
+                n for n in ctx.params if ctx.get_parameter_source(n).name not in ("DEFAULT", "DEFAULT_MAP")
+            )
             flags = RunFlags(**{name: kwargs.pop(name) for name in RUN_OPTIONS}, given=given)
             return command(*args, train=config, run=flags, **kwargs)
 
         wrapper.__signature__ = signature.replace(parameters=[context] + own + added)
-        wrapper.__annotations__ = {"ctx": typer.Context,
-                                   **{k: v for k, v in command.__annotations__.items() if k in {p.name for p in own}},
-                                   **{p.name: p.annotation for p in added}}
+        wrapper.__annotations__ = {
+            "ctx": typer.Context,
+            **{k: v for k, v in command.__annotations__.items() if k in {p.name for p in own}},
+            **{p.name: p.annotation for p in added},
+        }
         return wrapper
 
     return decorate
 
 
-def run_training(train_fn, spec, run: RunFlags, label: str, summary: Callable[[dict], str],
-                 progress_class=None) -> None:
+def run_training(
+    train_fn, spec, run: RunFlags, label: str, summary: Callable[[dict], str], progress_class=None
+) -> None:
     """Run a recipe's training function with progress on stderr (rank 0 only), then print its result."""
     import mlx.core as mx
 

@@ -7,14 +7,14 @@ The options of `from-hf` and `quantize` are `mlx_lm.convert`'s (`--hf-path`, `--
 from __future__ import annotations
 
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..errors import UserError
-from .common import Dtype, Progress, err, out, print_json
+from mlxsuite.cli.common import Dtype, Progress, err, out, print_json
+from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(
     help="Convert weights: from Hugging Face / mlx-lm / GGUF, to mlx-lm, prune, quantize.", no_args_is_help=True
@@ -24,14 +24,14 @@ FORCE = typer.Option(False, "--force", help="Replace OUT if it exists.")
 JSON = typer.Option(False, "--json", help="Print one JSON document (what was written) on stdout.")
 
 
-class QMode(str, Enum):
+class QMode(StrEnum):
     affine = "affine"
     mxfp4 = "mxfp4"
     nvfp4 = "nvfp4"
     mxfp8 = "mxfp8"
 
 
-class Recipe(str, Enum):
+class Recipe(StrEnum):
     mixed_2_6 = "mixed_2_6"
     mixed_3_4 = "mixed_3_4"
     mixed_3_6 = "mixed_3_6"
@@ -91,7 +91,7 @@ def _report(result, what: str, json_out: bool) -> None:
 
 
 def _out_path(name: str) -> Path:
-    from ..store import output_path
+    from mlxsuite.store import output_path
 
     return output_path(name)
 
@@ -106,7 +106,7 @@ def _one_of(positional: Optional[str], option: Optional[str], what: str, flag: s
 
 def _quant_spec(quantize: bool, bits, group_size, mode: Optional[QMode], recipe: Optional[Recipe]):
     """The -q options as mlx_lm.convert reads them; the --q-* options without -q are refused, not ignored."""
-    from ..quantization import quant_spec
+    from mlxsuite.convert.quantization import quant_spec
 
     given = [f for f, v in (("--q-bits", bits), ("--q-group-size", group_size), ("--q-mode", mode),
                             ("--quant-predicate", recipe)) if v is not None]  # fmt: skip
@@ -141,7 +141,7 @@ def from_hf(
     json_out: bool = JSON,
 ):
     """Convert a Llama/Mistral/Qwen2/Qwen3 checkpoint (safetensors only) into a model here, as mlx_lm.convert does."""
-    from .. import convert
+    from mlxsuite.convert import hf as convert
 
     source = _one_of(hf_dir, hf_path, "the checkpoint", "--hf-path")
     target = _one_of(out_name, mlx_path, "the output", "--mlx-path")
@@ -165,18 +165,18 @@ def from_gguf(
     gguf_file: str = typer.Argument(..., metavar="GGUF", help="A llama-family GGUF file (F32, F16, Q8_0, Q4_0, Q4_1)."),
     out_name: str = typer.Argument(..., metavar="OUT", help="Store name, or a path (with a slash)."),
     dtype: Dtype = typer.Option(
-        None, "--dtype", help="Dequantize, and store every float tensor, in this dtype (default: Q8_0/Q4_0/Q4_1 stay quantized, floats as stored; on the CPU use float32)."
+        None,
+        "--dtype",
+        help="Dequantize, and store every float tensor, in this dtype (default: Q8_0/Q4_0/Q4_1 stay quantized, floats as stored; on the CPU use float32).",
     ),
     force: bool = FORCE,
     json_out: bool = JSON,
 ):
     """Convert a llama.cpp GGUF file (Llama, Mistral-style, SmolLM2) into a model folder that mlx-lm also opens."""
-    from .. import convert_gguf
+    from mlxsuite.convert import from_gguf as convert_gguf
 
     with _progress("converting") as progress:
-        result = convert_gguf.from_gguf(
-            gguf_file, _out_path(out_name), dtype=dtype, force=force, progress=progress
-        )
+        result = convert_gguf.from_gguf(gguf_file, _out_path(out_name), dtype=dtype, force=force, progress=progress)
     _report(result, "wrote", json_out)
 
 
@@ -188,7 +188,7 @@ def to_mlx_lm(
     json_out: bool = JSON,
 ):
     """Export a model for mlx-lm (`mlx_lm.load` / `mlx_lm.generate`), with a tokenizer.json for its tokenizer."""
-    from .. import convert
+    from mlxsuite.convert import hf as convert
 
     with _progress("exporting") as progress:
         result = convert.to_mlx_lm(model, Path(out_dir), force=force, progress=progress)
@@ -204,7 +204,7 @@ def prune(
     json_out: bool = JSON,
 ):
     """Layer-pruned copy (KVP-LP): keep 0.75 drops layers i%4==3, 0.5 keeps even layers, 0.25 keeps i%4==0."""
-    from .. import convert
+    from mlxsuite.convert import hf as convert
 
     with _progress("pruning") as progress:
         result = convert.prune(model, _out_path(out_name), keep, force=force, progress=progress)
@@ -224,7 +224,7 @@ def quantize(
     json_out: bool = JSON,
 ):
     """Quantize Linear and Embedding layers as mlx_lm.convert -q does; loads everywhere a model does."""
-    from .. import convert
+    from mlxsuite.convert import hf as convert
 
     spec = _quant_spec(True, q_bits, q_group_size, q_mode, quant_predicate)
     with _progress("quantizing") as progress:

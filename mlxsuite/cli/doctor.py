@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from .. import platform
-from .common import out, print_json
+from mlxsuite import platform
+from mlxsuite.cli.common import out, print_json
 
 
 def doctor(
@@ -24,21 +24,34 @@ def doctor(
     blas = info["blas"]
     memory = f", {info['memory_gb']:.1f} GB" if info["memory_gb"] else ""
     rows = [
-        ("versions", f"mlxsuite {info['mlxsuite_version']}, MLX {info['mlx_version']}, "
-                     f"mlx-lm {info['mlx_lm_version'] or 'not installed'}, Python {info['python']}"),
+        (
+            "versions",
+            f"mlxsuite {info['mlxsuite_version']}, MLX {info['mlx_version']}, "
+            f"mlx-lm {info['mlx_lm_version'] or 'not installed'}, Python {info['python']}",
+        ),
         ("OS", f"{info['os']} {info['os_version']} (kernel {info['kernel']}, {info['machine']})"),
-        ("device", f"{info['device']}: {info['chip']}{memory}, {info['cpu_count']} cores; default dtype "
-                   f"{info['default_dtype']}"),
-        ("BLAS", f"{info['blas_name']}" + (f", {_threads(info['blas_threads'])}" if info["blas_threads"] else "")
-                 + f": {blas['library']} ({blas['status']}) {blas['detail']}"),
+        (
+            "device",
+            f"{info['device']}: {info['chip']}{memory}, {info['cpu_count']} cores; default dtype "
+            f"{info['default_dtype']}",
+        ),
+        (
+            "BLAS",
+            f"{info['blas_name']}"
+            + (f", {_threads(info['blas_threads'])}" if info["blas_threads"] else "")
+            + f": {blas['library']} ({blas['status']}) {blas['detail']}",
+        ),
         ("mx.compile", "compiler found" if info["compile_compiler"] else "no C++ compiler: compiled code runs unfused"),
         ("distributed", ", ".join(info["distributed_backends"]) or "none"),
     ]
     if "mlx_sgemm_gflops" in blas:
         ratio = blas["mlx_sgemm_gflops"] / blas["numpy_sgemm_gflops"]
         rows.append(
-            ("float32 GEMM", f"MLX {blas['mlx_sgemm_gflops']:.1f} GFLOP/s, numpy {blas['numpy_sgemm_gflops']:.1f} "
-             f"GFLOP/s ({ratio:.0%} of numpy, n={blas['n']})")
+            (
+                "float32 GEMM",
+                f"MLX {blas['mlx_sgemm_gflops']:.1f} GFLOP/s, numpy {blas['numpy_sgemm_gflops']:.1f} "
+                f"GFLOP/s ({ratio:.0%} of numpy, n={blas['n']})",
+            )
         )
     if info["blas_advice"]:
         rows.append(("[yellow]install[/yellow]", info["blas_advice"]))
@@ -48,5 +61,9 @@ def doctor(
 
 
 def _threads(n: int) -> str:
-    why = "as your environment sets" if platform.blas_threads_set_by_user() else "the cores idle at start; OPENBLAS_NUM_THREADS sets it"
+    why = (
+        "as your environment sets"
+        if platform.blas_threads_set_by_user()
+        else "the cores idle at start; OPENBLAS_NUM_THREADS sets it"
+    )
     return f"{n} thread{'' if n == 1 else 's'} ({why})"

@@ -7,15 +7,18 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..train_lm import eval_model
-from .common import err, model_argument, out, positive, print_json
+from mlxsuite.cli.common import err, model_argument, out, positive, print_json
+from mlxsuite.train.lm import eval_model
 
 
 def evaluate(
     model: str = model_argument(),
     corpus: Optional[str] = typer.Option(
-        None, "--corpus", help="Text file, folder or JSONL, or 'stdlib' (default: the corpus the model was trained on, as its "
-        "config records it; else the Python stdlib)."),
+        None,
+        "--corpus",
+        help="Text file, folder or JSONL, or 'stdlib' (default: the corpus the model was trained on, as its "
+        "config records it; else the Python stdlib).",
+    ),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per validation window."),
     windows: int = typer.Option(64, "--windows", help="Validation windows of seq-len tokens."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (tokens, ce, ppl, bpc, lu)."),
@@ -32,6 +35,10 @@ def evaluate(
     for col in ("tokens", "CE (nats/token)", "perplexity", "bits/char", "L_u (nats/token)"):
         table.add_column(col, justify="right")
     table.add_row(
-        f"{result['tokens']:,}", f"{result['ce']:.4f}", f"{result['ppl']:.2f}", f"{result['bpc']:.4f}", f"{result['lu']:.4f}"
+        f"{result['tokens']:,}",
+        f"{result['ce']:.4f}",
+        f"{result['ppl']:.2f}",
+        f"{result['bpc']:.4f}",
+        f"{result['lu']:.4f}",
     )
     out.print(table)

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from .. import store
-from ..errors import UserError
-from ..generate import generate_text
-from .common import err, generation_prompt, model_argument, print_json
+from mlxsuite import store
+from mlxsuite.cli.common import err, generation_prompt, model_argument, print_json
+from mlxsuite.generate import generate_text
+from mlxsuite.platform.errors import UserError
 
 
 def generate(
@@ -20,8 +20,12 @@ def generate(
     temperature: float = typer.Option(0.0, "--temp", help="Sampling temperature; 0 is greedy."),
     top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens only (0: all)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler."),
-    kvp: Optional[str] = typer.Option(None, "--kvp", help="KV Prediction folder trained for MODEL: its auxiliary and "
-                                      "predictor fill MODEL's prompt cache, MODEL generates every token."),
+    kvp: Optional[str] = typer.Option(
+        None,
+        "--kvp",
+        help="KV Prediction folder trained for MODEL: its auxiliary and "
+        "predictor fill MODEL's prompt cache, MODEL generates every token.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (model, prompt, completion)."),
 ):
     """Generate a continuation of a prompt."""
@@ -30,7 +34,7 @@ def generate(
     prompt = generation_prompt(prompt, max_tokens, temperature, top_k)
     kw = {}
     if kvp is not None:
-        from ..kvp import load_pair, prompt_fill
+        from mlxsuite.kvp.recipe import load_pair, prompt_fill
 
         pair, tok, _, _ = load_pair(kvp, expect_base=model)
         m, folder = pair.base, store.resolve(model)

@@ -6,8 +6,8 @@ from typing import Literal, Optional
 
 import typer
 
-from ..errors import UserError
-from .common import TrainProgress, out, positive, print_json, run_training, train_options
+from mlxsuite.cli.common import TrainProgress, out, positive, print_json, run_training, train_options
+from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(help="MoMa: mixed-modal early-fusion models with modality-aware experts.", no_args_is_help=True)
 
@@ -21,8 +21,10 @@ class _Progress(TrainProgress):
         if self.quiet:
             return
         if event == "step" and self.task is not None:
-            stats = (f"loss {info['loss']:.3f} (text {info.get('loss_text', float('nan')):.3f}, "
-                     f"image {info.get('loss_image', float('nan')):.3f})  {info['tokens_per_s']:,.0f} tok/s")
+            stats = (
+                f"loss {info['loss']:.3f} (text {info.get('loss_text', float('nan')):.3f}, "
+                f"image {info.get('loss_image', float('nan')):.3f})  {info['tokens_per_s']:,.0f} tok/s"
+            )
             if "router_acc" in info:
                 stats = f"BCE {info['loss']:.4f}  acc {info['router_acc']:.3f}"
             self.progress.update(self.task, completed=info["step"], stats=stats)
@@ -31,12 +33,16 @@ class _Progress(TrainProgress):
                 self.progress.remove_task(self.task)
             super().__call__(event, info)
         elif event == "variant":
-            self.progress.console.print(f"[bold]{info['variant']}[/bold]: {info['steps']} steps, "
-                                        f"{info['flops_per_token']:,.0f} FLOPs/token"
-                                        + (" (done)" if info["done"] else ""))
+            self.progress.console.print(
+                f"[bold]{info['variant']}[/bold]: {info['steps']} steps, "
+                f"{info['flops_per_token']:,.0f} FLOPs/token" + (" (done)" if info["done"] else "")
+            )
         elif event == "model":
-            self.progress.console.print("[dim]model: " + "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
-                                                                     for k, v in info.items()) + "[/dim]")
+            self.progress.console.print(
+                "[dim]model: "
+                + "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in info.items())
+                + "[/dim]"
+            )
         else:
             super().__call__(event, info)
 
@@ -44,13 +50,21 @@ class _Progress(TrainProgress):
 @app.command("train")
 @train_options(steps=300, eval_every=25, schedule="linear", min_lr_ratio=0.01)
 def train(
-    variant: str = typer.Option("moma4t4i", "--variant", help="dense | moe8x (moe<E>x) | moma1t1i | moma4t4i (moma<T>t<I>i)."),
+    variant: str = typer.Option(
+        "moma4t4i", "--variant", help="dense | moe8x (moe<E>x) | moma1t1i | moma4t4i (moma<T>t<I>i)."
+    ),
     mod: bool = typer.Option(False, "--mod", help="Mixture-of-depths in alternating layers (FLOPs re-matched)."),
     upcycle_from: Optional[str] = typer.Option(None, "--upcycle-from", help="Start from this trained moma1t1i run."),
     out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the run."),
-    preset: str = typer.Option("tiny", "--preset", help="Dense model size the variant is FLOPs-matched to (micro, tiny, …)."),
-    images: Optional[str] = typer.Option(None, "--images", help="Folder of PNG/JPEG images (default: scikit-learn digits)."),
-    captions: Optional[str] = typer.Option(None, "--captions", help="Captions JSONL {file, caption}; default FOLDER/captions.jsonl."),
+    preset: str = typer.Option(
+        "tiny", "--preset", help="Dense model size the variant is FLOPs-matched to (micro, tiny, …)."
+    ),
+    images: Optional[str] = typer.Option(
+        None, "--images", help="Folder of PNG/JPEG images (default: scikit-learn digits)."
+    ),
+    captions: Optional[str] = typer.Option(
+        None, "--captions", help="Captions JSONL {file, caption}; default FOLDER/captions.jsonl."
+    ),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Text-only corpus (default: the Python stdlib)."),
     text_tokens: int = typer.Option(300_000, "--text-tokens", help="Text budget (tokens of the corpus)."),
     codebook_size: int = typer.Option(64, "--codebook-size", help="Image codebook entries K."),
@@ -62,22 +76,44 @@ def train(
 ):
     """Train a dense, MoE or MoMa early-fusion model on interleaved captions, images and text. Launch data-parallel
     runs with `mlx.launch -n 2 -- mlxsuite moma train …`."""
-    from ..moma.spec import MomaRunSpec
-    from ..moma.train import train_moma
+    from mlxsuite.moma.spec import MomaRunSpec
+    from mlxsuite.moma.train import train_moma
 
-    spec = MomaRunSpec(out=out_name, variant=variant, mod=mod, upcycle_from=upcycle_from, preset=preset, images=images,
-                       captions=captions, corpus=corpus, text_tokens=text_tokens, codebook_size=codebook_size,
-                       seq_len=seq_len, batch_size=batch_size, seed=seed, train=train)
-    run_training(train_moma, spec, run, "train", lambda r: (
-        f"run: {r['folder']}  val loss {r.get('val_loss', float('nan')):.4f}  "
-        f"text {r.get('val_loss_text', float('nan')):.4f}  image {r.get('val_loss_image', float('nan')):.4f}"),
-        progress_class=_Progress)
+    spec = MomaRunSpec(
+        out=out_name,
+        variant=variant,
+        mod=mod,
+        upcycle_from=upcycle_from,
+        preset=preset,
+        images=images,
+        captions=captions,
+        corpus=corpus,
+        text_tokens=text_tokens,
+        codebook_size=codebook_size,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        seed=seed,
+        train=train,
+    )
+    run_training(
+        train_moma,
+        spec,
+        run,
+        "train",
+        lambda r: (
+            f"run: {r['folder']}  val loss {r.get('val_loss', float('nan')):.4f}  "
+            f"text {r.get('val_loss_text', float('nan')):.4f}  image {r.get('val_loss_image', float('nan')):.4f}"
+        ),
+        progress_class=_Progress,
+    )
 
 
 @app.command("train-routers")
 def train_routers(
     run: str = typer.Argument(..., metavar="RUN", help="A trained MoMa run: store name or folder."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Router-training steps (default: the run's router_steps)."),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", help="Router-training steps (default: the run's router_steps)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run's router training from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Train the routers again, replacing an earlier router training."),
     json_out: bool = typer.Option(False, "--json", help="Print the final metrics as one JSON document."),
@@ -86,7 +122,7 @@ def train_routers(
     """Stage 2: train the auxiliary routers (main model frozen) that make inference causal."""
     import mlx.core as mx
 
-    from ..moma.train import train_routers as tr
+    from mlxsuite.moma.train import train_routers as tr
 
     if steps is not None:
         positive("steps", steps)
@@ -99,8 +135,9 @@ def train_routers(
         print_json(result)
         return
     if "router_acc" in result:
-        out.print(f"auxiliary-router accuracy {result['router_acc']:.4f} "
-                  f"(per router: {result['router_acc_per_router']})")
+        out.print(
+            f"auxiliary-router accuracy {result['router_acc']:.4f} (per router: {result['router_acc_per_router']})"
+        )
     for key, label in (("val_ec", "expert choice (non-causal)"), ("val_causal", "auxiliary routers (causal)")):
         v = result[key]
         out.print(f"{label:>28}: loss {v['loss']:.4f}  text {v['loss_text']:.4f}  image {v['loss_image']:.4f}")
@@ -120,10 +157,12 @@ def compare(
     batch_size: int = typer.Option(16, "--batch-size", help="Rows per step."),
     text_tokens: int = typer.Option(200_000, "--text-tokens", help="Text budget (tokens of the corpus)."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Text-only corpus (default: the Python stdlib)."),
-    images: Optional[str] = typer.Option(None, "--images", help="Folder of PNG/JPEG images (default: scikit-learn "
-                                         "digits)."),
-    captions: Optional[str] = typer.Option(None, "--captions", help="Captions JSONL {file, caption}; default "
-                                           "FOLDER/captions.jsonl."),
+    images: Optional[str] = typer.Option(
+        None, "--images", help="Folder of PNG/JPEG images (default: scikit-learn digits)."
+    ),
+    captions: Optional[str] = typer.Option(
+        None, "--captions", help="Captions JSONL {file, caption}; default FOLDER/captions.jsonl."
+    ),
     lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate, reached after 10 warm-up steps."),
     lr_schedule: Literal["cosine", "linear"] = typer.Option("linear", "--lr-schedule", help=SCHEDULE_HELP),
     min_lr_ratio: float = typer.Option(0.01, "--min-lr-ratio", help=MIN_LR_HELP),
@@ -133,16 +172,24 @@ def compare(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ):
     """Train each variant at the same FLOPs budget and report losses, η (overall/text/image) and throughput."""
-    from ..moma.compare import compare as run_compare, plot_curves
-    from ..plots import check_path
+    from mlxsuite.moma.compare import compare as run_compare
+    from mlxsuite.moma.compare import plot_curves
+    from mlxsuite.platform.plots import check_path
 
     positive("flops", flops)
     if plot:
         check_path(plot)
     names = [v.strip() for v in variants.split(",") if v.strip()]
-    base = dict(preset=preset, seq_len=seq_len, batch_size=batch_size, text_tokens=text_tokens, corpus=corpus,
-                images=images, captions=captions,
-                train=dict(lr=lr, schedule=lr_schedule, min_lr_ratio=min_lr_ratio, compile=compile, warmup=10))
+    base = dict(
+        preset=preset,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        text_tokens=text_tokens,
+        corpus=corpus,
+        images=images,
+        captions=captions,
+        train=dict(lr=lr, schedule=lr_schedule, min_lr_ratio=min_lr_ratio, compile=compile, warmup=10),
+    )
     with _Progress(quiet=quiet or json_out, label="compare") as progress:
         result = run_compare(names, flops, prefix=prefix, base=base, callback=progress)
     if json_out:
@@ -153,29 +200,51 @@ def compare(
         return
     from rich.table import Table
 
-    t = Table(title=f"MoMa comparison at {flops:.3g} training FLOPs per variant "
-                    f"(image tokens {result['image_fraction']:.0%})")
-    for col in ("variant", "params", "train loss all/text/image", "val loss (EC)", "val loss (causal)",
-                "η all", "η text", "η image", "tok/s", "× dense", "router acc"):
+    t = Table(
+        title=f"MoMa comparison at {flops:.3g} training FLOPs per variant (image tokens {result['image_fraction']:.0%})"
+    )
+    for col in (
+        "variant",
+        "params",
+        "train loss all/text/image",
+        "val loss (EC)",
+        "val loss (causal)",
+        "η all",
+        "η text",
+        "η image",
+        "tok/s",
+        "× dense",
+        "router acc",
+    ):
         t.add_column(col, justify="right")
     for r in result["variants"]:
         tr, va, c = r["final_train"], r["final"], r.get("final_causal") or {}
-        t.add_row(r["variant"], f"{r['params']:,}", f"{tr['loss']:.3f}/{tr['loss_text']:.3f}/{tr['loss_image']:.3f}",
-                  f"{va['loss']:.4f}", _fmt(c.get("loss"), ".4f"), _fmt(r["eta"]["overall"], ".2f", "×"),
-                  _fmt(r["eta"]["text"], ".2f", "×"), _fmt(r["eta"]["image"], ".2f", "×"),
-                  f"{r['tokens_per_s']:,.0f}",
-                  _fmt(r["throughput_ratio"], ".2f"), _fmt(r["router_acc"], ".3f"))
+        t.add_row(
+            r["variant"],
+            f"{r['params']:,}",
+            f"{tr['loss']:.3f}/{tr['loss_text']:.3f}/{tr['loss_image']:.3f}",
+            f"{va['loss']:.4f}",
+            _fmt(c.get("loss"), ".4f"),
+            _fmt(r["eta"]["overall"], ".2f", "×"),
+            _fmt(r["eta"]["text"], ".2f", "×"),
+            _fmt(r["eta"]["image"], ".2f", "×"),
+            f"{r['tokens_per_s']:,.0f}",
+            _fmt(r["throughput_ratio"], ".2f"),
+            _fmt(r["router_acc"], ".3f"),
+        )
     if out.is_terminal:
         out.print(t)
     else:  # a pipe or file: don't squeeze the table into 80 columns
         from rich.console import Console
 
         Console(width=200).print(t)
-    out.print("η: dense FLOPs / FLOPs at which the variant's training loss (centred local fit in log FLOPs, same "
-              "batches for every variant) first reaches dense's final training loss; – means not reached within the "
-              "budget (η < 1). "
-              "Validation losses: expert choice over the batch (non-causal) and auxiliary routers (causal).",
-              soft_wrap=True)
+    out.print(
+        "η: dense FLOPs / FLOPs at which the variant's training loss (centred local fit in log FLOPs, same "
+        "batches for every variant) first reaches dense's final training loss; – means not reached within the "
+        "budget (η < 1). "
+        "Validation losses: expert choice over the batch (non-causal) and auxiliary routers (causal).",
+        soft_wrap=True,
+    )
     if plot:  # after the table: a failing plot cannot lose it
         plot_curves(result["curves"], plot)
         out.print(f"plot: {plot}")
@@ -186,14 +255,16 @@ def generate(
     run: str = typer.Argument(..., metavar="RUN", help="A trained MoMa run: store name or folder."),
     prompt: str = typer.Option(..., "--prompt", help="Caption to draw, e.g. 'a handwritten digit seven'."),
     out_file: str = typer.Option("moma.png", "--out", "-o", help="PNG to write."),
-    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature of the image codes (0: greedy)."),
+    temperature: float = typer.Option(
+        0.7, "--temperature", help="Sampling temperature of the image codes (0: greedy)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     scale: int = typer.Option(8, "--scale", help="Pixel upscaling of the PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print the codes and the PNG's path as JSON."),
 ):
     """Caption → image through the causal inference path; writes a PNG and prints a block-character preview."""
-    from ..images import preview, save_png
-    from ..moma.generate import generate_image
+    from mlxsuite.moma.generate import generate_image
+    from mlxsuite.moma.images import preview, save_png
 
     positive("scale", scale)
     if temperature < 0:
@@ -214,7 +285,7 @@ def caption(
     json_out: bool = typer.Option(False, "--json", help="Print the caption as JSON."),
 ):
     """Image → caption through the causal inference path."""
-    from ..moma.generate import caption_image
+    from mlxsuite.moma.generate import caption_image
 
     text = caption_image(run, image)
     if json_out:
@@ -225,8 +296,9 @@ def caption(
 
 @app.command("flops")
 def flops(
-    variants: str = typer.Option("dense,moe8x,moma1t1i,moma4t4i,moma4t4i+mod", "--variants",
-                                 help="Comma-separated variants."),
+    variants: str = typer.Option(
+        "dense,moe8x,moma1t1i,moma4t4i,moma4t4i+mod", "--variants", help="Comma-separated variants."
+    ),
     preset: str = typer.Option("tiny", "--preset", help="Dense model size the variants are FLOPs-matched to."),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per row."),
     image_fraction: float = typer.Option(0.5, "--image-fraction", help="Share of image tokens in a batch."),
@@ -235,8 +307,8 @@ def flops(
     json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ):
     """FLOPs accounting: training FLOPs per token of each variant against the dense model it is matched to."""
-    from ..moma.data import Layout
-    from ..moma.spec import MomaRunSpec, flops_table
+    from mlxsuite.moma.data import Layout
+    from mlxsuite.moma.spec import MomaRunSpec, flops_table
 
     if not 0 <= image_fraction <= 1:
         raise UserError(f"image fraction must be in [0, 1], got {image_fraction}")
@@ -248,5 +320,8 @@ def flops(
         print_json(rows)
         return
     for r in rows:
-        out.print(f"{r['variant']:>14}  layers {r['layers']:>2}  params {r['params']:>11,}  "
-                  f"FLOPs/token {r['flops_per_token']:>12,.0f}  × dense {r['ratio_to_dense']:.3f}", soft_wrap=True)
+        out.print(
+            f"{r['variant']:>14}  layers {r['layers']:>2}  params {r['params']:>11,}  "
+            f"FLOPs/token {r['flops_per_token']:>12,.0f}  × dense {r['ratio_to_dense']:.3f}",
+            soft_wrap=True,
+        )

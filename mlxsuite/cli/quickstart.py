@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from ..quickstart import QuickstartConfig, run_quickstart
-from .common import TrainProgress, err, out, print_json
+from mlxsuite.cli.common import TrainProgress, err, out, print_json
+from mlxsuite.quickstart import QuickstartConfig, run_quickstart
 
 
 class QuickstartProgress(TrainProgress):
@@ -41,11 +41,17 @@ class QuickstartProgress(TrainProgress):
 
 def quickstart(
     name: str = typer.Option("quickstart", "--name", help="Store name prefix: NAME-lm (base) and NAME-kvp (the pair)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Use this model as the base instead of training "
-                                        "one (a store name, folder, Hugging Face repo id or .gguf file)."),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Use this model as the base instead of training "
+        "one (a store name, folder, Hugging Face repo id or .gguf file).",
+    ),
     steps: int = typer.Option(300, "--steps", help="Base model training steps (without --model)."),
-    kvp_steps: Optional[int] = typer.Option(None, "--kvp-steps", help="KV Prediction training steps (default 60; "
-                                            "30 with --model, at batch 4)."),
+    kvp_steps: Optional[int] = typer.Option(
+        None, "--kvp-steps", help="KV Prediction training steps (default 60; 30 with --model, at batch 4)."
+    ),
     reps: int = typer.Option(3, "--reps", "-r", help="Timed TTFT runs per length and method."),
     fresh: bool = typer.Option(False, "--fresh", help="Redo everything, even what is finished in the store."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document with both tables on stdout."),
@@ -58,9 +64,19 @@ def quickstart(
         cfg = QuickstartConfig(name=name, steps=steps, kvp_steps=kvp_steps or 60, reps=reps)
     else:  # a real model: a short fine-tune (batch 4, embeddings frozen, the predictor from the identity: on
         # SmolLM2 the default init did not recover within 100 steps), and the code task discriminates there
-        cfg = QuickstartConfig(name=name, model=model, kvp_steps=kvp_steps or 30, kvp_batch_size=4, kvp_lr=1e-3,
-                               train_embeddings=False, predictor_init="identity", samples=32, code=24,
-                               lengths=(128, 512, 1024, 2048), reps=reps)
+        cfg = QuickstartConfig(
+            name=name,
+            model=model,
+            kvp_steps=kvp_steps or 30,
+            kvp_batch_size=4,
+            kvp_lr=1e-3,
+            train_embeddings=False,
+            predictor_init="identity",
+            samples=32,
+            code=24,
+            lengths=(128, 512, 1024, 2048),
+            reps=reps,
+        )
     with QuickstartProgress(quiet=json_out) as progress:
         result = run_quickstart(cfg, fresh, callback=progress)
     if json_out:
@@ -84,13 +100,19 @@ def render(result: dict) -> None:
             cells.append(f"{r['median_s'] * 1e3:,.1f} ({r['ttft_reduction']:.2f}×)")
         t.add_row(*cells)
     fl = result["ttft"]["table"][-1]
-    t.caption = (f"FLOPs reduction at {fl['prompt_tokens']}: aux {fl['aux']['flops_reduction']:.2f}×, "
-                 f"KVP {fl['kvp']['flops_reduction']:.2f}×")
+    t.caption = (
+        f"FLOPs reduction at {fl['prompt_tokens']}: aux {fl['aux']['flops_reduction']:.2f}×, "
+        f"KVP {fl['kvp']['flops_reduction']:.2f}×"
+    )
     q = result["quality"]
     qt = Table(title=f"Quality ({q['samples']} held-out prompts)", title_justify="left")
-    columns = [("cont. loss", "continuation_ce"), ("first tok.", "first_token_acc"),
-               (f"agree {q['agree_tokens']}", "agree_token_match"), ("exact", "agree_exact"),
-               (f"code EM ({q['code_samples']})", "code_em")]
+    columns = [
+        ("cont. loss", "continuation_ce"),
+        ("first tok.", "first_token_acc"),
+        (f"agree {q['agree_tokens']}", "agree_token_match"),
+        ("exact", "agree_exact"),
+        (f"code EM ({q['code_samples']})", "code_em"),
+    ]
     columns = [(t, k) for t, k in columns if any(k in v for v in q["methods"].values())]
     for col in ["method"] + [t for t, _ in columns]:
         qt.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
@@ -104,7 +126,8 @@ def render(result: dict) -> None:
         f"{', reused' if base['reused'] else ''}); [bold]KV Prediction[/bold] {kvp['folder']} "
         f"(LP-{kvp['aux'].get('keep', 0):.2f}: {kvp['aux_layers']} layers, parameter ratio {kvp['param_ratio']:.2f}×"
         f"{', reused' if kvp['reused'] else ''})",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )
     tables = Columns([t, qt], padding=(0, 4))
     if out.is_terminal:
@@ -116,8 +139,10 @@ def render(result: dict) -> None:
     load = result["ttft"]["load_average"]
     out.print(
         f"TTFT on {result['ttft']['device']}, prefill step {result['ttft']['prefill_step']}, median of "
-        f"{result['ttft']['reps']} interleaved runs" + (f", load average {load['start']:.2f}" if load["start"] else "")
+        f"{result['ttft']['reps']} interleaved runs"
+        + (f", load average {load['start']:.2f}" if load["start"] else "")
         + f"; quality: loss in nats/token over {q['prompt_tokens']}-token prompts. "
         f"Wall time {result['wall_s']:.0f} s.",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )

@@ -6,9 +6,11 @@ from typing import Optional
 
 import typer
 
-from .. import atomic, data, store
-from ..tokenizer import save_unigram, train_tokenizer, unigram_probs
-from .common import err, out, print_json, positive
+from mlxsuite import store
+from mlxsuite.cli.common import err, out, positive, print_json
+from mlxsuite.data import corpus as data
+from mlxsuite.data.tokenizer import save_unigram, train_tokenizer, unigram_probs
+from mlxsuite.platform import atomic
 
 app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
 
@@ -18,7 +20,8 @@ def train(
     vocab_size: int = typer.Option(..., "--vocab-size", "-v", help="Number of pieces V."),
     out_name: str = typer.Option(..., "--out", "-o", help="Store name or folder to write."),
     corpus: Optional[str] = typer.Option(
-        None, "--corpus", help="Text file, folder or JSONL (default: the Python stdlib)."),
+        None, "--corpus", help="Text file, folder or JSONL (default: the Python stdlib)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (path, vocab_size, token counts)."),
 ):
@@ -42,4 +45,6 @@ def train(
     if json_out:
         print_json(result)
     else:
-        out.print(f"tokenizer: {path} (V={tok.vocab_size}, {result['val_tokens_per_char']:.3f} tokens/char on validation)")
+        out.print(
+            f"tokenizer: {path} (V={tok.vocab_size}, {result['val_tokens_per_char']:.3f} tokens/char on validation)"
+        )

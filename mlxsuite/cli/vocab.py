@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import math
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from .. import scaling
-from ..errors import UserError
-from . import vocab_sweep
-from .common import err, out, parse_int_list, positive, print_json
+from mlxsuite.cli import vocab_sweep
+from mlxsuite.cli.common import err, out, parse_int_list, positive, print_json
+from mlxsuite.platform.errors import UserError
+from mlxsuite.vocab import scaling
 
 app = typer.Typer(help="Vocabulary scaling laws: predict, plan, fit compression, sweep.", no_args_is_help=True)
 
 
-class Approach(str, Enum):
+class Approach(StrEnum):
     isoflops = "isoflops"
     derivative = "derivative"
     parametric = "parametric"
@@ -126,7 +126,7 @@ def plan(
     """
     positive("--flops", flops)
     positive("--d", d)
-    from ..sweep import closest_preset  # MLX only when a plan is asked for
+    from mlxsuite.vocab.sweep import closest_preset  # MLX only when a plan is asked for
 
     f = _compression(compression)
     result = scaling.plan_budget(flops, approach.value, d, f, scaling.derivative_law_for(f))
@@ -167,16 +167,18 @@ def fit_compression(
 
     Each tokenizer trains on the corpus' training split; tokens per character are measured on its held-out split.
     """
-    from ..atomic import write_json
-    from ..sweep import measure_compression
+    from mlxsuite.platform.atomic import write_json
+    from mlxsuite.vocab.sweep import measure_compression
 
     vocab_sizes = parse_int_list("--sizes", sizes)
     if save is not None and not save.parent.is_dir():
         raise UserError(f"cannot write {save}: folder {save.parent} does not exist")
 
     def progress(info: dict) -> None:
-        err.print(f"V = {info['vocab']:>7,}: {info['tokens_per_char']:.5f} tokens/char ({info['seconds']:.1f} s)",
-                  highlight=False)
+        err.print(
+            f"V = {info['vocab']:>7,}: {info['tokens_per_char']:.5f} tokens/char ({info['seconds']:.1f} s)",
+            highlight=False,
+        )
 
     doc = measure_compression(corpus, vocab_sizes, progress)
     if save is not None:
@@ -206,8 +208,6 @@ def fit_compression(
         )
     if save is not None:
         out.print(f"saved to {save}; use it with --compression {save}", highlight=False)
-
-
 
 
 app.command()(vocab_sweep.sweep)

@@ -9,10 +9,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .. import scaling
-from ..errors import UserError
-from ..plots import check_path
-from .common import Progress, err, out, parse_int_list, positive, print_json
+from mlxsuite.cli.common import Progress, err, out, parse_int_list, positive, print_json
+from mlxsuite.platform.errors import UserError
+from mlxsuite.platform.plots import check_path
+from mlxsuite.vocab import scaling
 
 
 def _parse_float_list(name: str, text: str) -> list[float]:
@@ -33,8 +33,13 @@ class _SweepProgress:
 
         self.quiet = quiet
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), console=err, disable=quiet,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=quiet,
         )
         self.overall = self.run_task = None
 
@@ -59,7 +64,9 @@ class _SweepProgress:
             self.overall = p.add_task("[bold]runs[/bold]", total=info["runs"], completed=info["done"], stats="")
         elif event == "shared_tokenizer":
             how = f"trained in {info['seconds']:.0f} s" if info["trained"] else "reused"
-            p.console.print(f"[dim]tokenizer V={info['vocab']:,} {how}: {info['tokens_per_char']:.4f} tokens/char[/dim]")
+            p.console.print(
+                f"[dim]tokenizer V={info['vocab']:,} {how}: {info['tokens_per_char']:.4f} tokens/char[/dim]"
+            )
         elif event == "run_start":
             if self.run_task is not None:
                 p.remove_task(self.run_task)
@@ -69,8 +76,11 @@ class _SweepProgress:
         elif event == "start" and self.run_task is not None:
             p.update(self.run_task, completed=info["step"])
         elif event == "step" and self.run_task is not None:
-            p.update(self.run_task, completed=info["step"],
-                     stats=f"loss {info['loss']:.3f}  {info['tokens_per_s']:,.0f} tok/s")
+            p.update(
+                self.run_task,
+                completed=info["step"],
+                stats=f"loss {info['loss']:.3f}  {info['tokens_per_s']:,.0f} tok/s",
+            )
         elif event == "run_end":
             m = info["metrics"]
             if self.run_task is not None:
@@ -79,8 +89,9 @@ class _SweepProgress:
             if not info["skipped"]:
                 p.advance(self.overall)
             took = "  (already finished)" if info["skipped"] else f"  ({info['seconds']:.0f} s)"
-            p.console.print(f"{info['run']}: L_u {m['lu']:.4f}  CE {m['ce']:.4f}  bits/char {m['bpc']:.4f}{took}",
-                            highlight=False)
+            p.console.print(
+                f"{info['run']}: L_u {m['lu']:.4f}  CE {m['ce']:.4f}  bits/char {m['bpc']:.4f}{took}", highlight=False
+            )
 
 
 def _e(x: float) -> str:
@@ -101,8 +112,16 @@ def _print_sweep(doc: dict) -> None:
         table.add_column(col, justify="left" if col == "preset" else "right")
     for p in doc["plan"]:
         r = doc["runs"][p["name"]]
-        table.add_row(r["preset"], f"{r['vocab']:,}", f"{r['budget']:.3g}", f"{r['steps']:,}", f"{r['tokens']:,}",
-                      f"{r['lu']:.4f}", f"{r['ce']:.4f}", f"{r['bpc']:.4f}")
+        table.add_row(
+            r["preset"],
+            f"{r['vocab']:,}",
+            f"{r['budget']:.3g}",
+            f"{r['steps']:,}",
+            f"{r['tokens']:,}",
+            f"{r['lu']:.4f}",
+            f"{r['ce']:.4f}",
+            f"{r['bpc']:.4f}",
+        )
     out.print(table)
 
     table = Table(title="optimal V per budget and size (parabola of L_u in ln V)")
@@ -112,15 +131,29 @@ def _print_sweep(doc: dict) -> None:
     for m in a["per_model"]:
         mark = " ★" if (m["budget"], m["preset"]) in best else ""
         bpc = m.get("by_bpc")
-        table.add_row(f"{m['budget']:.3g}", m["preset"] + mark, f"{m['vocab']:,.0f}", f"{m['lu']:.4f}", m["flag"],
-                      f"{m['measured_best_vocab']:,}", f"{bpc['vocab']:,.0f}" if bpc else "")
+        table.add_row(
+            f"{m['budget']:.3g}",
+            m["preset"] + mark,
+            f"{m['vocab']:,.0f}",
+            f"{m['lu']:.4f}",
+            m["flag"],
+            f"{m['measured_best_vocab']:,}",
+            f"{bpc['vocab']:,.0f}" if bpc else "",
+        )
     out.print(table)
-    out.print("★ = the model size with the lowest L_u at that budget; flag other than interior: the minimum is at the "
-              "grid's edge (low/high-edge) or the parabola is not convex (the measured best is shown)", highlight=False)
+    out.print(
+        "★ = the model size with the lowest L_u at that budget; flag other than interior: the minimum is at the "
+        "grid's edge (low/high-edge) or the parabola is not convex (the measured best is shown)",
+        highlight=False,
+    )
 
     fits = a["fits"]
-    by_approach = {"measured": a["measured"], "approach 1": fits["isoflops"], "approach 2": fits["derivative"],
-                   "approach 3": fits["parametric"]}
+    by_approach = {
+        "measured": a["measured"],
+        "approach 1": fits["isoflops"],
+        "approach 2": fits["derivative"],
+        "approach 3": fits["parametric"],
+    }
     table = Table(title="optimal V per budget, by approach")
     table.add_column("budget", justify="right")
     for name in by_approach:
@@ -159,8 +192,10 @@ def _print_sweep(doc: dict) -> None:
             highlight=False,
         )
     for p, t in fits["vocab_vs_compute_by_preset"].items():
-        out.print(f"  {p} at fixed size: optimal V ∝ C^{_e(t['exponent'])}, ×{t['ratio']:.2f} over "
-                  f"{len(t['vocab'])} budgets", highlight=False)
+        out.print(
+            f"  {p} at fixed size: optimal V ∝ C^{_e(t['exponent'])}, ×{t['ratio']:.2f} over {len(t['vocab'])} budgets",
+            highlight=False,
+        )
     a3 = fits["parametric"]
     if "skipped" in a3:
         out.print(f"approach 3 (parametric loss): skipped, {a3['skipped']}", highlight=False)
@@ -175,8 +210,11 @@ def _print_sweep(doc: dict) -> None:
         )
     grows = a["vocab_grows_with_compute"]
     if grows is not None:
-        out.print(f"measured optimal V {'grows' if grows else 'does not grow monotonically'} with compute across the "
-                  "budgets here", highlight=False)
+        out.print(
+            f"measured optimal V {'grows' if grows else 'does not grow monotonically'} with compute across the "
+            "budgets here",
+            highlight=False,
+        )
     for n in a["notes"]:
         out.print(f"note: {n}", highlight=False)
 
@@ -217,7 +255,7 @@ def sweep(
     about 35 minutes on 2 busy CPU cores (the measured time is in BENCHMARKS.md). --dry-run prints the plan and a
     time estimate for any grid.
     """
-    from .. import sweep as sw
+    from mlxsuite.vocab import sweep as sw
 
     positive("--lr", lr)
     for name, v in (("--seq-len", seq_len), ("--batch-size", batch_size), ("--eval-chars", eval_chars)):
@@ -228,8 +266,9 @@ def sweep(
         presets=[p.strip() for p in presets.split(",") if p.strip()] if presets else list(sw.DEFAULT_PRESETS),
         vocab_sizes=parse_int_list("--vocab-sizes", vocab_sizes) if vocab_sizes else list(sw.DEFAULT_VOCAB_SIZES),
     )
-    settings = sw.SweepSettings(corpus=corpus, seq_len=seq_len, batch_size=batch_size, lr=lr, seed=seed,
-                                eval_chars=eval_chars)
+    settings = sw.SweepSettings(
+        corpus=corpus, seq_len=seq_len, batch_size=batch_size, lr=lr, seed=seed, eval_chars=eval_chars
+    )
     if plot is not None:
         check_path(plot)
     if dry_run:
@@ -244,8 +283,11 @@ def sweep(
         for p in plans:
             table.add_row(p.name, f"{p.nnv:,}", f"{p.nv:,}", f"{p.steps:,}", f"{p.tokens:,}", f"{p.flops:.3g}")
         out.print(table)
-        out.print(f"estimated time: ~{est / 60:.0f} min on 2 busy CPU cores (training at "
-                  f"{sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, run start-up and tokenizers included)", highlight=False)
+        out.print(
+            f"estimated time: ~{est / 60:.0f} min on 2 busy CPU cores (training at "
+            f"{sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, run start-up and tokenizers included)",
+            highlight=False,
+        )
         return
     with _SweepProgress(quiet or json_out) as progress:
         doc = sw.run_sweep(out_name, grid, settings, force=force, callback=progress, free_exponents=free_exponents)
@@ -253,19 +295,38 @@ def sweep(
         sw.plot_sweep(doc, plot)
     if json_out:
         a = doc["analysis"]
-        print_json({
-            "folder": doc["folder"],
-            "settings": doc["settings"],
-            "runs": [
-                {k: doc["runs"][p["name"]][k] for k in
-                 ("preset", "vocab", "budget", "steps", "tokens", "flops", "nnv", "nv", "d", "lu", "ce", "bpc",
-                  "seconds")}
-                for p in doc["plan"]
-            ],
-            **{k: a[k] for k in ("fits", "per_model", "optimal_vocab", "measured", "vocab_grows_with_compute",
-                                 "notes")},
-            **({"plot": str(plot)} if plot else {}),
-        })
+        print_json(
+            {
+                "folder": doc["folder"],
+                "settings": doc["settings"],
+                "runs": [
+                    {
+                        k: doc["runs"][p["name"]][k]
+                        for k in (
+                            "preset",
+                            "vocab",
+                            "budget",
+                            "steps",
+                            "tokens",
+                            "flops",
+                            "nnv",
+                            "nv",
+                            "d",
+                            "lu",
+                            "ce",
+                            "bpc",
+                            "seconds",
+                        )
+                    }
+                    for p in doc["plan"]
+                ],
+                **{
+                    k: a[k]
+                    for k in ("fits", "per_model", "optimal_vocab", "measured", "vocab_grows_with_compute", "notes")
+                },
+                **({"plot": str(plot)} if plot else {}),
+            }
+        )
         return
     _print_sweep(doc)
     if plot is not None:

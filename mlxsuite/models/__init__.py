@@ -8,7 +8,7 @@ from types import ModuleType
 
 def family(config: dict) -> ModuleType:
     """The module (with `Model` and `ModelArgs`) of the model a config.json describes; ValueError if none."""
-    from . import lm, moma
+    from mlxsuite.models import lm, moma
 
     model_type = config.get("model_type")
     if model_type in lm.FAMILIES:

@@ -27,7 +27,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import KVCache
 
-from ..platform import compiler_available
+from mlxsuite.platform import compiler_available
 
 
 class CPUKernels:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .lm import Model
+from mlxsuite.models.lm import Model
 
 
 @dataclass
@@ -197,7 +197,7 @@ def layer_pruned(base: Model, retained: list[int]) -> Model:
     embeddings, final norm and head."""
     from mlx.utils import tree_flatten
 
-    from .lm import ModelArgs
+    from mlxsuite.models.lm import ModelArgs
 
     args = ModelArgs.from_dict({**base.args.to_dict(), "num_hidden_layers": len(retained)})
     aux = Model(args)

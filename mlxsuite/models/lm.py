@@ -21,7 +21,7 @@ from mlx_lm.models.cache import KVCache
 from mlx_lm.models.rope_utils import initialize_rope
 from mlx.utils import tree_flatten, tree_unflatten
 
-from . import kernels as fast_kernels
+from mlxsuite.models import kernels as fast_kernels
 
 
 # The mlx-lm model each supported family is read like, and what the family always has.

@@ -36,8 +36,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
 
-from . import lm
-from .moma_experts import AuxRouter, Context, SparseFFN
+from mlxsuite.models import lm
+from mlxsuite.models.moma_experts import AuxRouter, Context, SparseFFN
 
 FFN_TYPES = ("dense", "moe", "moma")
 

@@ -3,17 +3,20 @@ modality against dense (§4.2), throughput, router accuracy, and the loss-vs-FLO
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from .. import flops, store, trainer
-from ..errors import UserError
-from ..plots import check_path, pyplot, save
-from .data import build_data, load_assets, load_sources, prepare_assets
-from .spec import MomaRunSpec, model_args, paper_schedule, parse_variant
-from .train import train_moma, train_routers
+from mlxsuite import store
+from mlxsuite.models import flops
+from mlxsuite.moma.data import build_data, load_assets, load_sources, prepare_assets
+from mlxsuite.moma.spec import MomaRunSpec, model_args, paper_schedule, parse_variant
+from mlxsuite.moma.train import train_moma, train_routers
+from mlxsuite.platform.errors import UserError
+from mlxsuite.platform.plots import check_path, pyplot, save
+from mlxsuite.train import trainer
 
 SMOOTH_WIDTH = 0.3  # half-width of the smoothing window, as a fraction of a run's log-FLOPs range
 
@@ -69,9 +72,12 @@ def curves(folder: Path) -> dict:
     trains = [r for r in records if r.get("event") == "train"]
     tps = [r["tokens_per_s"] for r in trains[2:]] or [r["tokens_per_s"] for r in trains]
     flops = [r["step"] * per_step for r in trains]
-    out = {"flops": flops, "val_flops": [r["step"] * per_step for r in evals],
-           "tokens_per_s": float(np.median(tps)) if tps else 0.0,
-           "total_flops": (trains[-1]["step"] if trains else 0) * per_step}
+    out = {
+        "flops": flops,
+        "val_flops": [r["step"] * per_step for r in evals],
+        "tokens_per_s": float(np.median(tps)) if tps else 0.0,
+        "total_flops": (trains[-1]["step"] if trains else 0) * per_step,
+    }
     for k in ("loss", "loss_text", "loss_image"):
         out[f"raw_{k}"] = [r[k] for r in trains]
         out[k] = smooth(flops, out[f"raw_{k}"])
@@ -90,8 +96,14 @@ def etas(dense: dict, run: dict, validation: bool = False) -> dict:
     return {name: eta(dense[p + k][-1], run[p + "flops"], run[p + k], dense["total_flops"]) for name, k in ETA_KEYS}
 
 
-def compare(variants: list[str], flops_budget: float, prefix: str = "moma-compare", base: Optional[dict] = None,
-            callback: Optional[Callable] = None, plot: Optional[str] = None) -> dict:
+def compare(
+    variants: list[str],
+    flops_budget: float,
+    prefix: str = "moma-compare",
+    base: Optional[dict] = None,
+    callback: Optional[Callable] = None,
+    plot: Optional[str] = None,
+) -> dict:
     """Train each variant on the same data at the same FLOPs budget (resumable), train their auxiliary routers, and
     report final losses, η overall/text/image against dense, throughput and router accuracy.
 
@@ -129,8 +141,11 @@ def compare(variants: list[str], flops_budget: float, prefix: str = "moma-compar
         spec.train.save_every = max(spec.train.eval_every, spec.train.steps // 4)
         spec.train.log_every = 1  # per-step training losses per modality: the curves behind η
         folder = store.output_path(name)
-        done = (folder / store.WEIGHTS_FILE).exists() and (folder / "config.json").exists() and \
-            store.read_config(folder).get("mlxsuite", {}).get("final", {}).get("step") == spec.train.steps
+        done = (
+            (folder / store.WEIGHTS_FILE).exists()
+            and (folder / "config.json").exists()
+            and store.read_config(folder).get("mlxsuite", {}).get("final", {}).get("step") == spec.train.steps
+        )
         callback("variant", {"variant": v, "steps": spec.train.steps, "flops_per_token": fpt, "done": done})
         if not done:  # a run interrupted after it started resumes; anything else left there starts over
             resume = (folder / "run" / "spec.json").exists()
@@ -161,8 +176,12 @@ def compare(variants: list[str], flops_budget: float, prefix: str = "moma-compar
             "router_acc": routers.get("router_acc"),
         }
         rows.append(row)
-    result = {"budget_flops": flops_budget, "image_fraction": frac, "variants": rows,
-              "curves": {v: r["curves"] for v, r in runs.items()}}
+    result = {
+        "budget_flops": flops_budget,
+        "image_fraction": frac,
+        "variants": rows,
+        "curves": {v: r["curves"] for v, r in runs.items()},
+    }
     if plot:
         plot_curves(result["curves"], plot)
         result["plot"] = plot

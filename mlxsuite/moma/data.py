@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import atomic, data, store
-from ..errors import UserError
-from ..images import ImageSet, ImageTokenizer, load_images
-from ..tokenizer import Tokenizer, train_tokenizer
-from .spec import MomaRunSpec
+from mlxsuite import store
+from mlxsuite.data import corpus as data
+from mlxsuite.data.tokenizer import Tokenizer, train_tokenizer
+from mlxsuite.moma.images import ImageSet, ImageTokenizer, load_images
+from mlxsuite.moma.spec import MomaRunSpec
+from mlxsuite.platform import atomic
+from mlxsuite.platform.errors import UserError
 
 ASSETS = ("tokenizer.model", "codebook.safetensors")
 
@@ -61,8 +63,15 @@ class Layout:
 class MixedData:
     """Rows of interleaved caption/image documents plus text filler, with the image positions of each row."""
 
-    def __init__(self, layout: Layout, codes: np.ndarray, captions: list[list[list[int]]], text: np.ndarray,
-                 seq_len: int, images_per_row: int = 0):
+    def __init__(
+        self,
+        layout: Layout,
+        codes: np.ndarray,
+        captions: list[list[list[int]]],
+        text: np.ndarray,
+        seq_len: int,
+        images_per_row: int = 0,
+    ):
         self.layout, self.codes, self.captions, self.text = layout, codes, captions, text
         self.seq_len = seq_len
         self.P = codes.shape[1]
@@ -71,8 +80,10 @@ class MixedData:
         if images_per_row <= 0:
             images_per_row = seq_len // doc_max
         if images_per_row < 1 or images_per_row * doc_max > seq_len:
-            raise UserError(f"seq-len {seq_len} is too short for {max(images_per_row, 1)} image document(s) of up to "
-                            f"{doc_max} tokens per row")
+            raise UserError(
+                f"seq-len {seq_len} is too short for {max(images_per_row, 1)} image document(s) of up to "
+                f"{doc_max} tokens per row"
+            )
         if len(text) < seq_len + 2:
             raise UserError(f"the text corpus gave only {len(text)} tokens, fewer than one row of {seq_len + 1}")
         self.images_per_row = images_per_row
@@ -190,6 +201,7 @@ def build_data(spec: MomaRunSpec, tok: Tokenizer, imtok: ImageTokenizer, imagese
         text = data.token_stream(tok, corpus, part, max_tokens=text_budget[part])
         if len(text) < spec.seq_len + 2:
             text = data.token_stream(tok, corpus, "train", max_tokens=text_budget[part])
-        out[part] = MixedData(layout, imtok.encode(imgs), [[enc[c] for c in cs] for cs in caps], text, spec.seq_len,
-                              spec.images_per_row)
+        out[part] = MixedData(
+            layout, imtok.encode(imgs), [[enc[c] for c in cs] for cs in caps], text, spec.seq_len, spec.images_per_row
+        )
     return layout, out["train"], out["val"]

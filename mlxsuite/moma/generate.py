@@ -9,12 +9,12 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .. import store
-from ..errors import UserError
-from ..generate import generate_tokens
-from ..images import read_image
-from .data import layout_of, load_assets
-from .train import load_run
+from mlxsuite import store
+from mlxsuite.generate import generate_tokens
+from mlxsuite.moma.data import layout_of, load_assets
+from mlxsuite.moma.images import read_image
+from mlxsuite.moma.train import load_run
+from mlxsuite.platform.errors import UserError
 
 
 def only_ids(start: int, end: int, vocab: int):
@@ -26,8 +26,10 @@ def only_ids(start: int, end: int, vocab: int):
 def inference_model(name: str):
     model, _, folder = load_run(name)
     if not store.read_config(folder)["mlxsuite"].get("routers_trained"):
-        raise UserError(f"{folder} routes by expert choice, which is not causal: train its auxiliary routers first "
-                        f"(mlxsuite moma train-routers {name})")
+        raise UserError(
+            f"{folder} routes by expert choice, which is not causal: train its auxiliary routers first "
+            f"(mlxsuite moma train-routers {name})"
+        )
     model.eval()
     tok, imtok = load_assets(folder)
     return model, tok, imtok, layout_of(tok, imtok)
@@ -39,8 +41,9 @@ def generate_image(name: str, prompt: str, temperature: float = 1.0, seed: int =
     model, tok, imtok, L = inference_model(name)
     mx.random.seed(seed)
     ids = mx.array([L.bos] + tok.encode(prompt) + [L.boi])
-    tokens = generate_tokens(model, ids, imtok.tokens_per_image, temperature,
-                             processor=only_ids(L.image_start, L.image_end, L.size))
+    tokens = generate_tokens(
+        model, ids, imtok.tokens_per_image, temperature, processor=only_ids(L.image_start, L.image_end, L.size)
+    )
     codes = [t - L.image_start for t in tokens]
     return {"codes": codes, "image": imtok.decode(np.array([codes]))[0], "prompt": prompt}
 

@@ -6,13 +6,13 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Optional
 
-from .. import flops, trainer
-from ..errors import UserError
-from ..models import lm
-from ..models import moma as mm
+from mlxsuite.models import flops, lm
+from mlxsuite.models import moma as mm
+from mlxsuite.platform.errors import UserError
+from mlxsuite.train import trainer
 
 if TYPE_CHECKING:
-    from .data import Layout
+    from mlxsuite.moma.data import Layout
 
 VARIANT_RE = re.compile(r"^(dense|moe(\d+)x|moma(\d+)t(\d+)i)(\+mod)?$")
 DEFAULT_VARIANTS = "dense,moe8x,moma4t4i,moma4t4i+mod"
@@ -25,11 +25,12 @@ def paper_schedule(**overrides) -> trainer.TrainConfig:
 
 
 def parse_variant(name: str, mod: bool = False) -> dict:
-    """"dense" | "moe{E}x" | "moma{T}t{I}i", optionally "+mod" → ModelArgs fields."""
+    """ "dense" | "moe{E}x" | "moma{T}t{I}i", optionally "+mod" → ModelArgs fields."""
     m = VARIANT_RE.match(name.strip().lower())
     if not m:
-        raise UserError(f"unknown variant {name!r}: use dense, moe8x (moe<E>x), moma4t4i (moma<T>t<I>i), with an "
-                        "optional +mod")
+        raise UserError(
+            f"unknown variant {name!r}: use dense, moe8x (moe<E>x), moma4t4i (moma<T>t<I>i), with an optional +mod"
+        )
     out: dict = {"mod": bool(m.group(5)) or mod}
     if m.group(1) == "dense":
         out["ffn"] = "dense"
@@ -44,8 +45,11 @@ def parse_variant(name: str, mod: bool = False) -> dict:
 
 
 def variant_name(fields: dict) -> str:
-    base = {"dense": "dense", "moe": f"moe{fields.get('num_experts')}x",
-            "moma": f"moma{fields.get('text_experts')}t{fields.get('image_experts')}i"}[fields["ffn"]]
+    base = {
+        "dense": "dense",
+        "moe": f"moe{fields.get('num_experts')}x",
+        "moma": f"moma{fields.get('text_experts')}t{fields.get('image_experts')}i",
+    }[fields["ffn"]]
     return base + ("+mod" if fields.get("mod") else "")
 
 
@@ -78,7 +82,7 @@ class MomaRunSpec:
     train: trainer.TrainConfig = field(default_factory=paper_schedule)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MomaRunSpec":
+    def from_dict(cls, d: dict) -> MomaRunSpec:
         d = dict(d)
         d["train"] = trainer.TrainConfig.from_dict(d.get("train", {}))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
@@ -87,8 +91,16 @@ class MomaRunSpec:
         parse_variant(self.variant, self.mod)
         if self.preset not in lm.PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(lm.PRESETS)}")
-        for name in ("seq_len", "batch_size", "codebook_size", "patch", "image_size", "text_tokens", "eval_batches",
-                     "router_steps"):
+        for name in (
+            "seq_len",
+            "batch_size",
+            "codebook_size",
+            "patch",
+            "image_size",
+            "text_tokens",
+            "eval_batches",
+            "router_steps",
+        ):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if self.image_size % self.patch:
@@ -100,12 +112,14 @@ class MomaRunSpec:
     def micro_rows(self, processes: int) -> int:
         """Rows of one micro-batch in one process: the expert-choice batch."""
         if self.batch_size % (processes * self.train.grad_accum):
-            raise UserError(f"batch size {self.batch_size} does not split into {processes} process(es) × "
-                            f"{self.train.grad_accum} accumulation step(s)")
+            raise UserError(
+                f"batch size {self.batch_size} does not split into {processes} process(es) × "
+                f"{self.train.grad_accum} accumulation step(s)"
+            )
         return self.batch_size // processes // self.train.grad_accum
 
 
-def model_args(spec: MomaRunSpec, layout: "Layout") -> mm.ModelArgs:
+def model_args(spec: MomaRunSpec, layout: Layout) -> mm.ModelArgs:
     """The variant at FLOPs matched to the dense model of the preset (Table 1): experts are full-size FFNs at
     capacity 1/E per group; MoD models get more layers (alternating from layer 0, c_d = 0.25)."""
     base = dict(lm.PRESETS[spec.preset])
@@ -114,12 +128,17 @@ def model_args(spec: MomaRunSpec, layout: "Layout") -> mm.ModelArgs:
     if fields["mod"]:
         base["num_hidden_layers"] = mm.mod_matched_layers(base["num_hidden_layers"], 0.25)
     base.update(fields)
-    base.update(vocab_size=layout.size, image_start=layout.image_start, image_end=layout.image_end,
-                router_noise=bool(spec.upcycle_from), tie_word_embeddings=True)
+    base.update(
+        vocab_size=layout.size,
+        image_start=layout.image_start,
+        image_end=layout.image_end,
+        router_noise=bool(spec.upcycle_from),
+        tie_word_embeddings=True,
+    )
     return mm.ModelArgs.from_dict(base)
 
 
-def flops_table(spec: MomaRunSpec, layout: "Layout", variants: list[str], image_fraction: float) -> list[dict]:
+def flops_table(spec: MomaRunSpec, layout: Layout, variants: list[str], image_fraction: float) -> list[dict]:
     """FLOPs per token of each variant against dense (the FLOPs accounting of ModelArgs.flops_per_token)."""
     rows = []
     dense = None
@@ -127,8 +146,15 @@ def flops_table(spec: MomaRunSpec, layout: "Layout", variants: list[str], image_
         args = model_args(MomaRunSpec(**{**asdict(spec), "variant": v, "mod": False, "train": spec.train}), layout)
         f = flops.moma_train_per_token(args, spec.seq_len, image_fraction)["total"]
         dense = dense or f
-        rows.append({"variant": v, "layers": args.num_hidden_layers, "flops_per_token": f, "ratio_to_dense": f / dense,
-                     "params": args.n_params_total})
+        rows.append(
+            {
+                "variant": v,
+                "layers": args.num_hidden_layers,
+                "flops_per_token": f,
+                "ratio_to_dense": f / dense,
+                "params": args.n_params_total,
+            }
+        )
     return rows
 
 
@@ -145,5 +171,7 @@ def check_divisible(args: mm.ModelArgs, rows: int, seq_len: int, image_tokens_pe
         checks.append(("mixture-of-depths (capacity 1/4)", N, 4))
     for what, n, e in checks:
         if n % e:
-            raise UserError(f"{what} sees {n} tokens per micro-batch, which does not divide into {e} experts: "
-                            "change --batch-size, --seq-len or the variant")
+            raise UserError(
+                f"{what} sees {n} tokens per micro-batch, which does not divide into {e} experts: "
+                "change --batch-size, --seq-len or the variant"
+            )

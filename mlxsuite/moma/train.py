@@ -9,19 +9,23 @@ rank 0 writes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .. import atomic, flops, store, trainer
-from ..errors import UserError
-from ..models import moma as mm
-from .data import MixedBatches, build_data, load_assets, load_sources, prepare_assets, val_batches
-from .spec import MomaRunSpec, check_divisible, model_args, parse_variant, variant_name
+from mlxsuite import store
+from mlxsuite.models import flops
+from mlxsuite.models import moma as mm
+from mlxsuite.moma.data import MixedBatches, build_data, load_assets, load_sources, prepare_assets, val_batches
+from mlxsuite.moma.spec import MomaRunSpec, check_divisible, model_args, parse_variant, variant_name
+from mlxsuite.platform import atomic
+from mlxsuite.platform.errors import UserError
+from mlxsuite.train import trainer
 
 # ---- losses and evaluation ----------------------------------------------------------------------------------------
 
@@ -110,8 +114,9 @@ def _upcycle_source(spec: MomaRunSpec) -> Optional[mm.Model]:
     return source
 
 
-def train_moma(spec: MomaRunSpec, resume: bool = False, force: bool = False,
-               callback: Optional[Callable] = None, given=()) -> dict:
+def train_moma(
+    spec: MomaRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None, given=()
+) -> dict:
     """Train (or resume) a MoMa run; returns final metrics (train and val per modality) and the folder. `given`:
     the settings the user gave explicitly (a resume refuses changed ones)."""
     callback = callback or (lambda event, info: None)
@@ -136,8 +141,11 @@ def train_moma(spec: MomaRunSpec, resume: bool = False, force: bool = False,
         layout, train_data, val_data = build_data(spec, tok, imtok, imageset, corpus)
         args = model_args(spec, layout)
         check_divisible(args, spec.micro_rows(size), spec.seq_len, train_data.image_tokens_per_row)
-        if source is not None and (source.args.hidden_size, source.args.num_hidden_layers, source.args.vocab_size) \
-                != (args.hidden_size, args.num_hidden_layers, args.vocab_size):
+        if source is not None and (source.args.hidden_size, source.args.num_hidden_layers, source.args.vocab_size) != (
+            args.hidden_size,
+            args.num_hidden_layers,
+            args.vocab_size,
+        ):
             raise UserError(f"{spec.upcycle_from} has other dimensions than this run: use the same preset")
     mx.random.seed(spec.seed)
     model = mm.build(args, seed=spec.seed)
@@ -145,22 +153,47 @@ def train_moma(spec: MomaRunSpec, resume: bool = False, force: bool = False,
         mm.upcycle(model, source)
     fpt = flops.moma_train_per_token(args, spec.seq_len, train_data.image_fraction)["total"]
     tokens_per_step = spec.batch_size * spec.seq_len
-    info = {"variant": variant_name(parse_variant(spec.variant, spec.mod)), "layers": args.num_hidden_layers,
-            "params": args.n_params_total, "flops_per_token": fpt, "vocab": layout.size, "text_vocab": layout.text_size,
-            "image_codes": layout.num_codes, "images_per_row": train_data.images_per_row,
-            "image_fraction": train_data.image_fraction}
+    info = {
+        "variant": variant_name(parse_variant(spec.variant, spec.mod)),
+        "layers": args.num_hidden_layers,
+        "params": args.n_params_total,
+        "flops_per_token": fpt,
+        "vocab": layout.size,
+        "text_vocab": layout.text_size,
+        "image_codes": layout.num_codes,
+        "images_per_row": train_data.images_per_row,
+        "image_fraction": train_data.image_fraction,
+    }
     callback("model", info)
-    config = {**args.to_dict(), "mlxsuite": {"format": 1, "kind": "moma", **info, "tokens_per_step": tokens_per_step,
-                                             "routers_trained": args.ffn == "dense" and not args.mod,
-                                             "image_size": imtok.size, "patch": imtok.patch}}
+    config = {
+        **args.to_dict(),
+        "mlxsuite": {
+            "format": 1,
+            "kind": "moma",
+            **info,
+            "tokens_per_step": tokens_per_step,
+            "routers_trained": args.ffn == "dense" and not args.mod,
+            "image_size": imtok.size,
+            "patch": imtok.patch,
+        },
+    }
     if rank == 0:
         atomic.write_json(folder / "config.json", config)
 
     vb = val_batches(val_data, spec.batch_size // spec.train.grad_accum, spec.eval_batches)
     batches = MixedBatches(train_data, spec.batch_size, spec.seed, rank, size, offset=spec.data_offset)
-    metrics = trainer.train(model, make_loss("train"), batches, spec.train, folder / "run",
-                            evaluate=lambda m: evaluate(m, vb, "train"), callback=callback, resume=resume,
-                            tokens_per_row=spec.seq_len, group=group)
+    metrics = trainer.train(
+        model,
+        make_loss("train"),
+        batches,
+        spec.train,
+        folder / "run",
+        evaluate=lambda m: evaluate(m, vb, "train"),
+        callback=callback,
+        resume=resume,
+        tokens_per_row=spec.seq_len,
+        group=group,
+    )
     if rank == 0:
         store.write_weights(folder, model)
         config["mlxsuite"]["final"] = metrics
@@ -188,7 +221,7 @@ class RouterRunSpec:
     train: trainer.TrainConfig = field(default_factory=trainer.TrainConfig)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RouterRunSpec":
+    def from_dict(cls, d: dict) -> RouterRunSpec:
         return cls(run=d["run"], train=trainer.TrainConfig.from_dict(d.get("train", {})))
 
     def validate(self) -> None:
@@ -199,13 +232,28 @@ def router_config(spec: MomaRunSpec, steps: Optional[int] = None) -> trainer.Tra
     """The router-training recipe: `router_steps` steps at `router_lr`, 10 % warm-up, linear decay to 1 % (the
     paper's Table 6 shape: warm-up, then linear to 1 % of the peak), no weight decay."""
     steps = steps or spec.router_steps
-    return trainer.TrainConfig(steps=steps, lr=spec.router_lr, schedule="linear", min_lr_ratio=0.01,
-                               warmup=max(1, steps // 10), weight_decay=0.0, save_every=max(10, steps // 4),
-                               eval_every=10**9, log_every=10, compile=spec.train.compile, seed=spec.seed)
+    return trainer.TrainConfig(
+        steps=steps,
+        lr=spec.router_lr,
+        schedule="linear",
+        min_lr_ratio=0.01,
+        warmup=max(1, steps // 10),
+        weight_decay=0.0,
+        save_every=max(10, steps // 4),
+        eval_every=10**9,
+        log_every=10,
+        compile=spec.train.compile,
+        seed=spec.seed,
+    )
 
 
-def train_routers(name: str, steps: Optional[int] = None, callback: Optional[Callable] = None,
-                  resume: bool = False, force: bool = False) -> dict:
+def train_routers(
+    name: str,
+    steps: Optional[int] = None,
+    callback: Optional[Callable] = None,
+    resume: bool = False,
+    force: bool = False,
+) -> dict:
     """Stage 2 (§2.4): train the auxiliary routers with BCE against the batch-level selections, the main model
     frozen; then report router accuracy and the causal (inference-mode) validation losses next to the EC ones."""
     callback = callback or (lambda event, info: None)
@@ -221,12 +269,27 @@ def train_routers(name: str, steps: Optional[int] = None, callback: Optional[Cal
     if model.aux_modules():
         if steps is not None and steps <= 0:
             raise UserError(f"steps must be a positive integer, got {steps}")
-        rspec = trainer.open_run(folder / "routers", RouterRunSpec(str(folder), router_config(spec, steps)), resume,
-                                 force, group, given=("steps",) if steps is not None else ()).spec
+        rspec = trainer.open_run(
+            folder / "routers",
+            RouterRunSpec(str(folder), router_config(spec, steps)),
+            resume,
+            force,
+            group,
+            given=("steps",) if steps is not None else (),
+        ).spec
         model.only_aux_trainable()
         batches = MixedBatches(train_data, spec.batch_size, spec.seed + 1, rank, size)
-        trainer.train(model, router_loss, batches, rspec.train, folder / "routers" / "run", callback=callback,
-                      resume=resume, tokens_per_row=spec.seq_len, group=group)
+        trainer.train(
+            model,
+            router_loss,
+            batches,
+            rspec.train,
+            folder / "routers" / "run",
+            callback=callback,
+            resume=resume,
+            tokens_per_row=spec.seq_len,
+            group=group,
+        )
         model.freeze()
         result.update(router_accuracy(model, vb))
         model.freeze_aux()

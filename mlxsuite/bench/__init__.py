@@ -1,0 +1,1 @@
+"""`bench ttft`: the schedule, the modes and the report."""

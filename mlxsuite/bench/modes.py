@@ -1,0 +1,209 @@
+"""The modes `mlxsuite bench ttft` measures. A mode is one way to produce the first token: `run(tokens, cache,
+decode)` yields the first token ids (B,), lazy is fine, then `decode` more token ids (batch 1); plus the FLOPs it
+spends, and (optionally) how to make a prompt cache holding a prefix. `base` is our prefill, `mlx-lm` is mlx-lm's
+`generate_step` on the same weights; with a KV Prediction pair (`Setup.extras["kvp"]`, whose base is
+`Setup.model`) `aux` is the auxiliary alone (prefilled exactly as the base) and `kvp` is KV Prediction's prompt
+step (aux on N−1 tokens, predictor per chunk, base on the last token), which decodes with the base alone. More
+modes plug in with `register_mode` (benchmarks/ttft_vs_mlx_lm.py adds two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import mlx.core as mx
+
+from mlxsuite.generate import generate_tokens, prefill, sample
+from mlxsuite.models import flops
+from mlxsuite.models.lm import Model
+from mlxsuite.platform.errors import UserError
+
+
+@dataclass
+class Setup:
+    """What a mode builder gets: the model under test and the settings shared by all modes."""
+
+    model: Model
+    prefill_step: int
+    extras: dict = field(default_factory=dict)  # options for modes that need more (e.g. an auxiliary model)
+    name: str = "model"  # how the report names the model
+    tokenizer: Any = None  # times tokenization of the random prompts' text when given
+
+
+Run = Callable[[mx.array, Optional[list], int], Iterator]
+
+
+@dataclass
+class Mode:
+    name: str
+    run: Run  # (tokens (B, n) not in the cache, prompt cache or None, decode) -> first ids (B,), then `decode` ids
+    flops: Callable[[int, int, int], int]  # (prompt_tokens, batch, cached_tokens) -> FLOPs before the first token
+    max_batch: Optional[int] = None  # None: any batch size
+    prefix_cache: Optional[Callable[[mx.array], list]] = None  # tokens (B, P) -> a prompt cache holding them
+
+
+ModeBuilder = Callable[[Setup], Mode]
+MODES: dict[str, ModeBuilder] = {}
+KVP_MODES = ("aux", "kvp")  # need a KV Prediction pair: Setup.extras["kvp"]
+
+
+def register_mode(name: str, builder: ModeBuilder) -> None:
+    MODES[name] = builder
+
+
+def check_mode_names(names: list[str], kvp: bool = False) -> None:
+    """Unknown mode names are errors, and so are aux/kvp without a KV Prediction pair (`kvp`)."""
+    if not names:
+        raise UserError("no modes to measure")
+    for name in names:
+        if name not in MODES:
+            raise UserError(f"unknown mode {name!r}: choose from {', '.join(MODES)}")
+        if name in KVP_MODES and not kvp:
+            raise UserError(
+                f"mode {name!r} needs a KV Prediction pair: add --kvp DIR (a folder from `mlxsuite kvp train`)"
+            )
+
+
+def build_modes(names: list[str], setup: Setup) -> list[Mode]:
+    """Mode objects for `names`, in order, without duplicates."""
+    check_mode_names(names, kvp="kvp" in setup.extras)
+    return [MODES[name](setup) for name in dict.fromkeys(names)]
+
+
+# ---- modes --------------------------------------------------------------------------------------------------
+
+
+def prompt_flops(model) -> Callable[[int, int, int], float]:
+    """FLOPs of a forward over a prompt of T tokens × B whose first P are already cached."""
+    return lambda T, B, P: B * flops.forward(model.args, T - P, P)
+
+
+def prefill_mode(
+    name: str,
+    model: Model,
+    step: int,
+    start: Optional[Callable[[], tuple]] = None,
+    count: Optional[Callable[[int, int, int], int]] = None,
+) -> Mode:
+    """A mode built on the one prefill: `start()` gives (prompt cache, fill) (default: a new cache of `model`,
+    the model's forward); the first token is sampled from the prefill's logits and `decode` more come from
+    `generate_tokens` continuing the cache with `model`. Without `start` the mode also continues a prompt cache
+    holding a prefix, made as mlx_lm.cache_prompt makes one (the prefill over it, every token in the cache)."""
+
+    def run(tokens: mx.array, cache: Optional[list], decode: int) -> Iterator:
+        fill = None
+        if cache is None:
+            cache, fill = start() if start is not None else (model.make_cache(), None)
+        first = sample(prefill(model, tokens, cache, step, fill))
+        yield first
+        if decode:
+            yield from generate_tokens(model, first, decode, cache=cache)
+
+    def prefix_cache(tokens: mx.array) -> list:
+        cache = model.make_cache()
+        mx.eval(prefill(model, tokens, cache, step), [c.keys_and_values() for c in cache])
+        return cache
+
+    count = count or prompt_flops(model)
+    return Mode(name, run, count, prefix_cache=None if start is not None else prefix_cache)
+
+
+def _base_mode(setup: Setup) -> Mode:
+    return prefill_mode("base", setup.model, setup.prefill_step)
+
+
+def mlx_lm_model(model: Model):
+    """mlx-lm's own model class holding the same weights (shared arrays, no copy)."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama, qwen3
+
+    args = model.args
+    arch = qwen3 if args.qk_norm else llama
+    config = args.to_dict()
+    if args.qk_norm:
+        config["model_type"] = "qwen3"
+    ref = arch.Model(arch.ModelArgs.from_dict(config))
+    weights = dict(tree_flatten(model.parameters()))
+    quantized = [m for _, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
+    if quantized:
+        q = quantized[0]
+        nn.quantize(ref, group_size=q.group_size, bits=q.bits, class_predicate=lambda p, m: f"{p}.scales" in weights)
+    try:
+        ref.load_weights(list(ref.sanitize(weights).items()), strict=True)
+    except ValueError as e:
+        raise UserError(
+            f"the weights do not load into mlx-lm's {arch.__name__.rsplit('.', 1)[-1]} model: {e}"
+        ) from None
+    ref.eval()
+    return ref
+
+
+def _mlx_lm_mode(setup: Setup) -> Mode:
+    from mlx_lm.generate import generate_step
+    from mlx_lm.models.cache import make_prompt_cache
+
+    ref, step = mlx_lm_model(setup.model), setup.prefill_step
+    # mlx-lm's own stream is bound to the device current at its import; the default stream also lets the harness's
+    # mx.synchronize() drain the decode step generate_step schedules before returning the first token.
+    stream = mx.default_stream(mx.default_device())
+
+    def steps(tokens: mx.array, cache: list, max_tokens: int):
+        return generate_step(
+            tokens[0], ref, stream=stream, max_tokens=max_tokens, prompt_cache=cache, prefill_step_size=step
+        )
+
+    def run(tokens: mx.array, cache: Optional[list], decode: int) -> Iterator:
+        gen = steps(tokens, make_prompt_cache(ref) if cache is None else cache, 1 + decode)
+        token, _ = next(gen)
+        yield mx.array([token])
+        for token, _ in gen:
+            yield token
+
+    def prefix_cache(tokens: mx.array) -> list:  # what mlx_lm.cache_prompt does before saving the cache
+        cache = make_prompt_cache(ref)
+        for _ in steps(tokens, cache, 0):
+            pass
+        mx.eval([c.keys_and_values() for c in cache])
+        return cache
+
+    return Mode("mlx-lm", run, prompt_flops(setup.model), max_batch=1, prefix_cache=prefix_cache)
+
+
+def _aux_mode(setup: Setup) -> Mode:
+    """The auxiliary alone, prefilled exactly as the base is."""
+    return prefill_mode("aux", setup.extras["kvp"].auxiliary, setup.prefill_step)
+
+
+def _kvp_mode(setup: Setup) -> Mode:
+    """KV Prediction's prompt step through the one prefill (kvp.prompt_fill), then the base decodes alone. Its
+    fill starts from empty caches (the auxiliary's and the base's), so it takes no prefix cache."""
+    from mlxsuite.kvp.recipe import prompt_fill
+
+    pair = setup.extras["kvp"]
+    return prefill_mode(
+        "kvp",
+        pair.base,
+        setup.prefill_step,
+        start=lambda: prompt_fill(pair),
+        count=lambda T, B, P: flops.kvp_prefill(pair, T, B),
+    )
+
+
+register_mode("base", _base_mode)
+register_mode("mlx-lm", _mlx_lm_mode)
+register_mode("aux", _aux_mode)
+register_mode("kvp", _kvp_mode)
+
+
+def copy_cache(cache: list) -> list:
+    """A prompt cache with the same contents in new arrays (a trial's updates never reach the original)."""
+    out = []
+    for c in cache:
+        new = type(c)()
+        new.state = tuple(mx.array(a) if isinstance(a, mx.array) else a for a in c.state)
+        out.append(new)
+    mx.eval([[a for a in c.state if isinstance(a, mx.array)] for c in out])
+    return out

@@ -1,0 +1,1 @@
+"""Weights in and out: Hugging Face and mlx-lm folders, GGUF, pruning, quantization."""

@@ -1,0 +1,1 @@
+"""The run scaffold, the trainer, the LM recipe and its evaluation."""
