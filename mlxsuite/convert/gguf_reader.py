@@ -1,14 +1,14 @@
-"""Llama-family GGUF files (llama.cpp) as Hugging Face / mlx-lm checkpoints: config, tensor names, weights.
+"""GGUF files (llama.cpp) as Hugging Face / mlx-lm checkpoints: header, config, tensor names, tensor data.
 
 A GGUF file is a plain tensor container (no code): a header of typed key/values (the architecture, the shapes, the
-tokenizer) and a table of tensors, then the data. `read_header` parses the header alone, so an unsupported
-architecture or tensor type is named before any weight is read; `mx.load(path, return_metadata=True)` then reads the
-tensors, the quantized ones (Q4_0, Q4_1, Q8_0) arriving as MLX affine-quantized triples (`weight` packed into uint32,
-`scales`, `biases`; group size 32). MLX reads the whole file at once: peak memory is about the file plus one tensor.
+tokenizer) and a table of tensors, then the data. `read_header` parses the header alone (metadata arrays included:
+the tokenizer), so an unsupported architecture or tensor type is named before any weight is read; `tensor_data`
+then maps one tensor's bytes, which `gguf_blocks` decodes. Architectures: llama (Llama 1–3 with Llama 3's
+`rope_freqs`, Mistral-style, SmolLM2), qwen2, qwen3.
 
-llama.cpp's converter reorders the rows of the q and k projections for its RoPE (`permute` in convert_hf_to_gguf.py);
-`unpermute_rows` restores the Hugging Face order. Rows are independent, so it applies alike to float weights and to
-the packed rows, scales and biases of a quantized one. The tokenizer lives in `mlxsuite.gguf_tokenizer`.
+llama.cpp's converter reorders the rows of the llama architecture's q and k projections for its RoPE (`permute` in
+convert_hf_to_gguf.py; qwen2/qwen3 are not permuted); `unpermute_rows` restores the Hugging Face order. Rows are
+independent, so it applies alike to float weights and to the codes, scales and biases of a quantized one.
 """
 
 from __future__ import annotations
@@ -19,30 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import gguf as ggml
 import mlx.core as mx
+import numpy as np
 
+from mlxsuite.convert import gguf_blocks as blocks
 from mlxsuite.platform.errors import UserError
 
-ARCHITECTURES = ("llama",)  # Mistral-style and SmolLM2 files are written as "llama" by llama.cpp
-# ggml tensor type ids (ggml.h)
-GGML_TYPES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K",
-    12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S",
-    20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64",
-    29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
-}  # fmt: skip
+ARCHITECTURES = ("llama", "qwen2", "qwen3")  # Mistral-style and SmolLM2 files are written as "llama" by llama.cpp
+GGML_TYPES = {t.value: t.name for t in ggml.GGMLQuantizationType}  # ggml tensor type ids (ggml.h)
 GGML_TYPE_IDS = {v: k for k, v in GGML_TYPES.items()}
-# What MLX reads exactly: floats as they are, Q4_0/Q4_1/Q8_0 as affine quantization (MLX turns other block types
-# into float16 through gguflib, untested here, so they are refused).
-SUPPORTED_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
-QUANTIZED_TYPES = ("Q8_0", "Q4_0", "Q4_1")
+SUPPORTED_TYPES = tuple(blocks.BLOCKS)
 
 # GGUF metadata value types → struct format (8 string, 9 array)
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _BLOCK_NAMES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
 }  # fmt: skip
@@ -63,20 +57,13 @@ class GGUFTensor:
 class GGUFHeader:
     path: Path
     version: int
-    metadata: dict  # scalars and strings as Python values; arrays as ArrayInfo (their data is skipped)
+    metadata: dict  # scalars, strings and arrays as Python values
     tensors: dict[str, GGUFTensor]
+    size: int  # of the file, in bytes
 
     @property
     def architecture(self) -> Optional[str]:
         return self.metadata.get("general.architecture")
-
-
-@dataclass(frozen=True)
-class ArrayInfo:
-    """A metadata array the header scan skipped over: its element type and length."""
-
-    type: int
-    length: int
 
 
 class _Reader:
@@ -107,18 +94,19 @@ class _Reader:
         if vtype == 9:
             etype, n = self.unpack("<I"), self.unpack("<Q")
             if etype in _SCALAR:
-                self.f.seek(struct.calcsize(_SCALAR[etype]) * n, 1)
-            elif etype == 8:
-                for _ in range(n):
-                    self.f.seek(self.unpack("<Q"), 1)
-            else:
-                raise ValueError(f"unsupported metadata array of type {etype}")
-            return ArrayInfo(etype, n)
+                size = struct.calcsize(_SCALAR[etype]) * n
+                raw = self.f.read(size)
+                if len(raw) != size:
+                    raise ValueError("unexpected end of file")
+                return np.frombuffer(raw, dtype=_SCALAR[etype].replace("?", "b1")).tolist()
+            if etype == 8:
+                return [self.string() for _ in range(n)]
+            raise ValueError(f"unsupported metadata array of type {etype}")
         raise ValueError(f"unknown metadata value type {vtype}")
 
 
 def read_header(path: str | Path) -> GGUFHeader:
-    """Parse a GGUF file's header: metadata (arrays skipped) and the tensor table. No tensor data is read."""
+    """Parse a GGUF file's header: metadata and the tensor table. No tensor data is read."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -142,6 +130,7 @@ def read_header(path: str | Path) -> GGUFHeader:
                 infos.append((name, ttype, tuple(reversed(dims)), offset))
             alignment = metadata.get("general.alignment", 32)
             start = -(-f.tell() // alignment) * alignment
+            size = f.seek(0, 2)
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     except (ValueError, struct.error, MemoryError) as e:
@@ -150,16 +139,17 @@ def read_header(path: str | Path) -> GGUFHeader:
     for name, ttype, shape, offset in infos:
         tname = GGML_TYPES.get(ttype, f"type {ttype}")
         tensors[name] = GGUFTensor(name, tname, shape, start + offset)
-    return GGUFHeader(path, version, metadata, tensors)
+    return GGUFHeader(path, version, metadata, tensors, size)
 
 
 def check_supported(header: GGUFHeader) -> None:
-    """UserError naming the architecture or the tensor types this reader does not convert."""
+    """UserError naming the architecture, the tensor types this reader does not convert, or a tensor whose data
+    does not fit its type's blocks or the file."""
     arch = header.architecture
     if arch not in ARCHITECTURES:
         raise UserError(
             f"{header.path.name}: unsupported GGUF architecture {arch!r}; from-gguf reads {', '.join(ARCHITECTURES)} "
-            "(including Mistral-style and SmolLM2 files)"
+            "(llama includes Mistral-style and SmolLM2 files)"
         )
     bad: dict[str, list[str]] = {}
     for t in header.tensors.values():
@@ -170,6 +160,22 @@ def check_supported(header: GGUFHeader) -> None:
         raise UserError(
             f"{header.path.name}: unsupported GGUF tensor type {', '.join(parts)}; supported: {', '.join(SUPPORTED_TYPES)}"
         )
+    for t in header.tensors.values():
+        per_block = blocks.BLOCKS[t.type][0]
+        if not t.shape or t.shape[-1] % per_block:
+            raise UserError(f"{header.path.name}: {t.name} has rows of {t.shape[-1:]} values, not whole {t.type} blocks")
+        if t.offset + tensor_nbytes(t) > header.size:
+            raise UserError(f"{header.path.name} is truncated: {t.name}'s data ends past the end of the file")
+
+
+def tensor_nbytes(t: GGUFTensor) -> int:
+    per_block, nbytes = blocks.BLOCKS[t.type]
+    return int(np.prod(t.shape, dtype=np.int64)) // per_block * nbytes
+
+
+def tensor_data(header: GGUFHeader, t: GGUFTensor) -> np.ndarray:
+    """The raw bytes of one tensor, mapped from the file (nothing else is read)."""
+    return np.memmap(header.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(tensor_nbytes(t),))
 
 
 def hf_name(gguf_name: str) -> Optional[str]:
@@ -196,7 +202,10 @@ def unpermute_rows(w: mx.array, n_heads: int) -> mx.array:
 
 
 def permute_heads(hf: str, config: dict) -> Optional[int]:
-    """The head count whose rows llama.cpp permuted in this (Hugging Face-named) tensor, or None."""
+    """The head count whose rows llama.cpp permuted in this (Hugging Face-named) tensor, or None (only the llama
+    architecture is permuted)."""
+    if config["model_type"] not in ("llama", "mistral"):
+        return None
     if ".self_attn.q_proj." in hf:
         return config["num_attention_heads"]
     if ".self_attn.k_proj." in hf:
@@ -204,34 +213,49 @@ def permute_heads(hf: str, config: dict) -> Optional[int]:
     return None
 
 
-def quant_params(logical_shape: tuple[int, ...], weight_shape: tuple[int, ...], scales_shape: tuple[int, ...]) -> dict:
-    """bits and group size of an affine-quantized tensor from its shapes (a file can mix them: SmolLM2's token
-    embedding is 8-bit, the rest 4-bit): bits = 32 · packed columns / columns, group = columns / scale columns."""
-    cols = logical_shape[-1]
-    return {"group_size": cols // scales_shape[-1], "bits": 32 * weight_shape[-1] // cols, "mode": "affine"}
-
-
-def _value(v):
-    return v.item() if isinstance(v, mx.array) and v.ndim == 0 else v
-
-
 def _float32(x) -> float:
     """A float32 metadata value as the decimal it was written from (1e-05, not 9.999999747378752e-06)."""
     return float(f"{float(x):.7g}")
 
 
-def gguf_config(metadata: dict, tensors: dict[str, GGUFTensor]) -> dict:
-    """An mlx-lm / Hugging Face `config.json` (model_type llama) for a llama GGUF's metadata and tensor table."""
-    meta = {k: _value(v) for k, v in metadata.items()}
-    arch = meta.get("general.architecture")
+def llama3_rope_factors(head_dim: int, theta: float, scaling: dict) -> np.ndarray:
+    """Llama 3's per-frequency RoPE divisors (what llama.cpp stores as `rope_freqs`), from the Hugging Face
+    rope_scaling parameters, as convert_hf_to_gguf.py computes them."""
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old = scaling["original_max_position_embeddings"]
+    wavelen = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    smooth = (old / wavelen - low) / (high - low)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen < old / high, 1.0, np.where(wavelen > old / low, factor, mid)).astype(np.float32)
+
+
+def llama3_scaling(rope_freqs: np.ndarray, head_dim: int, theta: float) -> dict:
+    """The Hugging Face rope_scaling whose factors are this `rope_freqs` tensor (Llama 3.1/3.2's parameters tried,
+    the match checked), or a UserError."""
+    factor = float(np.round(rope_freqs.max(), 4))
+    for old in (8192, 4096, 16384, 2048, 32768):
+        scaling = dict(
+            rope_type="llama3", factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
+            original_max_position_embeddings=old,
+        )  # fmt: skip
+        if np.allclose(llama3_rope_factors(head_dim, theta, scaling), rope_freqs, rtol=1e-5):
+            return scaling
+    raise UserError("the GGUF rope_freqs tensor is not a Llama 3 RoPE scaling this reader recognises")
+
+
+_HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def gguf_config(metadata: dict, tensors: dict[str, GGUFTensor], rope_freqs: Optional[np.ndarray] = None) -> dict:
+    """An mlx-lm / Hugging Face `config.json` (model_type llama, qwen2 or qwen3) for a GGUF file's metadata and
+    tensor table (`rope_freqs`: that tensor's values, when the file has it)."""
+    arch = metadata.get("general.architecture")
 
     def get(key, default=None):
-        return meta.get(f"{arch}.{key}", default)
+        return metadata.get(f"{arch}.{key}", default)
 
     if get("expert_count", 0):
         raise UserError(f"mixture-of-experts GGUF files ({get('expert_count')} experts) are not supported")
-    if "rope_freqs.weight" in tensors:
-        raise UserError("the GGUF file carries rope_freqs (Llama 3.1-style RoPE scaling): not supported")
     required = {
         "embedding_length": "hidden size", "block_count": "layers", "attention.head_count": "heads",
         "feed_forward_length": "FFN size",
@@ -246,18 +270,22 @@ def gguf_config(metadata: dict, tensors: dict[str, GGUFTensor]) -> dict:
         raise UserError(
             f"partial rotary embeddings (rope dimension {rope_dim} of head size {head_dim}) are not supported"
         )
+    if arch == "qwen2" and head_dim != hidden // heads:
+        raise UserError(f"a qwen2 GGUF with head size {head_dim} (not hidden / heads) is not supported")
     embed = tensors.get("token_embd.weight")
-    tokens = meta.get("tokenizer.ggml.tokens")
-    vocab = get("vocab_size") or (embed.shape[0] if embed else getattr(tokens, "length", None))
+    vocab = get("vocab_size") or (embed.shape[0] if embed else len(metadata.get("tokenizer.ggml.tokens", [])))
+    theta = _float32(get("rope.freq_base", 10000.0))
     scaling = None
     kind = get("rope.scaling.type", "none")
-    if kind == "linear":
+    if rope_freqs is not None:
+        scaling = llama3_scaling(rope_freqs, head_dim, theta)
+    elif kind == "linear":
         scaling = {"type": "linear", "factor": float(get("rope.scaling.factor"))}
     elif kind != "none":
-        raise UserError(f"RoPE scaling {kind!r} in the GGUF metadata is not supported (linear is)")
+        raise UserError(f"RoPE scaling {kind!r} in the GGUF metadata is not supported (linear and Llama 3's are)")
     config = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": arch,
+        "architectures": [_HF_CLASSES[arch]],
         "hidden_size": hidden,
         "num_hidden_layers": get("block_count"),
         "intermediate_size": get("feed_forward_length"),
@@ -266,24 +294,17 @@ def gguf_config(metadata: dict, tensors: dict[str, GGUFTensor]) -> dict:
         "head_dim": head_dim,
         "vocab_size": vocab,
         "rms_norm_eps": _float32(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": _float32(get("rope.freq_base", 10000.0)),
+        "rope_theta": theta,
         "rope_scaling": scaling,
         "max_position_embeddings": get("context_length", 2048),
         "tie_word_embeddings": "output.weight" not in tensors,
         "hidden_act": "silu",
         "attention_bias": False,
-        "mlp_bias": False,
     }
+    if arch == "llama":
+        config["mlp_bias"] = False
     for key in ("bos", "eos", "padding"):
-        tid = meta.get(f"tokenizer.ggml.{key}_token_id")
+        tid = metadata.get(f"tokenizer.ggml.{key}_token_id")
         if isinstance(tid, int):
             config[f"{'pad' if key == 'padding' else key}_token_id"] = tid
     return config
-
-
-def load_tensors(path: str | Path) -> tuple[dict[str, mx.array], dict]:
-    """All tensors (quantized ones as weight/scales/biases) and the metadata, through MLX's GGUF reader."""
-    try:
-        return mx.load(str(path), return_metadata=True)
-    except (RuntimeError, ValueError) as e:
-        raise UserError(f"MLX cannot read {path}: {e}") from None

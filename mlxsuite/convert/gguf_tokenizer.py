@@ -2,7 +2,7 @@
 
 - `gpt2` (byte-level BPE: SmolLM2, Llama 3, …): a `tokenizers` BPE over `tokenizer.ggml.tokens` (id = position) and
   `tokenizer.ggml.merges`, with llama.cpp's pre-tokenizer for `tokenizer.ggml.pre` (GPT-2's regex; digits split one
-  by one first for smollm/starcoder; Llama 3's regex) and a ByteLevel decoder → `tokenizer.json`.
+  by one first for smollm/starcoder; Llama 3's and Qwen2's regexes) and a ByteLevel decoder → `tokenizer.json`.
 - `llama` (SentencePiece BPE: Llama 2, Mistral, …): the pieces, scores and token types become a SentencePiece
   `ModelProto` (`tokenizer.model`), converted to `tokenizer.json` by `hf_tokenizer.spm_to_tokenizer_json`.
 
@@ -26,6 +26,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 _GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+SPLIT_REGEX = {"llama3": _LLAMA3_REGEX, "qwen2": _QWEN2_REGEX}
 # tokenizer.ggml.pre → llama.cpp's pre-tokenizer family (llama-vocab.cpp)
 PRE_TOKENIZERS = {
     **dict.fromkeys(
@@ -33,6 +35,7 @@ PRE_TOKENIZERS = {
     ),
     **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"), "digits"),
     **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"), "llama3"),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), "qwen2"),
 }
 
 
@@ -76,10 +79,10 @@ def bpe_tokenizer(meta: dict):
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
     vocab = {t: i for i, t in enumerate(tokens)}
     tk = Tokenizer(models.BPE(vocab, merges, ignore_merges=family == "llama3"))
-    if family == "llama3":
+    if family in SPLIT_REGEX:
         tk.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(_LLAMA3_REGEX), behavior="isolated"),
+                pre_tokenizers.Split(Regex(SPLIT_REGEX[family]), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
