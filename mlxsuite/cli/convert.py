@@ -162,22 +162,63 @@ def from_hf(
 
 @app.command("from-gguf")
 def from_gguf(
-    gguf_file: str = typer.Argument(..., metavar="GGUF", help="A llama-family GGUF file (F32, F16, Q8_0, Q4_0, Q4_1)."),
+    gguf_file: str = typer.Argument(
+        ...,
+        metavar="GGUF",
+        help="A GGUF file: llama, qwen2 or qwen3; F32/F16/BF16, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q2_K/Q3_K/Q4_K/Q5_K/Q6_K.",
+    ),
     out_name: str = typer.Argument(..., metavar="OUT", help="Store name, or a path (with a slash)."),
     dtype: Dtype = typer.Option(
         None,
         "--dtype",
-        help="Dequantize, and store every float tensor, in this dtype (default: Q8_0/Q4_0/Q4_1 stay quantized, floats as stored; on the CPU use float32).",
+        help="Dequantize exactly, and store every float tensor, in this dtype (default: quantized tensors stay quantized "
+        "- Q2_K/Q3_K/Q6_K as 8-bit group 32, the error reported - floats as stored; on the CPU use float32).",
     ),
     force: bool = FORCE,
     json_out: bool = JSON,
 ):
-    """Convert a llama.cpp GGUF file (Llama, Mistral-style, SmolLM2) into a model folder that mlx-lm also opens."""
+    """Convert a llama.cpp GGUF file (Llama 1-3, Mistral-style, SmolLM2, Qwen2, Qwen3) into a model folder that mlx-lm
+    also opens."""
     from mlxsuite.convert import from_gguf as convert_gguf
 
     with _progress("converting") as progress:
         result = convert_gguf.from_gguf(gguf_file, _out_path(out_name), dtype=dtype, force=force, progress=progress)
     _report(result, "wrote", json_out)
+
+
+class OutType(StrEnum):
+    f32 = "f32"
+    f16 = "f16"
+    bf16 = "bf16"
+    q8_0 = "q8_0"
+    q4_0 = "q4_0"
+    q4_1 = "q4_1"
+
+
+@app.command("to-gguf")
+def to_gguf(
+    model: str = typer.Argument(..., metavar="MODEL", help="Model name in the store, a folder, a repo id."),
+    out_file: str = typer.Argument(..., metavar="OUT.gguf", help="The GGUF file to write."),
+    outtype: Optional[OutType] = typer.Option(
+        None,
+        "--outtype",
+        help="Type of every matrix: f32, f16, bf16, q8_0, q4_0 or q4_1 (default: floats as stored, MLX 4/5/8-bit "
+        "group-32 layers keep their codes as Q4_1/Q5_1/Q8_0).",
+    ),
+    force: bool = FORCE,
+    json_out: bool = JSON,
+):
+    """Export a model as a GGUF file that llama.cpp runs (llama, qwen2 or qwen3; tokenizer and chat template)."""
+    from mlxsuite.convert import to_gguf as export
+
+    if not out_file.endswith(".gguf"):
+        raise UserError(f"{out_file}: the output name must end in .gguf")
+    with _progress("exporting") as progress:
+        result = export.to_gguf(
+            model, Path(out_file), outtype.value if outtype else None, force=force, progress=progress
+        )
+    types = ", ".join(f"{k} {v}" for k, v in result.config["tensor_types"].items())
+    _report(result, f"{result.config['architecture']} ({types}), wrote", json_out)
 
 
 @app.command("to-mlx-lm")

@@ -192,6 +192,20 @@ def hf_name(gguf_name: str) -> Optional[str]:
     return None
 
 
+def gguf_name(hf: str) -> Optional[str]:
+    """The GGUF name of a Hugging Face tensor name (the inverse of `hf_name`), or None."""
+    stem, dot, suffix = hf.rpartition(".")
+    for gguf_stem, hf_stem in _GLOBAL_NAMES.items():
+        if stem == hf_stem:
+            return f"{gguf_stem}.{suffix}"
+    m = re.match(r"^model\.layers\.(\d+)\.(.+)$", stem)
+    if m:
+        for short, long in _BLOCK_NAMES.items():
+            if m.group(2) == long:
+                return f"blk.{m.group(1)}.{short}.{suffix}"
+    return None
+
+
 def unpermute_rows(w: mx.array, n_heads: int) -> mx.array:
     """Undo llama.cpp's q/k row permutation: per head, the rows stored as (head_dim/2, 2) go back to (2, head_dim/2).
     Works on a float weight and on the packed rows, scales and biases of a quantized one (rows are independent)."""
