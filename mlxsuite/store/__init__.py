@@ -178,6 +178,7 @@ def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: Optional[
     if dequantize and _is_quantized(model):
         from mlx_lm.utils import dequantize_model
 
+        model.set_dtype(mx.float32)  # scales first: half-precision scales would round the weights to float16
         model = dequantize_model(model)
         model.set_dtype(dtype or mx.float32)  # GGUF and mlx-lm scales are half precision: the BLAS wants float32
         notes.append(
