@@ -94,7 +94,10 @@ def quantize_k(w: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     aux = [low[:, 4 * i : 4 * i + 4] for i in range(4)]
     words = [(a[:, 0] | a[:, 1] << 8 | a[:, 2] << 16 | a[:, 3] << 24) for a in aux]
     hi = u >> 4
-    tmp = sum((hi[:, 4 * i : 4 * i + 4] << (2 * i)) .dot(np.uint32(1) << np.arange(0, 32, 8, dtype=np.uint32)) for i in range(4))
+    tmp = sum(
+        (hi[:, 4 * i : 4 * i + 4] << (2 * i)).dot(np.uint32(1) << np.arange(0, 32, 8, dtype=np.uint32))
+        for i in range(4)
+    )
     w0, w1 = words[0] | (words[2] << 4), words[1] | (words[3] << 4)
     s = np.stack([w0, w1, tmp], 1).astype("<u4").view(np.uint8)
     e = q.reshape(n, 2, 4, 32)
@@ -138,14 +141,16 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 
 def tiny_weights(vocab: int, arch: str) -> dict[str, np.ndarray]:
     """GGUF-named float weights of a 1-block model (q/k not yet permuted)."""
+
     def w(*shape):
         return RNG.normal(0, 0.08, shape).astype(np.float32)
 
     hd = D // HEADS
     out = {"token_embd.weight": w(vocab, D), "output_norm.weight": 1 + w(D), "blk.0.attn_norm.weight": 1 + w(D),
-           "blk.0.ffn_norm.weight": 1 + w(D), "blk.0.attn_q.weight": w(D, D), "blk.0.attn_k.weight": w(KV_HEADS * hd, D),
-           "blk.0.attn_v.weight": w(KV_HEADS * hd, D), "blk.0.attn_output.weight": w(D, D),
-           "blk.0.ffn_gate.weight": w(FFN, D), "blk.0.ffn_up.weight": w(FFN, D), "blk.0.ffn_down.weight": w(D, FFN)}  # fmt: skip
+           "blk.0.ffn_norm.weight": 1 + w(D), "blk.0.attn_q.weight": w(D, D),
+           "blk.0.attn_k.weight": w(KV_HEADS * hd, D), "blk.0.attn_v.weight": w(KV_HEADS * hd, D),
+           "blk.0.attn_output.weight": w(D, D), "blk.0.ffn_gate.weight": w(FFN, D), "blk.0.ffn_up.weight": w(FFN, D),
+           "blk.0.ffn_down.weight": w(D, FFN)}  # fmt: skip
     if arch == "qwen3":
         out.update({"blk.0.attn_q_norm.weight": 1 + w(hd), "blk.0.attn_k_norm.weight": 1 + w(hd)})
     if arch == "qwen2":
@@ -216,7 +221,9 @@ def test_every_type_kept_and_dequantized(tmp_path, capsys, mix):
     assert code == 0, err
     notes = json.loads(out)["notes"]
     kept = folder_weights(tmp_path / "kept")
-    code, _, err = run(capsys, "convert", "from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "f32"), "--dtype", "float32")
+    code, _, err = run(
+        capsys, "convert", "from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "f32"), "--dtype", "float32"
+    )
     assert code == 0, err
     exact = folder_weights(tmp_path / "f32")
     config = json.loads((tmp_path / "kept" / "config.json").read_text())
@@ -272,7 +279,9 @@ def test_round_trip_through_to_gguf(tmp_path, capsys):
 def test_qwen_architectures_round_trip(tmp_path, capsys, arch):
     tk = train_bpe(digits=False)
     reference = write_fixture(tmp_path / "m.gguf", tk, {"blk.0.ffn_up.weight": "Q4_K"}, arch=arch)
-    assert run(capsys, "convert", "from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "a"), "--dtype", "float32")[0] == 0
+    assert (
+        run(capsys, "convert", "from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "a"), "--dtype", "float32")[0] == 0
+    )
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["model_type"] == arch
     weights = folder_weights(tmp_path / "a")

@@ -171,8 +171,8 @@ def from_gguf(
     dtype: Dtype = typer.Option(
         None,
         "--dtype",
-        help="Dequantize exactly, and store every float tensor, in this dtype (default: quantized tensors stay quantized "
-        "- Q2_K/Q3_K/Q6_K as 8-bit group 32, the error reported - floats as stored; on the CPU use float32).",
+        help="Dequantize exactly, and store every float tensor, in this dtype (default: quantized tensors stay "
+        "quantized - Q2_K/Q3_K/Q6_K as 8-bit group 32, the error reported - floats as stored; on the CPU use float32).",
     ),
     force: bool = FORCE,
     json_out: bool = JSON,

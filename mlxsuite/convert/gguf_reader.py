@@ -36,7 +36,8 @@ _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?
 
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _BLOCK_NAMES = {
-    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm", "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
 }  # fmt: skip
@@ -158,12 +159,15 @@ def check_supported(header: GGUFHeader) -> None:
     if bad:
         parts = [f"{k} ({v[0]}" + (f" and {len(v) - 1} more)" if len(v) > 1 else ")") for k, v in bad.items()]
         raise UserError(
-            f"{header.path.name}: unsupported GGUF tensor type {', '.join(parts)}; supported: {', '.join(SUPPORTED_TYPES)}"
+            f"{header.path.name}: unsupported GGUF tensor type {', '.join(parts)}; "
+            f"supported: {', '.join(SUPPORTED_TYPES)}"
         )
     for t in header.tensors.values():
         per_block = blocks.BLOCKS[t.type][0]
         if not t.shape or t.shape[-1] % per_block:
-            raise UserError(f"{header.path.name}: {t.name} has rows of {t.shape[-1:]} values, not whole {t.type} blocks")
+            raise UserError(
+                f"{header.path.name}: {t.name} has rows of {t.shape[-1:]} values, not whole {t.type} blocks"
+            )
         if t.offset + tensor_nbytes(t) > header.size:
             raise UserError(f"{header.path.name} is truncated: {t.name}'s data ends past the end of the file")
 

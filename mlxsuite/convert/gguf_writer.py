@@ -96,7 +96,9 @@ def pre_tokenizer_name(pre: Optional[dict]) -> str:
         for name, family in (("llama-bpe", "llama3"), ("qwen2", "qwen2")):
             if regex == SPLIT_REGEX[family]:
                 return name
-    raise UserError(f"the tokenizer's pre-tokenizer ({' + '.join(map(str, kinds)) or 'none'}) has no llama.cpp name here")
+    raise UserError(
+        f"the tokenizer's pre-tokenizer ({' + '.join(map(str, kinds)) or 'none'}) has no llama.cpp name here"
+    )
 
 
 def bpe_vocabulary(folder: Path, vocab_size: int) -> dict:
@@ -104,7 +106,11 @@ def bpe_vocabulary(folder: Path, vocab_size: int) -> dict:
     converter does: [PAD i], unused)."""
     spec = json.loads((folder / "tokenizer.json").read_text())
     model = spec.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+    if (
+        model.get("type") != "BPE"
+        or model.get("byte_fallback")
+        or (spec.get("decoder") or {}).get("type") != "ByteLevel"
+    ):
         raise UserError(f"{folder}/tokenizer.json is not a byte-level BPE tokenizer (GGUF 'gpt2')")
     vocab = dict(model["vocab"])
     kinds = {}

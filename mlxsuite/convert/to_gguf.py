@@ -1,4 +1,4 @@
-"""`convert to-gguf`: a model this project loads (trained here, converted, an mlx-lm folder) → a GGUF file for llama.cpp.
+"""`convert to-gguf`: a model this project loads (trained here, converted, mlx-lm's) → a GGUF file for llama.cpp.
 
 The architecture follows the model's traits: q/k-norm → qwen3, q/k/v biases → qwen2, neither → llama (whose q/k rows
 get llama.cpp's permutation for its interleaved RoPE, unless the model already uses the traditional RoPE). Names are
@@ -39,7 +39,9 @@ def architecture(args) -> str:
         return "qwen2"
     if not args.qkv_bias and not args.qk_norm:
         return "llama"
-    raise UserError("this combination of q/k-norm, q/k/v biases and RoPE has no GGUF architecture (llama, qwen2, qwen3)")
+    raise UserError(
+        "this combination of q/k-norm, q/k/v biases and RoPE has no GGUF architecture (llama, qwen2, qwen3)"
+    )
 
 
 def permute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -64,7 +66,7 @@ def _metadata(writer: ggml.GGUFWriter, arch: str, args, name: str) -> None:
 
 
 def _rope(args) -> Optional[np.ndarray]:
-    """llama.cpp's rope_freqs for Llama 3 scaling; None without scaling; UserError for kinds llama.cpp reads otherwise."""
+    """llama.cpp's rope_freqs for Llama 3 scaling; None without scaling or linear; UserError for other kinds."""
     scaling = args.rope_scaling
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
     if kind in ("default", "linear"):
@@ -143,7 +145,9 @@ def _encode_tensors(tensors, quantized: dict, args, arch: str, outtype: Optional
             raise UserError(f"{hf} has no GGUF name for the {arch} architecture")
         module = hf[: -len(".weight")]
         heads = _permuted_heads(hf, args) if arch == "llama" else None
-        arrays = [source.take(hf)] + ([source.take(f"{module}.{s}") for s in ("scales", "biases")] if module in quantized else [])
+        arrays = [source.take(hf)] + (
+            [source.take(f"{module}.{s}") for s in ("scales", "biases")] if module in quantized else []
+        )
         arrays = [np.array(a.astype(mx.float32) if a.dtype in (mx.bfloat16, mx.float16) else a) for a in arrays]
         if heads:
             arrays = [permute_rows(a, heads) for a in arrays]
@@ -177,5 +181,7 @@ def _encode_tensors(tensors, quantized: dict, args, arch: str, outtype: Optional
             "tensor's largest weight"
         )
     if fallback:
-        notes.append(f"{len(fallback)} tensors written as F16: rows not a multiple of the block size ({fallback[0]}, …)")
+        notes.append(
+            f"{len(fallback)} tensors written as F16: rows not a multiple of the block size ({fallback[0]}, …)"
+        )
     return encoded, notes
