@@ -285,7 +285,10 @@ def test_qwen_architectures_round_trip(tmp_path, capsys, arch):
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["model_type"] == arch
     weights = folder_weights(tmp_path / "a")
-    np.testing.assert_array_equal(weights["model.layers.0.self_attn.q_proj.weight"], reference["blk.0.attn_q.weight"])
+    extra = {"qwen3": {"q_norm.weight": "attn_q_norm.weight", "k_norm.weight": "attn_k_norm.weight"},
+             "qwen2": {f"{x}_proj.bias": f"attn_{x}.bias" for x in "qkv"}}[arch]  # fmt: skip
+    for hf, name in {"q_proj.weight": "attn_q.weight", "k_proj.weight": "attn_k.weight", **extra}.items():
+        np.testing.assert_array_equal(weights[f"model.layers.0.self_attn.{hf}"], reference[f"blk.0.{name}"])
     assert run(capsys, "convert", "to-gguf", str(tmp_path / "a"), str(tmp_path / "b.gguf"))[0] == 0
     assert run(capsys, "convert", "from-gguf", str(tmp_path / "b.gguf"), str(tmp_path / "c"))[0] == 0
     tokens = mx.array([tk.encode(TEXTS[2]).ids])
