@@ -332,3 +332,30 @@ def test_unsupported_type_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     code, _, err = run(capsys, "convert", "to-gguf", str(tmp_path / "nothing"), str(tmp_path / "o.gguf"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "o.gguf").exists()
+
+
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["llama", "qwen3"])
+def test_a_model_trained_here_goes_to_gguf(tmp_path, capsys, qk_norm):
+    """A model of this project (SentencePiece tokenizer.model) → to-gguf → from-gguf: equal logits, and the GGUF's
+    `llama` vocabulary encodes code as our SentencePiece model does."""
+    from conftest import stdlib_text
+
+    from mlxsuite.data.tokenizer import train_tokenizer
+    from mlxsuite.models import lm
+
+    text = stdlib_text(40_000)
+    tok = train_tokenizer([text], 400, tmp_path / "tokenizer.model")
+    args = lm.ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=400, qk_norm=qk_norm)  # fmt: skip
+    model = lm.Model(args)
+    mx.eval(model.parameters())
+    store.save(tmp_path / "ours", model, tok)
+    code, _, err = run(capsys, "convert", "to-gguf", str(tmp_path / "ours"), str(tmp_path / "o.gguf"))
+    assert code == 0, err
+    assert run(capsys, "convert", "from-gguf", str(tmp_path / "o.gguf"), str(tmp_path / "back"))[0] == 0
+    sample = text[-2000:]
+    ids = tok.encode(sample)
+    back = store.load(str(tmp_path / "back"), "lm")
+    assert back.tokenizer.encode(sample) == ids
+    tokens = mx.array([ids[:64]])
+    assert mx.allclose(model(tokens), back.model(tokens), rtol=1e-5, atol=1e-5)

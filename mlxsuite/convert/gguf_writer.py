@@ -6,8 +6,9 @@
 - Float tensors (and quantized layers that no ggml type holds, dequantized) go through the `gguf` package's own
   quantizers (`gguf.quants.quantize`: F16, BF16, Q8_0, Q4_0, Q4_1 as llama.cpp's reference code).
 - The tokenizer: a byte-level BPE `tokenizer.json` becomes llama.cpp's `gpt2` vocabulary (tokens, token types,
-  merges, `tokenizer.ggml.pre` recognised from its pre-tokenizer); special ids, add-BOS and the chat template come
-  from the `gguf` package's `SpecialVocab` (llama.cpp's own reader of tokenizer_config.json).
+  merges, `tokenizer.ggml.pre` recognised from its pre-tokenizer), a SentencePiece BPE `tokenizer.model` (models
+  trained here) its `llama` vocabulary (pieces, scores, types); special ids, add-BOS and the chat template come from
+  the `gguf` package's `SpecialVocab` (llama.cpp's own reader of tokenizer_config.json).
 """
 
 from __future__ import annotations
@@ -126,14 +127,54 @@ def bpe_vocabulary(folder: Path, vocab_size: int) -> dict:
     return {"model": "gpt2", "pre": pre_tokenizer_name(spec.get("pre_tokenizer")), "tokens": tokens, "types": types}
 
 
+def spm_vocabulary(folder: Path, vocab_size: int) -> dict:
+    """tokenizer.ggml.* for a SentencePiece BPE `tokenizer.model` (llama.cpp's `llama` vocabulary: pieces, scores,
+    SentencePiece's piece types, which llama.cpp numbers the same way)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    try:
+        proto.ParseFromString((folder / "tokenizer.model").read_bytes())
+    except Exception as e:  # noqa: BLE001  (protobuf's DecodeError and friends)
+        raise UserError(f"{folder}/tokenizer.model is not a SentencePiece model: {e}") from None
+    if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
+        raise UserError(f"{folder}/tokenizer.model is not a SentencePiece BPE model (llama.cpp's 'llama' vocabulary)")
+    if len(proto.pieces) > vocab_size:
+        raise UserError(f"the tokenizer has {len(proto.pieces)} pieces for a model of {vocab_size} tokens")
+    pad = range(len(proto.pieces), vocab_size)
+    spec = proto.trainer_spec
+    ids = {"bos": spec.bos_id, "eos": spec.eos_id, "unk": spec.unk_id, "pad": spec.pad_id}
+    return {
+        "model": "llama",
+        "pre": "default",
+        "tokens": [p.piece for p in proto.pieces] + [f"[PAD{i}]" for i in pad],
+        "scores": [p.score for p in proto.pieces] + [-1000.0] * len(pad),
+        "types": [p.type for p in proto.pieces] + [UNUSED] * len(pad),
+        "ids": {k: v for k, v in ids.items() if v >= 0},
+        "add_space_prefix": proto.normalizer_spec.add_dummy_prefix,
+    }
+
+
 def add_tokenizer(writer: ggml.GGUFWriter, folder: Path, vocab_size: int) -> None:
-    """The folder's tokenizer into the GGUF metadata; UserError when it cannot be written."""
-    if not (folder / "tokenizer.json").is_file():
-        raise UserError(f"{folder} has no tokenizer.json (a byte-level BPE tokenizer is what to-gguf writes)")
-    vocab = bpe_vocabulary(folder, vocab_size)
-    special = ggml.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
-    if not special.merges:
-        raise UserError(f"{folder}/tokenizer.json has no merges")
+    """The folder's tokenizer into the GGUF metadata: a byte-level BPE tokenizer.json as `gpt2`, else a
+    SentencePiece tokenizer.model (models trained here) as `llama`; UserError when there is neither."""
+    byte_level = (folder / "tokenizer.json").is_file() and (
+        json.loads((folder / "tokenizer.json").read_text()).get("decoder") or {}
+    ).get("type") == "ByteLevel"
+    if not byte_level and (folder / "tokenizer.model").is_file():
+        vocab = spm_vocabulary(folder, vocab_size)
+        special = ggml.SpecialVocab(folder, load_merges=False, n_vocab=vocab_size)
+        special.special_token_ids = {**vocab["ids"], **special.special_token_ids}
+        special.add_special_token.setdefault("bos", False)
+        writer.add_token_scores(vocab["scores"])
+        writer.add_add_space_prefix(vocab["add_space_prefix"])
+    elif (folder / "tokenizer.json").is_file():
+        vocab = bpe_vocabulary(folder, vocab_size)
+        special = ggml.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+        if not special.merges:
+            raise UserError(f"{folder}/tokenizer.json has no merges")
+    else:
+        raise UserError(f"{folder} has no tokenizer (tokenizer.json or tokenizer.model) to write into the GGUF")
     writer.add_tokenizer_model(vocab["model"])
     writer.add_tokenizer_pre(vocab["pre"])
     writer.add_token_list(vocab["tokens"])
