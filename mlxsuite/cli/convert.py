@@ -1,4 +1,4 @@
-"""`mlxsuite convert`: weights in from Hugging Face / mlx-lm / GGUF, out to mlx-lm, prune, quantize.
+"""`mlxsuite convert`: weights in from Hugging Face / mlx-lm / GGUF, out to mlx-lm / GGUF, prune, quantize.
 
 The options of `from-hf` and `quantize` are `mlx_lm.convert`'s (`--hf-path`, `--mlx-path`, `-q`, `--q-bits`,
 `--q-group-size`, `--q-mode`, `--quant-predicate`, `--dtype`, `-d`).
@@ -17,7 +17,7 @@ from mlxsuite.cli.common import Dtype, Progress, err, out, print_json
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(
-    help="Convert weights: from Hugging Face / mlx-lm / GGUF, to mlx-lm, prune, quantize.", no_args_is_help=True
+    help="Convert weights: from Hugging Face / mlx-lm / GGUF, to mlx-lm / GGUF, prune, quantize.", no_args_is_help=True
 )
 
 FORCE = typer.Option(False, "--force", help="Replace OUT if it exists.")
