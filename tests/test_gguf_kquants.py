@@ -110,6 +110,11 @@ def quantize(w: np.ndarray, kind: str) -> np.ndarray:
     """Raw bytes (rows, bytes per row) of a float32 matrix in `kind`."""
     if kind in ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
         return ggml.quants.quantize(w, ggml.GGMLQuantizationType[kind])
+    if kind.startswith("IQ4"):  # non-linear tables: random blocks with a sane block scale
+        per_block, nbytes = ggml.GGML_QUANT_SIZES[ggml.GGMLQuantizationType[kind]]
+        raw = RNG.integers(0, 256, (w.size // per_block, nbytes), dtype=np.uint8)
+        raw[:, :2] = _f16(RNG.uniform(-2e-3, 2e-3, len(raw)))
+        return raw.reshape(len(w), -1)
     raw, _ = quantize_k(w.reshape(-1, 256), kind)
     return raw.reshape(len(w), -1)
 
@@ -213,7 +218,10 @@ def folder_weights(folder: Path) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("mix", [MIX, MIX2], ids=["kquants", "legacy"])
+MIX3 = {"blk.0.ffn_up.weight": "IQ4_XS", "blk.0.ffn_gate.weight": "IQ4_NL"}
+
+
+@pytest.mark.parametrize("mix", [MIX, MIX2, MIX3], ids=["kquants", "legacy", "iq4"])
 def test_every_type_kept_and_dequantized(tmp_path, capsys, mix):
     tk = train_bpe(digits=False)
     reference = write_fixture(tmp_path / "m.gguf", tk, mix)
@@ -325,10 +333,10 @@ def test_unsupported_type_is_one_line(tmp_path, capsys):
     data = bytearray((tmp_path / "m.gguf").read_bytes())
     key = b"blk.0.ffn_up.weight"
     at = data.find(key) + len(key)
-    data[at + 4 + 16 : at + 4 + 20] = int(ggml.GGMLQuantizationType.IQ4_XS).to_bytes(4, "little")  # same block size
+    data[at + 4 + 16 : at + 4 + 20] = int(ggml.GGMLQuantizationType.IQ2_XXS).to_bytes(4, "little")
     (tmp_path / "x.gguf").write_bytes(bytes(data))
     code, _, err = run(capsys, "convert", "from-gguf", str(tmp_path / "x.gguf"), str(tmp_path / "out"))
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "IQ4_XS (blk.0.ffn_up.weight)" in err, err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "IQ2_XXS (blk.0.ffn_up.weight)" in err, err
     assert not (tmp_path / "out").exists()
     code, _, err = run(capsys, "convert", "to-gguf", str(tmp_path / "nothing"), str(tmp_path / "o.gguf"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "o.gguf").exists()

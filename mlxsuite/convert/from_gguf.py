@@ -38,7 +38,7 @@ from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 
 KEPT_BITS = {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8, "Q4_K": 4, "Q5_K": 5, "Q2_K": 8, "Q3_K": 8,
-             "Q6_K": 8}  # fmt: skip
+             "Q6_K": 8, "IQ4_NL": 8, "IQ4_XS": 8}  # fmt: skip
 _FLOAT_AS_STORED = {"F32": mx.float32, "F16": mx.float16, "BF16": mx.bfloat16}
 
 

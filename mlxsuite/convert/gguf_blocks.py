@@ -6,6 +6,8 @@ Every quantized type here is affine per group of its rows: value = scale · code
 - Group 16 (Q6_K: d·sc·(q − 32); Q3_K: d·(sc − 32)·(q − 4); Q2_K: d·sc·q − dmin·m): MLX's affine groups are 32, 64
   or 128, so these are decoded exactly to float32 and, kept quantized, requantized to 8-bit group 32 (the error
   against the exact values is measured per tensor).
+- IQ4_NL / IQ4_XS: 4-bit indexes into a fixed table of 16 integers (−127…113, llama.cpp's `kvalues_iq4nl`) times a
+  block scale (IQ4_XS: d·(ls − 32) per 32): value = scale · (k + 128) − 128 · scale, exactly 8-bit group 32.
 Scales and biases are computed in float32 as ggml's own dequantization does (d·sc is exact there) and stored in
 float16 only where that is exact. Layouts: ggml-common.h / ggml-quants.c (`dequantize_row_*`).
 """
@@ -16,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import IQ4_NL
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
-QUANTIZED_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+QUANTIZED_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
 # type → (elements per block, bytes per block), from llama.cpp's own table
 BLOCKS = {t: GGML_QUANT_SIZES[GGMLQuantizationType[t]] for t in FLOAT_TYPES + QUANTIZED_TYPES}
 GROUP16_TYPES = ("Q2_K", "Q3_K", "Q6_K")
@@ -127,6 +130,21 @@ def _k_quant(raw: np.ndarray, kind: str):
     return codes, _f16(raw, 80) * (s & 0xF), -_f16(raw, 82) * (s >> 4), 2
 
 
+def _iq4(raw: np.ndarray, kind: str):
+    n = len(raw)
+    table = np.asarray(IQ4_NL.kvalues, np.int16) + 128
+    if kind == "IQ4_NL":
+        scale = _f16(raw, 0)
+        qs = raw[:, 2:18]
+    else:  # IQ4_XS: d, scales_h (u16), scales_l[4], qs[128]
+        high = (np.ascontiguousarray(raw[:, 2:4]).view("<u2") >> (2 * np.arange(8, dtype=np.uint16))) & 3
+        low = (raw[:, 4:8, None] >> np.array([0, 4], dtype=np.uint8)).reshape(n, 8) & 0xF
+        scale = _f16(raw, 0) * ((low | (high << 4)).astype(np.float32) - 32)
+        qs = raw[:, 8:136].reshape(n, 8, 16)
+    codes = table[_nibbles(qs)].astype(np.uint8).reshape(n, -1)
+    return codes, scale, -128 * scale, 8
+
+
 def decode(raw: np.ndarray, kind: str, shape: tuple[int, ...]):
     """A tensor's raw bytes (any shape, C order) → float32 array (float types) or `Affine` (rows, cols)."""
     raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
@@ -138,7 +156,8 @@ def decode(raw: np.ndarray, kind: str, shape: tuple[int, ...]):
         return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
     per_block, nbytes = BLOCKS[kind]
     blocks = raw.reshape(-1, nbytes)
-    codes, scales, biases, bits = (_legacy if per_block == 32 else _k_quant)(blocks, kind)
+    decoder = _iq4 if kind.startswith("IQ4") else _legacy if per_block == 32 else _k_quant
+    codes, scales, biases, bits = decoder(blocks, kind)
     rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
     cols = shape[-1]
     group = 16 if kind in GROUP16_TYPES else 32
