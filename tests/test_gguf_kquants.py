@@ -367,3 +367,20 @@ def test_a_model_trained_here_goes_to_gguf(tmp_path, capsys, qk_norm):
     assert back.tokenizer.encode(sample) == ids
     tokens = mx.array([ids[:64]])
     assert mx.allclose(model(tokens), back.model(tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "qargs", [["--q-bits", "3", "--q-group-size", "64"], ["--q-mode", "mxfp4"]], ids=["3bit", "mxfp4"]
+)
+def test_quantized_layers_no_ggml_type_holds_go_as_floats(tmp_path, capsys, qargs):
+    tk = train_bpe(digits=False)
+    write_fixture(tmp_path / "m.gguf", tk, {})
+    assert run(capsys, "convert", "from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "f"))[0] == 0
+    assert run(capsys, "convert", "quantize", str(tmp_path / "f"), str(tmp_path / "q"), *qargs)[0] == 0
+    code, out, err = run(capsys, "convert", "to-gguf", str(tmp_path / "q"), str(tmp_path / "q.gguf"), "--json")
+    assert code == 0, err
+    assert set(json.loads(out)["config"]["tensor_types"]) == {"F32"}
+    assert run(capsys, "convert", "from-gguf", str(tmp_path / "q.gguf"), str(tmp_path / "back"))[0] == 0
+    tokens = mx.array([tk.encode(TEXTS[0]).ids])
+    a, c = (store.load(str(tmp_path / x), "lm", dequantize=True) for x in ("q", "back"))
+    assert mx.allclose(a.model(tokens), c.model(tokens), rtol=1e-5, atol=1e-5)

@@ -133,6 +133,19 @@ def _permuted_heads(hf: str, args) -> Optional[int]:
     return None
 
 
+def _kept_codes(arrays: list[np.ndarray], params: dict, wanted: Optional[str]):
+    """(blocks, ggml type, rounding error) when a ggml type holds this MLX affine layer's codes, else None."""
+    if params.get("mode", "affine") != "affine" or len(arrays) != 3:
+        return None
+    w, scales, biases = arrays
+    kind = gguf_writer.kept_type(params["bits"], params["group_size"], scales, biases)
+    if kind is None or wanted not in (None, kind):
+        return None
+    codes = gguf_writer.unpack_codes(w, params["bits"], w.shape[-1] * 32 // params["bits"])
+    raw, err = gguf_writer.encode_affine(codes, scales, biases, kind)
+    return raw, kind, err
+
+
 def _encode_tensors(tensors, quantized: dict, args, arch: str, outtype: Optional[str], progress) -> tuple[list, list]:
     """[(GGUF name, data, ggml type)] for every tensor of the model, plus notes on what rounding the scales cost."""
     source = SafetensorsSource(tensors)
@@ -145,26 +158,25 @@ def _encode_tensors(tensors, quantized: dict, args, arch: str, outtype: Optional
             raise UserError(f"{hf} has no GGUF name for the {arch} architecture")
         module = hf[: -len(".weight")]
         heads = _permuted_heads(hf, args) if arch == "llama" else None
-        arrays = [source.take(hf)] + (
-            [source.take(f"{module}.{s}") for s in ("scales", "biases")] if module in quantized else []
-        )
+        parts = [f"{module}.{s}" for s in ("scales", "biases") if module in quantized and f"{module}.{s}" in tensors]
+        arrays = [source.take(n) for n in [hf, *parts]]
         arrays = [np.array(a.astype(mx.float32) if a.dtype in (mx.bfloat16, mx.float16) else a) for a in arrays]
         if heads:
             arrays = [permute_rows(a, heads) for a in arrays]
         if module in quantized:
-            params = quantized[module]
-            w, scales, biases = arrays
-            cols = w.shape[-1] * 32 // params["bits"]
-            kind = gguf_writer.kept_type(params["bits"], params["group_size"], scales, biases)
-            if kind is not None and wanted in (None, kind) and params.get("mode", "affine") == "affine":
-                codes = gguf_writer.unpack_codes(w, params["bits"], cols)
-                raw, err = gguf_writer.encode_affine(codes, scales, biases, kind)
+            kept = _kept_codes(arrays, quantized[module], wanted)
+            if kept is not None:
+                raw, kind, err = kept
                 kept_err.setdefault(kind, []).append(err)
                 encoded.append((name, raw, kind))
                 if progress:
                     progress(i + 1, len(names), hf)
                 continue
-            arrays = [np.array(mx.dequantize(*(mx.array(a) for a in arrays), **params))]
+            params = quantized[module]
+            w, scales, biases = (None if a is None else mx.array(a) for a in (arrays + [None])[:3])
+            mode = params.get("mode", "affine")
+            w = mx.dequantize(w, scales, biases, group_size=params["group_size"], bits=params["bits"], mode=mode)
+            arrays = [np.array(w.astype(mx.float32))]
         w = arrays[0]
         kind = "F32" if w.ndim == 1 else (wanted or {"F16": "F16", "BF16": "BF16"}.get(tensors[hf].dtype, "F32"))
         if not gguf_writer.fits(kind, w.shape[-1]):
