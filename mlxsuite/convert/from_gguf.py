@@ -88,19 +88,9 @@ def from_gguf(
             return n * quantized[module]["bits"] // 8 + n // 32 * 8
         return n * (DTYPES[dtype].size if dtype else _FLOAT_AS_STORED.get(t.type, mx.float32).size)
 
-    out_config = dict(config)
-    if quantized:
-        # the most common parameters folder-wide, mlx-lm's per-layer entries for the others
-        params = [tuple(sorted(p.items())) for p in quantized.values()]
-        block = dict(max(set(params), key=params.count))
-        block.update({k: v for k, v in sorted(quantized.items()) if v != block})
-        out_config["quantization"] = block
-        out_config["quantization_config"] = dict(block)
-    if dtype:
-        out_config["torch_dtype"] = dtype
-    types = sorted({t.type for t in header.tensors.values()})
-    source = {"gguf": str(path.resolve()), "tensor_types": types, "dtype": dtype or "as stored"}
-    out_config["mlxsuite"] = {"format": 1, "converted_from": source}
+    out_config = _output_config(config, quantized, dtype)
+    source = out_config["mlxsuite"]["converted_from"]
+    source.update(gguf=str(path.resolve()), tensor_types=sorted({t.type for t in header.tensors.values()}))
     items = [Item(hf, n) for n, hf in names.items()]
     sizes = {names[n]: out_bytes(n, t) for n, t in header.tensors.items()}
     with atomic.folder(out, force=force) as tmp:
@@ -113,6 +103,21 @@ def from_gguf(
             notes.extend(_error_notes(source["requantized"]))
         write_json(tmp / "config.json", out_config)
     return Result(out, n, nbytes, shards, out_config, notes)
+
+
+def _output_config(config: dict, quantized: dict[str, dict], dtype: Optional[str]) -> dict:
+    out_config = dict(config)
+    if quantized:
+        # the most common parameters folder-wide, mlx-lm's per-layer entries for the others
+        params = [tuple(sorted(p.items())) for p in quantized.values()]
+        block = dict(max(set(params), key=params.count))
+        block.update({k: v for k, v in sorted(quantized.items()) if v != block})
+        out_config["quantization"] = block
+        out_config["quantization_config"] = dict(block)
+    if dtype:
+        out_config["torch_dtype"] = dtype
+    out_config["mlxsuite"] = {"format": 1, "converted_from": {"dtype": dtype or "as stored"}}
+    return out_config
 
 
 def _producer(header: gguf.GGUFHeader, config: dict, kept: dict, cast, errors: dict):

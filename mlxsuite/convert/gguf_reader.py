@@ -261,6 +261,16 @@ def llama3_scaling(rope_freqs: np.ndarray, head_dim: int, theta: float) -> dict:
     raise UserError("the GGUF rope_freqs tensor is not a Llama 3 RoPE scaling this reader recognises")
 
 
+def _rope_scaling(kind: str, factor, rope_freqs: Optional[np.ndarray], head_dim: int, theta: float) -> Optional[dict]:
+    if rope_freqs is not None:
+        return llama3_scaling(rope_freqs, head_dim, theta)
+    if kind == "linear":
+        return {"type": "linear", "factor": float(factor)}
+    if kind != "none":
+        raise UserError(f"RoPE scaling {kind!r} in the GGUF metadata is not supported (linear and Llama 3's are)")
+    return None
+
+
 _HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
@@ -293,14 +303,7 @@ def gguf_config(metadata: dict, tensors: dict[str, GGUFTensor], rope_freqs: Opti
     embed = tensors.get("token_embd.weight")
     vocab = get("vocab_size") or (embed.shape[0] if embed else len(metadata.get("tokenizer.ggml.tokens", [])))
     theta = _float32(get("rope.freq_base", 10000.0))
-    scaling = None
-    kind = get("rope.scaling.type", "none")
-    if rope_freqs is not None:
-        scaling = llama3_scaling(rope_freqs, head_dim, theta)
-    elif kind == "linear":
-        scaling = {"type": "linear", "factor": float(get("rope.scaling.factor"))}
-    elif kind != "none":
-        raise UserError(f"RoPE scaling {kind!r} in the GGUF metadata is not supported (linear and Llama 3's are)")
+    scaling = _rope_scaling(get("rope.scaling.type", "none"), get("rope.scaling.factor"), rope_freqs, head_dim, theta)
     config = {
         "model_type": arch,
         "architectures": [_HF_CLASSES[arch]],
