@@ -95,6 +95,20 @@ def max_weight_difference(a: Path, b: Path) -> float:
 
 
 def mean_ce(folder: Path, windows: list[list[int]]) -> float:
+    """Cross-entropy of a converted folder (cached in the output folder's ce.json per folder and windows)."""
+    import hashlib
+    import json
+
+    cache = folder.parent / "ce.json"
+    key = f"{folder.name}-{hashlib.sha1(json.dumps(windows).encode()).hexdigest()[:12]}"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in known:
+        known[key] = _mean_ce(folder, windows)
+        cache.write_text(json.dumps(known, indent=1))
+    return known[key]
+
+
+def _mean_ce(folder: Path, windows: list[list[int]]) -> float:
     from mlxsuite import store
 
     model = store.load(str(folder), "lm", dequantize=True).model  # float32 on the CPU (kept values, exactly)
