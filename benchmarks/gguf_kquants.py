@@ -21,11 +21,12 @@ import os
 import sys
 from pathlib import Path
 
+import mlxsuite  # noqa: F401  (first: it loads the optimized BLAS, which must precede mlx.core; 20x slower GEMM else)
+
+# isort: split
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-
-import mlxsuite  # noqa: F401  (the fast BLAS before mlx.core)
 
 DEFAULT = Path.home() / ".cache" / "mlxsuite" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 FTYPES = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}  # llama_ftype (llama.h)
