@@ -116,13 +116,20 @@ def _interior_rows(plans, v_star, curvature=0.2):
 
 
 def test_default_grid_brackets_a_moving_optimum_within_the_time_budget():
-    """The default grid must hold an optimum that moves as a micro sweep measured (V* ≈ 250 at 1e11, ∝ C^0.5) inside
-    the grid at every budget, and the time model must keep it within the 45-minute budget with a margin."""
+    """The default grid (issue 24: >= 3 sizes spanning >= 8x in N_nv, >= 4 budgets, >= 5 vocabularies) must hold an
+    optimum that moves as a micro sweep measured (V* ≈ 250 at 1e11, ∝ C^0.5) inside the grid at every budget, and
+    the time model must keep it within the hour; --quick is smaller."""
+    from mlxsuite.models.lm import preset_args
+
     grid, settings = sw.SweepGrid(), sw.SweepSettings()
     plans = sw.plan_runs(grid, settings)
-    assert sw.estimate_seconds(plans) < 0.8 * sw.TIME_BUDGET_S  # a margin: the machine is shared
-    assert min(p.steps for p in plans) >= 50
-    assert len({p.budget for p in plans}) >= 4 and max(grid.budgets) / min(grid.budgets) >= 8
+    assert sw.estimate_seconds(plans) <= 0.95 * sw.TIME_BUDGET_S  # a little room for edge extensions
+    nnv = sorted(preset_args(p, 1).n_nonvocab_params for p in grid.presets)
+    assert len(nnv) >= 3 and nnv[-1] / nnv[0] >= 8
+    assert len(grid.budgets) >= 4 and len(grid.vocab_sizes) >= 5
+    assert min(p.steps for p in plans if p.preset == "micro") >= 50
+    quick = sw.plan_runs(sw.SweepGrid(list(sw.QUICK_BUDGETS), list(grid.presets), list(sw.QUICK_VOCAB_SIZES)), settings)
+    assert len(quick) < len(plans) / 2 and sw.estimate_seconds(quick) < sw.estimate_seconds(plans) / 2
 
     def v_star(c):
         return 250 * (c / 1e11) ** 0.5
@@ -140,7 +147,7 @@ def test_default_grid_brackets_a_moving_optimum_within_the_time_budget():
 
     # a grid that stops short of the optimum is flagged, not silently clamped
     narrow = [p for p in plans if p.vocab <= 328]
-    a = sw.analyze(_interior_rows(narrow, v_star), tpc)
+    a = sw.analyze(_interior_rows(narrow, lambda c: 2 * v_star(c)), tpc)
     assert a["optimal_vocab"][-1]["flag"] == "high-edge" and a["optimal_vocab"][-1]["vocab"] == 328
 
 
