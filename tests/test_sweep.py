@@ -182,7 +182,7 @@ def test_optimal_vocab_against_nnv_at_fixed_budget_and_its_bootstrap_spread():
     assert across["nv_exponent"] == pytest.approx(0.3 + slope_d, abs=1e-6)
     assert all(e["grows"] and e["vocab_exponent"] == pytest.approx(0.3, abs=1e-6) for e in across["per_budget"])
     assert all(m["bracketed"] for m in a["per_model"])
-    assert 0 < across["paper_nv_exponent_at_fixed_c"] and across["paper_gamma_compute_optimal"] == pytest.approx(
+    assert across["paper_nv_exponent_at_fixed_c"] > 0 and across["paper_gamma_compute_optimal"] == pytest.approx(
         0.833, abs=1e-3
     )
     spread = a["spread"]["vocab_vs_nnv_exponent"]
