@@ -294,7 +294,7 @@ def _statistics(rows: list[dict], tokens_per_char: dict[int, float]) -> dict:
     for p in presets:
         pts = [(m["budget"], m["vocab"]) for m in per_model if m["preset"] == p]
         if len(pts) >= 2:
-            out[f"vocab_vs_c_exponent_{p}"] = scaling.fit_power_law(*zip(*pts)).exponent
+            out[f"vocab_vs_c_{p}_exponent"] = scaling.fit_power_law(*zip(*pts)).exponent
     return out
 
 

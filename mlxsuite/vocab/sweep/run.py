@@ -209,13 +209,9 @@ class _State:
             for plan in plans:
                 old = self.doc["runs"].get(plan.name, {})
                 r = results[plan.name]
-                seconds = r.get("seconds", old.get("seconds"))
-                self.doc["runs"][plan.name] = {
-                    **asdict(plan),
-                    **r,
-                    "eval_windows": self._windows(plan),
-                    "seconds": seconds,
-                }
+                seconds, by = r.get("seconds", old.get("seconds")), r.get("rank", old.get("rank"))
+                entry = {**asdict(plan), **r, "eval_windows": self._windows(plan), "seconds": seconds, "rank": by}
+                self.doc["runs"][plan.name] = entry
             _save(self.folder, self.doc)
         return results
 
@@ -236,12 +232,12 @@ class _State:
             )
             metrics, seconds = _pick(raw), time.perf_counter() - start
             if self.doc is not None:
-                entry = {**asdict(plan), **metrics, "eval_windows": self._windows(plan), "seconds": seconds}
+                entry = {**asdict(plan), **metrics, "eval_windows": self._windows(plan), "seconds": seconds, "rank": 0}
                 self.doc["runs"][plan.name] = entry
                 _save(self.folder, self.doc)
         info = {"index": i, "total": len(plans), "run": plan.name, "metrics": metrics, "skipped": skipped}
         self.callback("run_end", {**info, "seconds": seconds})
-        return {} if skipped else {plan.name: {**metrics, "seconds": seconds}}
+        return {} if skipped else {plan.name: {**metrics, "seconds": seconds, "rank": self.world.rank()}}
 
 
 def _merge(parts: list[dict]) -> dict:
