@@ -170,22 +170,24 @@ class _State:
         """Every rank trains (or finds) every size-th tokenizer, the measurements are exchanged, then every rank has
         the tokenizers of all `vocabs` (trained again, byte-identical, where the ranks do not share a filesystem)."""
         rank, size = self.world.rank(), self.world.size()
+        path_of = lambda v: _tokenizer_path(self.folder, v)  # noqa: E731
 
         def shared(info: dict) -> None:
-            if self.doc is not None:
-                v = info["vocab"]
-                self.doc["tokenizers"][str(v)] = {
-                    "file": str(_tokenizer_path(self.folder, v).relative_to(self.folder)),
-                    "tokens_per_char": info["tokens_per_char"],
-                }
+            if self.doc is not None:  # saved as soon as measured: a tokenizer is not measured twice
+                file = str(path_of(info["vocab"]).relative_to(self.folder))
+                self.doc["tokenizers"][str(info["vocab"])] = {"file": file, "tokens_per_char": info["tokens_per_char"]}
                 _save(self.folder, self.doc)
             self.callback("shared_tokenizer", info)
 
         mine = [v for i, v in enumerate(vocabs) if i % size == rank]
-        path_of = lambda v: _tokenizer_path(self.folder, v)  # noqa: E731
         measured = train_tokenizers(self._corpus, mine, path_of, byte_fallback=False, known=self.tpc, callback=shared)
         for part in ranks.gather_json({str(k): v for k, v in measured.items()}, self.world):
             self.tpc.update({int(k): v for k, v in part.items()})
+        if self.doc is not None:  # the other ranks' measurements too
+            for v in vocabs:
+                file = str(path_of(v).relative_to(self.folder))
+                self.doc["tokenizers"][str(v)] = {"file": file, "tokens_per_char": self.tpc[v]}
+            _save(self.folder, self.doc)
         absent = [v for v in vocabs if not path_of(v).exists()]
         train_tokenizers(self._corpus, absent, path_of, byte_fallback=False, known={})
 
