@@ -375,11 +375,11 @@ def test_two_process_launch_gives_the_one_process_table(env):
     args += ["--vocab-sizes", "400,512", "--seq-len", "32", "--batch-size", "4", "--eval-chars", "600", "--json"]
     run_env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "MLXSUITE_LOCAL_RANKS": "2"}
     one = subprocess.run(
-        [str(BIN / "mlxsuite"), *args, "--out", "one"], capture_output=True, text=True, env=run_env, timeout=300
+        [str(BIN / "mlxsuite"), *args, "--out", "one"], capture_output=True, text=True, env=run_env, timeout=900
     )
     assert one.returncode == 0, one.stderr[-2000:]
     launch = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "--", str(BIN / "mlxsuite")]
-    two = subprocess.run([*launch, *args, "--out", "two"], capture_output=True, text=True, env=run_env, timeout=300)
+    two = subprocess.run([*launch, *args, "--out", "two"], capture_output=True, text=True, env=run_env, timeout=900)
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = json.loads(one.stdout), json.loads(two.stdout)  # one JSON document: rank 1 prints nothing
     assert len(a["runs"]) == len(b["runs"]) == 4

@@ -206,7 +206,25 @@ def _print_sweep(doc: dict) -> None:
             cells.append("" if v is None else f"{v:,.0f}")
         table.add_row(f"{o['budget']:.3g}", *cells)
     out.print(table)
+    _print_fits(a)
 
+
+def _print_free(a: dict) -> None:
+    """Approach 1 with the N_nv and H exponents free too, with their bootstrap spreads."""
+    a1f = a["fits"].get("isoflops_free", {})
+    if "laws" in a1f:
+        out.print(
+            f"approach 1 with free exponents: N_nv ∝ C^{_spread(a1f['laws']['nnv']['exponent'], a, 'a1_free_nnv')}, "
+            f"N_v ∝ C^{_spread(a1f['laws']['nv']['exponent'], a, 'a1_free_nv')}, "
+            f"H ∝ C^{_spread(a1f['laws']['characters']['exponent'], a, 'a1_free_characters')} "
+            f"(points on the envelope from {len({p['nnv'] for p in a1f['selected_points']})} size(s))",
+            highlight=False,
+        )
+
+
+def _print_fits(a: dict) -> None:
+    """The exponents of the three approaches, at fixed size, across sizes; the grows verdict; the notes."""
+    fits = a["fits"]
     out.print(f"measured (lowest L_u per budget){_moves(a['measured'])}", highlight=False)
     a1 = fits["isoflops"]
     if "skipped" in a1:
@@ -233,15 +251,7 @@ def _print_sweep(doc: dict) -> None:
             f", V = {anchor['vocab']:,.0f} (C = {anchor['budget']:.3g}){_moves(a2)}",
             highlight=False,
         )
-    a1f = fits.get("isoflops_free", {})
-    if "laws" in a1f:
-        out.print(
-            f"approach 1 with free exponents: N_nv ∝ C^{_spread(a1f['laws']['nnv']['exponent'], a, 'a1_free_nnv')}, "
-            f"N_v ∝ C^{_spread(a1f['laws']['nv']['exponent'], a, 'a1_free_nv')}, "
-            f"H ∝ C^{_spread(a1f['laws']['characters']['exponent'], a, 'a1_free_characters')} "
-            f"(points on the envelope from {len({p['nnv'] for p in a1f['selected_points']})} size(s))",
-            highlight=False,
-        )
+    _print_free(a)
     for p, t in fits["vocab_vs_compute_by_preset"].items():
         out.print(
             f"  {p} at fixed size: optimal V ∝ C^{_spread(t['exponent'], a, f'vocab_vs_c_{p}')}, "
@@ -270,6 +280,41 @@ def _print_sweep(doc: dict) -> None:
         )
     for n in a["notes"]:
         out.print(f"note: {n}", highlight=False)
+
+
+RUN_KEYS = ("preset", "vocab", "budget", "steps", "tokens", "flops", "nnv", "nv", "d", "lu", "ce", "bpc", "seconds")
+ANALYSIS_KEYS = ("fits", "per_model", "vocab_vs_nnv", "spread", "optimal_vocab", "measured", "vocab_grows_with_compute")
+
+
+def _json_doc(doc: dict, plot: Optional[Path]) -> dict:
+    a = doc["analysis"]
+    return {
+        "folder": doc["folder"],
+        "settings": doc["settings"],
+        "runs": [{k: doc["runs"][p["name"]][k] for k in RUN_KEYS} for p in doc["plan"]],
+        **{k: a[k] for k in (*ANALYSIS_KEYS, "notes")},
+        **({"plot": str(plot)} if plot else {}),
+    }
+
+
+def _print_plan(plans: list, settings, json_out: bool) -> None:
+    from mlxsuite.vocab import sweep as sw
+
+    est = sw.estimate_seconds(plans)
+    if json_out:
+        print_json({"runs": [vars(p) for p in plans], "estimate_s": est})
+        return
+    table = Table(title=f"{len(plans)} runs, {settings.tokens_per_step} tokens per step")
+    for col in ("run", "N_nv", "N_v", "steps", "tokens", "FLOPs"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for p in plans:
+        table.add_row(p.name, f"{p.nnv:,}", f"{p.nv:,}", f"{p.steps:,}", f"{p.tokens:,}", f"{p.flops:.3g}")
+    out.print(table)
+    out.print(
+        f"estimated time: ~{est / 60:.0f} min on 2 busy CPU cores (training at "
+        f"{sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, run start-up and tokenizers included)",
+        highlight=False,
+    )
 
 
 def sweep(
@@ -348,24 +393,8 @@ def sweep(
     if plot is not None:
         check_path(plot)
     if dry_run:
-        plans = sw.plan_runs(grid, settings)
-        if rank != 0:
-            return
-        est = sw.estimate_seconds(plans)
-        if json_out:
-            print_json({"runs": [vars(p) for p in plans], "estimate_s": est})
-            return
-        table = Table(title=f"{len(plans)} runs, {settings.tokens_per_step} tokens per step")
-        for col in ("run", "N_nv", "N_v", "steps", "tokens", "FLOPs"):
-            table.add_column(col, justify="left" if col == "run" else "right")
-        for p in plans:
-            table.add_row(p.name, f"{p.nnv:,}", f"{p.nv:,}", f"{p.steps:,}", f"{p.tokens:,}", f"{p.flops:.3g}")
-        out.print(table)
-        out.print(
-            f"estimated time: ~{est / 60:.0f} min on 2 busy CPU cores (training at "
-            f"{sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, run start-up and tokenizers included)",
-            highlight=False,
-        )
+        if rank == 0:
+            _print_plan(sw.plan_runs(grid, settings), settings, json_out)
         return
     with _SweepProgress(quiet or json_out or rank != 0) as progress:
         doc = sw.run_sweep(
@@ -382,48 +411,7 @@ def sweep(
     if plot is not None:
         sw.plot_sweep(doc, plot)
     if json_out:
-        a = doc["analysis"]
-        print_json(
-            {
-                "folder": doc["folder"],
-                "settings": doc["settings"],
-                "runs": [
-                    {
-                        k: doc["runs"][p["name"]][k]
-                        for k in (
-                            "preset",
-                            "vocab",
-                            "budget",
-                            "steps",
-                            "tokens",
-                            "flops",
-                            "nnv",
-                            "nv",
-                            "d",
-                            "lu",
-                            "ce",
-                            "bpc",
-                            "seconds",
-                        )
-                    }
-                    for p in doc["plan"]
-                ],
-                **{
-                    k: a[k]
-                    for k in (
-                        "fits",
-                        "per_model",
-                        "vocab_vs_nnv",
-                        "spread",
-                        "optimal_vocab",
-                        "measured",
-                        "vocab_grows_with_compute",
-                        "notes",
-                    )
-                },
-                **({"plot": str(plot)} if plot else {}),
-            }
-        )
+        print_json(_json_doc(doc, plot))
         return
     _print_sweep(doc)
     if plot is not None:

@@ -276,6 +276,56 @@ def _parametric(rows: list[dict], budgets: list[float], presets: list[str], note
     return {**a3, **_trend([(b["budget"], b["vocab"]) for b in best])}
 
 
+def _per_budget(points: list[dict], per_model: list[dict], budgets: list[float]) -> list[dict]:
+    """Per budget, the lowest point over presets and (interpolated) V: the measured optimum."""
+    per_budget = []
+    for c in budgets:
+        p = min((p for p in points if p["budget"] == c), key=lambda p: p["lu"])
+        m = next(m for m in per_model if m["budget"] == c and m["preset"] == p["preset"])
+        cands = [x for x in per_model if x["budget"] == c]
+        by_bpc = None
+        if all("by_bpc" in x for x in cands):
+            b = min(cands, key=lambda x: x["by_bpc"]["bpc"])
+            by_bpc = {"preset": b["preset"], **b["by_bpc"]}
+        per_budget.append(
+            {
+                "budget": c,
+                "preset": p["preset"],
+                "nnv": p["nnv"],
+                "d": p["d"],
+                "vocab": p["vocab"],
+                "nv": p["nv"],
+                "lu": p["lu"],
+                "flag": m["flag"],
+                "characters": p["characters"],
+                "by_bpc": by_bpc,
+                "by_preset": {x["preset"]: {"vocab": x["vocab"], "lu": x["lu"], "flag": x["flag"]} for x in cands},
+            }
+        )
+    return per_budget
+
+
+def _edge_notes(per_budget: list[dict], per_model: list[dict]) -> list[str]:
+    notes = []
+    edges = [o for o in per_budget if o["flag"] != "interior"]
+    if edges:
+        notes.append(
+            f"{len(edges)} of {len(per_budget)} per-budget optima are not interior minima of the grid "
+            f"({', '.join(o['flag'] for o in edges)}): the optimal V there lies beyond the grid or is unclear"
+        )
+
+    unbracketed = [m for m in per_model if not m["bracketed"]]
+    if unbracketed:
+        cells = ", ".join(
+            f"{m['preset']} at {m['budget']:.3g} ({m['flag']}, best V {m['measured_best_vocab']})" for m in unbracketed
+        )
+        notes.append(
+            f"{len(unbracketed)} of {len(per_model)} (size, budget) optima are not bracketed by the grid (the lowest "
+            f"L_u at the smallest or largest V, or the vertex outside): {cells}; add vocabularies beyond that edge"
+        )
+    return notes
+
+
 def _statistics(rows: list[dict], tokens_per_char: dict[int, float]) -> dict:
     """The exponents the bootstrap spreads: approach 1 (fixed and free), V and N_v against N_nv at fixed C, and the
     optimal V against C per size."""
@@ -316,48 +366,9 @@ def analyze(
     notes: list[str] = []
     per_model = _per_model(rows, budgets, presets)
 
-    # per budget, the lowest point over presets and (interpolated) V: the measured optimum
     points = _candidates(rows, per_model, tokens_per_char)
-    per_budget = []
-    for c in budgets:
-        p = min((p for p in points if p["budget"] == c), key=lambda p: p["lu"])
-        m = next(m for m in per_model if m["budget"] == c and m["preset"] == p["preset"])
-        cands = [x for x in per_model if x["budget"] == c]
-        by_bpc = None
-        if all("by_bpc" in x for x in cands):
-            b = min(cands, key=lambda x: x["by_bpc"]["bpc"])
-            by_bpc = {"preset": b["preset"], **b["by_bpc"]}
-        per_budget.append(
-            {
-                "budget": c,
-                "preset": p["preset"],
-                "nnv": p["nnv"],
-                "d": p["d"],
-                "vocab": p["vocab"],
-                "nv": p["nv"],
-                "lu": p["lu"],
-                "flag": m["flag"],
-                "characters": p["characters"],
-                "by_bpc": by_bpc,
-                "by_preset": {x["preset"]: {"vocab": x["vocab"], "lu": x["lu"], "flag": x["flag"]} for x in cands},
-            }
-        )
-    edges = [o for o in per_budget if o["flag"] != "interior"]
-    if edges:
-        notes.append(
-            f"{len(edges)} of {len(per_budget)} per-budget optima are not interior minima of the grid "
-            f"({', '.join(o['flag'] for o in edges)}): the optimal V there lies beyond the grid or is unclear"
-        )
-
-    unbracketed = [m for m in per_model if not m["bracketed"]]
-    if unbracketed:
-        cells = ", ".join(
-            f"{m['preset']} at {m['budget']:.3g} ({m['flag']}, best V {m['measured_best_vocab']})" for m in unbracketed
-        )
-        notes.append(
-            f"{len(unbracketed)} of {len(per_model)} (size, budget) optima are not bracketed by the grid (the lowest "
-            f"L_u at the smallest or largest V, or the vertex outside): {cells}; add vocabularies beyond that edge"
-        )
+    per_budget = _per_budget(points, per_model, budgets)
+    notes += _edge_notes(per_budget, per_model)
     fits = {
         "isoflops": _isoflops(points, budgets, free_exponents, notes),
         "isoflops_free": _isoflops(points, budgets, True, []),
