@@ -1,0 +1,184 @@
+"""`chat`, `generate` with a chat template, and prompt-cache files, on a tiny Hugging Face checkpoint whose tokenizer
+has a ChatML template. References: mlx-lm's model and `generate_step` on the same folder, transformers' rendering of
+the template (through mlx-lm's tokenizer wrapper), mlx-lm's `cache_prompt` and `load_prompt_cache`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import mlx.core as mx
+import pytest
+from conftest import run_cli, stdlib_text
+from test_convert import VOCAB, make_hf
+
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<unk>", "<|im_start|>", "<|im_end|>"]
+WORDS = ["system", "user", "assistant", "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog"]
+
+
+def write_chat_tokenizer(folder) -> None:
+    """A byte-level BPE (as Qwen2's: what transformers rebuilds for a qwen2 folder) over the whole vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIALS, initial_alphabet=alphabet)
+    tk.train_from_iterator([" ".join(WORDS), stdlib_text(20_000)], trainer)
+    assert tk.get_vocab_size() == VOCAB
+    tk.save(str(folder / "tokenizer.json"))
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|im_end|>",
+        "unk_token": "<unk>",
+        "chat_template": TEMPLATE,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+
+@pytest.fixture
+def chat_model(tmp_path):
+    folder = make_hf(tmp_path / "chat", "qwen2", tokenizer=False)
+    write_chat_tokenizer(folder)
+    return folder
+
+
+def cli(*args, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mlxsuite", *args], input=stdin, capture_output=True, text=True, env=os.environ.copy()
+    )
+
+
+def reference_turn(model, tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], list[int], str]:
+    """(prompt ids, generated ids, reply) by mlx-lm on the whole conversation: greedy, stopping at EOS."""
+    from mlx_lm.generate import generate_step
+
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    out = []
+    for token, _ in generate_step(mx.array(ids), model, max_tokens=max_tokens):
+        out.append(int(token))
+        if out[-1] in tokenizer.eos_token_ids:
+            break
+    reply = tokenizer._tokenizer.decode([t for t in out if t not in tokenizer.eos_token_ids], skip_special_tokens=True)
+    return ids, out, reply
+
+
+def test_chat_prefills_only_new_tokens_and_equals_whole_conversation_generations(chat_model):
+    from mlx_lm import load
+
+    turns, max_tokens = ["the quick fox", "jumps over the dog", "lazy brown fox"], 6
+    r = cli("chat", str(chat_model), "-m", str(max_tokens), "-v", stdin="\n".join(turns + ["/reset", "the dog"]) + "\n")
+    assert r.returncode == 0, r.stderr
+    prompts = [line for line in r.stderr.splitlines() if line.startswith("Prompt:")]
+    assert len(prompts) == 4
+
+    model, tokenizer = load(str(chat_model))
+    messages, held, replies = [], [], []
+    for k, text in enumerate(turns):
+        messages.append({"role": "user", "content": text})
+        ids, out, reply = reference_turn(model, tokenizer, messages, max_tokens)
+        replies.append(reply)
+        keep = 0  # the ids the chat's cache already holds: the previous prompt and the reply's decoded ids
+        while keep < min(len(held), len(ids) - 1) and held[keep] == ids[keep]:
+            keep += 1
+        if k:
+            assert keep >= len(previous), (keep, len(previous))  # the whole earlier conversation was reused
+        cached = f" (after {keep} cached)" if keep else ""
+        assert prompts[k].startswith(f"Prompt: {len(ids) - keep} tokens{cached},"), prompts[k]
+        stopped = out[-1] in tokenizer.eos_token_ids
+        held, previous = (ids + out)[: len(ids) + len(out) - (not stopped)], ids
+        messages.append({"role": "assistant", "content": reply})
+    # /reset starts over: nothing cached
+    fresh = tokenizer.apply_chat_template([{"role": "user", "content": "the dog"}], add_generation_prompt=True)
+    replies.append(reference_turn(model, tokenizer, [{"role": "user", "content": "the dog"}], max_tokens)[2])
+    assert r.stdout == "".join(reply + "\n" for reply in replies)  # the transcript: generations over the conversation
+    assert prompts[3].startswith(f"Prompt: {len(fresh)} tokens,"), prompts[3]
+
+
+def test_generate_applies_the_template_as_mlx_lm(chat_model, capsys):
+    from mlx_lm import generate as mlx_lm_generate
+    from mlx_lm import load
+
+    model, tokenizer = load(str(chat_model))
+    for args, prompt in (
+        ([], tokenizer.apply_chat_template([{"role": "user", "content": "the fox"}], add_generation_prompt=True)),
+        (["--ignore-chat-template"], tokenizer.encode("the fox")),
+    ):
+        code, out, err = run_cli(capsys, "generate", str(chat_model), "-p", "the fox", "-m", "5", "--json", *args)
+        assert code == 0, err
+        want = mlx_lm_generate(model, tokenizer, prompt, max_tokens=5)
+        assert json.loads(out)["completion"] == want
+
+
+def test_prompt_cache_files_are_mlx_lms_both_ways(chat_model, tmp_path, capsys):
+    from mlx_lm import load
+    from mlx_lm.models.cache import load_prompt_cache, make_prompt_cache
+
+    ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
+    code, _, err = run_cli(capsys, "cache-prompt", str(chat_model), "-p", "the quick", "--out", str(ours))
+    assert code == 0, err
+    # ours opens in mlx-lm and holds the keys and values mlx-lm computes for the same ids
+    model, tokenizer = load(str(chat_model))
+    cache, metadata = load_prompt_cache(str(ours), return_metadata=True)
+    assert metadata["model"] == str(chat_model)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "the quick"}], add_generation_prompt=False, continue_final_message=True
+    )
+    ref = make_prompt_cache(model)
+    model(mx.array([ids]), cache=ref)
+    assert cache[0].offset == len(ids)
+    for a, b in zip(cache, ref):
+        assert mx.allclose(a.state[0], b.state[0], atol=1e-5) and mx.allclose(a.state[1], b.state[1], atol=1e-5)
+
+    # mlx-lm's file opens here, and generating after the cached prefix equals generating without a cache
+    r = subprocess.run(
+        [sys.executable, "-m", "mlx_lm.cache_prompt", "--model", str(chat_model), "--prompt", "the quick"]
+        + ["--prompt-cache-file", str(theirs)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    answers = []
+    for args in (
+        ["-p", "the quick brown fox"],
+        ["-p", " brown fox", "--prompt-cache-file", str(theirs)],
+        ["-p", " brown fox", "--prompt-cache-file", str(ours)],
+    ):
+        code, out, err = run_cli(capsys, "generate", str(chat_model), "-m", "6", "--json", *args)
+        assert code == 0, err
+        answers.append(json.loads(out)["completion"])
+    assert answers[0] == answers[1] == answers[2] and answers[0]
+
+    # another model's cache is refused in one line
+    other = make_hf(tmp_path / "other", "qwen2", seed=1, tokenizer=False)
+    write_chat_tokenizer(other)
+    code, out, err = run_cli(capsys, "generate", str(other), "-p", "x", "--prompt-cache-file", str(ours))
+    assert code == 2 and "prompt cache of the model" in err and len(err.strip().splitlines()) == 1 and not out
+
+
+@pytest.mark.parametrize(
+    "args, stdin, ok",
+    [
+        (["generate", "{raw}"], "", False),
+        (["generate", "{raw}", "-p", ""], "", False),
+        (["generate", "{raw}", "-p", "-"], "", False),
+        (["generate", "{chat}", "-p", ""], "", False),
+        (["generate", "{raw}", "--allow-empty"], "", True),
+        (["generate", "{chat}", "-p", "", "--system-prompt", "the fox"], "", True),
+    ],
+)
+def test_empty_prompt_is_refused_unless_allowed(chat_model, tmp_path, args, stdin, ok):
+    raw = make_hf(tmp_path / "raw", "qwen2")  # a tokenizer without a chat template
+    args = [a.format(raw=raw, chat=chat_model) for a in args] + ["-m", "2"]
+    r = cli(*args, stdin=stdin)
+    if ok:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 2 and "empty prompt" in r.stderr and r.stderr.count("\n") == 1, r.stderr
