@@ -106,3 +106,24 @@ def test_quantized_kept_opens_in_mlx_lm(tmp_path, capsys, converted):
     ids = tokenizer.encode(HELD_OUT.read_text())[:64]
     dequantized, _ = load(str(converted))
     assert abs(cross_entropy(model, ids) - cross_entropy(dequantized, ids)) < 0.05
+
+
+def test_generate_answers_through_the_chat_template_as_mlx_lm(converted, capsys):
+    """`generate` applies the tokenizer's chat template (the instruct model answers) and, without it, continues the
+    raw text: both greedy outputs equal mlx_lm.generate's on the same folder."""
+    import json
+
+    from mlx_lm import generate, load
+
+    model, tokenizer = load(str(converted))
+    question = "What is the capital of France?"
+    code, out, err = run(capsys, "generate", str(converted), "-p", question, "--temp", "0", "-m", "24", "--json")
+    assert code == 0, err
+    answer = json.loads(out)["completion"]
+    assert "Paris" in answer
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+    assert answer == generate(model, tokenizer, prompt, max_tokens=24)
+    code_prompt = "def fibonacci(n):"
+    code, out, err = run(capsys, "generate", str(converted), "-p", code_prompt, "--ignore-chat-template", "-m", "24")
+    assert code == 0, err
+    assert out == code_prompt + generate(model, tokenizer, tokenizer.encode(code_prompt), max_tokens=24) + "\n"
