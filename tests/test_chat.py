@@ -80,7 +80,7 @@ def test_chat_prefills_only_new_tokens_and_equals_whole_conversation_generations
     assert len(prompts) == 4
 
     model, tokenizer = load(str(chat_model))
-    messages, held, replies = [], [], []
+    messages, held, replies, previous = [], [], [], []
     for k, text in enumerate(turns):
         messages.append({"role": "user", "content": text})
         ids, out, reply = reference_turn(model, tokenizer, messages, max_tokens)
@@ -182,3 +182,29 @@ def test_empty_prompt_is_refused_unless_allowed(chat_model, tmp_path, args, stdi
         assert r.returncode == 0, r.stderr
     else:
         assert r.returncode == 2 and "empty prompt" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_short_flags_have_one_meaning_across_commands():
+    """Each short flag means one thing everywhere, but for the two anchors: generate/chat use mlx-lm's
+    (-m max tokens, -p prompt), bench ttft and quickstart llama-bench's (-m model, -p prompt lengths)."""
+    import typer
+
+    from mlxsuite.cli import app
+
+    meanings: dict[str, set] = {}
+
+    def walk(group, path=()):
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):
+                walk(cmd, path + (name,))
+                continue
+            for p in cmd.params:
+                longs = [o for o in p.opts if o.startswith("--")]
+                for short in (o for o in p.opts if len(o) == 2 and o.startswith("-")):
+                    meanings.setdefault(short, set()).add(longs[0] if longs else p.name)
+
+    walk(typer.main.get_command(app))
+    anchors = {"-m": {"--max-tokens", "--model"}, "-p": {"--prompt", "--prompt-lengths"}}
+    for short, longs in meanings.items():
+        assert longs == anchors.get(short, longs) and (len(longs) == 1 or short in anchors), (short, longs)
+    assert meanings["-o"] == {"--output"} and meanings["-v"] == {"--verbose"}
