@@ -167,15 +167,19 @@ def generate(
     ids = prompt_ids(tok, prompt, use_template, system_prompt, kwargs, after_cache=cache is not None and fill is None)
     if not ids:
         raise UserError("the prompt after the cached prefix is empty")
-    echo = not use_template and cache is None and not json_out  # a raw continuation is shown after its prompt
-    if echo:
-        _stream(prompt)
+    # a raw continuation is shown after its prompt, echoed with the first token (once the input is checked)
+    shown = [] if not use_template and cache is None else [True]
+
+    def stream(piece: str) -> None:
+        _stream(piece if shown else prompt + piece)
+        shown.append(True)
+
     cached = cache[0].offset if cache else 0
-    g = generate_ids(m, tok, ids, max_tokens, None if json_out else _stream, cache=cache, fill=fill, **sampling)
+    g = generate_ids(m, tok, ids, max_tokens, None if json_out else stream, cache=cache, fill=fill, **sampling)
     if json_out:
         print_json({"model": str(folder), "prompt": prompt, "completion": g.text, **g.stats()})
         return
-    sys.stdout.write("\n")
+    stream("\n")
     if verbose:
         print_stats(g, cached)
 
