@@ -92,16 +92,23 @@ def fill_cache(model, ids: list[int], cache: Optional[list] = None, prefill_step
 # ---- prompt-cache files ---------------------------------------------------------------------------------------
 
 
-def save_prompt_cache_file(path: Path, cache: list, folder: Path, n_tokens: int) -> Path:
+def save_prompt_cache_file(path: Path, cache: list, folder: Path, ids: list[int], prompt: str) -> Path:
     from mlx_lm.models.cache import save_prompt_cache
 
-    metadata = {"model": str(folder), "tokenizer_config": json.dumps({}), "mlxsuite_tokens": str(n_tokens)}
+    metadata = {
+        "model": str(folder),
+        "tokenizer_config": json.dumps({}),
+        "mlxsuite_tokens": str(len(ids)),
+        "mlxsuite_ids": json.dumps(ids),  # what the cache holds: a chat continues it (`Conversation`)
+        "mlxsuite_prompt": prompt,
+    }
     return atomic.write_file(Path(path), lambda tmp: save_prompt_cache(str(tmp), cache, metadata))
 
 
-def load_prompt_cache_file(path: Path, model, folder: Path, same_model: Callable[[str], bool]) -> list:
-    """The cache in `path` for `model` (stored in `folder`); `same_model(name)` tells whether the model the file
-    names is this one. Refused in one line: not a prompt-cache file, another model's, or shapes that do not fit."""
+def load_prompt_cache_file(path: Path, model, folder: Path, same_model: Callable[[str], bool]) -> tuple[list, dict]:
+    """The cache in `path` for `model` (stored in `folder`) and the file's metadata; `same_model(name)` tells
+    whether the model the file names is this one. Refused in one line: not a prompt-cache file, another model's, or
+    shapes that do not fit."""
     from mlx_lm.models.cache import load_prompt_cache
 
     path = Path(path)
@@ -122,7 +129,7 @@ def load_prompt_cache_file(path: Path, model, folder: Path, same_model: Callable
             raise UserError(f"{path} does not fit {folder}: its cache has other layer shapes")
     if len(cache) != len(model.layers):
         raise UserError(f"{path} has {len(cache)} layers of cache, {folder} has {len(model.layers)} layers")
-    return cache
+    return cache, metadata
 
 
 # ---- conversation ---------------------------------------------------------------------------------------------
@@ -135,6 +142,13 @@ class Conversation:
     def __init__(self, model, tokenizer, system_prompt=None, template_kwargs=None, pair=None, prefill_step=None):
         self.model, self.tokenizer, self.pair = model, tokenizer, pair
         self.system_prompt, self.template_kwargs, self.prefill_step = system_prompt, template_kwargs, prefill_step
+        self.prefix: Optional[tuple[str, list[int], list]] = None
+        self.reset()
+
+    def start_from(self, text: str, ids: list[int], cache: list) -> None:
+        """Begin (and begin again after each reset) from a saved prompt cache holding `ids`, the opening of the
+        first user message `text` (`cache_prompt_ids`): the first message continues it."""
+        self.prefix = (text, list(ids), cache)
         self.reset()
 
     def reset(self) -> None:
@@ -143,10 +157,15 @@ class Conversation:
         self.aux_cache = self.pair.auxiliary.make_cache() if self.pair is not None else None
         self.cached: list[int] = []  # the ids whose keys and values self.cache holds, in order
         self.reused = 0  # ids of the last turn's prompt that were already in the cache
+        self.opening = ""  # text the next user message continues
+        if self.prefix is not None:
+            from mlxsuite.bench.modes import copy_cache
+
+            self.opening, self.cached, self.cache = self.prefix[0], list(self.prefix[1]), copy_cache(self.prefix[2])
 
     def reply(self, text: str, max_tokens: int, on_token=None, **kw) -> Generation:
         """Answer `text`: prefill the new ids of the rendered conversation, generate, keep the reply."""
-        messages = self.messages + [{"role": "user", "content": text}]
+        messages = self.messages + [{"role": "user", "content": self.opening + text}]
         ids = template_ids(self.tokenizer, messages, self.template_kwargs, add_generation_prompt=True)
         keep = 0
         while keep < min(len(self.cached), len(ids) - 1) and self.cached[keep] == ids[keep]:
@@ -159,7 +178,7 @@ class Conversation:
         )  # fmt: skip
         self.cached = (ids + generation.ids)[: self.cache[0].offset]
         self.messages = messages + [{"role": "assistant", "content": generation.text}]
-        self.reused = keep
+        self.reused, self.opening = keep, ""
         return generation
 
     def _kvp_fill(self, ids: list[int], keep: int):

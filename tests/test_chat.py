@@ -19,6 +19,7 @@ TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIALS = ["<unk>", "<|im_start|>", "<|im_end|>"]
+PENALTY = 3.0  # a random model's greedy text is often one token repeated: the penalty makes the replies vary
 WORDS = ["system", "user", "assistant", "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog"]
 
 
@@ -59,10 +60,12 @@ def cli(*args, stdin: str = "") -> subprocess.CompletedProcess:
 def reference_turn(model, tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], list[int], str]:
     """(prompt ids, generated ids, reply) by mlx-lm on the whole conversation: greedy, stopping at EOS."""
     from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_logits_processors
 
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     out = []
-    for token, _ in generate_step(mx.array(ids), model, max_tokens=max_tokens):
+    processors = make_logits_processors(repetition_penalty=PENALTY)
+    for token, _ in generate_step(mx.array(ids), model, max_tokens=max_tokens, logits_processors=processors):
         out.append(int(token))
         if out[-1] in tokenizer.eos_token_ids:
             break
@@ -74,7 +77,8 @@ def test_chat_prefills_only_new_tokens_and_equals_whole_conversation_generations
     from mlx_lm import load
 
     turns, max_tokens = ["the quick fox", "jumps over the dog", "lazy brown fox"], 6
-    r = cli("chat", str(chat_model), "-m", str(max_tokens), "-v", stdin="\n".join(turns + ["/reset", "the dog"]) + "\n")
+    stdin = "\n".join(turns + ["/reset", "the dog"]) + "\n"
+    r = cli("chat", str(chat_model), "-m", str(max_tokens), "-v", "--repetition-penalty", str(PENALTY), stdin=stdin)
     assert r.returncode == 0, r.stderr
     prompts = [line for line in r.stderr.splitlines() if line.startswith("Prompt:")]
     assert len(prompts) == 4
@@ -99,6 +103,7 @@ def test_chat_prefills_only_new_tokens_and_equals_whole_conversation_generations
     fresh = tokenizer.apply_chat_template([{"role": "user", "content": "the dog"}], add_generation_prompt=True)
     replies.append(reference_turn(model, tokenizer, [{"role": "user", "content": "the dog"}], max_tokens)[2])
     assert r.stdout == "".join(reply + "\n" for reply in replies)  # the transcript: generations over the conversation
+    assert all(reply.strip() for reply in replies)
     assert prompts[3].startswith(f"Prompt: {len(fresh)} tokens,"), prompts[3]
 
 
@@ -251,3 +256,25 @@ def test_repetition_penalty_is_mlx_lms(chat_model, capsys):
     assert code == 0, err
     # mlx-lm's BPE streaming detokenizer trims the answer's first space (trim_space); ours keeps what decode gives
     assert json.loads(out)["completion"].removeprefix(" ") == want
+
+
+def test_chat_continues_a_saved_prompt_cache(chat_model, tmp_path, capsys):
+    """chat --prompt-cache-file: the first message continues the cached text, as if typed whole; /reset goes back to
+    the file's cache; mlx-lm's files (which do not record their text) are refused in one line."""
+    saved = tmp_path / "opening.safetensors"
+    code, _, err = run_cli(capsys, "cache-prompt", str(chat_model), "-p", "the quick", "--out", str(saved))
+    assert code == 0, err
+    args = ["chat", str(chat_model), "-m", "5", "-v", "--repetition-penalty", "3"]  # varied text: not all newlines
+    whole = cli(*args, stdin="the quick brown fox\njumps over\n/reset\nthe quick brown fox\n")
+    cached = cli(*args, "--prompt-cache-file", str(saved), stdin=" brown fox\njumps over\n/reset\n brown fox\n")
+    assert whole.returncode == 0 == cached.returncode, cached.stderr
+    assert cached.stdout == whole.stdout and whole.stdout.strip()
+    prompts = [line for line in cached.stderr.splitlines() if line.startswith("Prompt:")]
+    assert "cached)" in prompts[0] and "cached)" in prompts[2]  # the saved tokens were not prefilled again
+    theirs = tmp_path / "theirs.safetensors"
+    from mlx_lm.models.cache import load_prompt_cache, save_prompt_cache
+
+    cache, meta = load_prompt_cache(str(saved), return_metadata=True)
+    save_prompt_cache(str(theirs), cache, {"model": meta["model"], "tokenizer_config": "{}"})
+    r = cli(*args, "--prompt-cache-file", str(theirs), stdin="x\n")
+    assert r.returncode == 2 and "does not record its prompt" in r.stderr and r.stderr.count("\n") == 1

@@ -16,6 +16,14 @@ from mlxsuite.cli.common import err, model_argument, print_json
 from mlxsuite.platform.errors import UserError
 
 
+def prompt_cache_option():
+    return typer.Option(
+        None,
+        "--prompt-cache-file",
+        help="A prompt cache (cache-prompt, mlx_lm.cache_prompt) the prompt (chat: the first message) continues.",
+    )
+
+
 def kvp_option():
     return typer.Option(
         None,
@@ -83,7 +91,7 @@ def load_generator(model: str, kvp: Optional[str]):
     return m, tok, folder, pair
 
 
-def _same_model(folder: Path):
+def same_model(folder: Path):
     def same(named: str) -> bool:
         try:
             return store.resolve(named).resolve() == Path(folder).resolve()
@@ -129,9 +137,7 @@ def generate(
         False, "--ignore-chat-template", help="Feed the prompt raw even when the tokenizer has a template."
     ),
     chat_template_config: Optional[str] = template_config_option(),
-    prompt_cache_file: Optional[Path] = typer.Option(
-        None, "--prompt-cache-file", help="A prompt cache (cache-prompt, mlx_lm.cache_prompt) the prompt continues."
-    ),
+    prompt_cache_file: Optional[Path] = prompt_cache_option(),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Generate from an empty prompt (from BOS)."),
     kvp: Optional[str] = kvp_option(),
     verbose: bool = typer.Option(
@@ -159,7 +165,7 @@ def generate(
         raise UserError("a system prompt needs a chat template (this tokenizer has none, or it is ignored)")
     cache, fill = None, None
     if prompt_cache_file is not None:
-        cache = load_prompt_cache_file(prompt_cache_file, m, folder, _same_model(folder))
+        cache, _ = load_prompt_cache_file(prompt_cache_file, m, folder, same_model(folder))
     elif pair is not None:
         from mlxsuite.kvp.recipe import prompt_fill
 
@@ -208,7 +214,7 @@ def cache_prompt(
     start = time.perf_counter()
     cache = fill_cache(m, ids)
     seconds = time.perf_counter() - start
-    save_prompt_cache_file(out, cache, folder, len(ids))
+    save_prompt_cache_file(out, cache, folder, ids, prompt)
     if json_out:
         print_json({"model": str(folder), "file": str(out), "tokens": len(ids), "prefill_s": seconds})
     else:
