@@ -157,9 +157,12 @@ def generate(
     kwargs = template_kwargs(chat_template_config)
     if prompt_cache_file is not None and kvp is not None:
         raise UserError("a prompt cache file holds the base's own cache: it cannot be used with KV Prediction")
+    empty = not prompt.strip() and not allow_empty
+    if empty and not system_prompt:  # checked again below, once the tokenizer tells whether a template applies
+        raise UserError("empty prompt: give one with -p (or '-' for stdin), or allow it with --allow-empty")
     m, tok, folder, pair = load_generator(model, kvp)
     use_template = has_chat_template(tok) and not ignore_chat_template
-    if not prompt.strip() and not allow_empty and not (use_template and system_prompt):
+    if empty and not use_template:
         raise UserError("empty prompt: give one with -p (or '-' for stdin), or allow it with --allow-empty")
     if system_prompt is not None and not use_template:
         raise UserError("a system prompt needs a chat template (this tokenizer has none, or it is ignored)")
