@@ -113,11 +113,11 @@ class HFTokenizer:
         """The prompt text of `messages` through the tokenizer's chat template, rendered by mlx-lm's tokenizer
         wrapper (transformers' Jinja renderer) exactly as `mlx_lm.generate` renders it; `kw` are its template
         options (add_generation_prompt, continue_final_message, enable_thinking, …)."""
-        if getattr(self, "_wrapper", None) is None:
-            from mlx_lm.tokenizer_utils import load as load_wrapper
+        from mlx_lm.tokenizer_utils import load as load_wrapper
 
-            self._wrapper = load_wrapper(self.path.parent)
         try:
+            if getattr(self, "_wrapper", None) is None:
+                self._wrapper = load_wrapper(self.path.parent)
             return self._wrapper.apply_chat_template(messages, tokenize=False, **kw)
         except Exception as e:  # jinja2's TemplateError and the template's own raise_exception
             raise UserError(f"the chat template of {self.path.parent} failed: {_first_line(e)}") from None
