@@ -151,8 +151,9 @@ def test_chunked_kvp_prefill_equals_the_unchunked_reference(qk_norm, kv_heads, a
     tokens = mx.random.randint(0, 61, (2, 41), key=mx.random.key(8))
     with kernels.disabled():  # the reference: the aux in one pass, plain MLX ops
         ref, ref_cache = prompt_step(pair, tokens, 10**6)
-    assert kernels.available(aux.layers, mx.float32) == compiler_available()
-    for fused in (True, False):
+    fused_runs = kernels.available(aux.layers, mx.float32)
+    assert fused_runs == compiler_available()
+    for fused in (True, False) if fused_runs else (False,):
         for step in (1, 7, 16, 40, 1000):
             with contextlib.nullcontext() if fused else kernels.disabled():
                 logits, cache = prompt_step(pair, tokens, step)
@@ -161,6 +162,8 @@ def test_chunked_kvp_prefill_equals_the_unchunked_reference(qk_norm, kv_heads, a
                 assert c.offset == r.offset == 41
                 for a, b in zip(c.keys_and_values(), r.keys_and_values()):
                     assert mx.allclose(a, b, atol=1e-4, rtol=1e-4), (fused, step)
+    if not fused_runs:
+        pytest.skip("no C++ compiler: the fused kernels are not used here; only the plain path was checked")
 
 
 # ---- layer maps (notes §1.5) ---------------------------------------------------------------------------------------
