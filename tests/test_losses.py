@@ -239,6 +239,7 @@ def test_inference_routes_a_token_iff_its_auxiliary_score_is_above_one_half():
     assert np.array(routes[0])[:, 0].tolist() == mod_sel.tolist()
     for g, (scores, member) in enumerate(zip(expert_scores, (~is_image, is_image))):
         expect = (scores > 0.5) & member[:, None] & mod_sel[:, None]
+        assert {0.49, 0.51} <= set(scores[member & mod_sel].ravel())  # both sides of 0.5 on routed tokens
         assert np.array(routes[1 + g]).astype(bool).tolist() == expect.tolist()
     # the layer's output by hand: x + r·(block(x) − x) on processed tokens, x elsewhere
     w = weights64(model)
