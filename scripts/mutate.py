@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 K, L = "tests/test_kernels.py", "tests/test_losses.py"
+G = "tests/test_gguf_kquants.py"
 
 # name: (file, snippet, replacement, tests)
 MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
@@ -186,6 +187,61 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
         "lnv = np.log(np.minimum(vocab, self.clamp))",
         "lnv = np.log(vocab)",
         [L],
+    ),
+    # ---- GGUF block formats (issue 20)
+    "q4k_high_scales_from_the_min_nibble": (
+        "mlxsuite/convert/gguf_blocks.py",
+        "(s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)",
+        "(s[:, 8:12] >> 4) | ((s[:, 0:4] >> 6) << 4)",
+        [G + "::test_every_type_kept_and_dequantized"],
+    ),
+    "q6k_high_bits_shifts_swapped": (
+        "mlxsuite/convert/gguf_blocks.py",
+        "shift = (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 2, 2, 1)",
+        "shift = (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 2, 2, 1).swapaxes(2, 3)",
+        [G + "::test_every_type_kept_and_dequantized"],
+    ),
+    "q3k_offset_3_not_4": (
+        "mlxsuite/convert/gguf_blocks.py",
+        "return codes, scale, -4 * scale, 3",
+        "return codes, scale, -3 * scale, 3",
+        [G + "::test_every_type_kept_and_dequantized"],
+    ),
+    "mlx_packing_big_endian_bits": (
+        "mlxsuite/convert/gguf_blocks.py",
+        'return np.packbits(stream, axis=-1, bitorder="little")',
+        'return np.packbits(stream, axis=-1, bitorder="big")',
+        [G + "::test_every_type_kept_and_dequantized"],
+    ),
+    "iq4xs_scale_high_bits_truncated": (
+        "mlxsuite/convert/gguf_blocks.py",
+        ">> (2 * np.arange(8, dtype=np.uint16))) & 3",
+        ">> (2 * np.arange(8, dtype=np.uint16))) & 1",
+        [G + "::test_every_type_kept_and_dequantized"],
+    ),
+    "gguf_qk_rows_not_unpermuted": (
+        "mlxsuite/convert/gguf_reader.py",
+        "return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)",
+        "return w",
+        [G + "::test_every_type_kept_and_dequantized"],
+    ),
+    "to_gguf_qk_rows_not_permuted": (
+        "mlxsuite/convert/to_gguf.py",
+        "arrays = [permute_rows(a, heads) for a in arrays]",
+        "arrays = arrays",
+        [G + "::test_round_trip_through_to_gguf"],
+    ),
+    "q5_1_fifth_bits_shifted": (
+        "mlxsuite/convert/gguf_writer.py",
+        'body = [m.view(np.uint8), qh.astype("<u4")',
+        'body = [m.view(np.uint8), (qh >> 1).astype("<u4")',
+        [G + "::test_round_trip_through_to_gguf"],
+    ),
+    "qwen3_q_and_k_norms_swapped": (
+        "mlxsuite/convert/gguf_reader.py",
+        '"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",',
+        '"attn_q_norm": "self_attn.k_norm", "attn_k_norm": "self_attn.q_norm",',
+        [G + "::test_qwen_architectures_round_trip"],
     ),
 }
 
