@@ -121,10 +121,12 @@ def _mean_ce(folder: Path, windows: list[list[int]]) -> float:
     return total / count
 
 
-def llama_cpp_logits(path: Path, windows: list[list[int]]) -> list[np.ndarray]:
+def llama_cpp_logits(path: Path, windows: list[list[int]], f32_cache: bool = False) -> list[np.ndarray]:
+    """llama.cpp's logits at every position (its default KV cache is float16; `f32_cache`: float32)."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(path), n_ctx=WINDOW + 8, logits_all=True, n_threads=2, verbose=False)
+    kv = {"type_k": 0, "type_v": 0, "flash_attn": False} if f32_cache else {}  # 0: GGML_TYPE_F32
+    llm = llama_cpp.Llama(str(path), n_ctx=WINDOW + 8, logits_all=True, n_threads=2, verbose=False, **kv)
     out = []
     for ids in windows:
         llm.reset()
@@ -212,13 +214,14 @@ def export_check(folder: Path, out: Path, prompt: list[int]) -> None:
     to_gguf(str(folder), exported, "f32", force=True)
     model = store.load(str(folder), "lm", dequantize=True).model
     ours = np.array(model(mx.array([prompt]))[0, -1].astype(mx.float32), dtype=np.float64)
-    theirs = llama_cpp_logits(exported, [prompt])[0][-1]
-    diff = np.abs(ours - theirs)
-    print(
-        f"\nllama.cpp on our `to-gguf --outtype f32` export, {len(prompt)}-token prompt: next-token logits max |Δ| "
-        f"{diff.max():.2e} (logits span {theirs.min():.1f}..{theirs.max():.1f}), same argmax: "
-        f"{int(ours.argmax()) == int(theirs.argmax())}"
-    )
+    for f32_cache in (False, True):
+        theirs = llama_cpp_logits(exported, [prompt], f32_cache)[0][-1]
+        diff = np.abs(ours - theirs)
+        print(
+            f"llama.cpp on our `to-gguf --outtype f32` export, {len(prompt)}-token prompt, "
+            f"{'float32' if f32_cache else 'default float16'} KV cache: next-token logits max |Δ| {diff.max():.2e} "
+            f"(logits {theirs.min():.1f}..{theirs.max():.1f}), same argmax: {ours.argmax() == theirs.argmax()}"
+        )
 
 
 if __name__ == "__main__":
