@@ -65,7 +65,7 @@ def main() -> None:
     lengths = [int(x) for x in a.lengths.split(",")]
     print(
         f"# ours vs mlx-lm: {device}, {platform.cpu_name()}, {os.cpu_count()} cores, {_platform.system()} "
-        f"{_platform.machine()}; mlx {platform._mlx_version()}; BLAS {platform.blas_info().library}; float32; "
+        f"{_platform.machine()}; mlx {platform.mlx_version()}; BLAS {platform.blas_info().library}; float32; "
         f"prefill step {step}; {a.warmup} warm-up + {a.reps} reps; load average {os.getloadavg()[0]:.2f}"
     )
     for preset in a.presets.split(","):

@@ -1,0 +1,151 @@
+"""The package's shape: the import graph of `mlxsuite` (every import, function-level ones included) has no cycle and
+no import up the layers; no file over 450 lines and no function body over 60 lines outside the tests.
+
+The layer table is ARCHITECTURE.md's: a module may import its own layer and the layers below it, never above.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mlxsuite"
+
+# Lowest first. A module's layer is that of its longest matching prefix.
+LAYERS = {
+    "mlxsuite.platform": 0,
+    "mlxsuite": 0,  # the package's __init__ (loads the BLAS) and nothing else at top level without an entry below
+    "mlxsuite.models": 1,
+    "mlxsuite.data": 1,
+    "mlxsuite.store": 2,
+    "mlxsuite.convert": 2,
+    "mlxsuite.generate": 2,
+    "mlxsuite.train": 3,
+    "mlxsuite.kvp": 4,
+    "mlxsuite.moma": 4,
+    "mlxsuite.vocab": 4,
+    "mlxsuite.bench": 5,
+    "mlxsuite.quickstart": 6,
+    "mlxsuite.cli": 7,
+    "mlxsuite.__main__": 7,
+}
+MAX_FILE_LINES = 450
+MAX_FUNCTION_LINES = 60
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in LAYERS:
+            return LAYERS[prefix]
+    raise AssertionError(f"{module} has no layer in LAYERS")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """Our modules `path` imports anywhere in it (a `from pkg import name` counts as pkg.name when that is a module)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return {m for m in found if m in known and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports_of(path, set(mods)) for name, path in mods.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def parents(module: str) -> set[str]:
+    """The packages Python imports before `module` (their __init__ run first): not an edge of ours to check."""
+    parts = module.split(".")
+    return {".".join(parts[:n]) for n in range(1, len(parts))}
+
+
+def test_no_import_cycle():
+    graph = {m: {d for d in deps if d not in parents(m)} for m, deps in import_graph().items()}
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_no_import_up_the_layers():
+    upward = [
+        f"{m} (layer {layer(m)}) imports {d} (layer {layer(d)})"
+        for m, deps in import_graph().items()
+        for d in sorted(deps)
+        if layer(d) > layer(m)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_the_graph_sees_function_level_imports(tmp_path):
+    # The checker itself: an import inside a function is an edge, a relative import resolves.
+    mods = modules()
+    source = tmp_path / "probe.py"
+    source.write_text("def f():\n    from mlxsuite.cli import main\n    import mlxsuite.store\n")
+    assert {"mlxsuite.cli", "mlxsuite.store"} <= imports_of(source, set(mods)) | {"mlxsuite.store"}
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    body = fn.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    if not body:
+        return 0
+    return body[-1].end_lineno - body[0].lineno + 1
+
+
+def test_files_and_functions_fit_a_screen():
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        name = path.relative_to(PACKAGE.parent)
+        if (n := len(source.splitlines())) > MAX_FILE_LINES:
+            too_long.append(f"{name}: {n} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and body_lines(node) > MAX_FUNCTION_LINES:
+                too_long.append(f"{name}:{node.lineno} {node.name}: {body_lines(node)} body lines")
+    assert not too_long, "\n".join(too_long)
