@@ -53,12 +53,12 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def imports_of(path: Path, known: set[str]) -> set[str]:
-    """Our modules `path` imports anywhere in it (a `from pkg import name` counts as pkg.name when that is a module)."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+def imports_of(source: str, name: str, is_package: bool, known: set[str]) -> set[str]:
+    """Our modules that module `name` imports anywhere in its source (function-level imports too); `from pkg
+    import name` counts as pkg.name when that is a module."""
+    package = name if is_package else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -73,7 +73,20 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
 
 def import_graph() -> dict[str, set[str]]:
     mods = modules()
-    return {name: imports_of(path, set(mods)) for name, path in mods.items()}
+    return {
+        name: imports_of(path.read_text(), name, path.name == "__init__.py", set(mods)) for name, path in mods.items()
+    }
+
+
+def parents(module: str) -> set[str]:
+    parts = module.split(".")
+    return {".".join(parts[:n]) for n in range(1, len(parts))}
+
+
+def runtime_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """What importing each module runs: the modules it imports and, before each, that module's packages (their
+    `__init__`), except the packages of the importer itself (already running)."""
+    return {m: {p for d in deps for p in parents(d) | {d}} - parents(m) - {m} for m, deps in graph.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -83,7 +96,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     def visit(node: str) -> list[str] | None:
         state[node] = 1
         stack.append(node)
-        for nxt in sorted(graph[node]):
+        for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
                 return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
@@ -98,15 +111,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def parents(module: str) -> set[str]:
-    """The packages Python imports before `module` (their __init__ run first): not an edge of ours to check."""
-    parts = module.split(".")
-    return {".".join(parts[:n]) for n in range(1, len(parts))}
-
-
 def test_no_import_cycle():
-    graph = {m: {d for d in deps if d not in parents(m)} for m, deps in import_graph().items()}
-    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    cycle = find_cycle(runtime_graph(import_graph()))
+    assert cycle is None, " -> ".join(cycle)
 
 
 def test_no_import_up_the_layers():
@@ -119,14 +126,15 @@ def test_no_import_up_the_layers():
     assert not upward, "\n".join(upward)
 
 
-def test_the_graph_sees_function_level_imports(tmp_path):
-    # The checker itself: an import inside a function is an edge, a relative import resolves.
-    mods = modules()
-    source = tmp_path / "probe.py"
-    source.write_text("def f():\n    from mlxsuite.cli import main\n    import mlxsuite.store\n")
-    assert {"mlxsuite.cli", "mlxsuite.store"} <= imports_of(source, set(mods)) | {"mlxsuite.store"}
+def test_the_checker_sees_function_level_imports_and_package_inits():
+    known = set(modules())
+    source = "import os\ndef f():\n    from mlxsuite.cli import main\n    from . import atomic\n"
+    assert imports_of(source, "mlxsuite.platform.blas", False, known) == {"mlxsuite.cli", "mlxsuite.platform.atomic"}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+    # x.low importing y.mod runs y/__init__ first: when that imports x.low back, it is a cycle
+    graph = {"x.low": {"y.mod"}, "y": {"x.low"}, "y.mod": set(), "x": set()}
+    assert find_cycle(runtime_graph(graph)) == ["x.low", "y", "x.low"]
 
 
 def body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:

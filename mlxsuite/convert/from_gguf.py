@@ -27,7 +27,7 @@ from mlxsuite.convert.checkpoint import (
     refuse_existing,
     shards_by_size,
     write_json,
-    write_weights,
+    write_shards,
 )
 from mlxsuite.convert.gguf_tokenizer import check_tokenizer, write_tokenizer
 from mlxsuite.convert.hf import DTYPES, TOKENIZER_CHECK_TEXT, hf_config_to_args
@@ -119,7 +119,7 @@ def from_gguf(
         write_tokenizer(metadata, tmp)
         if (tmp / "tokenizer.model").is_file():
             _check_spm_tokenizer(tmp)
-        n, nbytes, shards = write_weights(tmp, shards_by_size(items, sizes), produce, progress)
+        n, nbytes, shards = write_shards(tmp, shards_by_size(items, sizes), produce, progress)
         write_json(tmp / "config.json", out_config)
     return Result(out, n, nbytes, shards, out_config, notes)
 
