@@ -13,21 +13,23 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mlxsuite"
 
 # Lowest first. A module's layer is that of its longest matching prefix.
 LAYERS = {
+    "mlxsuite": 0,  # the package's __init__: loads the BLAS, nothing else
     "mlxsuite.platform": 0,
-    "mlxsuite": 0,  # the package's __init__ (loads the BLAS) and nothing else at top level without an entry below
     "mlxsuite.models": 1,
     "mlxsuite.data": 1,
-    "mlxsuite.store": 2,
-    "mlxsuite.convert": 2,
+    "mlxsuite.vocab.scaling": 1,  # the vocabulary laws: numpy only
+    "mlxsuite.convert": 2,  # weights in: checkpoint folders, HF, GGUF, quantization
     "mlxsuite.generate": 2,
-    "mlxsuite.train": 3,
-    "mlxsuite.kvp": 4,
-    "mlxsuite.moma": 4,
-    "mlxsuite.vocab": 4,
-    "mlxsuite.bench": 5,
-    "mlxsuite.quickstart": 6,
-    "mlxsuite.cli": 7,
-    "mlxsuite.__main__": 7,
+    "mlxsuite.store": 3,  # references (refs, hub), the one loader and the writers
+    "mlxsuite.convert.derive": 3,  # to mlx-lm, prune, quantize: take references
+    "mlxsuite.train": 4,
+    "mlxsuite.kvp": 5,
+    "mlxsuite.moma": 5,
+    "mlxsuite.vocab": 5,
+    "mlxsuite.bench": 6,
+    "mlxsuite.quickstart": 7,
+    "mlxsuite.cli": 8,
+    "mlxsuite.__main__": 8,
 }
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 60

@@ -307,7 +307,7 @@ def flops(
     json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ):
     """FLOPs accounting: training FLOPs per token of each variant against the dense model it is matched to."""
-    from mlxsuite.moma.data import Layout
+    from mlxsuite.moma.spec import Layout
     from mlxsuite.moma.spec import MomaRunSpec, flops_table
 
     if not 0 <= image_fraction <= 1:

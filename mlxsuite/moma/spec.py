@@ -4,18 +4,51 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
+
+import numpy as np
 
 from mlxsuite.models import flops, lm
 from mlxsuite.models import moma as mm
 from mlxsuite.platform.errors import UserError
 from mlxsuite.train import trainer
 
-if TYPE_CHECKING:
-    from mlxsuite.moma.data import Layout
-
 VARIANT_RE = re.compile(r"^(dense|moe(\d+)x|moma(\d+)t(\d+)i)(\+mod)?$")
 DEFAULT_VARIANTS = "dense,moe8x,moma4t4i,moma4t4i+mod"
+
+
+@dataclass
+class Layout:
+    """The unified vocabulary: text ids [0, text_size), image codes, then BOI, EOI."""
+
+    text_size: int
+    num_codes: int
+    bos: int
+    eos: int
+
+    @property
+    def image_start(self) -> int:
+        return self.text_size
+
+    @property
+    def image_end(self) -> int:
+        return self.text_size + self.num_codes
+
+    @property
+    def boi(self) -> int:
+        return self.image_end
+
+    @property
+    def eoi(self) -> int:
+        return self.image_end + 1
+
+    @property
+    def size(self) -> int:
+        return self.image_end + 2
+
+    def is_image(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        return (ids >= self.image_start) & (ids < self.image_end)
 
 
 def paper_schedule(**overrides) -> trainer.TrainConfig:
