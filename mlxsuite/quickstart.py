@@ -27,8 +27,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from mlxsuite import store
+from mlxsuite.bench import ttft
+from mlxsuite.generate import default_prefill_step
+from mlxsuite.kvp.evaluate import evaluate_kvp, load_baseline
+from mlxsuite.kvp.recipe import BASELINE_DIR, KVPRunSpec, load_pair, train_kvp
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
+from mlxsuite.train.lm import LMRunSpec, train_lm
 from mlxsuite.train.trainer import TrainConfig, has_checkpoint
 
 RESULTS_FILE = "quickstart.json"
@@ -86,12 +91,6 @@ def run_quickstart(
     config: Optional[QuickstartConfig] = None, fresh: bool = False, callback: Optional[Callable] = None
 ) -> dict:
     """Run (or reuse) the four stages; returns one JSON-ready document with the TTFT and the quality tables."""
-    from mlxsuite.bench import ttft
-    from mlxsuite.generate import default_prefill_step
-    from mlxsuite.kvp.evaluate import evaluate_kvp, load_baseline
-    from mlxsuite.kvp.recipe import BASELINE_DIR, KVPRunSpec, load_pair, train_kvp
-    from mlxsuite.train.lm import LMRunSpec, train_lm
-
     cfg = config or QuickstartConfig()
     callback = callback or (lambda event, info: None)
     if cfg.steps < 1 or cfg.kvp_steps < 1 or cfg.reps < 1 or not cfg.lengths:

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import mlx.core as mx
 
 from mlxsuite.generate import generate_tokens, prefill, sample
+from mlxsuite.kvp.recipe import prompt_fill
 from mlxsuite.models import flops
 from mlxsuite.models.lm import Model
 from mlxsuite.platform.errors import UserError
@@ -180,8 +181,6 @@ def _aux_mode(setup: Setup) -> Mode:
 def _kvp_mode(setup: Setup) -> Mode:
     """KV Prediction's prompt step through the one prefill (kvp.prompt_fill), then the base decodes alone. Its
     fill starts from empty caches (the auxiliary's and the base's), so it takes no prefix cache."""
-    from mlxsuite.kvp.recipe import prompt_fill
-
     pair = setup.extras["kvp"]
     return prefill_mode(
         "kvp",

@@ -43,6 +43,7 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
     prefill_mode,
     register_mode,
 )
+from mlxsuite.kvp.recipe import flops_reduction
 from mlxsuite.models import kernels
 from mlxsuite.models.lm import Model, ModelArgs
 from mlxsuite.platform.errors import UserError
@@ -387,8 +388,6 @@ def _model_info(s: Setup) -> dict:
 
 def kvp_info(pair) -> dict:
     """The pair's shape for the report: layer counts, parameters, the paper's FLOPs reduction (parameter ratio)."""
-    from mlxsuite.kvp.recipe import flops_reduction
-
     return {
         "base_layers": pair.base.args.num_hidden_layers,
         "aux_layers": pair.auxiliary.args.num_hidden_layers,

@@ -10,7 +10,13 @@ from typing import Literal, Optional
 import mlx.core as mx
 import typer
 
+from mlxsuite import platform, store
+from mlxsuite.bench import report as report_lib
+from mlxsuite.bench import ttft as lib
 from mlxsuite.cli.common import Device, Dtype, Progress, device_option, dtype_option, err, out, parse_int_list, positive
+from mlxsuite.generate import default_prefill_step
+from mlxsuite.kvp.recipe import load_pair
+from mlxsuite.models import lm
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True)
@@ -47,9 +53,6 @@ def _progress(header: str):
 
 def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
     """A model folder or store name (with its tokenizer), else a preset with random weights."""
-    from mlxsuite import store
-    from mlxsuite.models import lm
-
     try:
         folder = store.resolve(name)
     except UserError as e:
@@ -71,10 +74,6 @@ def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
 
 def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
     """The pair in `kvp`, refused unless its base is `model` (same weights); the base mode times the pair's base."""
-    from mlxsuite import store
-    from mlxsuite.kvp.recipe import load_pair
-    from mlxsuite.models import lm
-
     if vocab_size is not None:
         raise UserError("--vocab-size applies to presets only, not with --kvp")
     try:
@@ -185,11 +184,6 @@ def ttft(
     and alternate the modes; every run starts from a fresh KV cache. Tokenization is timed apart, for models with a
     tokenizer.
     """
-    from mlxsuite import platform
-    from mlxsuite.bench import report as report_lib
-    from mlxsuite.bench import ttft as lib
-    from mlxsuite.generate import default_prefill_step
-
     names = list(model or []) + list(models or [])
     if not names:
         raise UserError("name a model: MODEL or -m MODEL (a folder, a store name or a preset: micro, tiny, …)")
@@ -289,8 +283,6 @@ def _width(table) -> int:
 def _table(recs: list[dict], report: dict, wide: bool) -> None:
     """The default columns that fit TABLE_WIDTH (every column with --wide), then the run's metadata."""
     from rich.console import Console
-
-    from mlxsuite.bench import report as report_lib
 
     cols = report_lib.columns(recs, wide)
     table = _rich_table(recs, cols)

@@ -172,9 +172,7 @@ def from_gguf(
 ):
     """Convert a llama.cpp GGUF file (Llama, Mistral-style, SmolLM2) into a model folder that mlx-lm also opens."""
     with _progress("converting") as progress:
-        result = gguf_convert.from_gguf(
-            gguf_file, _out_path(out_name), dtype=dtype, force=force, progress=progress
-        )
+        result = gguf_convert.from_gguf(gguf_file, _out_path(out_name), dtype=dtype, force=force, progress=progress)
     _report(result, "wrote", json_out)
 
 

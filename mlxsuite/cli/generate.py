@@ -10,6 +10,7 @@ import typer
 from mlxsuite import store
 from mlxsuite.cli.common import err, generation_prompt, model_argument, print_json
 from mlxsuite.generate import generate_text
+from mlxsuite.kvp.recipe import load_pair, prompt_fill
 from mlxsuite.platform.errors import UserError
 
 
@@ -34,8 +35,6 @@ def generate(
     prompt = generation_prompt(prompt, max_tokens, temperature, top_k)
     kw = {}
     if kvp is not None:
-        from mlxsuite.kvp.recipe import load_pair, prompt_fill
-
         pair, tok, _, _ = load_pair(kvp, expect_base=model)
         m, folder = pair.base, store.resolve(model)
         kw["cache"], kw["fill"] = prompt_fill(pair)

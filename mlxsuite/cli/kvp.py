@@ -8,6 +8,8 @@ import typer
 
 from mlxsuite import platform
 from mlxsuite.cli.common import Device, device_option, out, print_json, run_training, train_options
+from mlxsuite.kvp.evaluate import evaluate_kvp, plot_kv_errors
+from mlxsuite.kvp.recipe import KVPRunSpec, train_kvp
 from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 
@@ -68,8 +70,6 @@ def train(
     run: object = None,
 ):
     """Train the auxiliary and predictor against a frozen base."""
-    from mlxsuite.kvp.recipe import KVPRunSpec, train_kvp
-
     if base and base_option and base != base_option:
         raise UserError(f"two base models given: {base} and --base {base_option}")
     base = base or base_option
@@ -126,8 +126,6 @@ def evaluate(
     """Base, the paper's baseline, the jointly trained auxiliary and KV Prediction: continuation CE, first-token
     accuracy, agreement with the base, the 1-shot code task, TTFT FLOPs and per-layer KV error."""
     from rich.table import Table
-
-    from mlxsuite.kvp.evaluate import evaluate_kvp, plot_kv_errors
 
     platform.set_device(device)
     if plot:

@@ -7,7 +7,15 @@ from typing import Literal, Optional
 import typer
 
 from mlxsuite.cli.common import TrainProgress, out, positive, print_json, run_training, train_options
+from mlxsuite.moma.compare import compare as run_compare
+from mlxsuite.moma.compare import plot_curves
+from mlxsuite.moma.generate import caption_image, generate_image
+from mlxsuite.moma.images import preview, save_png
+from mlxsuite.moma.spec import Layout, MomaRunSpec, flops_table
+from mlxsuite.moma.train import train_moma
+from mlxsuite.moma.train import train_routers as run_train_routers
 from mlxsuite.platform.errors import UserError
+from mlxsuite.platform.plots import check_path
 
 app = typer.Typer(help="MoMa: mixed-modal early-fusion models with modality-aware experts.", no_args_is_help=True)
 
@@ -76,9 +84,6 @@ def train(
 ):
     """Train a dense, MoE or MoMa early-fusion model on interleaved captions, images and text. Launch data-parallel
     runs with `mlx.launch -n 2 -- mlxsuite moma train …`."""
-    from mlxsuite.moma.spec import MomaRunSpec
-    from mlxsuite.moma.train import train_moma
-
     spec = MomaRunSpec(
         out=out_name,
         variant=variant,
@@ -122,13 +127,11 @@ def train_routers(
     """Stage 2: train the auxiliary routers (main model frozen) that make inference causal."""
     import mlx.core as mx
 
-    from mlxsuite.moma.train import train_routers as tr
-
     if steps is not None:
         positive("steps", steps)
     rank = mx.distributed.init().rank()
     with _Progress(quiet=quiet or json_out or rank != 0, label="routers") as progress:
-        result = tr(run, steps=steps, callback=progress, resume=resume, force=force)
+        result = run_train_routers(run, steps=steps, callback=progress, resume=resume, force=force)
     if rank != 0:
         return
     if json_out:
@@ -172,10 +175,6 @@ def compare(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ):
     """Train each variant at the same FLOPs budget and report losses, η (overall/text/image) and throughput."""
-    from mlxsuite.moma.compare import compare as run_compare
-    from mlxsuite.moma.compare import plot_curves
-    from mlxsuite.platform.plots import check_path
-
     positive("flops", flops)
     if plot:
         check_path(plot)
@@ -263,9 +262,6 @@ def generate(
     json_out: bool = typer.Option(False, "--json", help="Print the codes and the PNG's path as JSON."),
 ):
     """Caption → image through the causal inference path; writes a PNG and prints a block-character preview."""
-    from mlxsuite.moma.generate import generate_image
-    from mlxsuite.moma.images import preview, save_png
-
     positive("scale", scale)
     if temperature < 0:
         raise UserError(f"temperature must be >= 0, got {temperature}")
@@ -285,8 +281,6 @@ def caption(
     json_out: bool = typer.Option(False, "--json", help="Print the caption as JSON."),
 ):
     """Image → caption through the causal inference path."""
-    from mlxsuite.moma.generate import caption_image
-
     text = caption_image(run, image)
     if json_out:
         print_json({"image": image, "caption": text})
@@ -307,9 +301,6 @@ def flops(
     json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ):
     """FLOPs accounting: training FLOPs per token of each variant against the dense model it is matched to."""
-    from mlxsuite.moma.spec import Layout
-    from mlxsuite.moma.spec import MomaRunSpec, flops_table
-
     if not 0 <= image_fraction <= 1:
         raise UserError(f"image fraction must be in [0, 1], got {image_fraction}")
     spec = MomaRunSpec(out="-", preset=preset, seq_len=seq_len)

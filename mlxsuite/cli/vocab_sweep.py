@@ -13,6 +13,7 @@ from mlxsuite.cli.common import Progress, err, out, parse_int_list, positive, pr
 from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 from mlxsuite.vocab import scaling
+from mlxsuite.vocab import sweep as sw
 
 
 def _parse_float_list(name: str, text: str) -> list[float]:
@@ -255,8 +256,6 @@ def sweep(
     about 35 minutes on 2 busy CPU cores (the measured time is in BENCHMARKS.md). --dry-run prints the plan and a
     time estimate for any grid.
     """
-    from mlxsuite.vocab import sweep as sw
-
     positive("--lr", lr)
     for name, v in (("--seq-len", seq_len), ("--batch-size", batch_size), ("--eval-chars", eval_chars)):
         if v <= 0:

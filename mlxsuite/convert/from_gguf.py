@@ -31,7 +31,7 @@ from mlxsuite.convert.checkpoint import (
 )
 from mlxsuite.convert.gguf_tokenizer import check_tokenizer, write_tokenizer
 from mlxsuite.convert.hf import DTYPES, TOKENIZER_CHECK_TEXT, hf_config_to_args
-from mlxsuite.platform import atomic
+from mlxsuite.platform import atomic, cache_dir
 from mlxsuite.platform.errors import UserError
 
 
@@ -142,8 +142,6 @@ def gguf_model_folder(path: str | Path, dtype: Optional[str] = None) -> Path:
     """A model folder for a GGUF file, converted once into the cache (`~/.cache/mlxsuite/gguf/`, keyed by the file's
     path, size, modification time and `dtype`) and reused afterwards: how a `.gguf` reference opens as a model."""
     import hashlib
-
-    from mlxsuite.platform import cache_dir
 
     path = Path(path).expanduser().resolve()
     if not path.is_file():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mlxsuite.data.hf_tokenizer import spm_to_tokenizer_json
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 
@@ -142,8 +143,6 @@ def spm_proto(meta: dict):
 def write_tokenizer(metadata: dict, folder: Path) -> list[str]:
     """Write the GGUF file's tokenizer into `folder`; returns the file names written."""
     from tokenizers import Tokenizer
-
-    from mlxsuite.data.hf_tokenizer import spm_to_tokenizer_json
 
     meta = {k: _value(v) for k, v in metadata.items() if k.startswith("tokenizer.")}
     check_tokenizer(meta)

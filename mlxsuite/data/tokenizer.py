@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlxsuite.data.hf_tokenizer import HFTokenizer
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 
@@ -169,7 +170,5 @@ def load_tokenizer(folder: Path):
     if (folder / TOKENIZER_FILE).exists() and not hf_folder:
         return Tokenizer(folder / TOKENIZER_FILE)
     if (folder / "tokenizer.json").exists():  # a Hugging Face / mlx-lm folder: as mlx-lm reads it (e.g. its BOS)
-        from mlxsuite.data.hf_tokenizer import HFTokenizer
-
         return HFTokenizer(folder)
     return None

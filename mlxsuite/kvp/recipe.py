@@ -19,6 +19,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mlxsuite import store
+from mlxsuite.convert.hf import pruned_layers
 from mlxsuite.data import corpus as data
 from mlxsuite.models import kv_prediction as kvm
 from mlxsuite.models import lm
@@ -70,8 +71,6 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str
     (`prune:X`, KVP-LP) or a stored smaller model sharing its tokenizer (KVP-C); the predictor has nn.Linear's
     default init (the paper's), or with `predictor_init="identity"` starts as the identity (needs equal KV widths,
     as an LP auxiliary has: each base layer then starts from the copy of the base layer its aux layer is)."""
-    from mlxsuite.convert.hf import pruned_layers
-
     base, tok, base_folder = store.load_model(base_name, dequantize=None)
     if tok is None:
         raise UserError(f"{base_folder} has no tokenizer")

@@ -24,6 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxsuite.models.lm import Model
+from mlxsuite.models.lm import ModelArgs
 
 
 @dataclass
@@ -197,7 +198,6 @@ def layer_pruned(base: Model, retained: list[int]) -> Model:
     embeddings, final norm and head."""
     from mlx.utils import tree_flatten
 
-    from mlxsuite.models.lm import ModelArgs
 
     args = ModelArgs.from_dict({**base.args.to_dict(), "num_hidden_layers": len(retained)})
     aux = Model(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 
 MISSING = "--plot needs matplotlib: pip install 'mlxsuite[plot]'"
@@ -44,8 +45,6 @@ def check_path(path) -> None:
 def save(fig, path, dpi: int = 120) -> None:
     """Write the figure atomically (a temporary sibling, then renamed) and close it."""
     from pathlib import Path
-
-    from mlxsuite.platform import atomic
 
     try:
         atomic.write_file(Path(path), lambda tmp: fig.savefig(tmp, dpi=dpi))

@@ -30,6 +30,7 @@ from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 from mlxsuite.train import trainer
 from mlxsuite.train.evaluate import evaluate_lm, lm_loss
+from mlxsuite.vocab import scaling
 
 
 @dataclass
@@ -180,8 +181,6 @@ def auto_vocab_size(
     V), else the paper's compute-optimal budget for that N_nv. Rounded to a multiple of 128 as in the paper's
     configs; at least `minimum` (byte fallback plus a useful merge table). The published fit was made at 33M–3B
     non-vocabulary parameters, so for the tiny presets this is an extrapolation."""
-    from mlxsuite.vocab import scaling
-
     if preset not in lm.PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(lm.PRESETS)}")
     args = lm.preset_args(preset, 1)

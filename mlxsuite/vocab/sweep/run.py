@@ -13,8 +13,11 @@ from typing import Optional
 
 from mlxsuite import store
 from mlxsuite.data.corpus import load_corpus
+from mlxsuite.models.lm import PRESETS, preset_args
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
+from mlxsuite.train.lm import LMRunSpec, eval_model, train_lm
+from mlxsuite.train.trainer import TrainConfig, has_checkpoint
 from mlxsuite.vocab.sweep.analysis import analyze
 from mlxsuite.vocab.sweep.plan import RunPlan, SweepGrid, SweepSettings, estimate_seconds, plan_runs
 from mlxsuite.vocab.sweep.tokenizers import train_tokenizers
@@ -170,8 +173,6 @@ def run_sweep(
 
 def _family() -> list[tuple[int, int]]:
     """(N_nv, d) of mlxsuite's small presets: the model family approach 2 fits γ on (the paper: its 7 families)."""
-    from mlxsuite.models.lm import PRESETS, preset_args
-
     shapes = (preset_args(name, 1) for name in PRESETS if not name.startswith("vocab-"))
     return [(a.n_nonvocab_params, a.hidden_size) for a in shapes]
 
@@ -194,9 +195,6 @@ def _train_one(
     total: int,
     callback,
 ) -> dict:
-    from mlxsuite.train.lm import LMRunSpec, train_lm
-    from mlxsuite.train.trainer import TrainConfig, has_checkpoint
-
     spec = LMRunSpec(
         out=str(run_folder.resolve()),
         preset=plan.preset,
@@ -224,8 +222,6 @@ def _train_one(
 
     metrics = train_lm(spec, resume=resume, force=not resume, callback=forward)
     if "val_lu" not in metrics:  # resumed from a checkpoint at the last step: the loop had nothing left to do
-        from mlxsuite.train.lm import eval_model
-
         ev = eval_model(str(run_folder.resolve()), settings.corpus, settings.seq_len, eval_windows)
         metrics = {f"val_{k}": v for k, v in ev.items() if k in ("ce", "lu", "bpc")}
         _store_final(run_folder, metrics)
