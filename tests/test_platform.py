@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -97,7 +98,9 @@ def test_machine_info_against_the_system():
         assert info["chip"] == device_info["device_name"]
     if sys.platform == "linux":
         assert info["os"] == "Linux"
-        os_release = dict(line.split("=", 1) for line in open("/etc/os-release").read().splitlines() if "=" in line)
+        os_release = dict(
+            line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line
+        )
         assert info["os_version"] == os_release["PRETTY_NAME"].strip('"')
         pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         assert abs(info["memory_gb"] - pages / 1e9) < 0.01 * pages / 1e9  # GB as mlx-lm prints them: 10^9 bytes

@@ -165,7 +165,8 @@ def from_gguf(
     dtype: Dtype = typer.Option(
         None,
         "--dtype",
-        help="Dequantize, and store every float tensor, in this dtype (default: Q8_0/Q4_0/Q4_1 stay quantized, floats as stored; on the CPU use float32).",
+        help="Dequantize, and store every float tensor, in this dtype (default: Q8_0/Q4_0/Q4_1 stay quantized, "
+        "floats as stored; on the CPU use float32).",
     ),
     force: bool = FORCE,
     json_out: bool = JSON,

@@ -14,7 +14,8 @@ from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 
 app = typer.Typer(
-    help="KV Prediction: train an auxiliary model and KV predictor, evaluate it (generate with `mlxsuite generate BASE --kvp DIR`).",
+    help="KV Prediction: train an auxiliary model and KV predictor, evaluate it "
+    "(generate with `mlxsuite generate BASE --kvp DIR`).",
     no_args_is_help=True,
 )
 

@@ -122,7 +122,8 @@ def render(result: dict) -> None:
         qt.add_row(labels.get(m, m), *cells)
     err.print("")
     out.print(
-        f"[bold]base[/bold] {base['folder']} ({base['preset'] + ', ' if base['preset'] else ''}{base['layers']} layers, {base['params']:,} params"
+        f"[bold]base[/bold] {base['folder']} ({base['preset'] + ', ' if base['preset'] else ''}{base['layers']} "
+        f"layers, {base['params']:,} params"
         f"{', reused' if base['reused'] else ''}); [bold]KV Prediction[/bold] {kvp['folder']} "
         f"(LP-{kvp['aux'].get('keep', 0):.2f}: {kvp['aux_layers']} layers, parameter ratio {kvp['param_ratio']:.2f}×"
         f"{', reused' if kvp['reused'] else ''})",

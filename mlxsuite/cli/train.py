@@ -90,7 +90,8 @@ def train(
         run,
         "train",
         lambda r: (
-            f"model: {r['folder']}  val CE {r.get('val_ce', float('nan')):.4f}  L_u {r.get('val_lu', float('nan')):.4f}  "
+            f"model: {r['folder']}  val CE {r.get('val_ce', float('nan')):.4f}  "
+            f"L_u {r.get('val_lu', float('nan')):.4f}  "
             f"bits/char {r.get('val_bpc', float('nan')):.4f}"
         ),
     )

@@ -168,7 +168,8 @@ def check_supported(header: GGUFHeader) -> None:
     if bad:
         parts = [f"{k} ({v[0]}" + (f" and {len(v) - 1} more)" if len(v) > 1 else ")") for k, v in bad.items()]
         raise UserError(
-            f"{header.path.name}: unsupported GGUF tensor type {', '.join(parts)}; supported: {', '.join(SUPPORTED_TYPES)}"
+            f"{header.path.name}: unsupported GGUF tensor type {', '.join(parts)}; "
+            f"supported: {', '.join(SUPPORTED_TYPES)}"
         )
 
 

@@ -1,8 +1,9 @@
 """KV Prediction recipe: build a (base, auxiliary, predictor) pair, train it with the shared trainer, and use it:
 its prompt fill for the one prefill and decode loop (`mlxsuite.generate`). The model code is in
-`mlxsuite.models.kv_prediction`; evaluation in `mlxsuite.kvp_eval`; the folder format in `mlxsuite.store` (config.json with model_type "kv_prediction": the base
-reference with the sha256 of its weights, aux kind, layer map, λs; `aux/`; `predictor.safetensors`; `run/`).
-`aux/`, the predictor and config.json appear when training ends; `resume=True` continues from `run/checkpoint`.
+`mlxsuite.models.kv_prediction`; evaluation in `kvp.evaluate`; the folder format in `mlxsuite.store`
+(config.json with model_type "kv_prediction": the base reference with the sha256 of its weights, aux kind, layer
+map, λs; `aux/`; `predictor.safetensors`; `run/`). `aux/`, the predictor and config.json appear when training
+ends; `resume=True` continues from `run/checkpoint`.
 """
 
 from __future__ import annotations

@@ -25,15 +25,15 @@ def eta(dense_final: float, flops: list[float], losses: list[float], dense_total
     """Speed-up factor η = F_dense / t*, t* = FLOPs at which the loss curve first reaches dense's final loss
     (linear interpolation in log FLOPs between points). None when the curve never reaches it (η < 1 here)."""
     prev = None
-    for f, l in zip(flops, losses):
-        if l <= dense_final:
+    for f, loss in zip(flops, losses):
+        if loss <= dense_final:
             if prev is None:
                 t = f
             else:
                 f0, l0 = prev
-                t = f0 * (f / f0) ** ((l0 - dense_final) / (l0 - l)) if l0 != l else f
+                t = f0 * (f / f0) ** ((l0 - dense_final) / (l0 - loss)) if l0 != loss else f
             return dense_total / t if t > 0 else None
-        prev = (f, l)
+        prev = (f, loss)
     return None
 
 

@@ -10,8 +10,8 @@ A model folder holds `config.json`, weights (`model*.safetensors`) and a tokeniz
 - `kv_prediction`: a KV Prediction pair: the base by reference (path, name and sha256 of its weights), the trained
   auxiliary as a model folder in `aux/`, the predictor in `predictor.safetensors`.
 
-References are resolved by `store.refs`. Everything is written through `platform.atomic` (temporary sibling, then rename). Only safetensors are read;
-pickle checkpoints are refused.
+References are resolved by `store.refs`. Everything is written through `platform.atomic` (temporary sibling, then
+rename). Only safetensors are read; pickle checkpoints are refused.
 """
 
 from __future__ import annotations

@@ -334,12 +334,15 @@ def analyze(
     if len(per_budget) >= 2:
         vs = [o["vocab"] for o in per_budget]
         grows = bool(all(b >= a for a, b in zip(vs, vs[1:])) and vs[-1] > vs[0])
-    if len(per_budget) >= 2 and all(o["by_bpc"] for o in per_budget):
-        if any(not math.isclose(o["vocab"], o["by_bpc"]["vocab"], rel_tol=0.25) for o in per_budget):
-            notes.append(
-                "the optimal V by L_u and by bits per character differ by more than 25% at some budgets "
-                "(see by_bpc): L_u is per token, and a token of a larger vocabulary carries more text"
-            )
+    if (
+        len(per_budget) >= 2
+        and all(o["by_bpc"] for o in per_budget)
+        and any(not math.isclose(o["vocab"], o["by_bpc"]["vocab"], rel_tol=0.25) for o in per_budget)
+    ):
+        notes.append(
+            "the optimal V by L_u and by bits per character differ by more than 25% at some budgets "
+            "(see by_bpc): L_u is per token, and a token of a larger vocabulary carries more text"
+        )
     return {
         "per_model": per_model,
         "optimal_vocab": per_budget,

@@ -59,7 +59,7 @@ def plot_sweep(doc: dict, path: str | Path) -> Path:
         exponent = fits[key].get("exponent")
         line(fits[key].get("vocab"), style, label + (f", V ∝ C^{exponent:.2f}" if exponent is not None else ""))
     cs = np.geomspace(budgets[0], budgets[-1], 30)
-    for pi, p in enumerate(presets):
+    for p in presets:
         m = next(m for m in analysis["per_model"] if m["preset"] == p)
         paper = [scaling.PAPER_PARAMETRIC.optimal_nv(m["nnv"], c) / m["d"] for c in cs]
         ax2.plot(cs, paper, ":", color="0.4", label=f"paper's approach 3 (published constants), {p}")
