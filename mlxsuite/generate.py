@@ -135,7 +135,7 @@ def generate_text(
     context = getattr(getattr(model, "args", None), "max_position_embeddings", None)
     if context is not None and len(ids) + max_tokens > context:
         raise UserError(
-            f"the prompt ({len(ids)} tokens) and --max-tokens {max_tokens} exceed the model's context "
+            f"the prompt ({len(ids)} tokens) and `max_tokens` {max_tokens} exceed the model's context "
             f"({context} tokens): shorten the prompt or generate fewer tokens"
         )
     tokens = generate_tokens(model, mx.array(ids), max_tokens, temperature, top_k, **kw)

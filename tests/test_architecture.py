@@ -7,6 +7,7 @@ The layer table is ARCHITECTURE.md's: a module may import its own layer and the 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlxsuite"
@@ -159,3 +160,50 @@ def test_files_and_functions_fit_a_screen():
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and body_lines(node) > MAX_FUNCTION_LINES:
                 too_long.append(f"{name}:{node.lineno} {node.name}: {body_lines(node)} body lines")
     assert not too_long, "\n".join(too_long)
+
+
+def _user_error_texts(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "UserError":
+            for part in ast.walk(node):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    yield node.lineno, part.value
+
+
+def test_the_library_never_names_a_flag():
+    """Outside cli/ a bad-input message names fields (`seq_len`); cli/flags.py maps them to flags."""
+    flag = re.compile(r"(?<![\w-])(--[a-z][a-z-]+|-[a-zA-Z]/--|\(-[a-zA-Z]\))")
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0] == "cli":
+            continue
+        tree = ast.parse(path.read_text())
+        constants = [
+            (n.lineno, n.value.value)
+            for n in tree.body
+            if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+        ]
+        texts = list(_user_error_texts(tree)) + [(ln, v) for ln, v in constants if isinstance(v, str)]
+        found += [f"{path.relative_to(PACKAGE.parent)}:{ln}: {text!r}" for ln, text in texts if flag.search(text)]
+    assert not found, "\n".join(found)
+
+
+def test_every_field_maps_to_a_flag_of_the_cli():
+    import typer.main
+
+    from mlxsuite.cli import app
+    from mlxsuite.cli.flags import FLAGS, with_flags
+
+    options = set()
+    todo = [typer.main.get_command(app)]
+    while todo:
+        command = todo.pop()
+        todo += list(getattr(command, "commands", {}).values())
+        options |= {o for p in command.params if p.param_type_name == "option" for o in p.opts + p.secondary_opts}
+    missing = {field: flag for field, flag in FLAGS.items() if not set(flag.split("/")) <= options}
+    assert not missing, missing
+    assert (
+        with_flags("`seq_len` 9 is too long; pass `force`, not `nothing`")
+        == "--seq-len 9 is too long; pass --force, not `nothing`"
+    )
+    assert with_flags("`schedule` linear (the run has cosine)").startswith("--lr-schedule ")  # not --schedule

@@ -63,7 +63,7 @@ def check_mode_names(names: list[str], kvp: bool = False) -> None:
             raise UserError(f"unknown mode {name!r}: choose from {', '.join(MODES)}")
         if name in KVP_MODES and not kvp:
             raise UserError(
-                f"mode {name!r} needs a KV Prediction pair: add --kvp DIR (a folder from `mlxsuite kvp train`)"
+                f"mode {name!r} needs a KV Prediction pair: add `kvp` DIR (a folder from `mlxsuite kvp train`)"
             )
 
 

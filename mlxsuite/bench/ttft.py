@@ -127,13 +127,13 @@ def check_configs(
                 f"context ({args.max_position_embeddings} tokens)"
             )
         if cached and cached >= T:
-            raise UserError(f"--prefix-cache {cached} must be shorter than every prompt length (got {T} tokens)")
+            raise UserError(f"`prefix_cache` {cached} must be shorter than every prompt length (got {T} tokens)")
     if reps < 1:
-        raise UserError(f"--reps must be at least 1, got {reps}")
+        raise UserError(f"`reps` must be at least 1, got {reps}")
     if warmup < 0:
-        raise UserError(f"--warmup must be 0 or more, got {warmup}")
+        raise UserError(f"`warmup` must be 0 or more, got {warmup}")
     if cached < 0 or decode < 0:
-        raise UserError("--prefix-cache and -g must be 0 or more")
+        raise UserError("`prefix_cache` and `generation_tokens` must be 0 or more")
     if decode and not any(B == 1 for _, B in configs):
         raise UserError("-g decodes at batch 1 only (the decode loop is single-sequence): add batch size 1")
 
@@ -230,8 +230,8 @@ def run(
             for m in modes:
                 if m.prefix_cache is None:
                     raise UserError(
-                        f"--prefix-cache does not apply to mode {m.name!r} (its prompt fill starts "
-                        "from empty caches): measure it without, or choose other --modes"
+                        f"`prefix_cache` does not apply to mode {m.name!r} (its prompt fill starts "
+                        "from empty caches): measure it without, or choose other `modes`"
                     )
     units, notes = _units(setups, built, configs, seed, decode, cached)
 

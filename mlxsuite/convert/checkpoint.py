@@ -320,4 +320,4 @@ def copy_side_files(src: Path, dst: Path, names=SIDE_FILES) -> None:
 
 def refuse_existing(out: Path, force: bool) -> None:
     if out.exists() and not force:
-        raise UserError(f"{out} exists: choose another name or pass --force")
+        raise UserError(f"{out} exists: choose another name or pass `force`")

@@ -80,7 +80,7 @@ def _keep_rule(keep: float):
     for k, rule in _KEEP_RULES.items():
         if abs(keep - k) < 1e-9:
             return rule
-    raise UserError(f"--keep must be 0.75, 0.5 or 0.25 (the KV Prediction paper's LP models), got {keep}")
+    raise UserError(f"`keep` must be 0.75, 0.5 or 0.25 (the KV Prediction paper's LP models), got {keep}")
 
 
 # ---- Hugging Face → this project -----------------------------------------------------------------------------------
@@ -182,16 +182,16 @@ def from_hf(
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype}")
     if quant is not None and dequantize:
-        raise UserError("choose either quantize (-q) or dequantize (-d), not both")
+        raise UserError("choose either `quantize` or `dequantize`, not both")
     hf_dir = Path(hf_dir).expanduser()
     tensors = scan(hf_dir)  # refuses pickle checkpoints, missing folders
     config = read_config(hf_dir)
     args, notes = hf_config_to_args(config, has_lm_head="lm_head.weight" in tensors)
     source_quant = quantized_layers(config, tensors) if config.get("quantization") else {}
     if source_quant and quant is not None:
-        raise UserError(f"{hf_dir} is already quantized: pass -d/--dequantize to convert it to floats instead")
+        raise UserError(f"{hf_dir} is already quantized: pass `dequantize` to convert it to floats instead")
     if dequantize and not source_quant:
-        raise UserError(f"-d/--dequantize: {hf_dir} is not quantized")
+        raise UserError(f"`dequantize`: {hf_dir} is not quantized")
     refuse_existing(out, force)
 
     # what mlx-lm's sanitize drops: precomputed rotary frequencies, the head of a tied model

@@ -123,13 +123,13 @@ def train_tokenizer(
         if fits:
             raise UserError(
                 f"the corpus is too small for a vocabulary of {vocab_size}: it supports at most "
-                f"{fits.group(1)} pieces, pass --vocab-size {fits.group(1)} or less"
+                f"{fits.group(1)} pieces, pass `vocab_size` {fits.group(1)} or less"
             ) from None
         needs = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
         if needs:
             raise UserError(
                 f"vocabulary size {vocab_size} is too small for this corpus: its characters alone need "
-                f"{needs.group(1)} ids, pass --vocab-size {needs.group(1)} or more"
+                f"{needs.group(1)} ids, pass `vocab_size` {needs.group(1)} or more"
             ) from None
         raise UserError(
             f"tokenizer training failed at vocabulary size {vocab_size}: {str(e).splitlines()[0]}"

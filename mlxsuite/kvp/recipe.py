@@ -60,9 +60,9 @@ def parse_aux(aux: str) -> tuple[str, Optional[float]]:
         try:
             keep = float(aux.split(":", 1)[1])
         except ValueError:
-            raise UserError(f"--aux prune:X needs X in 0.75, 0.5, 0.25, got {aux!r}") from None
+            raise UserError(f"`aux` prune:X needs X in 0.75, 0.5, 0.25, got {aux!r}") from None
         if not any(abs(keep - k) < 1e-9 for k in (0.75, 0.5, 0.25)):
-            raise UserError(f"--aux prune:X needs X in 0.75, 0.5, 0.25 (the paper's LP models), got {keep}")
+            raise UserError(f"`aux` prune:X needs X in 0.75, 0.5, 0.25 (the paper's LP models), got {keep}")
         return "prune", keep
     return "model", None
 
@@ -94,7 +94,7 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str
             predictor.set_identity()
         except ValueError:
             raise UserError(
-                "--predictor-init identity needs equal auxiliary and base KV widths (an LP auxiliary)"
+                "`predictor_init` identity needs equal auxiliary and base KV widths (an LP auxiliary)"
             ) from None
     pair = kvm.KVPredictionModel(base, aux, predictor)
     pair.base.freeze()
@@ -141,10 +141,10 @@ class KVPRunSpec:
                 raise UserError(f"{name.replace('_', '-')} must be >= 0, got {v}")
         kind, _ = parse_aux(self.aux)
         if self.predictor_init not in ("default", "identity"):
-            raise UserError(f"--predictor-init must be default or identity, got {self.predictor_init!r}")
+            raise UserError(f"`predictor_init` must be default or identity, got {self.predictor_init!r}")
         if self.baseline and kind != "prune":
             raise UserError(
-                "--baseline trains the OE-LP baseline of a layer-pruned auxiliary (--aux prune:X); the "
+                "`baseline` trains the OE-LP baseline of a layer-pruned auxiliary (`aux` prune:X); the "
                 "baseline of KVP-C is the auxiliary's original weights, which `kvp eval` uses as they are"
             )
         self.train.validate()
@@ -239,7 +239,7 @@ def train_kvp(
         windows = data.eval_windows(val_tokens, spec.seq_len, spec.eval_windows)
         if spec.seq_len > pair.base.args.max_position_embeddings:
             raise UserError(
-                f"--seq-len {spec.seq_len} is longer than the base's context "
+                f"`seq_len` {spec.seq_len} is longer than the base's context "
                 f"({pair.base.args.max_position_embeddings} tokens)"
             )
         callback(

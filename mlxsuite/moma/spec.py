@@ -206,5 +206,5 @@ def check_divisible(args: mm.ModelArgs, rows: int, seq_len: int, image_tokens_pe
         if n % e:
             raise UserError(
                 f"{what} sees {n} tokens per micro-batch, which does not divide into {e} experts: "
-                "change --batch-size, --seq-len or the variant"
+                "change `batch_size`, `seq_len` or the variant"
             )

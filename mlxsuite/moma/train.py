@@ -106,9 +106,9 @@ def _upcycle_source(spec: MomaRunSpec) -> Optional[mm.Model]:
         return None
     source, src_spec, src_folder = load_run(spec.upcycle_from)
     if source.args.ffn != "moma" or source.args.groups != [1, 1]:
-        raise UserError(f"--upcycle-from needs a moma1t1i run, {spec.upcycle_from} is {src_spec.variant}")
+        raise UserError(f"`upcycle_from` needs a moma1t1i run, {spec.upcycle_from} is {src_spec.variant}")
     if parse_variant(spec.variant, spec.mod)["ffn"] != "moma":
-        raise UserError("upcycling makes a moma<T>t<I>i model: choose such a --variant")
+        raise UserError("upcycling makes a moma<T>t<I>i model: choose such a `variant`")
     spec.assets = str(src_folder)
     spec.data_offset = src_spec.train.steps + src_spec.data_offset
     return source

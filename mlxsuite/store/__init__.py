@@ -130,7 +130,7 @@ def load_model(ref: str, dtype=None, dequantize: Optional[bool] = False):
 def _hint(kind: str) -> str:
     return {
         "moma": ": use the `mlxsuite moma` commands",
-        KVP_TYPE: ": pass its base model (with --kvp for KV Prediction)",
+        KVP_TYPE: ": pass its base model (with `kvp` for KV Prediction)",
     }.get(kind, "")
 
 

@@ -62,7 +62,7 @@ class LMRunSpec:
                 raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         context = lm.preset_args(self.preset, 1, **self.model_overrides).max_position_embeddings
         if not self.init_from and self.seq_len > context:
-            raise UserError(f"--seq-len {self.seq_len} is longer than the model's context ({context} tokens)")
+            raise UserError(f"`seq_len` {self.seq_len} is longer than the model's context ({context} tokens)")
         self.train.validate()
 
 
@@ -124,7 +124,7 @@ def train_lm(
         if spec.init_from:
             model, _, src = store.load_model(spec.init_from)
             if "quantization" in store.read_config(src):
-                raise UserError(f"{src} is quantized: train from a float model (convert from-hf without --quantize)")
+                raise UserError(f"{src} is quantized: train from a float model (convert from-hf without `quantize`)")
             model.train()
             args = model.args
             origin = {"init_from": str(src)}
@@ -134,7 +134,7 @@ def train_lm(
             origin = {"preset": spec.preset}
         if spec.seq_len > args.max_position_embeddings:
             raise UserError(
-                f"--seq-len {spec.seq_len} is longer than the model's context ({args.max_position_embeddings} tokens)"
+                f"`seq_len` {spec.seq_len} is longer than the model's context ({args.max_position_embeddings} tokens)"
             )
         if args.vocab_size < tok.vocab_size:
             raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model only {args.vocab_size} embeddings")
@@ -209,7 +209,7 @@ def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128,
         corpus_spec = store.read_config(folder).get("mlxsuite", {}).get("corpus")
         if corpus_spec not in (None, "stdlib") and not Path(corpus_spec).exists():
             raise UserError(
-                f"{folder} was trained on {corpus_spec}, which is gone: pass --corpus (stdlib: the embedded corpus)"
+                f"{folder} was trained on {corpus_spec}, which is gone: pass `corpus` (stdlib: the embedded corpus)"
             )
     corpus = data.load_corpus(corpus_spec)
     val = data.token_stream(tok, corpus, "val")

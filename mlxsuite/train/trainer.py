@@ -196,7 +196,7 @@ def _changed(spec, saved, given: Iterable[str]) -> list[str]:
         for obj, old in ((spec, saved), (getattr(spec, "train", None), getattr(saved, "train", None))):
             if obj is not None and hasattr(obj, name) and hasattr(old, name):
                 if getattr(obj, name) != getattr(old, name):
-                    out.append(f"--{name.replace('_', '-')} {getattr(obj, name)} (the run has {getattr(old, name)})")
+                    out.append(f"`{name}` {getattr(obj, name)} (the run has {getattr(old, name)})")
                 break
     return out
 
@@ -216,14 +216,14 @@ def open_run(folder: Path, spec, resume: bool, force: bool, group=None, given: I
         changed = _changed(spec, saved, given)
         if changed:
             raise UserError(
-                "--resume continues a run with the settings it began with; these differ: "
+                "`resume` continues a run with the settings it began with; these differ: "
                 + ", ".join(changed)
-                + " (drop them, or start over with --force)"
+                + " (drop them, or start over with `force`)"
             )
         spec = saved
     spec.validate()
     if not resume and folder.exists() and not force:
-        raise UserError(f"{folder} exists: pass --resume to continue its run or --force to start over")
+        raise UserError(f"{folder} exists: pass `resume` to continue its run or `force` to start over")
     barrier(group)  # every rank has checked before rank 0 writes anything
     made = tuple(p for p in folder.absolute().parents if not p.exists())
     if group.rank() == 0 and not resume:

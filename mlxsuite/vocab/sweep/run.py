@@ -54,7 +54,7 @@ def _load_doc(folder: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())
     except ValueError:
-        raise UserError(f"{path} is not valid JSON: remove it or pass --force to start over") from None
+        raise UserError(f"{path} is not valid JSON: remove it or pass `force` to start over") from None
 
 
 def run_sweep(
@@ -87,14 +87,14 @@ def run_sweep(
     if doc is not None and doc.get("format") != FORMAT:
         raise UserError(
             f"{folder} holds a sweep of format {doc.get('format')} (this mlxsuite writes {FORMAT}: "
-            "tokenizers without byte fallback): use another --out or pass --force"
+            "tokenizers without byte fallback): use another `out` or pass `force`"
         )
     if doc is not None and doc.get("settings") != asdict(settings):
         old = doc.get("settings", {})
         diff = ", ".join(f"{k}: {old.get(k)!r} → {v!r}" for k, v in asdict(settings).items() if old.get(k) != v)
-        raise UserError(f"{folder} holds a sweep with other settings ({diff}): use another --out or pass --force")
+        raise UserError(f"{folder} holds a sweep with other settings ({diff}): use another `out` or pass `force`")
     if doc is None and folder.exists() and any(folder.iterdir()):
-        raise UserError(f"{folder} exists and is not a sweep: use another --out or pass --force")
+        raise UserError(f"{folder} exists and is not a sweep: use another `out` or pass `force`")
     corpus = load_corpus(settings.corpus) if doc is None else None  # a new sweep checks its corpus before writing
     folder.mkdir(parents=True, exist_ok=True)
     doc = doc or {"format": FORMAT, "settings": asdict(settings), "tokenizers": {}, "runs": {}}
