@@ -88,7 +88,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|" + "---|---|" * bool(a.decode))
     reports = []
     for name, pair in runs:
-        setup = ttft.Setup(pair.base, step, extras={"kvp": pair})
+        setup = ttft.Setup(pair.base, step, kvp=pair)
         rep = ttft.run(setup, ["base", "aux", "kvp"], [(T, 1) for T in lengths], a.reps, a.warmup, decode=a.decode)
         rep["pair"] = name
         reports.append(rep)

@@ -41,7 +41,7 @@ def _unfused(setup: ttft.Setup) -> ttft.Mode:
 
 
 def _mlx_lm_default(setup: ttft.Setup) -> ttft.Mode:
-    mode = ttft.MODES["mlx-lm"](ttft.Setup(setup.model, 2048, {}))
+    mode = ttft.MODES["mlx-lm"](ttft.Setup(setup.model, 2048))
     mode.name = "mlx-lm-2048"
     return mode
 

@@ -223,7 +223,7 @@ def run_quickstart(
         ttft_done,
     )
     if not ttft_done:
-        setup = ttft.Setup(pair.base, default_prefill_step(), {"kvp": pair})
+        setup = ttft.Setup(pair.base, default_prefill_step(), kvp=pair)
         report = ttft.run(
             setup,
             ["base", "aux", "kvp"],

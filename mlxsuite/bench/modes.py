@@ -1,7 +1,7 @@
 """The modes `mlxsuite bench ttft` measures. A mode is one way to produce the first token: `run(tokens, cache,
 decode)` yields the first token ids (B,), lazy is fine, then `decode` more token ids (batch 1); plus the FLOPs it
 spends, and (optionally) how to make a prompt cache holding a prefix. `base` is our prefill, `mlx-lm` is mlx-lm's
-`generate_step` on the same weights; with a KV Prediction pair (`Setup.extras["kvp"]`, whose base is
+`generate_step` on the same weights; with a KV Prediction pair (`Setup.kvp`, whose base is
 `Setup.model`) `aux` is the auxiliary alone (prefilled exactly as the base) and `kvp` is KV Prediction's prompt
 step (aux on N−1 tokens, predictor per chunk, base on the last token), which decodes with the base alone. More
 modes plug in with `register_mode` (benchmarks/ttft_vs_mlx_lm.py adds two).
@@ -10,7 +10,7 @@ modes plug in with `register_mode` (benchmarks/ttft_vs_mlx_lm.py adds two).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import mlx.core as mx
@@ -18,6 +18,7 @@ import mlx.core as mx
 from mlxsuite.generate import generate_tokens, prefill, sample
 from mlxsuite.kvp.recipe import prompt_fill
 from mlxsuite.models import flops
+from mlxsuite.models.kv_prediction import KVPredictionModel
 from mlxsuite.models.lm import Model
 from mlxsuite.platform.errors import UserError
 
@@ -28,7 +29,7 @@ class Setup:
 
     model: Model
     prefill_step: int
-    extras: dict = field(default_factory=dict)  # options for modes that need more (e.g. an auxiliary model)
+    kvp: Optional[KVPredictionModel] = None  # a KV Prediction pair on `model` (the aux and kvp modes)
     name: str = "model"  # how the report names the model
     tokenizer: Any = None  # times tokenization of the random prompts' text when given
 
@@ -47,7 +48,7 @@ class Mode:
 
 ModeBuilder = Callable[[Setup], Mode]
 MODES: dict[str, ModeBuilder] = {}
-KVP_MODES = ("aux", "kvp")  # need a KV Prediction pair: Setup.extras["kvp"]
+KVP_MODES = ("aux", "kvp")  # need a KV Prediction pair: Setup.kvp
 
 
 def register_mode(name: str, builder: ModeBuilder) -> None:
@@ -69,7 +70,7 @@ def check_mode_names(names: list[str], kvp: bool = False) -> None:
 
 def build_modes(names: list[str], setup: Setup) -> list[Mode]:
     """Mode objects for `names`, in order, without duplicates."""
-    check_mode_names(names, kvp="kvp" in setup.extras)
+    check_mode_names(names, kvp=setup.kvp is not None)
     return [MODES[name](setup) for name in dict.fromkeys(names)]
 
 
@@ -175,13 +176,13 @@ def _mlx_lm_mode(setup: Setup) -> Mode:
 
 def _aux_mode(setup: Setup) -> Mode:
     """The auxiliary alone, prefilled exactly as the base is."""
-    return prefill_mode("aux", setup.extras["kvp"].auxiliary, setup.prefill_step)
+    return prefill_mode("aux", setup.kvp.auxiliary, setup.prefill_step)
 
 
 def _kvp_mode(setup: Setup) -> Mode:
     """KV Prediction's prompt step through the one prefill (kvp.prompt_fill), then the base decodes alone. Its
     fill starts from empty caches (the auxiliary's and the base's), so it takes no prefix cache."""
-    pair = setup.extras["kvp"]
+    pair = setup.kvp
     return prefill_mode(
         "kvp",
         pair.base,

@@ -90,7 +90,7 @@ def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
         mx.eval(pair.parameters())
     described = f"{model} with KV Prediction {folder.name} ({meta['aux'].get('kind', '?')}"
     described += f"-{meta['aux']['keep']:.2f})" if "keep" in meta["aux"] else ")"
-    return pair.base, tokenizer, described, {"kvp": pair}
+    return pair.base, tokenizer, described, pair
 
 
 def ttft(
@@ -228,10 +228,10 @@ def ttft(
     setups, described = [], []
     for name in names:
         if kvp is not None:
-            m, tok, what, extras = _load_kvp(name, kvp, vocab_size, dt)
+            m, tok, what, pair = _load_kvp(name, kvp, vocab_size, dt)
         else:
-            (m, tok, what), extras = _load(name, vocab_size, dt, seed), {}
-        setups.append(lib.Setup(m, prefill_step or default_prefill_step(), extras, name=name, tokenizer=tok))
+            (m, tok, what), pair = _load(name, vocab_size, dt, seed), None
+        setups.append(lib.Setup(m, prefill_step or default_prefill_step(), pair, name=name, tokenizer=tok))
         described.append(what)
         lib.check_configs(m.args, configs, reps, warmup, prefix_cache, generation_tokens)
     header = (
