@@ -66,7 +66,7 @@ def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
         return model, None, f"preset {name}, random weights, V={V}"
     if vocab_size is not None:
         raise UserError(f"--vocab-size applies to presets only; {folder} has its own vocabulary")
-    loaded = store.load(str(folder), "lm", dtype=dtype, dequantize=None)
+    loaded = store.load(str(folder), "lm", dtype=dtype, dequantize=True)
     for note in loaded.notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     return loaded.model, loaded.tokenizer, str(folder)

@@ -39,7 +39,7 @@ def generate(
         m, folder = pair.base, store.resolve(model)
         kw["cache"], kw["fill"] = prompt_fill(pair)
     else:
-        loaded = store.load(model, "lm", dequantize=None)
+        loaded = store.load(model, "lm", dequantize=True)
         m, tok, folder = loaded.model, loaded.tokenizer, loaded.folder
         for note in loaded.notes:
             err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -67,12 +67,21 @@ def parse_aux(aux: str) -> tuple[str, Optional[float]]:
     return "model", None
 
 
-def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str = "default"):
-    """(pair, tokenizer, base_folder, info). The base is frozen; the aux is a layer-pruned copy of the base
+class BuiltPair(NamedTuple):
+    """A new (untrained) KV Prediction pair and where it comes from."""
+
+    pair: kvm.KVPredictionModel
+    tokenizer: Any
+    base_folder: Path
+    info: dict  # the auxiliary: kind ("LP" or "C"), keep and retained layers or source, layer_map
+
+
+def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str = "default") -> BuiltPair:
+    """A new pair. The base is frozen; the aux is a layer-pruned copy of the base
     (`prune:X`, KVP-LP) or a stored smaller model sharing its tokenizer (KVP-C); the predictor has nn.Linear's
     default init (the paper's), or with `predictor_init="identity"` starts as the identity (needs equal KV widths,
     as an LP auxiliary has: each base layer then starts from the copy of the base layer its aux layer is)."""
-    base, tok, base_folder = store.load_model(base_name, dequantize=None)
+    base, tok, base_folder = store.load_model(base_name, dequantize=True)
     if tok is None:
         raise UserError(f"{base_folder} has no tokenizer")
     kind, keep = parse_aux(aux_spec)
@@ -83,7 +92,7 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str
         layer_map = kvm.lp_layer_map(keep, retained, n_base)
         info = {"kind": "LP", "keep": keep, "retained": retained}
     else:
-        aux, _, aux_folder = store.load_model(aux_spec, dequantize=None)
+        aux, _, aux_folder = store.load_model(aux_spec, dequantize=True)
         check_same_tokenizer(base_folder, base, aux_folder, aux)
         layer_map = kvm.contiguous_layer_map(n_base, aux.args.num_hidden_layers)
         info = {"kind": "C", "source": str(aux_folder.resolve())}
@@ -101,7 +110,7 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str
     pair.auxiliary.train()
     mx.eval(pair.parameters())
     info["layer_map"] = layer_map
-    return pair, tok, base_folder, info
+    return BuiltPair(pair, tok, base_folder, info)
 
 
 # ---- training -----------------------------------------------------------------------------------------------------
@@ -315,20 +324,29 @@ def _train_baseline(model: lm.Model, run: trainer.Run, batches, windows, tok, ca
 # ---- loading and inference ----------------------------------------------------------------------------------------
 
 
-def load_pair(ref: str, expect_base: Optional[str] = None):
-    """(pair, tokenizer, folder, config) from a KV Prediction folder (`store.load` refuses a base whose weights
-    changed since training); with `expect_base` (e.g. `mlxsuite generate BASE --kvp DIR`) also a pair trained for
+class StoredPair(NamedTuple):
+    """A trained KV Prediction pair as loaded from its folder."""
+
+    pair: kvm.KVPredictionModel
+    tokenizer: Any
+    folder: Path
+    config: dict  # its config.json: the base reference, aux, layer map, λs
+
+
+def load_pair(ref: str, expect_base: Optional[str] = None) -> StoredPair:
+    """A KV Prediction folder for inference (`store.load`'s rule: a quantized base or auxiliary is dequantized on
+    the CPU; it refuses a base whose weights changed since training); with `expect_base` (e.g. `mlxsuite generate BASE --kvp DIR`) also a pair trained for
     another base."""
     if not any((path / store.CONFIG_FILE).is_file() for path in (Path(ref).expanduser(), store.models_dir() / ref)):
         raise UserError(f"KVP folder not found: {ref} (not a folder, and not in the store {store.models_dir()})")
-    loaded = store.load(ref, store.KVP_TYPE)
+    loaded = store.load(ref, store.KVP_TYPE, dequantize=True)
     base = loaded.config["base"]
     if expect_base is not None:
         folder = store.resolve(expect_base).resolve()
         same = folder == Path(base["path"]).resolve()  # then `store.load` has just checked its hash
         if not same and store.weights_hash(folder) != base["sha256"]:
             raise UserError(f"{loaded.folder} was trained for the base {base['name']}, not {expect_base}")
-    return loaded.model, loaded.tokenizer, loaded.folder, loaded.config
+    return StoredPair(loaded.model, loaded.tokenizer, loaded.folder, loaded.config)
 
 
 def prompt_fill(pair: kvm.KVPredictionModel) -> tuple[list, Callable]:

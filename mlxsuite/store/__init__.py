@@ -92,10 +92,11 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
-def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: Optional[bool] = False) -> Loaded:
+def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: bool = False) -> Loaded:
     """Load any model folder (by reference) in eval mode. `kind` refuses other kinds in one line. `dequantize`
-    turns quantized layers back into float ones (None: on the CPU only, where MLX's quantized matmul does not use
-    the BLAS and runs ~40× slower than float32; said in `notes`); `dtype` casts the floating-point weights."""
+    (for inference) applies the one rule: on the CPU quantized layers become float32 ones (MLX's CPU quantized
+    matmul does not use the BLAS and runs ~40× slower; said in `notes`), on a GPU they stay quantized; False keeps
+    the weights as stored. A pair's base and auxiliary follow the same rule. `dtype` casts the float weights."""
     folder = resolve(ref)
     config = read_config(folder)
     found = kind_of(config, folder)
@@ -105,9 +106,7 @@ def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: Optional[
         return _load_pair(folder, config, dtype, dequantize)
     model = _load_weights(folder)
     notes = []
-    if dequantize is None:
-        dequantize = mx.default_device().type == mx.DeviceType.cpu
-    if dequantize and _is_quantized(model):
+    if dequantize and mx.default_device().type == mx.DeviceType.cpu and _is_quantized(model):
         model = dequantize_model(model)
         model.set_dtype(dtype or mx.float32)  # GGUF and mlx-lm scales are half precision: the BLAS wants float32
         notes.append(
@@ -121,7 +120,7 @@ def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: Optional[
     return Loaded(model, load_tokenizer(folder), folder, config, found, notes)
 
 
-def load_model(ref: str, dtype=None, dequantize: Optional[bool] = False):
+def load_model(ref: str, dtype=None, dequantize: bool = False):
     """(language model, tokenizer, folder): the common case of `load`."""
     loaded = load(ref, "lm", dtype, dequantize)
     return loaded.model, loaded.tokenizer, loaded.folder
