@@ -335,8 +335,8 @@ class StoredPair(NamedTuple):
 
 def load_pair(ref: str, expect_base: Optional[str] = None) -> StoredPair:
     """A KV Prediction folder for inference (`store.load`'s rule: a quantized base or auxiliary is dequantized on
-    the CPU; it refuses a base whose weights changed since training); with `expect_base` (e.g. `mlxsuite generate BASE --kvp DIR`) also a pair trained for
-    another base."""
+    the CPU; it refuses a base whose weights changed since training); with `expect_base` (the base a command
+    names beside the pair) also a pair trained for another base."""
     if not any((path / store.CONFIG_FILE).is_file() for path in (Path(ref).expanduser(), store.models_dir() / ref)):
         raise UserError(f"KVP folder not found: {ref} (not a folder, and not in the store {store.models_dir()})")
     loaded = store.load(ref, store.KVP_TYPE, dequantize=True)
