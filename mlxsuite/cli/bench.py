@@ -184,35 +184,10 @@ def ttft(
     and alternate the modes; every run starts from a fresh KV cache. Tokenization is timed apart, for models with a
     tokenizer.
     """
-    names = list(model or []) + list(models or [])
-    if not names:
-        raise UserError("name a model: MODEL or -m MODEL (a folder, a store name or a preset: micro, tiny, …)")
-    if len(set(names)) != len(names):
-        raise UserError(f"a model is named twice: {', '.join(names)}")
-    if json_out:
-        if output not in ("table", "json"):
-            raise UserError(f"--json is -o json: drop it or -o {output}")
-        output = "json"
-    if wide and output not in ("table", "md"):
-        raise UserError(f"--wide selects table columns: -o {output} has every field already")
-    if kvp is not None and len(names) > 1:
-        raise UserError("--kvp belongs to one base model: measure one MODEL with it")
-    if modes is None:
-        modes = "base,aux,kvp" if kvp is not None else "base"
-    mode_names = [m.strip() for m in modes.split(",") if m.strip()]
-    if compare_mlx_lm and "mlx-lm" not in mode_names:
-        mode_names.append("mlx-lm")
-    lib.check_mode_names(mode_names, kvp=kvp is not None)
-    if paper_regime:
-        if prompt_lengths is not None or batch_sizes is not None:
-            raise UserError(
-                "--paper-regime sets the prompt lengths and batch sizes: drop --prompt-lengths/--batch-sizes"
-            )
-        configs = lib.PAPER_REGIME
-    else:
-        lengths = parse_int_list("--prompt-lengths", DEFAULT_LENGTHS if prompt_lengths is None else prompt_lengths)
-        batches = parse_int_list("--batch-sizes", "1" if batch_sizes is None else batch_sizes)
-        configs = [(T, B) for B in batches for T in lengths]
+    names = _model_names(model, models, kvp)
+    output = _output_format(output, json_out, wide)
+    mode_names = _mode_names(modes, kvp, compare_mlx_lm)
+    configs = _configs(paper_regime, prompt_lengths, batch_sizes)
     positive("--reps", reps)
     positive("--prefill-step", prefill_step)
     positive("--vocab-size", vocab_size)
@@ -242,6 +217,53 @@ def ttft(
     with _progress(header) as progress:
         report = lib.run(setups, mode_names, configs, reps, warmup, seed, progress, generation_tokens, prefix_cache)
     report["described"] = described
+    _print_report(report, output, wide, plot)
+
+
+def _model_names(model: Optional[list[str]], models: Optional[list[str]], kvp: Optional[str]) -> list[str]:
+    names = list(model or []) + list(models or [])
+    if not names:
+        raise UserError("name a model: MODEL or -m MODEL (a folder, a store name or a preset: micro, tiny, …)")
+    if len(set(names)) != len(names):
+        raise UserError(f"a model is named twice: {', '.join(names)}")
+    if kvp is not None and len(names) > 1:
+        raise UserError("--kvp belongs to one base model: measure one MODEL with it")
+    return names
+
+
+def _output_format(output: str, json_out: bool, wide: bool) -> str:
+    if json_out:
+        if output not in ("table", "json"):
+            raise UserError(f"--json is -o json: drop it or -o {output}")
+        output = "json"
+    if wide and output not in ("table", "md"):
+        raise UserError(f"--wide selects table columns: -o {output} has every field already")
+    return output
+
+
+def _mode_names(modes: Optional[str], kvp: Optional[str], compare_mlx_lm: bool) -> list[str]:
+    if modes is None:
+        modes = "base,aux,kvp" if kvp is not None else "base"
+    mode_names = [m.strip() for m in modes.split(",") if m.strip()]
+    if compare_mlx_lm and "mlx-lm" not in mode_names:
+        mode_names.append("mlx-lm")
+    lib.check_mode_names(mode_names, kvp=kvp is not None)
+    return mode_names
+
+
+def _configs(paper_regime: bool, prompt_lengths: Optional[str], batch_sizes: Optional[str]) -> list[tuple[int, int]]:
+    if paper_regime:
+        if prompt_lengths is not None or batch_sizes is not None:
+            raise UserError(
+                "--paper-regime sets the prompt lengths and batch sizes: drop --prompt-lengths/--batch-sizes"
+            )
+        return lib.PAPER_REGIME
+    lengths = parse_int_list("--prompt-lengths", DEFAULT_LENGTHS if prompt_lengths is None else prompt_lengths)
+    batches = parse_int_list("--batch-sizes", "1" if batch_sizes is None else batch_sizes)
+    return [(T, B) for B in batches for T in lengths]
+
+
+def _print_report(report: dict, output: str, wide: bool, plot: Optional[Path]) -> None:
     recs = report_lib.records(report)
     if plot is not None:
         report_lib.plot(recs, plot)

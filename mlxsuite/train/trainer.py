@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional
@@ -287,17 +287,58 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     optimizer = make_optimizer(cfg)
     optimizer.init(model.trainable_parameters())
+    start = _start_step(run_dir, model, optimizer, resume, rank)
+    _reseed(cfg.seed, start)
+    mx.eval(model.parameters(), optimizer.state)
+    step_fn, state = _step_function(model, loss_fn, optimizer, cfg, group)
 
-    start = 0
+    callback("start", {"step": start, "steps": cfg.steps, "rank": rank, "world": world})
+    log_path = run_dir / METRICS
+    window = _Window()
+    metrics: dict = {}
+    for step in range(start, cfg.steps):
+        micro = _stack([_to_mx(m) for m in _split(batches(step), cfg.grad_accum)])
+        loss, grad_norm, aux = step_fn(micro)
+        mx.eval(state, loss, grad_norm, aux)
+        window.losses.append(loss)
+        window.tokens += tokens_per_row * _rows(micro) * world
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            metrics = window.metrics(done, grad_norm, aux, optimizer, group)
+            _log(log_path, rank, {"event": "train", **metrics})
+            callback("step", metrics)
+            window = _Window()
+        if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+            val = {"step": done, **evaluate(model)}
+            _log(log_path, rank, {"event": "eval", **val})
+            callback("eval", val)
+            metrics.update({f"val_{k}": v for k, v in val.items() if k != "step"})
+            window.t0 = time.perf_counter()
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            _reseed(cfg.seed, done)
+            if rank == 0:
+                path = save_checkpoint(run_dir, done, model, optimizer, {"config": asdict(cfg)})
+                callback("save", {"step": done, "path": str(path)})
+            window.t0 = time.perf_counter() if done % cfg.log_every == 0 else window.t0
+    callback("end", metrics)
+    return metrics
+
+
+def _start_step(run_dir: Path, model, optimizer, resume: bool, rank: int) -> int:
+    """The step to start from: the checkpoint's on resume (the log cut back to it), else 0 (a fresh log)."""
     if resume and has_checkpoint(run_dir):
         start = load_checkpoint(run_dir, model, optimizer)["step"]
         if rank == 0:
             _rewrite_metrics(run_dir / METRICS, start)
-    elif rank == 0:
+        return start
+    if rank == 0:
         (run_dir / METRICS).unlink(missing_ok=True)
-    _reseed(cfg.seed, start)
-    mx.eval(model.parameters(), optimizer.state)
+    return 0
 
+
+def _step_function(model, loss_fn: Callable, optimizer, cfg: TrainConfig, group):
+    """(one optimizer step over `cfg.grad_accum` micro-batches → (loss, grad norm, the recipe's metrics), the state
+    it changes); compiled with `cfg.compile`. Gradients are averaged over the ranks and clipped."""
     value_and_grad = nn.value_and_grad(model, loss_fn)
     accum = cfg.grad_accum
 
@@ -322,50 +363,34 @@ def train(
     state = [model.state, optimizer.state, mx.random.state]
     if cfg.compile:
         step_fn = partial(mx.compile, inputs=state, outputs=state)(step_fn)
+    return step_fn, state
 
-    callback("start", {"step": start, "steps": cfg.steps, "rank": rank, "world": world})
-    log_path = run_dir / METRICS
-    window_loss, window_tokens, window_t0 = [], 0, time.perf_counter()
-    metrics: dict = {}
-    for step in range(start, cfg.steps):
-        micro = _stack([_to_mx(m) for m in _split(batches(step), accum)])
-        loss, grad_norm, aux = step_fn(micro)
-        mx.eval(state, loss, grad_norm, aux)
-        window_loss.append(loss)
-        window_tokens += tokens_per_row * _rows(micro) * world
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            losses = mx.distributed.all_sum(mx.stack(window_loss), group=group) / world
-            names = sorted(aux)  # the recipe's own metrics, averaged over the ranks as the loss is
-            extra = mx.distributed.all_sum(mx.stack([aux[k] for k in names]), group=group) / world if names else []
-            dt = time.perf_counter() - window_t0
-            metrics = {
-                "step": done,
-                "loss": float(losses[-1].item()),
-                "loss_avg": float(losses.mean().item()),
-                "lr": float(optimizer.learning_rate.item()),
-                "grad_norm": float(grad_norm.item()),
-                "tokens_per_s": window_tokens / dt if dt > 0 else 0.0,
-                "peak_memory_bytes": mx.get_peak_memory(),
-                **{k: float(extra[i].item()) for i, k in enumerate(names)},
-            }
-            _log(log_path, rank, {"event": "train", **metrics})
-            callback("step", metrics)
-            window_loss, window_tokens, window_t0 = [], 0, time.perf_counter()
-        if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-            val = {"step": done, **evaluate(model)}
-            _log(log_path, rank, {"event": "eval", **val})
-            callback("eval", val)
-            metrics.update({f"val_{k}": v for k, v in val.items() if k != "step"})
-            window_t0 = time.perf_counter()
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            _reseed(cfg.seed, done)
-            if rank == 0:
-                path = save_checkpoint(run_dir, done, model, optimizer, {"config": asdict(cfg)})
-                callback("save", {"step": done, "path": str(path)})
-            window_t0 = time.perf_counter() if done % cfg.log_every == 0 else window_t0
-    callback("end", metrics)
-    return metrics
+
+@dataclass
+class _Window:
+    """The steps since the last log line: their losses, tokens and start time."""
+
+    losses: list = field(default_factory=list)
+    tokens: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def metrics(self, done: int, grad_norm, aux: dict, optimizer, group) -> dict:
+        """The log line: loss (last and window mean) and the recipe's metrics, averaged over the ranks."""
+        world = group.size()
+        losses = mx.distributed.all_sum(mx.stack(self.losses), group=group) / world
+        names = sorted(aux)
+        extra = mx.distributed.all_sum(mx.stack([aux[k] for k in names]), group=group) / world if names else []
+        dt = time.perf_counter() - self.t0
+        return {
+            "step": done,
+            "loss": float(losses[-1].item()),
+            "loss_avg": float(losses.mean().item()),
+            "lr": float(optimizer.learning_rate.item()),
+            "grad_norm": float(grad_norm.item()),
+            "tokens_per_s": self.tokens / dt if dt > 0 else 0.0,
+            "peak_memory_bytes": mx.get_peak_memory(),
+            **{k: float(extra[i].item()) for i, k in enumerate(names)},
+        }
 
 
 def _rows(micro) -> int:
