@@ -211,6 +211,22 @@ def eval_pair(pair: kvm.KVPredictionModel, windows: np.ndarray, batch_size: int 
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def _pair_config(spec: KVPRunSpec, pair, base_folder: Path, base_hash: str, info: dict, lambda_kv: float) -> dict:
+    """The pair's config.json (without the predictor's args): the base by reference, the aux, the λs, sizes."""
+    return {
+        "base": {"name": spec.base, "path": str(base_folder.resolve()), "sha256": base_hash},
+        "aux": {k: v for k, v in info.items() if k != "layer_map"},
+        "layer_map": info["layer_map"],
+        "lambda_kv": lambda_kv,
+        "lambda_aux": spec.lambda_aux,
+        "params": {
+            "base": pair.base.args.n_params,
+            "aux": pair.auxiliary.args.n_params,
+            "predictor": pair.predictor.n_params(),
+        },
+    }
+
+
 def train_kvp(
     spec: KVPRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None, given=()
 ) -> dict:
@@ -227,18 +243,7 @@ def train_kvp(
             raise UserError(f"the base model {base_folder} changed since this run started")
         n_base = pair.base.args.num_hidden_layers
         lambda_kv = 1.0 / n_base if spec.lambda_kv is None else spec.lambda_kv
-        meta = {
-            "base": {"name": spec.base, "path": str(base_folder.resolve()), "sha256": base_hash},
-            "aux": {k: v for k, v in info.items() if k != "layer_map"},
-            "layer_map": info["layer_map"],
-            "lambda_kv": lambda_kv,
-            "lambda_aux": spec.lambda_aux,
-            "params": {
-                "base": pair.base.args.n_params,
-                "aux": pair.auxiliary.args.n_params,
-                "predictor": pair.predictor.n_params(),
-            },
-        }
+        meta = _pair_config(spec, pair, base_folder, base_hash, info, lambda_kv)
         if run.rank == 0:
             atomic.write_json(run.dir / BASE_FILE, meta["base"])
 

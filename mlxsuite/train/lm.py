@@ -89,6 +89,38 @@ def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus):
     return train_tokenizer(corpus.train, spec.vocab_size, path)
 
 
+def _model(spec: LMRunSpec, tok) -> tuple[lm.Model, lm.ModelArgs, dict]:
+    """The model to train (from a preset, or a stored float model), its args and where it came from."""
+    if spec.init_from:
+        model, _, src = store.load_model(spec.init_from)
+        if "quantization" in store.read_config(src):
+            raise UserError(f"{src} is quantized: train from a float model (convert from-hf without `quantize`)")
+        model.train()
+        args = model.args
+        origin = {"init_from": str(src)}
+    else:
+        args = lm.preset_args(spec.preset, tok.vocab_size, **spec.model_overrides)
+        model = lm.build(args, seed=spec.seed)
+        origin = {"preset": spec.preset}
+    if spec.seq_len > args.max_position_embeddings:
+        raise UserError(
+            f"`seq_len` {spec.seq_len} is longer than the model's context ({args.max_position_embeddings} tokens)"
+        )
+    if args.vocab_size < tok.vocab_size:
+        raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model only {args.vocab_size} embeddings")
+    return model, args, origin
+
+
+def _unigram(folder: Path, tok, train_tokens, rank: int):
+    """The unigram table of the run's tokenizer (for L_u): the folder's, else counted and saved (rank 0)."""
+    unigram = load_unigram(folder)
+    if unigram is None or len(unigram) != tok.vocab_size:
+        unigram = unigram_probs(train_tokens, tok.vocab_size)
+        if rank == 0:
+            save_unigram(folder, unigram)
+    return unigram
+
+
 def train_lm(
     spec: LMRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None, given=()
 ) -> dict:
@@ -113,31 +145,11 @@ def train_lm(
 
         train_tokens = data.token_stream(tok, corpus, "train")
         val_tokens = data.token_stream(tok, corpus, "val")
-        unigram = load_unigram(folder)
-        if unigram is None or len(unigram) != tok.vocab_size:
-            unigram = unigram_probs(train_tokens, tok.vocab_size)
-            if rank == 0:
-                save_unigram(folder, unigram)
+        unigram = _unigram(folder, tok, train_tokens, rank)
         windows = data.eval_windows(val_tokens, spec.seq_len, spec.eval_windows)
         chars = data.chars_in(corpus, "val", tok, windows.shape[0] * spec.seq_len + 1)
 
-        if spec.init_from:
-            model, _, src = store.load_model(spec.init_from)
-            if "quantization" in store.read_config(src):
-                raise UserError(f"{src} is quantized: train from a float model (convert from-hf without `quantize`)")
-            model.train()
-            args = model.args
-            origin = {"init_from": str(src)}
-        else:
-            args = lm.preset_args(spec.preset, tok.vocab_size, **spec.model_overrides)
-            model = lm.build(args, seed=spec.seed)
-            origin = {"preset": spec.preset}
-        if spec.seq_len > args.max_position_embeddings:
-            raise UserError(
-                f"`seq_len` {spec.seq_len} is longer than the model's context ({args.max_position_embeddings} tokens)"
-            )
-        if args.vocab_size < tok.vocab_size:
-            raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model only {args.vocab_size} embeddings")
+        model, args, origin = _model(spec, tok)
         if rank == 0 and not (folder / "config.json").exists():
             atomic.write_json(folder / "config.json", {**args.to_dict(), "mlxsuite": {"format": 1, **origin}})
         callback(
