@@ -57,6 +57,57 @@ def _load_doc(folder: Path) -> Optional[dict]:
         raise UserError(f"{path} is not valid JSON: remove it or pass `force` to start over") from None
 
 
+def _open_doc(folder: Path, settings: SweepSettings, force: bool) -> Optional[dict]:
+    """The sweep already in `folder` (None: a new one), refused when its format or settings differ; with `force`
+    the folder is emptied first (only if it holds a sweep)."""
+    doc = None if force else _load_doc(folder)
+    if force and folder.exists():
+        if not (folder / SWEEP_FILE).exists() and any(folder.iterdir()):
+            raise UserError(f"{folder} is not a sweep folder (no {SWEEP_FILE}): refusing to delete it")
+        shutil.rmtree(folder)
+    if doc is not None and doc.get("format") != FORMAT:
+        raise UserError(
+            f"{folder} holds a sweep of format {doc.get('format')} (this mlxsuite writes {FORMAT}: "
+            "tokenizers without byte fallback): use another `out` or pass `force`"
+        )
+    if doc is not None and doc.get("settings") != asdict(settings):
+        old = doc.get("settings", {})
+        diff = ", ".join(f"{k}: {old.get(k)!r} → {v!r}" for k, v in asdict(settings).items() if old.get(k) != v)
+        raise UserError(f"{folder} holds a sweep with other settings ({diff}): use another `out` or pass `force`")
+    if doc is None and folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} exists and is not a sweep: use another `out` or pass `force`")
+    return doc
+
+
+def _run_one(folder: Path, doc: dict, plans: list, i: int, settings: SweepSettings, callback) -> None:
+    """Train run `i` of the plan (or take its finished metrics) and record it in the sweep's document."""
+    plan = plans[i]
+    run_folder = _run_folder(folder, plan)
+    metrics = finished_metrics(run_folder)
+    skipped = metrics is not None
+    seconds = doc["runs"].get(plan.name, {}).get("seconds")
+    windows = settings.eval_windows(doc["tokenizers"][str(plan.vocab)]["tokens_per_char"])
+    if not skipped:
+        start = time.perf_counter()
+        metrics = _train_one(
+            plan, run_folder, _tokenizer_path(folder, plan.vocab), settings, windows, i, len(plans), callback
+        )
+        seconds = time.perf_counter() - start
+    doc["runs"][plan.name] = {**asdict(plan), **_pick(metrics), "eval_windows": windows, "seconds": seconds}
+    _save(folder, doc)
+    callback(
+        "run_end",
+        {
+            "index": i,
+            "total": len(plans),
+            "run": plan.name,
+            "metrics": _pick(metrics),
+            "skipped": skipped,
+            "seconds": seconds,
+        },
+    )
+
+
 def run_sweep(
     out: str,
     grid: SweepGrid,
@@ -79,22 +130,7 @@ def run_sweep(
         settings.corpus = None
     plans = plan_runs(grid, settings)
 
-    doc = None if force else _load_doc(folder)
-    if force and folder.exists():
-        if not (folder / SWEEP_FILE).exists() and any(folder.iterdir()):
-            raise UserError(f"{folder} is not a sweep folder (no {SWEEP_FILE}): refusing to delete it")
-        shutil.rmtree(folder)
-    if doc is not None and doc.get("format") != FORMAT:
-        raise UserError(
-            f"{folder} holds a sweep of format {doc.get('format')} (this mlxsuite writes {FORMAT}: "
-            "tokenizers without byte fallback): use another `out` or pass `force`"
-        )
-    if doc is not None and doc.get("settings") != asdict(settings):
-        old = doc.get("settings", {})
-        diff = ", ".join(f"{k}: {old.get(k)!r} → {v!r}" for k, v in asdict(settings).items() if old.get(k) != v)
-        raise UserError(f"{folder} holds a sweep with other settings ({diff}): use another `out` or pass `force`")
-    if doc is None and folder.exists() and any(folder.iterdir()):
-        raise UserError(f"{folder} exists and is not a sweep: use another `out` or pass `force`")
+    doc = _open_doc(folder, settings, force)
     corpus = load_corpus(settings.corpus) if doc is None else None  # a new sweep checks its corpus before writing
     folder.mkdir(parents=True, exist_ok=True)
     doc = doc or {"format": FORMAT, "settings": asdict(settings), "tokenizers": {}, "runs": {}}
@@ -135,31 +171,8 @@ def run_sweep(
         callback=shared,
     )
 
-    for i, plan in enumerate(plans):
-        run_folder = _run_folder(folder, plan)
-        metrics = finished_metrics(run_folder)
-        skipped = metrics is not None
-        seconds = doc["runs"].get(plan.name, {}).get("seconds")
-        windows = settings.eval_windows(doc["tokenizers"][str(plan.vocab)]["tokens_per_char"])
-        if not skipped:
-            start = time.perf_counter()
-            metrics = _train_one(
-                plan, run_folder, _tokenizer_path(folder, plan.vocab), settings, windows, i, len(plans), callback
-            )
-            seconds = time.perf_counter() - start
-        doc["runs"][plan.name] = {**asdict(plan), **_pick(metrics), "eval_windows": windows, "seconds": seconds}
-        _save(folder, doc)
-        callback(
-            "run_end",
-            {
-                "index": i,
-                "total": len(plans),
-                "run": plan.name,
-                "metrics": _pick(metrics),
-                "skipped": skipped,
-                "seconds": seconds,
-            },
-        )
+    for i in range(len(plans)):
+        _run_one(folder, doc, plans, i, settings, callback)
 
     rows = [doc["runs"][p.name] for p in plans]
     tpc = {int(k): v["tokens_per_char"] for k, v in doc["tokenizers"].items()}
