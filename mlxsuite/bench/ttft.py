@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Optional
 
@@ -48,13 +47,12 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
 from mlxsuite.bench.results import Unit, dtype_name, model_dtype, summarize  # noqa: F401  (summarize: API)
 from mlxsuite.models import kernels
 from mlxsuite.models.lm import ModelArgs
+from mlxsuite.platform import ProgressCallback
 from mlxsuite.platform.errors import UserError
 
 # The KV Prediction paper's on-device regimes (§4.5): TriviaQA's 59-token prompts at batch 64 (Table 5) and
 # batch 8 at 128-1024 tokens (Fig. 5b).
 PAPER_REGIME: list[tuple[int, int]] = [(59, 64), (128, 8), (256, 8), (512, 8), (1024, 8)]
-
-Progress = Callable[[int, int, str], None]  # (done, total, what)
 
 
 # ---- the schedule -------------------------------------------------------------------------------------------
@@ -254,7 +252,7 @@ def _load_average() -> Optional[float]:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
-def measure(plan: Plan, progress: Optional[Progress] = None) -> Measured:
+def measure(plan: Plan, progress: Optional[ProgressCallback] = None) -> Measured:
     """Run the trials in the plan's order, recording each unit's samples; `progress(done, total, what)`."""
     total = sum(1 for step in plan.steps if not isinstance(step, Probe))
     progress = progress or (lambda done, total, what: None)
@@ -300,7 +298,7 @@ def run(
     reps: int = 5,
     warmup: int = 1,
     seed: int = 0,
-    progress: Optional[Progress] = None,
+    progress: Optional[ProgressCallback] = None,
     decode: int = 0,
     cached: int = 0,
 ) -> dict:

@@ -11,7 +11,7 @@ from mlxsuite.moma.compare import compare as run_compare
 from mlxsuite.moma.compare import plot_curves
 from mlxsuite.moma.generate import caption_image, generate_image
 from mlxsuite.moma.images import preview, save_png
-from mlxsuite.moma.spec import Layout, MomaRunSpec, flops_table
+from mlxsuite.moma.spec import DEFAULT_VARIANTS, Layout, MomaRunSpec, flops_table
 from mlxsuite.moma.train import train_moma
 from mlxsuite.moma.train import train_routers as run_train_routers
 from mlxsuite.platform.errors import UserError
@@ -24,7 +24,7 @@ SCHEDULE_HELP = "Decay after warm-up: linear (the MoMa paper's) or cosine."
 MIN_LR_HELP = "The decay ends at lr × this (the MoMa paper: 0.01)."
 
 
-class _Progress(TrainProgress):
+class MomaTrainProgress(TrainProgress):
     def __call__(self, event: str, info: dict) -> None:
         if self.quiet:
             return
@@ -109,7 +109,7 @@ def train(
             f"run: {r['folder']}  val loss {r.get('val_loss', float('nan')):.4f}  "
             f"text {r.get('val_loss_text', float('nan')):.4f}  image {r.get('val_loss_image', float('nan')):.4f}"
         ),
-        progress_class=_Progress,
+        progress_class=MomaTrainProgress,
     )
 
 
@@ -130,7 +130,7 @@ def train_routers(
     if steps is not None:
         positive("steps", steps)
     rank = mx.distributed.init().rank()
-    with _Progress(quiet=quiet or json_out or rank != 0, label="routers") as progress:
+    with MomaTrainProgress(quiet=quiet or json_out or rank != 0, label="routers") as progress:
         result = run_train_routers(run, steps=steps, callback=progress, resume=resume, force=force)
     if rank != 0:
         return
@@ -150,9 +150,47 @@ def _fmt(x, spec=".2f", suffix=""):
     return "–" if x is None else f"{x:{spec}}{suffix}"
 
 
+def _compare_table(result: dict, flops: float):
+    from rich.table import Table
+
+    t = Table(
+        title=f"MoMa comparison at {flops:.3g} training FLOPs per variant (image tokens {result['image_fraction']:.0%})"
+    )
+    for col in (
+        "variant",
+        "params",
+        "train loss all/text/image",
+        "val loss (EC)",
+        "val loss (causal)",
+        "η all",
+        "η text",
+        "η image",
+        "tok/s",
+        "× dense",
+        "router acc",
+    ):
+        t.add_column(col, justify="right")
+    for r in result["variants"]:
+        tr, va, c = r["final_train"], r["final"], r.get("final_causal") or {}
+        t.add_row(
+            r["variant"],
+            f"{r['params']:,}",
+            f"{tr['loss']:.3f}/{tr['loss_text']:.3f}/{tr['loss_image']:.3f}",
+            f"{va['loss']:.4f}",
+            _fmt(c.get("loss"), ".4f"),
+            _fmt(r["eta"]["overall"], ".2f", "×"),
+            _fmt(r["eta"]["text"], ".2f", "×"),
+            _fmt(r["eta"]["image"], ".2f", "×"),
+            f"{r['tokens_per_s']:,.0f}",
+            _fmt(r["throughput_ratio"], ".2f"),
+            _fmt(r["router_acc"], ".3f"),
+        )
+    return t
+
+
 @app.command("compare")
 def compare(
-    variants: str = typer.Option("dense,moe8x,moma4t4i,moma4t4i+mod", "--variants", help="Comma-separated variants."),
+    variants: str = typer.Option(DEFAULT_VARIANTS, "--variants", help="Comma-separated variants."),
     flops: float = typer.Option(6e11, "--flops", help="Training FLOPs budget per variant."),
     prefix: str = typer.Option("moma-compare", "--prefix", help="Run names: PREFIX-VARIANT (resumable)."),
     preset: str = typer.Option("micro", "--preset", help="Dense model size the variants are FLOPs-matched to."),
@@ -189,7 +227,7 @@ def compare(
         captions=captions,
         train=dict(lr=lr, schedule=lr_schedule, min_lr_ratio=min_lr_ratio, compile=compile, warmup=10),
     )
-    with _Progress(quiet=quiet or json_out, label="compare") as progress:
+    with MomaTrainProgress(quiet=quiet or json_out, label="compare") as progress:
         result = run_compare(names, flops, prefix=prefix, base=base, callback=progress)
     if json_out:
         if plot:
@@ -197,40 +235,7 @@ def compare(
             result["plot"] = plot
         print_json({k: v for k, v in result.items()})
         return
-    from rich.table import Table
-
-    t = Table(
-        title=f"MoMa comparison at {flops:.3g} training FLOPs per variant (image tokens {result['image_fraction']:.0%})"
-    )
-    for col in (
-        "variant",
-        "params",
-        "train loss all/text/image",
-        "val loss (EC)",
-        "val loss (causal)",
-        "η all",
-        "η text",
-        "η image",
-        "tok/s",
-        "× dense",
-        "router acc",
-    ):
-        t.add_column(col, justify="right")
-    for r in result["variants"]:
-        tr, va, c = r["final_train"], r["final"], r.get("final_causal") or {}
-        t.add_row(
-            r["variant"],
-            f"{r['params']:,}",
-            f"{tr['loss']:.3f}/{tr['loss_text']:.3f}/{tr['loss_image']:.3f}",
-            f"{va['loss']:.4f}",
-            _fmt(c.get("loss"), ".4f"),
-            _fmt(r["eta"]["overall"], ".2f", "×"),
-            _fmt(r["eta"]["text"], ".2f", "×"),
-            _fmt(r["eta"]["image"], ".2f", "×"),
-            f"{r['tokens_per_s']:,.0f}",
-            _fmt(r["throughput_ratio"], ".2f"),
-            _fmt(r["router_acc"], ".3f"),
-        )
+    t = _compare_table(result, flops)
     if out.is_terminal:
         out.print(t)
     else:  # a pipe or file: don't squeeze the table into 80 columns

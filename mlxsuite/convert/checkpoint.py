@@ -29,10 +29,8 @@ from mlx.utils import tree_flatten
 from mlxsuite.data.hf_tokenizer import TOKENIZER_FILES
 from mlxsuite.data.tokenizer import TOKENIZER_FILE, UNIGRAM_FILE
 from mlxsuite.models import lm
-from mlxsuite.platform import atomic
+from mlxsuite.platform import ProgressCallback, atomic
 from mlxsuite.platform.errors import UserError
-
-Progress = Callable[[int, int, str], None]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -255,7 +253,7 @@ class SafetensorsSource:
 
 
 def write_shards(
-    folder: Path, shards: list[list[Item]], produce: Produce, progress: Optional[Progress]
+    folder: Path, shards: list[list[Item]], produce: Produce, progress: Optional[ProgressCallback]
 ) -> tuple[int, int, int]:
     """Write the tensors as `model.safetensors` (or `model-0000i-of-0000n.safetensors` plus an index), one output
     shard at a time: `produce` makes each item's output arrays (reading its sources lazily), they are evaluated at

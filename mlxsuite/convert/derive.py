@@ -16,7 +16,6 @@ from mlxsuite.convert import quantization
 from mlxsuite.convert.checkpoint import (
     ST_FLOAT,
     Item,
-    Progress,
     Result,
     SafetensorsSource,
     TensorInfo,
@@ -36,7 +35,7 @@ from mlxsuite.convert.quantization import QuantSpec
 from mlxsuite.data.hf_tokenizer import HFTokenizer, copy_tokenizer_files, spm_to_tokenizer_json
 from mlxsuite.data.tokenizer import TOKENIZER_FILE, load_tokenizer
 from mlxsuite.models import lm
-from mlxsuite.platform import atomic
+from mlxsuite.platform import ProgressCallback, atomic
 from mlxsuite.platform.errors import UserError
 from mlxsuite.store.refs import resolve
 
@@ -84,7 +83,7 @@ def mlx_lm_model_type(args: lm.ModelArgs) -> str:
     return "llama"
 
 
-def to_mlx_lm(model: str, out: str | Path, force: bool = False, progress: Optional[Progress] = None) -> Result:
+def to_mlx_lm(model: str, out: str | Path, force: bool = False, progress: Optional[ProgressCallback] = None) -> Result:
     """Write a model of this project as a folder that `mlx_lm.load` opens as it is: mlx-lm's config (model_type
     llama, or qwen3 with q/k-norm), the same weights (names already match), and a `tokenizer.json` converted from the
     SentencePiece model, checked to encode exactly as SentencePiece does."""
@@ -148,7 +147,9 @@ def _check_tokenizer(sp_tokenizer, folder: Path) -> None:
 # ---- pruning and quantization of our models ---------------------------------------------------------------------
 
 
-def prune(model: str, out: str | Path, keep: float, force: bool = False, progress: Optional[Progress] = None) -> Result:
+def prune(
+    model: str, out: str | Path, keep: float, force: bool = False, progress: Optional[ProgressCallback] = None
+) -> Result:
     """An LP-`keep` copy of a model (KV Prediction): the layers `pruned_layers` selects, renumbered 0..n-1, with the
     base's weights; embeddings, final norm, head and tokenizer unchanged."""
     out = Path(out)
@@ -185,7 +186,7 @@ def prune(model: str, out: str | Path, keep: float, force: bool = False, progres
 
 
 def quantize(
-    model: str, out: str | Path, quant: QuantSpec, force: bool = False, progress: Optional[Progress] = None
+    model: str, out: str | Path, quant: QuantSpec, force: bool = False, progress: Optional[ProgressCallback] = None
 ) -> Result:
     """Quantize a model of this project as `mlx_lm.convert -q` would (modes, mixed-bit recipes, the per-layer
     config entries); mlx-lm re-creates the quantized layers from config.json's "quantization"."""

@@ -19,7 +19,6 @@ from mlxsuite.convert import gguf_reader as gguf
 from mlxsuite.convert import quantization
 from mlxsuite.convert.checkpoint import (
     Item,
-    Progress,
     Result,
     check_tensors,
     expected_shapes,
@@ -31,7 +30,7 @@ from mlxsuite.convert.checkpoint import (
 )
 from mlxsuite.convert.gguf_tokenizer import check_tokenizer, write_tokenizer
 from mlxsuite.convert.hf import DTYPES, TOKENIZER_CHECK_TEXT, hf_config_to_args
-from mlxsuite.platform import atomic, cache_dir
+from mlxsuite.platform import ProgressCallback, atomic, cache_dir
 from mlxsuite.platform.errors import UserError
 
 
@@ -40,7 +39,7 @@ def from_gguf(
     out: str | Path,
     dtype: Optional[str] = None,
     force: bool = False,
-    progress: Optional[Progress] = None,
+    progress: Optional[ProgressCallback] = None,
 ) -> Result:
     """Convert a GGUF file (llama architecture: Llama, Mistral-style, SmolLM2; F32/F16/Q8_0/Q4_0/Q4_1) into a model
     folder at `out` (a path). Quantized tensors are kept quantized, or dequantized to `dtype` when it is given

@@ -22,7 +22,6 @@ from mlxsuite.convert import quantization
 from mlxsuite.convert.checkpoint import (
     ST_FLOAT,
     Item,
-    Progress,
     Result,
     SafetensorsSource,
     check_tensors,
@@ -42,7 +41,7 @@ from mlxsuite.convert.quantization import QuantSpec
 from mlxsuite.data.hf_tokenizer import copy_tokenizer_files
 from mlxsuite.data.tokenizer import TOKENIZER_FILE
 from mlxsuite.models import lm
-from mlxsuite.platform import atomic
+from mlxsuite.platform import ProgressCallback, atomic
 from mlxsuite.platform.errors import UserError
 
 HF_MODEL_TYPES = tuple(lm.FAMILIES)
@@ -170,7 +169,7 @@ def from_hf(
     quant: Optional[QuantSpec] = None,
     dequantize: bool = False,
     force: bool = False,
-    progress: Optional[Progress] = None,
+    progress: Optional[ProgressCallback] = None,
 ) -> Result:
     """Convert a Hugging Face or mlx-lm checkpoint (Llama, Mistral, Qwen2, Qwen3; safetensors only; a folder, a
     Hugging Face cache folder or a repo id) into a model folder of this project at `out` (a path), as

@@ -14,6 +14,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -33,6 +34,9 @@ from mlxsuite.platform.blas import (
 from mlxsuite.platform.errors import UserError
 
 __version__ = "0.1.0"
+
+# The library's progress callback: progress(done, total, what). The CLI draws it (a bar, or plain lines).
+ProgressCallback = Callable[[int, int, str], None]
 __all__ = [
     "BlasInfo",
     "blas_advice",
