@@ -108,6 +108,21 @@ def _moves(fit: dict) -> str:
 
 def _print_sweep(doc: dict) -> None:
     a = doc["analysis"]
+    _print_runs(doc)
+    _print_optimal_vocab(a)
+    _print_fits(a)
+    grows = a["vocab_grows_with_compute"]
+    if grows is not None:
+        out.print(
+            f"measured optimal V {'grows' if grows else 'does not grow monotonically'} with compute across the "
+            "budgets here",
+            highlight=False,
+        )
+    for n in a["notes"]:
+        out.print(f"note: {n}", highlight=False)
+
+
+def _print_runs(doc: dict) -> None:
     table = Table(title="runs")
     for col in ("preset", "V", "budget", "steps", "tokens", "L_u", "CE", "bits/char"):
         table.add_column(col, justify="left" if col == "preset" else "right")
@@ -125,6 +140,8 @@ def _print_sweep(doc: dict) -> None:
         )
     out.print(table)
 
+
+def _print_optimal_vocab(a: dict) -> None:
     table = Table(title="optimal V per budget and size (parabola of L_u in ln V)")
     for col in ("budget", "preset", "V_opt", "L_u at V_opt", "flag", "measured best V", "V_opt by bits/char"):
         table.add_column(col, justify="left" if col in ("preset", "flag") else "right")
@@ -167,6 +184,9 @@ def _print_sweep(doc: dict) -> None:
         table.add_row(f"{o['budget']:.3g}", *cells)
     out.print(table)
 
+
+def _print_fits(a: dict) -> None:
+    fits = a["fits"]
     out.print(f"measured (lowest L_u per budget){_moves(a['measured'])}", highlight=False)
     a1 = fits["isoflops"]
     if "skipped" in a1:
@@ -209,15 +229,6 @@ def _print_sweep(doc: dict) -> None:
             f"RMSE {a3['rmse']:.4f}{_moves(a3)}",
             highlight=False,
         )
-    grows = a["vocab_grows_with_compute"]
-    if grows is not None:
-        out.print(
-            f"measured optimal V {'grows' if grows else 'does not grow monotonically'} with compute across the "
-            "budgets here",
-            highlight=False,
-        )
-    for n in a["notes"]:
-        out.print(f"note: {n}", highlight=False)
 
 
 def sweep(
