@@ -231,6 +231,56 @@ def _print_fits(a: dict) -> None:
         )
 
 
+def _print_plan(grid, settings, json_out: bool) -> None:
+    plans = sw.plan_runs(grid, settings)
+    est = sw.estimate_seconds(plans)
+    if json_out:
+        print_json({"runs": [vars(p) for p in plans], "estimate_s": est})
+        return
+    table = Table(title=f"{len(plans)} runs, {settings.tokens_per_step} tokens per step")
+    for col in ("run", "N_nv", "N_v", "steps", "tokens", "FLOPs"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for p in plans:
+        table.add_row(p.name, f"{p.nnv:,}", f"{p.nv:,}", f"{p.steps:,}", f"{p.tokens:,}", f"{p.flops:.3g}")
+    out.print(table)
+    out.print(
+        f"estimated time: ~{est / 60:.0f} min on 2 busy CPU cores (training at "
+        f"{sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, run start-up and tokenizers included)",
+        highlight=False,
+    )
+
+
+def _sweep_json(doc: dict, plot: Optional[Path]) -> dict:
+    a = doc["analysis"]
+    return {
+        "folder": doc["folder"],
+        "settings": doc["settings"],
+        "runs": [
+            {
+                k: doc["runs"][p["name"]][k]
+                for k in (
+                    "preset",
+                    "vocab",
+                    "budget",
+                    "steps",
+                    "tokens",
+                    "flops",
+                    "nnv",
+                    "nv",
+                    "d",
+                    "lu",
+                    "ce",
+                    "bpc",
+                    "seconds",
+                )
+            }
+            for p in doc["plan"]
+        ],
+        **{k: a[k] for k in ("fits", "per_model", "optimal_vocab", "measured", "vocab_grows_with_compute", "notes")},
+        **({"plot": str(plot)} if plot else {}),
+    }
+
+
 def sweep(
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file, folder or .jsonl (default: the stdlib)."),
     budgets: Optional[str] = typer.Option(None, "--budgets", help="FLOPs budgets C (C = 6·(N_nv + V·d)·D)."),
@@ -282,61 +332,14 @@ def sweep(
     if plot is not None:
         check_path(plot)
     if dry_run:
-        plans = sw.plan_runs(grid, settings)
-        est = sw.estimate_seconds(plans)
-        if json_out:
-            print_json({"runs": [vars(p) for p in plans], "estimate_s": est})
-            return
-        table = Table(title=f"{len(plans)} runs, {settings.tokens_per_step} tokens per step")
-        for col in ("run", "N_nv", "N_v", "steps", "tokens", "FLOPs"):
-            table.add_column(col, justify="left" if col == "run" else "right")
-        for p in plans:
-            table.add_row(p.name, f"{p.nnv:,}", f"{p.nv:,}", f"{p.steps:,}", f"{p.tokens:,}", f"{p.flops:.3g}")
-        out.print(table)
-        out.print(
-            f"estimated time: ~{est / 60:.0f} min on 2 busy CPU cores (training at "
-            f"{sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, run start-up and tokenizers included)",
-            highlight=False,
-        )
+        _print_plan(grid, settings, json_out)
         return
     with _SweepProgress(quiet or json_out) as progress:
         doc = sw.run_sweep(out_name, grid, settings, force=force, callback=progress, free_exponents=free_exponents)
     if plot is not None:
         sw.plot_sweep(doc, plot)
     if json_out:
-        a = doc["analysis"]
-        print_json(
-            {
-                "folder": doc["folder"],
-                "settings": doc["settings"],
-                "runs": [
-                    {
-                        k: doc["runs"][p["name"]][k]
-                        for k in (
-                            "preset",
-                            "vocab",
-                            "budget",
-                            "steps",
-                            "tokens",
-                            "flops",
-                            "nnv",
-                            "nv",
-                            "d",
-                            "lu",
-                            "ce",
-                            "bpc",
-                            "seconds",
-                        )
-                    }
-                    for p in doc["plan"]
-                ],
-                **{
-                    k: a[k]
-                    for k in ("fits", "per_model", "optimal_vocab", "measured", "vocab_grows_with_compute", "notes")
-                },
-                **({"plot": str(plot)} if plot else {}),
-            }
-        )
+        print_json(_sweep_json(doc, plot))
         return
     _print_sweep(doc)
     if plot is not None:
