@@ -85,9 +85,9 @@ def _keep_rule(keep: float):
 # ---- Hugging Face → this project -----------------------------------------------------------------------------------
 
 
-def hf_config_to_args(config: dict, has_lm_head: Optional[bool] = None) -> tuple[lm.ModelArgs, list[str]]:
-    """ModelArgs for a Hugging Face config.json of the Llama family, plus notes on what the conversion ignores."""
-    mt = config.get("model_type")
+def _check_supported(config: dict, mt) -> None:
+    """Refuse what this converter cannot read: other architectures, other quantizers, other activations,
+    sliding-window layers, missing sizes."""
     if mt not in HF_MODEL_TYPES:
         found = f"model_type {mt!r}" if mt else "no model_type"
         supported = ", ".join(HF_MODEL_TYPES)
@@ -106,8 +106,10 @@ def hf_config_to_args(config: dict, has_lm_head: Optional[bool] = None) -> tuple
     lacking = [k for k in required if not isinstance(config.get(k), int)]
     if lacking:
         raise UserError(f"config.json lacks {', '.join(lacking)}")
-    notes = []
-    defaults = _HF_DEFAULTS[mt]
+
+
+def _rope(config: dict, defaults: dict) -> tuple[float, Optional[dict]]:
+    """(rope_theta, rope_scaling or None for the default RoPE)."""
     # transformers >= 5 nests rope_theta and the scaling under rope_parameters
     params = config.get("rope_parameters") or {}
     theta = config.get("rope_theta", params.get("rope_theta", defaults["rope_theta"]))
@@ -116,6 +118,16 @@ def hf_config_to_args(config: dict, has_lm_head: Optional[bool] = None) -> tuple
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
     if scaling is not None and scaling.get("rope_type", scaling.get("type", "default")) == "default":
         scaling = None
+    return theta, scaling
+
+
+def hf_config_to_args(config: dict, has_lm_head: Optional[bool] = None) -> tuple[lm.ModelArgs, list[str]]:
+    """ModelArgs for a Hugging Face config.json of the Llama family, plus notes on what the conversion ignores."""
+    mt = config.get("model_type")
+    _check_supported(config, mt)
+    notes = []
+    defaults = _HF_DEFAULTS[mt]
+    theta, scaling = _rope(config, defaults)
     if config.get("sliding_window") and (mt == "mistral" or config.get("use_sliding_window")):
         notes.append(
             f"sliding_window={config['sliding_window']} is ignored (full attention, as in mlx-lm): "
@@ -162,6 +174,44 @@ def _cast(w: mx.array, dtype) -> mx.array:
     return w.astype(dtype) if dtype is not None and mx.issubdtype(w.dtype, mx.floating) else w
 
 
+def _checked_tensors(tensors: dict, args: lm.ModelArgs, source_quant: dict, hf_dir: Path) -> dict:
+    """The tensors to convert, checked against the model: what mlx-lm's sanitize drops is dropped (precomputed
+    rotary frequencies, the head of a tied model); only float or mlx-lm quantized tensors."""
+    dropped = [k for k in tensors if "rotary_emb.inv_freq" in k]
+    if args.tie_word_embeddings and "lm_head.weight" in tensors:
+        dropped.append("lm_head.weight")
+    tensors = {k: v for k, v in tensors.items() if k not in dropped}
+    check_tensors({k: v.shape for k, v in tensors.items()}, expected_shapes(args, source_quant), str(hf_dir))
+    packed = {f"{p}.{s}" for p in source_quant for s in ("weight", "scales", "biases")}
+    not_float = sorted((k for k, v in tensors.items() if v.dtype not in ST_FLOAT and k not in packed), key=natural)
+    if not_float:
+        raise UserError(
+            f"only float or mlx-lm quantized checkpoints can be converted; not float: {name_list(not_float, 5)}"
+        )
+    return tensors
+
+
+def _out_config(args: lm.ModelArgs, config: dict, block: Optional[dict], hf_dir: Path, target: Optional[str]) -> dict:
+    """config.json of the converted model: its args, the source's special tokens and quantization, provenance."""
+    out_config = args.to_dict()
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if config.get(key) is not None:
+            out_config[key] = config[key]
+    if block is not None:
+        out_config["quantization"] = dict(block)
+        out_config["quantization_config"] = dict(block)
+    out_config["mlxsuite"] = {
+        "format": 1,
+        "converted_from": {
+            "path": str(hf_dir.resolve()),
+            "model_type": config.get("model_type"),
+            "architectures": config.get("architectures"),
+            "dtype": target or "as stored",
+        },
+    }
+    return out_config
+
+
 def from_hf(
     hf_dir: str | Path,
     out: str | Path,
@@ -193,18 +243,7 @@ def from_hf(
         raise UserError(f"`dequantize`: {hf_dir} is not quantized")
     refuse_existing(out, force)
 
-    # what mlx-lm's sanitize drops: precomputed rotary frequencies, the head of a tied model
-    dropped = [k for k in tensors if "rotary_emb.inv_freq" in k]
-    if args.tie_word_embeddings and "lm_head.weight" in tensors:
-        dropped.append("lm_head.weight")
-    tensors = {k: v for k, v in tensors.items() if k not in dropped}
-    check_tensors({k: v.shape for k, v in tensors.items()}, expected_shapes(args, source_quant), str(hf_dir))
-    packed = {f"{p}.{s}" for p in source_quant for s in ("weight", "scales", "biases")}
-    not_float = sorted((k for k, v in tensors.items() if v.dtype not in ST_FLOAT and k not in packed), key=natural)
-    if not_float:
-        raise UserError(
-            f"only float or mlx-lm quantized checkpoints can be converted; not float: {name_list(not_float, 5)}"
-        )
+    tensors = _checked_tensors(tensors, args, source_quant, hf_dir)
 
     target = dtype or _source_dtype(config)
     cast = DTYPES[target] if target else None
@@ -227,22 +266,7 @@ def from_hf(
             return quantization.quantize(path, w, layers[path])
         return {item.out: w}
 
-    out_config = args.to_dict()
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if config.get(key) is not None:
-            out_config[key] = config[key]
-    if block is not None:
-        out_config["quantization"] = dict(block)
-        out_config["quantization_config"] = dict(block)
-    out_config["mlxsuite"] = {
-        "format": 1,
-        "converted_from": {
-            "path": str(hf_dir.resolve()),
-            "model_type": config.get("model_type"),
-            "architectures": config.get("architectures"),
-            "dtype": target or "as stored",
-        },
-    }
+    out_config = _out_config(args, config, block, hf_dir, target)
     skip = {f"{p}.{s}" for p in source_quant for s in ("scales", "biases")} if dequantize else set()
     items = [Item(k, k, v) for k, v in tensors.items() if k not in skip]
     with atomic.folder(out, force=force) as tmp:
