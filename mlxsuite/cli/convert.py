@@ -144,6 +144,8 @@ def from_hf(
     source = _one_of(hf_dir, hf_path, "the checkpoint", "--hf-path")
     target = _one_of(out_name, mlx_path, "the output", "--mlx-path")
     target_path = Path(target) if mlx_path is not None else _out_path(target)
+    if quantize and dequantize:
+        raise UserError("choose either quantize (-q) or dequantize (-d), not both")
     quant = _quant_spec(quantize, q_bits, q_group_size, q_mode, quant_predicate)
     with _progress("converting") as progress:
         result = hf.from_hf(

@@ -272,6 +272,31 @@ def _parametric(rows: list[dict], budgets: list[float], presets: list[str], note
     return {**a3, **_trend([(b["budget"], b["vocab"]) for b in best])}
 
 
+def _budget_optimum(c: float, points: list[dict], per_model: list[dict]) -> dict:
+    """At budget c, the lowest point over presets and (interpolated) V: the measured optimum, with the optimum by
+    bits per character and each preset's."""
+    p = min((p for p in points if p["budget"] == c), key=lambda p: p["lu"])
+    m = next(m for m in per_model if m["budget"] == c and m["preset"] == p["preset"])
+    cands = [x for x in per_model if x["budget"] == c]
+    by_bpc = None
+    if all("by_bpc" in x for x in cands):
+        b = min(cands, key=lambda x: x["by_bpc"]["bpc"])
+        by_bpc = {"preset": b["preset"], **b["by_bpc"]}
+    return {
+        "budget": c,
+        "preset": p["preset"],
+        "nnv": p["nnv"],
+        "d": p["d"],
+        "vocab": p["vocab"],
+        "nv": p["nv"],
+        "lu": p["lu"],
+        "flag": m["flag"],
+        "characters": p["characters"],
+        "by_bpc": by_bpc,
+        "by_preset": {x["preset"]: {"vocab": x["vocab"], "lu": x["lu"], "flag": x["flag"]} for x in cands},
+    }
+
+
 def analyze(
     rows: list[dict], tokens_per_char: dict[int, float], family: Optional[list] = None, free_exponents: bool = False
 ) -> dict:
@@ -287,30 +312,7 @@ def analyze(
 
     # per budget, the lowest point over presets and (interpolated) V: the measured optimum
     points = _candidates(rows, per_model, tokens_per_char)
-    per_budget = []
-    for c in budgets:
-        p = min((p for p in points if p["budget"] == c), key=lambda p: p["lu"])
-        m = next(m for m in per_model if m["budget"] == c and m["preset"] == p["preset"])
-        cands = [x for x in per_model if x["budget"] == c]
-        by_bpc = None
-        if all("by_bpc" in x for x in cands):
-            b = min(cands, key=lambda x: x["by_bpc"]["bpc"])
-            by_bpc = {"preset": b["preset"], **b["by_bpc"]}
-        per_budget.append(
-            {
-                "budget": c,
-                "preset": p["preset"],
-                "nnv": p["nnv"],
-                "d": p["d"],
-                "vocab": p["vocab"],
-                "nv": p["nv"],
-                "lu": p["lu"],
-                "flag": m["flag"],
-                "characters": p["characters"],
-                "by_bpc": by_bpc,
-                "by_preset": {x["preset"]: {"vocab": x["vocab"], "lu": x["lu"], "flag": x["flag"]} for x in cands},
-            }
-        )
+    per_budget = [_budget_optimum(c, points, per_model) for c in budgets]
     edges = [o for o in per_budget if o["flag"] != "interior"]
     if edges:
         notes.append(

@@ -10,22 +10,9 @@ from mlxsuite.platform.plots import check_path, pyplot, save
 from mlxsuite.vocab import scaling
 
 
-def plot_sweep(doc: dict, path: str | Path) -> Path:
-    """Left: L_u against V for every budget (colour) and preset (marker), the fitted parabolas and their optima.
-    Right: the optimal V against compute: measured (lowest point per budget), approaches 1-3 fitted on the runs,
-    and the paper's published approach 3 at the swept presets' size (dotted)."""
-    check_path(path)
-    plt = pyplot()
-    path = Path(path)
-    analysis = doc["analysis"]
-    runs = list(doc["runs"].values()) if isinstance(doc["runs"], dict) else doc["runs"]
-    names = {p["name"] for p in doc["plan"]}
-    runs = [r for r in runs if r["name"] in names and r.get("lu") is not None]
-    budgets = sorted({r["budget"] for r in runs})
-    presets = list(dict.fromkeys(m["preset"] for m in analysis["per_model"]))
-    colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(budgets))))
+def _plot_lu_against_v(ax1, runs: list[dict], analysis: dict, budgets: list, presets: list, colors) -> None:
+    """The left panel: L_u against V per budget (colour) and preset (marker), the parabolas and their minima."""
     markers = "osD^v<>p*h"
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
     for ci, c in enumerate(budgets):
         for pi, p in enumerate(presets):
             group = sorted((r for r in runs if r["budget"] == c and r["preset"] == p), key=lambda r: r["vocab"])
@@ -43,6 +30,24 @@ def plot_sweep(doc: dict, path: str | Path) -> Path:
     ax1.set_ylabel("L_u (nats per token, unigram-normalized)")
     ax1.set_title("L_u against V per budget (parabola around the best; ★ its minimum)")
     ax1.legend(fontsize=7)
+
+
+def plot_sweep(doc: dict, path: str | Path) -> Path:
+    """Left: L_u against V for every budget (colour) and preset (marker), the fitted parabolas and their optima.
+    Right: the optimal V against compute: measured (lowest point per budget), approaches 1-3 fitted on the runs,
+    and the paper's published approach 3 at the swept presets' size (dotted)."""
+    check_path(path)
+    plt = pyplot()
+    path = Path(path)
+    analysis = doc["analysis"]
+    runs = list(doc["runs"].values()) if isinstance(doc["runs"], dict) else doc["runs"]
+    names = {p["name"] for p in doc["plan"]}
+    runs = [r for r in runs if r["name"] in names and r.get("lu") is not None]
+    budgets = sorted({r["budget"] for r in runs})
+    presets = list(dict.fromkeys(m["preset"] for m in analysis["per_model"]))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(budgets))))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
+    _plot_lu_against_v(ax1, runs, analysis, budgets, presets, colors)
 
     def line(points, style, label, **kw):
         if points:
