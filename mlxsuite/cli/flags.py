@@ -38,6 +38,12 @@ FLAGS = {
     "kvp": "--kvp",
     "max_tokens": "--max-tokens",
     "plot": "--plot",
+    "eval_windows": "--eval-windows",
+    "codebook_size": "--codebook-size",
+    "text_tokens": "--text-tokens",
+    "lambda_kv": "--lambda-kv",
+    "lambda_aux": "--lambda-aux",
+    "z_loss": "--z-loss",
     # convert
     "keep": "--keep",
     "quantize": "--quantize",

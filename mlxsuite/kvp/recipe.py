@@ -117,7 +117,7 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str
 
 
 @dataclass
-class KVPRunSpec:
+class KVPRunSpec(trainer.RunSpec):
     out: str
     base: str
     aux: str = "prune:0.5"  # prune:0.75|0.5|0.25 (KVP-LP) or a stored model (KVP-C)
@@ -134,20 +134,14 @@ class KVPRunSpec:
     train_embeddings: bool = True  # False: the auxiliary's (and baseline's) embedding and head stay as initialized
     train: trainer.TrainConfig = field(default_factory=lambda: trainer.TrainConfig(lr=1e-3))
 
-    @classmethod
-    def from_dict(cls, d: dict) -> KVPRunSpec:
-        d = dict(d)
-        d["train"] = trainer.TrainConfig.from_dict(d.get("train", {}))
-        return cls(**d)
+    POSITIVE = ("seq_len", "batch_size", "eval_windows")
 
     def validate(self) -> None:
-        for name in ("seq_len", "batch_size", "eval_windows"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        super().validate()
         for name in ("lambda_kv", "lambda_aux", "z_loss"):
             v = getattr(self, name)
             if v is not None and (not math.isfinite(v) or v < 0):
-                raise UserError(f"{name.replace('_', '-')} must be >= 0, got {v}")
+                raise UserError(f"`{name}` must be >= 0, got {v}")
         kind, _ = parse_aux(self.aux)
         if self.predictor_init not in ("default", "identity"):
             raise UserError(f"`predictor_init` must be default or identity, got {self.predictor_init!r}")
@@ -156,7 +150,6 @@ class KVPRunSpec:
                 "`baseline` trains the OE-LP baseline of a layer-pruned auxiliary (`aux` prune:X); the "
                 "baseline of KVP-C is the auxiliary's original weights, which `kvp eval` uses as they are"
             )
-        self.train.validate()
 
 
 def _z(logits: mx.array) -> mx.array:

@@ -87,7 +87,7 @@ def variant_name(fields: dict) -> str:
 
 
 @dataclass
-class MomaRunSpec:
+class MomaRunSpec(trainer.RunSpec):
     out: str
     variant: str = "moma4t4i"
     mod: bool = False
@@ -114,33 +114,26 @@ class MomaRunSpec:
     router_lr: float = 1e-2
     train: trainer.TrainConfig = field(default_factory=paper_schedule)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> MomaRunSpec:
-        d = dict(d)
-        d["train"] = trainer.TrainConfig.from_dict(d.get("train", {}))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+    POSITIVE = (
+        "seq_len",
+        "batch_size",
+        "codebook_size",
+        "patch",
+        "image_size",
+        "text_tokens",
+        "eval_batches",
+        "router_steps",
+    )
 
     def validate(self) -> None:
         parse_variant(self.variant, self.mod)
         if self.preset not in lm.PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(lm.PRESETS)}")
-        for name in (
-            "seq_len",
-            "batch_size",
-            "codebook_size",
-            "patch",
-            "image_size",
-            "text_tokens",
-            "eval_batches",
-            "router_steps",
-        ):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        super().validate()
         if self.image_size % self.patch:
             raise UserError(f"patch size {self.patch} does not divide the image size {self.image_size}")
         if not self.router_lr > 0:
             raise UserError(f"router learning rate must be positive, got {self.router_lr}")
-        self.train.validate()
 
     def micro_rows(self, processes: int) -> int:
         """Rows of one micro-batch in one process: the expert-choice batch."""

@@ -34,7 +34,7 @@ from mlxsuite.vocab import scaling
 
 
 @dataclass
-class LMRunSpec:
+class LMRunSpec(trainer.RunSpec):
     out: str
     preset: str = "tiny"
     vocab_size: int = 2048
@@ -48,22 +48,15 @@ class LMRunSpec:
     model_overrides: dict = field(default_factory=dict)
     train: trainer.TrainConfig = field(default_factory=trainer.TrainConfig)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> LMRunSpec:
-        d = dict(d)
-        d["train"] = trainer.TrainConfig.from_dict(d.get("train", {}))
-        return cls(**d)
+    POSITIVE = ("seq_len", "batch_size", "eval_windows", "vocab_size")
 
     def validate(self) -> None:
         if self.preset not in lm.PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(lm.PRESETS)}")
-        for name in ("seq_len", "batch_size", "eval_windows", "vocab_size"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        super().validate()
         context = lm.preset_args(self.preset, 1, **self.model_overrides).max_position_embeddings
         if not self.init_from and self.seq_len > context:
             raise UserError(f"`seq_len` {self.seq_len} is longer than the model's context ({context} tokens)")
-        self.train.validate()
 
 
 def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus):

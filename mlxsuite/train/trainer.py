@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -58,18 +58,40 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("steps", "grad_accum", "save_every", "eval_every", "log_every"):
             if getattr(self, name) <= 0:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+                raise UserError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0:
             raise UserError(f"learning rate must be positive, got {self.lr}")
         if self.warmup < 0:
-            raise UserError(f"warmup must be >= 0, got {self.warmup}")
+            raise UserError(f"`warmup` must be >= 0, got {self.warmup}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown learning-rate schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
         if not 0 <= self.min_lr_ratio <= 1:
-            raise UserError(f"min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+            raise UserError(f"`min_lr_ratio` must be in [0, 1], got {self.min_lr_ratio}")
 
 
 SCHEDULES = ("cosine", "linear")
+
+
+class RunSpec:
+    """The base of every recipe's run spec (a dataclass with `out`, `train: TrainConfig` and the recipe's settings),
+    what `open_run` saves as run/spec.json and rebuilds on resume. A recipe lists its positive integer fields in
+    `POSITIVE` and adds its own checks to `validate`."""
+
+    POSITIVE: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The spec from its saved dict (keys it no longer has are dropped)."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["train"] = TrainConfig.from_dict(d.get("train", {}))
+        return cls(**d)
+
+    def validate(self) -> None:
+        for name in self.POSITIVE:
+            if getattr(self, name) <= 0:
+                raise UserError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
+        self.train.validate()
 
 
 def lr_schedule(cfg: TrainConfig):
