@@ -5,7 +5,7 @@ Stages (each reported through `callback("stage", …)`; the trainer's and the me
 1. base: tokenizer + a small base LM (`train_lm`), store name `{name}-lm`;
 2. kvp: an LP-0.50 KV Prediction pair for it (`train_kvp`: layer-pruned aux + predictor), store name `{name}-kvp`;
 3. quality: base, the paper's baseline (OE-LP, trained beside the pair), the jointly trained auxiliary and KV
-   Prediction on held-out text (`kvp_eval.evaluate_kvp`): continuation loss, first-token accuracy, agreement with the
+   Prediction on held-out text (`evaluate_kvp`): continuation loss, first-token accuracy, agreement with the
    base's greedy continuation (and the 1-shot code task with `code` > 0: on the toy model it reads 0 % for all);
 4. ttft: time to first token of the three at 128/512/1024 tokens (`ttft.run`, modes base/aux/kvp, medians).
 

@@ -1,4 +1,4 @@
-"""mlxsuite.scaling against the reference values of the vocabulary paper's notes (its "Checks" section)."""
+"""mlxsuite.vocab.scaling against the reference values of the vocabulary paper's notes (its "Checks" section)."""
 
 import math
 

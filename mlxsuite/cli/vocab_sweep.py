@@ -1,4 +1,4 @@
-"""`mlxsuite vocab sweep`: the IsoFLOPs sweep: parse, run (`mlxsuite.sweep`), render."""
+"""`mlxsuite vocab sweep`: the IsoFLOPs sweep: parse, run (`mlxsuite.vocab.sweep`), render."""
 
 from __future__ import annotations
 

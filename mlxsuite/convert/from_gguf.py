@@ -3,7 +3,7 @@
 Everything is checked from the GGUF header before a weight is read (architecture, tensor types, names and shapes
 against the model its metadata describes, the tokenizer), then the tensors are read through MLX, renamed to the
 Hugging Face names, the q/k rows put back in Hugging Face order, and written shard by shard into a temporary folder
-(`mlxsuite.checkpoint`). Q8_0/Q4_0/Q4_1 tensors stay MLX affine-quantized layers (bits and group size per tensor,
+(`convert.checkpoint`). Q8_0/Q4_0/Q4_1 tensors stay MLX affine-quantized layers (bits and group size per tensor,
 written as mlx-lm's per-layer "quantization" entries) unless `dtype` asks for floats. MLX reads a GGUF file whole:
 peak memory is the file plus about one output shard (the source tensors are freed as they are written).
 """

@@ -4,7 +4,7 @@
 layer, what `mlx_lm.utils.quantize_model` would (every Linear and Embedding whose input dimension is a multiple of the
 group size; a recipe through mlx-lm's own `mixed_quant_predicate_builder`) and returns the "quantization" block
 mlx-lm writes to config.json, so `mlx_lm.load` rebuilds the same layers. `quantize`/`dequantize` transform one
-weight; the conversions apply them tensor by tensor while streaming (see `mlxsuite.checkpoint`).
+weight; the conversions apply them tensor by tensor while streaming (see `convert.checkpoint`).
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def load_unigram(folder: Path) -> np.ndarray | None:
 
 def load_tokenizer(folder: Path):
     """The tokenizer stored in a model folder: SentencePiece (`tokenizer.model`, ours) or Hugging Face
-    (`tokenizer.json`, converted models; see `mlxsuite.hf_tokenizer`), which wins in a folder that has both and a
+    (`tokenizer.json`, converted models; see `data.hf_tokenizer`), which wins in a folder that has both and a
     `tokenizer_config.json` (Llama-2/Mistral checkpoints and GGUFs: mlx-lm reads tokenizer.json, whose post-processor
     adds the BOS the model was trained with). None when the folder has neither."""
     folder = Path(folder)
