@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import mlx.core as mx
 
+from mlxsuite import store
 from mlxsuite.generate import generate_tokens, prefill, sample
-from mlxsuite.kvp.recipe import prompt_fill
-from mlxsuite.models import flops
+from mlxsuite.kvp.recipe import load_pair, prompt_fill
+from mlxsuite.models import flops, lm
 from mlxsuite.models.kv_prediction import KVPredictionModel
 from mlxsuite.models.lm import Model
 from mlxsuite.platform.errors import UserError
@@ -207,3 +209,55 @@ def copy_cache(cache: list) -> list:
         out.append(new)
     mx.eval([[a for a in c.state if isinstance(a, mx.array)] for c in out])
     return out
+
+
+# ---- the models under test ------------------------------------------------------------------------------------
+
+PRESET_VOCAB = 4096  # a preset's vocabulary size unless given
+
+
+def open_setup(
+    name: str, kvp: Optional[str], vocab_size: Optional[int], dtype, seed: int, prefill_step: int
+) -> tuple[Setup, str, list[str]]:
+    """(the setup for the model `name`, how to describe it, notes from loading it): a model folder or store name
+    with its tokenizer (loaded for inference), or a preset with random weights; with `kvp`, the pair in that folder,
+    refused unless its base is `name` (the base mode then times the pair's base)."""
+    if kvp is not None:
+        pair, tokenizer, described = _open_pair(name, kvp, vocab_size, dtype)
+        return Setup(pair.base, prefill_step, pair, name=name, tokenizer=tokenizer), described, []
+    try:
+        folder = store.resolve(name)
+    except UserError as e:
+        if name not in lm.PRESETS:
+            if Path(name).expanduser().exists():
+                raise
+            raise UserError(f"{e}; or name a preset: {', '.join(lm.PRESETS)}") from None
+        V = vocab_size or PRESET_VOCAB
+        model = lm.build(lm.preset_args(name, V), seed=seed, dtype=dtype)
+        model.eval()
+        return Setup(model, prefill_step, name=name), f"preset {name}, random weights, V={V}", []
+    if vocab_size is not None:
+        raise UserError(f"`vocab_size` applies to presets only; {folder} has its own vocabulary")
+    loaded = store.load(str(folder), "lm", dtype=dtype, dequantize=True)
+    return Setup(loaded.model, prefill_step, name=name, tokenizer=loaded.tokenizer), str(folder), loaded.notes
+
+
+def _open_pair(model: str, kvp: str, vocab_size: Optional[int], dtype):
+    if vocab_size is not None:
+        raise UserError("`vocab_size` applies to presets only, not with `kvp`")
+    try:
+        store.resolve(model)
+    except UserError:
+        if model in lm.PRESETS:
+            raise UserError(
+                f"`kvp` needs the pair's base model folder or store name as MODEL, not the preset {model!r}"
+            ) from None
+        raise
+    stored = load_pair(kvp, expect_base=model)
+    if dtype is not None:
+        stored.pair.set_dtype(dtype)
+        mx.eval(stored.pair.parameters())
+    aux = stored.config["aux"]
+    described = f"{model} with KV Prediction {stored.folder.name} ({aux.get('kind', '?')}"
+    described += f"-{aux['keep']:.2f})" if "keep" in aux else ")"
+    return stored.pair, stored.tokenizer, described

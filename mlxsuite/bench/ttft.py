@@ -35,12 +35,14 @@ from mlxsuite.bench import results
 from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through this module)
     KVP_MODES,
     MODES,
+    PRESET_VOCAB,
     Mode,
     Setup,
     build_modes,
     check_mode_names,
     copy_cache,
     mlx_lm_model,
+    open_setup,
     prefill_mode,
     register_mode,
 )

@@ -7,22 +7,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Optional
 
-import mlx.core as mx
 import typer
 
-from mlxsuite import platform, store
+from mlxsuite import platform
 from mlxsuite.bench import report as report_lib
 from mlxsuite.bench import ttft as lib
 from mlxsuite.cli.common import Device, Dtype, Progress, device_option, dtype_option, err, out, parse_int_list, positive
 from mlxsuite.generate import default_prefill_step
-from mlxsuite.kvp.recipe import load_pair
-from mlxsuite.models import lm
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True)
 
 DEFAULT_LENGTHS = "128,512,1024"
-DEFAULT_VOCAB = 4096
 TABLE_WIDTH = 100  # the default table drops its lowest-priority columns until it fits (all of them with --wide)
 
 
@@ -49,48 +45,6 @@ def _progress(header: str):
             bar.update(task, completed=done, total=total, what=what)
 
         yield update
-
-
-def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
-    """A model folder or store name (with its tokenizer), else a preset with random weights."""
-    try:
-        folder = store.resolve(name)
-    except UserError as e:
-        if name not in lm.PRESETS:
-            if Path(name).expanduser().exists():
-                raise
-            raise UserError(f"{e}; or name a preset: {', '.join(lm.PRESETS)}") from None
-        V = vocab_size or DEFAULT_VOCAB
-        model = lm.build(lm.preset_args(name, V), seed=seed, dtype=dtype)
-        model.eval()
-        return model, None, f"preset {name}, random weights, V={V}"
-    if vocab_size is not None:
-        raise UserError(f"--vocab-size applies to presets only; {folder} has its own vocabulary")
-    loaded = store.load(str(folder), "lm", dtype=dtype, dequantize=True)
-    for note in loaded.notes:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
-    return loaded.model, loaded.tokenizer, str(folder)
-
-
-def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
-    """The pair in `kvp`, refused unless its base is `model` (same weights); the base mode times the pair's base."""
-    if vocab_size is not None:
-        raise UserError("--vocab-size applies to presets only, not with --kvp")
-    try:
-        store.resolve(model)
-    except UserError:
-        if model in lm.PRESETS:
-            raise UserError(
-                f"--kvp needs the pair's base model folder or store name as MODEL, not the preset {model!r}"
-            ) from None
-        raise
-    pair, tokenizer, folder, meta = load_pair(kvp, expect_base=model)
-    if dtype is not None:
-        pair.set_dtype(dtype)
-        mx.eval(pair.parameters())
-    described = f"{model} with KV Prediction {folder.name} ({meta['aux'].get('kind', '?')}"
-    described += f"-{meta['aux']['keep']:.2f})" if "keep" in meta["aux"] else ")"
-    return pair.base, tokenizer, described, pair
 
 
 def ttft(
@@ -150,7 +104,7 @@ def ttft(
     device: Device = device_option(),
     dtype: Dtype = dtype_option(),
     vocab_size: Optional[int] = typer.Option(
-        None, "--vocab-size", help=f"Vocabulary size of a preset (default: {DEFAULT_VOCAB})."
+        None, "--vocab-size", help=f"Vocabulary size of a preset (default: {lib.PRESET_VOCAB})."
     ),
     compare_mlx_lm: bool = typer.Option(
         False,
@@ -202,13 +156,12 @@ def ttft(
     dt = platform.parse_dtype(dtype)
     setups, described = [], []
     for name in names:
-        if kvp is not None:
-            m, tok, what, pair = _load_kvp(name, kvp, vocab_size, dt)
-        else:
-            (m, tok, what), pair = _load(name, vocab_size, dt, seed), None
-        setups.append(lib.Setup(m, prefill_step or default_prefill_step(), pair, name=name, tokenizer=tok))
+        setup, what, notes = lib.open_setup(name, kvp, vocab_size, dt, seed, prefill_step or default_prefill_step())
+        for note in notes:
+            err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        setups.append(setup)
         described.append(what)
-        lib.check_configs(m.args, configs, reps, warmup, prefix_cache, generation_tokens)
+        lib.check_configs(setup.model.args, configs, reps, warmup, prefix_cache, generation_tokens)
     header = (
         f"[bold]ttft[/bold] {'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
         + (f" (uncached and {prefix_cache} cached)" if prefix_cache else "")
