@@ -27,6 +27,9 @@ FLAGS = {
     "out": "--out",
     # recipes
     "seq_len": "--seq-len",
+    "preset": "--preset",
+    "init_from": "--init-from",
+    "tokenizer": "--tokenizer",
     "batch_size": "--batch-size",
     "corpus": "--corpus",
     "vocab_size": "--vocab-size",
