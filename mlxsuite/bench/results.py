@@ -12,7 +12,7 @@ from typing import Any, Optional
 import mlx.core as mx
 import numpy as np
 
-from mlxsuite.bench.modes import Mode, Setup
+from mlxsuite.bench.modes import Mode, Setup, weights_summary
 from mlxsuite.kvp.recipe import flops_reduction
 from mlxsuite.models.lm import Model
 
@@ -94,6 +94,7 @@ def model_info(s: Setup) -> dict:
         "hidden_size": args.hidden_size,
         "vocab_size": args.vocab_size,
         "dtype": dtype_name(model_dtype(s.model)),
+        **weights_summary(s.model),
     }
     if s.kvp is not None:
         info["kvp"] = kvp_info(s.kvp)

@@ -45,6 +45,7 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
     open_setup,
     prefill_mode,
     register_mode,
+    weights_summary,
 )
 from mlxsuite.bench.results import Unit, dtype_name, model_dtype, summarize  # noqa: F401  (summarize: API)
 from mlxsuite.models import kernels

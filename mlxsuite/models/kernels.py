@@ -12,8 +12,8 @@ kernels compute the same functions with:
 
 `select` decides once per forward whether they apply (the CPU, a C++ compiler for mx.compile, float32, plain RoPE
 on the full head, plain KV caches); the layers of `models/lm.py` then use them in place of `mx.fast.rope`,
-`scaled_dot_product_attention` and `swiglu`. Results match the plain path to float32 rounding
-(tests/test_ttft.py: chunked prefill against the plain path and mlx-lm; tests/test_kvp.py). Compiling whole layers does not pay: building the graph is 1–2 % of a chunk's
+`scaled_dot_product_attention` and `swiglu`. Results match the plain path to float32 rounding, values and
+gradients (tests/test_kernels.py). Compiling whole layers does not pay: building the graph is 1–2 % of a chunk's
 time, and every new chunk shape would retrace.
 """
 
