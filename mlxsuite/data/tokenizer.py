@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlxsuite.data.corpus import Corpus, encode_docs
 from mlxsuite.data.hf_tokenizer import HFTokenizer
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
@@ -136,6 +137,23 @@ def train_tokenizer(
         ) from None
     atomic.write_file(Path(out_file), lambda tmp: tmp.write_bytes(model.getvalue()))
     return Tokenizer(out_file)
+
+
+def train_tokenizer_folder(path: Path, corpus: Corpus, vocab_size: int, force: bool = False) -> dict:
+    """A tokenizer folder at `path`, written atomically: BPE trained on the corpus's train split and its unigram
+    table (for L_u). Returns its path, V, the train tokens and the validation tokens per character."""
+    with atomic.folder(path, force=force) as tmp:
+        tok = train_tokenizer(corpus.train, vocab_size, tmp / TOKENIZER_FILE)
+        stream = encode_docs(tok, corpus.train)
+        save_unigram(tmp, unigram_probs(stream, tok.vocab_size))
+        val_chars = sum(len(t) for t in corpus.val)
+        val_tokens = len(encode_docs(tok, corpus.val))
+    return {
+        "path": str(path),
+        "vocab_size": tok.vocab_size,
+        "train_tokens": int(len(stream)),
+        "val_tokens_per_char": val_tokens / max(1, val_chars),
+    }
 
 
 def unigram_probs(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
