@@ -165,8 +165,8 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
     ),
     "eta_interpolation_exponent_inverted": (
         "mlxsuite/moma/compare.py",
-        "t = f0 * (f / f0) ** ((l0 - dense_final) / (l0 - l)) if l0 != l else f",
-        "t = f0 * (f / f0) ** ((l0 - l) / (l0 - dense_final)) if l0 != l else f",
+        "t = f0 * (f / f0) ** ((l0 - dense_final) / (l0 - loss)) if l0 != loss else f",
+        "t = f0 * (f / f0) ** ((l0 - loss) / (l0 - dense_final)) if l0 != loss else f",
         ["tests/test_moma.py::test_eta_interpolation_and_augment"],
     ),
     # ---- the vocabulary paper

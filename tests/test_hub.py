@@ -1,4 +1,4 @@
-"""Hugging Face repo ids and cache folders (`mlxsuite.hub`), without the network.
+"""Hugging Face repo ids and cache folders (`mlxsuite.store.hub`), without the network.
 
 The cache is laid out as huggingface_hub lays it out (`hub/models--org--name/snapshots/<hash>/` with `refs/main`)
 under a temporary HF_HOME; downloads are replaced by functions that record what would have been fetched.

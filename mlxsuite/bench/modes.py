@@ -1,7 +1,7 @@
 """The modes `mlxsuite bench ttft` measures. A mode is one way to produce the first token: `run(tokens, cache,
 decode)` yields the first token ids (B,), lazy is fine, then `decode` more token ids (batch 1); plus the FLOPs it
 spends, and (optionally) how to make a prompt cache holding a prefix. `base` is our prefill, `mlx-lm` is mlx-lm's
-`generate_step` on the same weights; with a KV Prediction pair (`Setup.extras["kvp"]`, whose base is
+`generate_step` on the same weights; with a KV Prediction pair (`Setup.kvp`, whose base is
 `Setup.model`) `aux` is the auxiliary alone (prefilled exactly as the base) and `kvp` is KV Prediction's prompt
 step (aux on N−1 tokens, predictor per chunk, base on the last token), which decodes with the base alone. More
 modes plug in with `register_mode` (benchmarks/ttft_vs_mlx_lm.py adds two).
@@ -10,13 +10,17 @@ modes plug in with `register_mode` (benchmarks/ttft_vs_mlx_lm.py adds two).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import mlx.core as mx
 
+from mlxsuite import store
 from mlxsuite.generate import generate_tokens, prefill, sample
-from mlxsuite.models import flops
+from mlxsuite.kvp.recipe import load_pair, prompt_fill
+from mlxsuite.models import flops, lm
+from mlxsuite.models.kv_prediction import KVPredictionModel
 from mlxsuite.models.lm import Model
 from mlxsuite.platform.errors import UserError
 
@@ -27,7 +31,7 @@ class Setup:
 
     model: Model
     prefill_step: int
-    extras: dict = field(default_factory=dict)  # options for modes that need more (e.g. an auxiliary model)
+    kvp: Optional[KVPredictionModel] = None  # a KV Prediction pair on `model` (the aux and kvp modes)
     name: str = "model"  # how the report names the model
     tokenizer: Any = None  # times tokenization of the random prompts' text when given
 
@@ -46,7 +50,7 @@ class Mode:
 
 ModeBuilder = Callable[[Setup], Mode]
 MODES: dict[str, ModeBuilder] = {}
-KVP_MODES = ("aux", "kvp")  # need a KV Prediction pair: Setup.extras["kvp"]
+KVP_MODES = ("aux", "kvp")  # need a KV Prediction pair: Setup.kvp
 
 
 def register_mode(name: str, builder: ModeBuilder) -> None:
@@ -62,13 +66,13 @@ def check_mode_names(names: list[str], kvp: bool = False) -> None:
             raise UserError(f"unknown mode {name!r}: choose from {', '.join(MODES)}")
         if name in KVP_MODES and not kvp:
             raise UserError(
-                f"mode {name!r} needs a KV Prediction pair: add --kvp DIR (a folder from `mlxsuite kvp train`)"
+                f"mode {name!r} needs a KV Prediction pair: add `kvp` DIR (a folder from `mlxsuite kvp train`)"
             )
 
 
 def build_modes(names: list[str], setup: Setup) -> list[Mode]:
     """Mode objects for `names`, in order, without duplicates."""
-    check_mode_names(names, kvp="kvp" in setup.extras)
+    check_mode_names(names, kvp=setup.kvp is not None)
     return [MODES[name](setup) for name in dict.fromkeys(names)]
 
 
@@ -174,15 +178,13 @@ def _mlx_lm_mode(setup: Setup) -> Mode:
 
 def _aux_mode(setup: Setup) -> Mode:
     """The auxiliary alone, prefilled exactly as the base is."""
-    return prefill_mode("aux", setup.extras["kvp"].auxiliary, setup.prefill_step)
+    return prefill_mode("aux", setup.kvp.auxiliary, setup.prefill_step)
 
 
 def _kvp_mode(setup: Setup) -> Mode:
     """KV Prediction's prompt step through the one prefill (kvp.prompt_fill), then the base decodes alone. Its
     fill starts from empty caches (the auxiliary's and the base's), so it takes no prefix cache."""
-    from mlxsuite.kvp.recipe import prompt_fill
-
-    pair = setup.extras["kvp"]
+    pair = setup.kvp
     return prefill_mode(
         "kvp",
         pair.base,
@@ -231,3 +233,56 @@ def copy_cache(cache: list) -> list:
         out.append(new)
     mx.eval([[a for a in c.state if isinstance(a, mx.array)] for c in out])
     return out
+
+
+# ---- the models under test ------------------------------------------------------------------------------------
+
+PRESET_VOCAB = 4096  # a preset's vocabulary size unless given
+
+
+def open_setup(
+    name: str, kvp: Optional[str], vocab_size: Optional[int], dtype, seed: int, prefill_step: int
+) -> tuple[Setup, str, list[str]]:
+    """(the setup for the model `name`, how to describe it, notes from loading it): a model folder or store name
+    with its tokenizer (loaded for inference), or a preset with random weights; with `kvp`, the pair in that folder,
+    refused unless its base is `name` (the base mode then times the pair's base)."""
+    if kvp is not None:
+        pair, tokenizer, described = _open_pair(name, kvp, vocab_size, dtype)
+        return Setup(pair.base, prefill_step, pair, name=name, tokenizer=tokenizer), described, []
+    try:
+        folder = store.resolve(name)
+    except UserError as e:
+        if name not in lm.PRESETS:
+            if Path(name).expanduser().exists():
+                raise
+            raise UserError(f"{e}; or name a preset: {', '.join(lm.PRESETS)}") from None
+        V = vocab_size or PRESET_VOCAB
+        model = lm.build(lm.preset_args(name, V), seed=seed, dtype=dtype)
+        model.eval()
+        return Setup(model, prefill_step, name=name), f"preset {name}, random weights, V={V}", []
+    if vocab_size is not None:
+        raise UserError(f"`vocab_size` applies to presets only; {folder} has its own vocabulary")
+    loaded = store.load(str(folder), "lm", dtype=dtype, dequantize=True)
+    described = Path(name).name if name.lower().endswith(".gguf") else str(folder)
+    return Setup(loaded.model, prefill_step, name=name, tokenizer=loaded.tokenizer), described, loaded.notes
+
+
+def _open_pair(model: str, kvp: str, vocab_size: Optional[int], dtype):
+    if vocab_size is not None:
+        raise UserError("`vocab_size` applies to presets only, not with `kvp`")
+    try:
+        store.resolve(model)
+    except UserError:
+        if model in lm.PRESETS:
+            raise UserError(
+                f"`kvp` needs the pair's base model folder or store name as MODEL, not the preset {model!r}"
+            ) from None
+        raise
+    stored = load_pair(kvp, expect_base=model)
+    if dtype is not None:
+        stored.pair.set_dtype(dtype)
+        mx.eval(stored.pair.parameters())
+    aux = stored.config["aux"]
+    described = f"{model} with KV Prediction {stored.folder.name} ({aux.get('kind', '?')}"
+    described += f"-{aux['keep']:.2f})" if "keep" in aux else ")"
+    return stored.pair, stored.tokenizer, described

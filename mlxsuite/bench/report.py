@@ -16,8 +16,6 @@ from typing import Any, Optional
 
 from mlxsuite.platform.plots import check_path, pyplot, save
 
-FORMATS = ("table", "md", "csv", "json", "jsonl")
-
 # Every record field and its type, in column order: the row's identity, its statistics, the model, the run.
 FIELDS: dict[str, type] = {
     "model": str,

@@ -25,6 +25,7 @@ from mlxsuite.cli import (
     vocab,
 )
 from mlxsuite.cli.common import err
+from mlxsuite.cli.flags import with_flags
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="mlxsuite")
     except UserError as e:
-        _fail(2, f"[red]error:[/red] {e}")
+        _fail(2, f"[red]error:[/red] {with_flags(str(e))}")
     except KeyboardInterrupt:
         _fail(130, "interrupted")
     except Exception as e:

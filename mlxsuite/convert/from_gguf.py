@@ -3,7 +3,7 @@
 Everything is checked from the GGUF header before a weight is read (architecture, tensor types and block sizes,
 names and shapes against the model its metadata describes, the tokenizer), then each tensor's bytes are mapped from
 the file, decoded (`gguf_blocks`), renamed to the Hugging Face names, the llama q/k rows put back in Hugging Face
-order, and written shard by shard into a temporary folder (`mlxsuite.convert.checkpoint`). Without `dtype`,
+order, and written shard by shard into a temporary folder (`convert.checkpoint`). Without `dtype`,
 quantized tensors stay MLX affine-quantized layers (bits and group size per tensor, written as mlx-lm's per-layer
 "quantization" entries): group-32 types exactly (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K), group-16 types
 (Q2_K, Q3_K, Q6_K) as 8-bit group 32 with the error measured and returned as a note. With `dtype` every tensor is
@@ -22,7 +22,6 @@ from mlxsuite.convert import gguf_blocks as blocks
 from mlxsuite.convert import gguf_reader as gguf
 from mlxsuite.convert.checkpoint import (
     Item,
-    Progress,
     Result,
     check_tensors,
     expected_shapes,
@@ -30,11 +29,11 @@ from mlxsuite.convert.checkpoint import (
     refuse_existing,
     shards_by_size,
     write_json,
-    write_weights,
+    write_shards,
 )
 from mlxsuite.convert.gguf_tokenizer import check_tokenizer, write_tokenizer
 from mlxsuite.convert.hf import DTYPES, TOKENIZER_CHECK_TEXT, hf_config_to_args
-from mlxsuite.platform import atomic
+from mlxsuite.platform import ProgressCallback, atomic, cache_dir
 from mlxsuite.platform.errors import UserError
 
 KEPT_BITS = {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8, "Q4_K": 4, "Q5_K": 5, "Q2_K": 8, "Q3_K": 8,
@@ -47,7 +46,7 @@ def from_gguf(
     out: str | Path,
     dtype: Optional[str] = None,
     force: bool = False,
-    progress: Optional[Progress] = None,
+    progress: Optional[ProgressCallback] = None,
 ) -> Result:
     """Convert a GGUF file (llama: Llama, Mistral-style, SmolLM2; qwen2; qwen3; any mix of F32/F16/BF16, Q4_0/Q4_1/
     Q5_0/Q5_1/Q8_0 and Q2_K…Q6_K) into a model folder at `out` (a path). Quantized tensors are kept quantized, or
@@ -97,7 +96,7 @@ def from_gguf(
         write_tokenizer(header.metadata, tmp)
         if (tmp / "tokenizer.model").is_file():
             _check_spm_tokenizer(tmp)
-        n, nbytes, shards = write_weights(tmp, shards_by_size(items, sizes), produce, progress)
+        n, nbytes, shards = write_shards(tmp, shards_by_size(items, sizes), produce, progress)
         if errors:
             source["requantized"] = _error_summary(errors)
             notes.extend(_error_notes(source["requantized"]))
@@ -121,7 +120,7 @@ def _output_config(config: dict, quantized: dict[str, dict], dtype: Optional[str
 
 
 def _producer(header: gguf.GGUFHeader, config: dict, kept: dict, cast, errors: dict):
-    """The `produce` of `write_weights`: one GGUF tensor → its output arrays (see the module docstring)."""
+    """The `produce` of `write_shards`: one GGUF tensor → its output arrays (see the module docstring)."""
 
     def produce(item: Item) -> dict[str, mx.array]:
         t = header.tensors[item.src]
@@ -202,8 +201,6 @@ def gguf_model_folder(path: str | Path, dtype: Optional[str] = None) -> Path:
     GGUF_CACHE_KEEP most recently used."""
     import hashlib
     import os
-
-    from mlxsuite.platform import cache_dir
 
     path = Path(path).expanduser().resolve()
     if not path.is_file():

@@ -17,15 +17,9 @@ import mlx.core as mx
 import numpy as np
 
 from mlxsuite.convert import gguf_reader, gguf_writer
-from mlxsuite.convert.checkpoint import (
-    Progress,
-    Result,
-    SafetensorsSource,
-    natural,
-    open_model_folder,
-    refuse_existing,
-)
-from mlxsuite.platform import atomic
+from mlxsuite.convert.checkpoint import Result, SafetensorsSource, natural, refuse_existing
+from mlxsuite.convert.derive import open_model_folder
+from mlxsuite.platform import ProgressCallback, atomic
 from mlxsuite.platform.errors import UserError
 
 
@@ -77,7 +71,11 @@ def _rope(args) -> Optional[np.ndarray]:
 
 
 def to_gguf(
-    model: str, out: str | Path, outtype: Optional[str] = None, force: bool = False, progress: Optional[Progress] = None
+    model: str,
+    out: str | Path,
+    outtype: Optional[str] = None,
+    force: bool = False,
+    progress: Optional[ProgressCallback] = None,
 ) -> Result:
     """Write `model` as a GGUF file at `out`. `outtype` (f32, f16, bf16, q8_0, q4_0, q4_1) sets the type of every
     matrix (quantized layers are dequantized first, except 4-bit group-32 layers with q4_1); without it floats stay
@@ -85,7 +83,8 @@ def to_gguf(
     if outtype is not None and outtype not in gguf_writer.OUTTYPES:
         raise UserError(f"outtype must be one of {', '.join(gguf_writer.OUTTYPES)}, got {outtype}")
     out = Path(out)
-    folder, config, args, quantized, tensors = open_model_folder(model)
+    source = open_model_folder(model)
+    folder, args, quantized, tensors = source.folder, source.args, source.quantized, source.tensors
     arch = architecture(args)
     rope_freqs = _rope(args)
     refuse_existing(out, force)

@@ -4,12 +4,11 @@ mlx-lm's `_get_classes`, which `mlxsuite.store` hands this to)."""
 from __future__ import annotations
 
 from types import ModuleType
+from mlxsuite.models import lm, moma
 
 
 def family(config: dict) -> ModuleType:
     """The module (with `Model` and `ModelArgs`) of the model a config.json describes; ValueError if none."""
-    from mlxsuite.models import lm, moma
-
     model_type = config.get("model_type")
     if model_type in lm.FAMILIES:
         return lm

@@ -1,8 +1,8 @@
 """KV Prediction (Horton et al., Apple 2024, arXiv:2410.08391): an auxiliary model's KV cache, mapped by a learned
 per-layer linear predictor, stands in for the base model's prompt cache, so the base only runs one token at prefill.
 
-Reference: PyTorch `apple/corenet`, `corenet/modeling/models/language_modeling/kv_prediction.py` (notes:
-shared/papers/kv-prediction.md). Where paper and code differ this file follows the code:
+Reference: PyTorch `apple/corenet`, `corenet/modeling/models/language_modeling/kv_prediction.py`. Where paper and
+code differ this file follows the code:
 
 - the auxiliary runs on the prompt minus its last token; the base computes the last token's own KV (the paper's
   t_A(N) + t_P(N) + t_B(1) implies the aux sees all N tokens);
@@ -24,6 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxsuite.models.lm import Model
+from mlxsuite.models.lm import ModelArgs
 
 
 @dataclass
@@ -60,7 +61,7 @@ class PredictorArgs:
         return asdict(self)
 
 
-# ---- layer mapping (notes §1.5) --------------------------------------------------------------------------------
+# ---- layer mapping ------------------------------------------------------------------------------------------
 
 
 def contiguous_layer_map(n_base: int, n_aux: int) -> list[int]:
@@ -176,7 +177,7 @@ class KVPredictionModel(nn.Module):
         return base_logits, aux_logits, keys, [v for _, v in kv]
 
     def base_targets(self, inputs: mx.array) -> tuple[list[mx.array], list[mx.array]]:
-        """The base's true KV (keys after k-norm, before RoPE; raw values), without gradient (notes §3.1)."""
+        """The base's true KV (keys after k-norm, before RoPE; raw values), without gradient."""
         tap: list = []
         self.base.model(inputs, tap=tap)  # only the tapped keys/values are used: the rest is never computed
         keys = [layer.self_attn.normalize_keys(k) for layer, (k, _) in zip(self.base.layers, tap)]
@@ -197,7 +198,6 @@ def layer_pruned(base: Model, retained: list[int]) -> Model:
     embeddings, final norm and head."""
     from mlx.utils import tree_flatten
 
-    from mlxsuite.models.lm import ModelArgs
 
     args = ModelArgs.from_dict({**base.args.to_dict(), "num_hidden_layers": len(retained)})
     aux = Model(args)
