@@ -8,8 +8,8 @@ then maps one tensor's bytes, which `gguf_blocks` decodes. Architectures: llama 
 
 llama.cpp's converter reorders the rows of the llama architecture's q and k projections for its RoPE (`permute` in
 convert_hf_to_gguf.py; qwen2/qwen3 are not permuted); `unpermute_rows` restores the Hugging Face order. Rows are
-independent, so it applies alike to float weights and to the codes, scales and biases of a quantized one. The tokenizer lives in
-`convert.gguf_tokenizer`.
+independent, so it applies alike to float weights and to the codes, scales and biases of a quantized one. The
+tokenizer lives in `convert.gguf_tokenizer`.
 """
 
 from __future__ import annotations
