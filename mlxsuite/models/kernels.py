@@ -10,8 +10,9 @@ kernels compute the same functions with:
   scale folded into the queries' rotation;
 - the softmax denominator as a matmul with a ones vector.
 
-`select` decides once per forward whether they apply (the CPU, a C++ compiler for mx.compile, float32, plain RoPE
-on the full head, plain KV caches); the layers of `models/lm.py` then use them in place of `mx.fast.rope`,
+`select` decides once per forward whether they apply (the CPU, a C++ compiler for mx.compile, float32, mlx-lm's
+KV caches); a variant they do not cover runs the plain op for that op only (a RoPE other than `nn.RoPE`, GELU, a
+sliding window's rotating cache); the layers of `models/lm.py` then use them in place of `mx.fast.rope`,
 `scaled_dot_product_attention` and `swiglu`. Results match the plain path to float32 rounding, values and
 gradients (tests/test_kernels.py). Compiling whole layers does not pay: building the graph is 1–2 % of a chunk's
 time, and every new chunk shape would retrace.
@@ -25,37 +26,57 @@ from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, RotatingKVCache
 
 from mlxsuite.platform import compiler_available
 
 
 class CPUKernels:
-    """The kernels of one forward pass over positions offset, offset+1, …, offset+n−1."""
+    """The kernels of one forward pass over positions offset, offset+1, …, offset+n−1. A layer whose cache is a
+    sliding window's RotatingKVCache (its keys out of position order) runs the plain ops (`for_cache`); a RoPE other
+    than plain `nn.RoPE` (long-rope, Llama 3's) is applied by the layer's own module (`rope`)."""
 
-    def __init__(self, rope: nn.RoPE, offset: int, n: int):
-        self.offset = offset
-        self.traditional = rope.traditional
-        self.cos, self.sin = rope_table(rope, offset, n)
+    def __init__(self, offset: int, n: int, partial: bool = False):
+        self.offset, self.n = offset, n
+        self.partial = partial  # some layers run the plain ops (they need masks)
+        self.tables: dict = {}
 
-    def rope(self, x: mx.array, scale: float = 1.0) -> mx.array:
-        """RoPE at this forward's positions on (B, heads, n, head_dim), times `scale` (the softmax scale for q)."""
+    def for_cache(self, cache) -> Optional["CPUKernels"]:
+        return self if cache is None or type(cache) is KVCache else None
+
+    def rope(self, x: mx.array, rope: nn.Module, scale: float = 1.0) -> mx.array:
+        """`rope` at this forward's positions on (B, heads, n, head_dim), times `scale` (the softmax scale for q)."""
+        if type(rope) is not nn.RoPE:
+            x = rope(x, offset=self.offset)
+            return x * mx.array(scale, dtype=x.dtype) if scale != 1.0 else x
+        key = (rope.dims, rope.base, rope.scale)
+        if key not in self.tables:
+            self.tables[key] = rope_table(rope, self.offset, self.n)
+        cos, sin = self.tables[key]
         scale = mx.array(scale, dtype=x.dtype)
-        if self.traditional:  # rotate consecutive pairs
-            a, b = _rotate(x[..., 0::2], x[..., 1::2], self.cos, self.sin, scale)
-            return mx.stack([a, b], axis=-1).reshape(x.shape)
-        half = x.shape[-1] // 2
-        a, b = _rotate(x[..., :half], x[..., half:], self.cos, self.sin, scale)
-        return mx.concatenate([a, b], axis=-1)
+        rest = x[..., rope.dims :] * scale if rope.dims < x.shape[-1] else None
+        if rope.traditional:  # rotate consecutive pairs
+            a, b = _rotate(x[..., 0 : rope.dims : 2], x[..., 1 : rope.dims : 2], cos, sin, scale)
+            out = mx.stack([a, b], axis=-1).reshape(*x.shape[:-1], rope.dims)
+        else:
+            half = rope.dims // 2
+            out = mx.concatenate(_rotate(x[..., :half], x[..., half : rope.dims], cos, sin, scale), axis=-1)
+        return out if rest is None else mx.concatenate([out, rest], axis=-1)
 
-    def attention(self, q: mx.array, k: mx.array, v: mx.array) -> mx.array:
+    def attention(self, q: mx.array, k: mx.array, v: mx.array, softcap=None, window=None) -> mx.array:
         """softmax(q kᵀ + causal mask) v for queries at this forward's positions (q already scaled); GQA by
-        grouping the query heads that share a KV head."""
+        grouping the query heads that share a KV head. `softcap`: scores → cap·tanh(scores/cap) first (Gemma 2);
+        `window`: a query sees the last `window` positions only."""
         B, H, n, D = q.shape
         kv_heads, L = k.shape[1], k.shape[2]
         rep = H // kv_heads
         scores = (q.reshape(B, kv_heads, rep * n, D) @ k.swapaxes(-1, -2)).reshape(B, kv_heads, rep, n, L)
-        causal = mx.arange(self.offset, self.offset + n)[:, None] >= mx.arange(L)[None]
+        if softcap is not None:
+            scores = mx.tanh(scores / softcap) * softcap
+        query_pos, key_pos = mx.arange(self.offset, self.offset + n)[:, None], mx.arange(L)[None]
+        causal = query_pos >= key_pos
+        if window is not None:
+            causal = causal & (query_pos < key_pos + window)
         scores = mx.where(causal, scores, -mx.inf)
         row_max = mx.stop_gradient(scores.max(axis=-1, keepdims=True))
         weights = fast_exp(_shift(scores, row_max)).reshape(B, kv_heads, rep * n, L)
@@ -86,21 +107,15 @@ def select(layers: list, h: mx.array, cache: list) -> Optional[CPUKernels]:
     if not available(layers, h.dtype, cache):
         return None
     offset = cache[0].offset if cache[0] is not None else 0
-    return CPUKernels(layers[0].self_attn.rope, offset, h.shape[1])
+    return CPUKernels(offset, h.shape[1], partial=any(c is not None and type(c) is not KVCache for c in cache))
 
 
 def available(layers: list, dtype, cache: list = ()) -> bool:
-    """Whether the kernels apply: the CPU, a C++ compiler (mx.compile), float32, plain RoPE on the whole head and
-    the same in every layer, plain KV caches."""
+    """Whether the kernels apply: the CPU, a C++ compiler (mx.compile), float32, KV caches of mlx-lm's plain or
+    rotating kind (a rotating cache's layer runs the plain ops)."""
     if not _enabled or mx.default_device().type != mx.DeviceType.cpu or dtype != mx.float32:
         return False
-    if not compiler_available() or any(c is not None and type(c) is not KVCache for c in cache):
-        return False
-    rope = layers[0].self_attn.rope
-    if type(rope) is not nn.RoPE or rope.dims != layers[0].self_attn.head_dim:
-        return False
-    key = (rope.dims, rope.base, rope.scale, rope.traditional)
-    return all((r.dims, r.base, r.scale, r.traditional) == key for r in (layer.self_attn.rope for layer in layers))
+    return compiler_available() and all(c is None or type(c) in (KVCache, RotatingKVCache) for c in cache)
 
 
 def rope_table(rope: nn.RoPE, start: int, n: int) -> tuple[mx.array, mx.array]:

@@ -1,0 +1,138 @@
+"""The families of the one forward against mlx-lm's own classes, on synthetic checkpoints whose configs carry the
+real config.json fields (Gemma 2 2B, Gemma 3 1B/4B, Phi-3.5-mini, Phi-4-mini, OpenELM-270M), scaled down."""
+
+import json
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from mlx.utils import tree_flatten, tree_map
+from mlx_lm.generate import generate_step as mlx_lm_generate_step
+from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.utils import load_model as mlx_lm_load_model
+
+from mlxsuite import store
+from mlxsuite.generate import generate_tokens, prefill
+from mlxsuite.models import kernels, lm
+from mlxsuite.platform import atomic
+
+GEMMA2 = {  # google/gemma-2-2b, scaled down; caps lowered so that tanh bends on random weights
+    "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 256,
+    "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "attn_logit_softcapping": 1.0, "final_logit_softcapping": 2.0,
+    "query_pre_attn_scalar": 32, "sliding_window": 4096, "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 8192, "cache_implementation": "hybrid",
+    "attention_bias": False, "bos_token_id": 2, "eos_token_id": 1, "torch_dtype": "float32",
+}
+GEMMA3 = {  # google/gemma-3-1b-it (4B's linear rope scaling), scaled down: window 8, every 3rd layer global
+    "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_size": 96, "intermediate_size": 128,
+    "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 256,
+    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "query_pre_attn_scalar": 16,
+    "sliding_window": 8, "sliding_window_pattern": 3, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 32768, "attn_logit_softcapping": None,
+    "final_logit_softcapping": None, "attention_bias": False, "attention_dropout": 0.0,
+}
+PHI35 = {  # microsoft/Phi-3.5-mini-instruct, scaled down (long-rope factors per rotated pair)
+    "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 256,
+    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 131072,
+    "original_max_position_embeddings": 4096, "hidden_act": "silu", "sliding_window": 262144,
+    "tie_word_embeddings": False, "rope_scaling": {"type": "longrope", "long_factor": [1.0 + i / 4 for i in range(8)],
+                                                   "short_factor": [1.0 + i / 8 for i in range(8)]},
+}
+PHI4_MINI = {  # microsoft/Phi-4-mini-instruct: GQA, partial rotary 0.75, tied head; plain RoPE (Phi-3-mini-4k's)
+    **PHI35, "num_key_value_heads": 2, "partial_rotary_factor": 0.75, "tie_word_embeddings": True,
+    "rope_scaling": None, "max_position_embeddings": 4096,
+}
+OPENELM = {  # apple/OpenELM-270M, scaled down: per-layer heads, KV heads and FFN widths
+    "architectures": ["OpenELMForCausalLM"], "model_type": "openelm", "model_dim": 64, "num_transformer_layers": 4,
+    "head_dim": 16, "num_query_heads": [2, 4, 4, 6], "num_kv_heads": [1, 2, 2, 2], "num_gqa_groups": 4,
+    "ffn_multipliers": [0.5, 1.0, 1.5, 2.0], "ffn_dim_divisor": 16, "ffn_with_glu": True, "vocab_size": 256,
+    "normalize_qk_projections": True, "share_input_output_layers": True, "rope_freq_constant": 10000,
+    "rope_max_length": 4096, "max_context_length": 2048, "qkv_multipliers": [0.5, 1.0], "activation_fn_name": "swish",
+}  # fmt: skip
+CONFIGS = {"gemma2": GEMMA2, "gemma3": GEMMA3, "phi3.5": PHI35, "phi4-mini": PHI4_MINI, "openelm": OPENELM}
+
+
+def write_folder(path, config: dict, bits=None, seed=0):
+    """Our model of `config` with perturbed weights (norms too), written as a folder (4-bit: quantized as
+    mlx-lm quantizes)."""
+    model = lm.Model(lm.ModelArgs.from_dict(config))
+    lm.init_weights(model, seed)
+    noise = tree_map(lambda p: 0.05 * mx.random.normal(p.shape, key=mx.random.key(seed + 1)), model.parameters())
+    model.update(tree_map(lambda p, n: p + n, model.parameters(), noise))
+    out = {**config, **model.args.to_dict()}
+    if bits:
+        nn.quantize(model, group_size=32, bits=bits)
+        out["quantization"] = {"group_size": 32, "bits": bits}
+    path.mkdir()
+    atomic.write_safetensors(path / "model.safetensors", dict(tree_flatten(model.parameters())), {"format": "mlx"})
+    (path / "config.json").write_text(json.dumps(out))
+    return path
+
+
+def chunked_logits(model, tokens: mx.array, chunk: int) -> mx.array:
+    cache = make_prompt_cache(model)
+    out = [model(tokens[:, i : i + chunk], cache) for i in range(0, tokens.shape[1], chunk)]
+    return mx.concatenate(out, axis=1)
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_logits_equal_mlx_lm_at_every_chunk_size(tmp_path, family, bits):
+    folder = write_folder(tmp_path / family, CONFIGS[family], bits)
+    ours = store.load(str(folder), "lm").model
+    ref, _ = mlx_lm_load_model(folder)
+    assert type(ours) is lm.Model and type(ref).__module__.startswith("mlx_lm.models.")
+    tokens = mx.random.randint(0, 256, (1, 21), key=mx.random.key(3))
+    want = ref(tokens)
+    for chunk in (1, 3, 8, 21):
+        for got in (chunked_logits(ours, tokens, chunk), chunked_logits(ref, tokens, chunk)):
+            assert mx.allclose(got, want, atol=2e-4, rtol=2e-4), (family, chunk, mx.abs(got - want).max().item())
+    with kernels.disabled():
+        plain = chunked_logits(ours, tokens, 8)
+    assert mx.allclose(plain, want, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_greedy_generation_equals_mlx_lm(tmp_path, family):
+    folder = write_folder(tmp_path / family, CONFIGS[family])
+    ours = store.load(str(folder), "lm").model
+    ref, _ = mlx_lm_load_model(folder)
+    prompt = mx.random.randint(0, 256, (13,), key=mx.random.key(5))
+    want = [int(t) for t, _ in mlx_lm_generate_step(prompt, ref, max_tokens=10, prefill_step_size=4)]
+    assert list(generate_tokens(ours, prompt, 10, prefill_step=4)) == want
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_our_folder_round_trips_and_kernels_agree(tmp_path, family):
+    """Saved by store.save, the folder reopens identically; the fused CPU kernels on and off give the same logits
+    and the same prefill."""
+    model = lm.build(lm.ModelArgs.from_dict(CONFIGS[family]))
+    store.save(tmp_path / "m", model)
+    again = store.load(str(tmp_path / "m"), "lm").model
+    assert again.args == model.args
+    tokens = mx.random.randint(0, 256, (2, 17), key=mx.random.key(7))
+    fused = model(tokens)
+    with kernels.disabled():
+        plain = model(tokens)
+        plain_first = prefill(model, tokens, model.make_cache(), 5)
+    assert mx.allclose(fused, plain, atol=1e-4, rtol=1e-4)
+    assert mx.allclose(prefill(again, tokens, again.make_cache(), 5), plain_first, atol=1e-4, rtol=1e-4)
+
+
+def test_real_config_fields_are_read():
+    gemma3 = lm.ModelArgs.from_dict(GEMMA3)
+    assert [gemma3.is_sliding(i) for i in range(6)] == [True, True, False, True, True, False]
+    assert gemma3.norm_offset and gemma3.qk_norm and gemma3.hidden_act == "gelu_pytorch_tanh"
+    elm = lm.ModelArgs.from_dict(OPENELM)
+    assert (elm.hidden_size, elm.num_hidden_layers, elm.tie_word_embeddings) == (64, 4, True)
+    assert [elm.layer_widths(i) for i in range(4)] == [(32, 16, 32), (64, 32, 64), (64, 32, 96), (96, 32, 128)]
+    model = lm.Model(elm)
+    assert elm.n_params == sum(v.size for _, v in tree_flatten(model.parameters()))
+    phi = lm.ModelArgs.from_dict(PHI4_MINI)
+    assert phi.head_dim == 16 and model_rope_dims(phi) == 12
+
+
+def model_rope_dims(args) -> int:
+    return lm.Model(args).layers[0].self_attn.rope.dims
