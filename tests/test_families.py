@@ -17,32 +17,83 @@ from mlxsuite.models import kernels, lm
 from mlxsuite.platform import atomic
 
 GEMMA2 = {  # google/gemma-2-2b, scaled down; caps lowered so that tanh bends on random weights
-    "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": 64, "intermediate_size": 128,
-    "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 256,
-    "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "attn_logit_softcapping": 1.0, "final_logit_softcapping": 2.0,
-    "query_pre_attn_scalar": 32, "sliding_window": 4096, "hidden_act": "gelu_pytorch_tanh",
-    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 8192, "cache_implementation": "hybrid",
-    "attention_bias": False, "bos_token_id": 2, "eos_token_id": 1, "torch_dtype": "float32",
+    "architectures": ["Gemma2ForCausalLM"],
+    "model_type": "gemma2",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "vocab_size": 256,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "attn_logit_softcapping": 1.0,
+    "final_logit_softcapping": 2.0,
+    "query_pre_attn_scalar": 32,
+    "sliding_window": 4096,
+    "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 8192,
+    "cache_implementation": "hybrid",
+    "attention_bias": False,
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+    "torch_dtype": "float32",
 }
 GEMMA3 = {  # google/gemma-3-1b-it (4B's linear rope scaling), scaled down: window 8, every 3rd layer global
-    "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_size": 96, "intermediate_size": 128,
-    "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 256,
-    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "query_pre_attn_scalar": 16,
-    "sliding_window": 8, "sliding_window_pattern": 3, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
-    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 32768, "attn_logit_softcapping": None,
-    "final_logit_softcapping": None, "attention_bias": False, "attention_dropout": 0.0,
+    "architectures": ["Gemma3ForCausalLM"],
+    "model_type": "gemma3_text",
+    "hidden_size": 96,
+    "intermediate_size": 128,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 16,
+    "vocab_size": 256,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "rope_local_base_freq": 10000.0,
+    "query_pre_attn_scalar": 16,
+    "sliding_window": 8,
+    "sliding_window_pattern": 3,
+    "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 32768,
+    "attn_logit_softcapping": None,
+    "final_logit_softcapping": None,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
 }
 PHI35 = {  # microsoft/Phi-3.5-mini-instruct, scaled down (long-rope factors per rotated pair)
-    "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_size": 64, "intermediate_size": 128,
-    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 256,
-    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 131072,
-    "original_max_position_embeddings": 4096, "hidden_act": "silu", "sliding_window": 262144,
-    "tie_word_embeddings": False, "rope_scaling": {"type": "longrope", "long_factor": [1.0 + i / 4 for i in range(8)],
-                                                   "short_factor": [1.0 + i / 8 for i in range(8)]},
+    "architectures": ["Phi3ForCausalLM"],
+    "model_type": "phi3",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "vocab_size": 256,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 131072,
+    "original_max_position_embeddings": 4096,
+    "hidden_act": "silu",
+    "sliding_window": 262144,
+    "tie_word_embeddings": False,
+    "rope_scaling": {
+        "type": "longrope",
+        "long_factor": [1.0 + i / 4 for i in range(8)],
+        "short_factor": [1.0 + i / 8 for i in range(8)],
+    },
 }
 PHI4_MINI = {  # microsoft/Phi-4-mini-instruct: GQA, partial rotary 0.75, tied head; plain RoPE (Phi-3-mini-4k's)
-    **PHI35, "num_key_value_heads": 2, "partial_rotary_factor": 0.75, "tie_word_embeddings": True,
-    "rope_scaling": None, "max_position_embeddings": 4096,
+    **PHI35,
+    "num_key_value_heads": 2,
+    "partial_rotary_factor": 0.75,
+    "tie_word_embeddings": True,
+    "rope_scaling": None,
+    "max_position_embeddings": 4096,
 }
 OPENELM = {  # apple/OpenELM-270M, scaled down: per-layer heads, KV heads and FFN widths
     "architectures": ["OpenELMForCausalLM"], "model_type": "openelm", "model_dim": 64, "num_transformer_layers": 4,
@@ -136,3 +187,72 @@ def test_real_config_fields_are_read():
 
 def model_rope_dims(args) -> int:
     return lm.Model(args).layers[0].self_attn.rope.dims
+
+
+# ---- KV Prediction on per-layer-shaped models (the paper's KVP-C pairs: OpenELM-270M → OpenELM-1.1B) -----------
+
+OPENELM_BASE = {  # apple/OpenELM-1_1B's shape, scaled down: deeper, more and wider heads than the auxiliary
+    **OPENELM, "num_transformer_layers": 6, "num_query_heads": [4, 4, 6, 6, 8, 8], "num_kv_heads": [2, 2, 2, 2, 4, 4],
+    "ffn_multipliers": [0.5, 0.8, 1.1, 1.4, 1.7, 2.0],
+}  # fmt: skip
+
+
+def openelm(config: dict, seed: int) -> lm.Model:
+    return lm.build(lm.ModelArgs.from_dict(config), seed=seed)
+
+
+def kvp_prompt_logits(pair, tokens, step):
+    from mlxsuite.kvp.recipe import prompt_fill
+
+    cache, fill = prompt_fill(pair)
+    return prefill(pair.base, tokens, cache, step, fill)
+
+
+def test_openelm_kvp_c_pair_trains_and_its_identity_case_reproduces_the_base():
+    import mlx.optimizers as optim
+
+    from mlxsuite.kvp.recipe import kvp_loss
+    from mlxsuite.models import kv_prediction as kvm
+
+    base, aux = openelm(OPENELM_BASE, 1), openelm(OPENELM, 2)
+    layer_map = kvm.contiguous_layer_map(6, 4)
+    pred_args = kvm.PredictorArgs.for_models(base, aux, layer_map)
+    assert pred_args.aux_kv_dims == [16, 32, 32, 32] and pred_args.base_kv_heads == [2, 2, 2, 2, 4, 4]
+    pair = kvm.KVPredictionModel(base, aux, kvm.KVPredictor(pred_args))
+    base.freeze()
+    loss_fn = nn.value_and_grad(pair, lambda p, b: kvp_loss(1.0)(p, b)[0])
+    opt = optim.Adam(1e-2)
+    batch = mx.random.randint(0, 256, (2, 17), key=mx.random.key(9))
+    losses = []
+    for _ in range(4):
+        loss, grads = loss_fn(pair, batch)
+        opt.update(pair, grads)
+        mx.eval(pair.parameters(), opt.state)
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    tokens = mx.random.randint(0, 256, (1, 12), key=mx.random.key(10))
+    assert mx.isfinite(kvp_prompt_logits(pair, tokens, 5)).all()
+    # identity case: the auxiliary is the base, the predictor the identity (square per layer, widths differ)
+    same = kvm.layer_pruned(base, list(range(6)))
+    identity = kvm.KVPredictor(kvm.PredictorArgs.for_models(base, same, list(range(6))))
+    identity.set_identity()
+    twin = kvm.KVPredictionModel(base, same, identity)
+    want = base(tokens)
+    for step in (1, 4, 11):
+        assert mx.allclose(kvp_prompt_logits(twin, tokens, step), want[:, -1], atol=1e-4)
+    assert mx.allclose(twin(tokens)[0], want, atol=1e-4)
+
+
+def test_layer_pruning_keeps_each_layers_shape(tmp_path):
+    from mlxsuite.models import kv_prediction as kvm
+
+    base = openelm(OPENELM_BASE, 1)
+    aux = kvm.layer_pruned(base, [0, 3, 5])
+    assert [aux.args.layer_widths(i) for i in range(3)] == [base.args.layer_widths(i) for i in (0, 3, 5)]
+    store.save(tmp_path / "lp", aux)
+    ref, _ = mlx_lm_load_model(tmp_path / "lp")  # mlx-lm's openelm opens the pruned folder
+    tokens = mx.array([[3, 1, 4, 1, 5, 9, 2, 6]])
+    assert mx.allclose(ref(tokens), aux(tokens), atol=1e-4)
+    gemma3 = lm.build(lm.ModelArgs.from_dict(GEMMA3))
+    with pytest.raises(ValueError, match="sliding-window pattern"):
+        kvm.layer_pruned(gemma3, [0, 1])

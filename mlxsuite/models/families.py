@@ -22,6 +22,7 @@ from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.gemma2 import RMSNorm as OffsetRMSNorm
 from mlx_lm.models.rope_utils import SuScaledRoPE, initialize_rope
 
 GEMMA = dict(hidden_act="gelu_pytorch_tanh", norm_offset=True, sandwich_norms=True, tie_word_embeddings=True)
@@ -159,3 +160,25 @@ def ffn_width(args, layer: int) -> int:
 
         return int(make_divisible(args.ffn_multipliers[layer] * args.hidden_size, divisor=args.ffn_dim_divisor))
     return args.intermediate_size
+
+
+def make_norm(args, dims: int) -> nn.Module:
+    return OffsetRMSNorm(dims, eps=args.rms_norm_eps) if args.norm_offset else nn.RMSNorm(dims, eps=args.rms_norm_eps)
+
+
+def softcapped_attention(q: mx.array, k: mx.array, v: mx.array, mask, cap: float) -> mx.array:
+    """softmax(cap·tanh(q kᵀ / cap) + mask) v for scaled queries (Gemma 2's attention, as mlx-lm computes it)."""
+    B, H, L, D = q.shape
+    kv_heads = k.shape[1]
+    q = q.reshape(B, kv_heads, H // kv_heads, L, D)
+    scores = q @ mx.expand_dims(k, 2).swapaxes(-1, -2)
+    scores = mx.tanh(scores / cap) * cap
+    if isinstance(mask, str):
+        mask = mx.arange(k.shape[2] - L, k.shape[2])[:, None] >= mx.arange(k.shape[2])[None]
+    if mask is not None:
+        if mask.dtype == mx.bool_:
+            scores = mx.where(mask, scores, mx.array(mx.finfo(scores.dtype).min, scores.dtype))
+        else:
+            scores = scores + mask
+    out = mx.softmax(scores, axis=-1, precise=True) @ mx.expand_dims(v, 2)
+    return out.reshape(B, H, L, D)

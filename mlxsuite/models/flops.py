@@ -13,17 +13,16 @@ from mlxsuite.models import lm
 def forward(args: lm.ModelArgs, n_tokens: int, offset: int = 0, logits_tokens: int = 1) -> int:
     """Running `n_tokens` positions after `offset` cached ones:
 
-    - linear layers on every token: 2·n·layers·(d·q + 2·d·kv + q·d + 3·d·f), q = heads·head_dim, kv =
-      kv_heads·head_dim;
+    - linear layers on every token: 2·n·Σ_layers (d·q + 2·d·kv + q·d + 3·d·f), q = heads·head_dim, kv =
+      kv_heads·head_dim, f the FFN width (per layer: OpenELM's vary);
     - causal attention: each (query, key) pair a query sees costs 2·head_dim for q·k and 2·head_dim for the
       weighted sum of values, per query head and layer;
     - the LM head on `logits_tokens` positions (prefill needs only the last): 2·V·d each."""
-    d, hd = args.hidden_size, args.head_dim
-    q, kv = args.num_attention_heads * hd, args.num_key_value_heads * hd
-    per_layer = d * q + 2 * d * kv + q * d + 3 * d * args.intermediate_size
-    linear = 2 * n_tokens * args.num_hidden_layers * per_layer
+    d = args.hidden_size
+    widths = [args.layer_widths(i) for i in range(args.num_hidden_layers)]  # (q, kv, ffn) per layer
+    linear = 2 * n_tokens * sum(d * q + 2 * d * kv + q * d + 3 * d * f for q, kv, f in widths)
     keys_seen = n_tokens * offset + n_tokens * (n_tokens + 1) // 2
-    attention = 4 * args.num_hidden_layers * q * keys_seen
+    attention = 4 * sum(q for q, _, _ in widths) * keys_seen
     return linear + attention + 2 * logits_tokens * d * args.vocab_size
 
 

@@ -41,7 +41,7 @@ class CPUKernels:
         self.partial = partial  # some layers run the plain ops (they need masks)
         self.tables: dict = {}
 
-    def for_cache(self, cache) -> Optional["CPUKernels"]:
+    def for_cache(self, cache) -> Optional[CPUKernels]:
         return self if cache is None or type(cache) is KVCache else None
 
     def rope(self, x: mx.array, rope: nn.Module, scale: float = 1.0) -> mx.array:

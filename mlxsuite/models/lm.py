@@ -19,7 +19,6 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.activations import swiglu
 from mlx_lm.models.base import BaseModelArgs, create_attention_mask, scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache, RotatingKVCache
-from mlx_lm.models.gemma2 import RMSNorm as OffsetRMSNorm
 
 from mlxsuite.models import families
 from mlxsuite.models import kernels as fast_kernels
@@ -78,7 +77,7 @@ class ModelArgs(BaseModelArgs):
                 raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
 
     @classmethod
-    def from_dict(cls, params: dict) -> "ModelArgs":
+    def from_dict(cls, params: dict) -> ModelArgs:
         """From a config.json of this project or of mlx-lm / Hugging Face (the families of `FAMILIES`): keys the
         file leaves out take the defaults of mlx-lm's model of that family, and the family's traits are set."""
         return super().from_dict(families.from_config(params))
@@ -101,7 +100,7 @@ class ModelArgs(BaseModelArgs):
     def is_sliding(self, i: int) -> bool:
         return bool(self.sliding_window_pattern) and (i + 1) % self.sliding_window_pattern != 0
 
-    def pruned(self, retained: list[int]) -> "ModelArgs":
+    def pruned(self, retained: list[int]) -> ModelArgs:
         """The args of a copy keeping layers `retained`, each with its own shape."""
         if self.sliding_window_pattern and self.sliding_window_pattern > 1:
             raise ValueError("layer pruning would move the sliding-window pattern's global layers")
@@ -175,28 +174,6 @@ def preset_args(name: str, vocab_size: int, **overrides) -> ModelArgs:
     return ModelArgs(**{**PRESETS[name], "vocab_size": vocab_size, **overrides})
 
 
-def make_norm(args: ModelArgs, dims: int) -> nn.Module:
-    return OffsetRMSNorm(dims, eps=args.rms_norm_eps) if args.norm_offset else nn.RMSNorm(dims, eps=args.rms_norm_eps)
-
-
-def softcapped_attention(q: mx.array, k: mx.array, v: mx.array, mask, cap: float) -> mx.array:
-    """softmax(cap·tanh(q kᵀ / cap) + mask) v for scaled queries (Gemma 2's attention, as mlx-lm computes it)."""
-    B, H, L, D = q.shape
-    kv_heads = k.shape[1]
-    q = q.reshape(B, kv_heads, H // kv_heads, L, D)
-    scores = q @ mx.expand_dims(k, 2).swapaxes(-1, -2)
-    scores = mx.tanh(scores / cap) * cap
-    if isinstance(mask, str):
-        mask = mx.arange(k.shape[2] - L, k.shape[2])[:, None] >= mx.arange(k.shape[2])[None]
-    if mask is not None:
-        if mask.dtype == mx.bool_:
-            scores = mx.where(mask, scores, mx.array(mx.finfo(scores.dtype).min, scores.dtype))
-        else:
-            scores = scores + mask
-    out = mx.softmax(scores, axis=-1, precise=True) @ mx.expand_dims(v, 2)
-    return out.reshape(B, H, L, D)
-
-
 class Attention(nn.Module):
     """Multi-head attention of layer `index` with GQA, optional q/k-norm and RoPE, in pieces that every forward here
     shares: `project` (raw q, k, v), `finish_queries`/`finish_keys` (norm, then RoPE at absolute positions) and
@@ -223,8 +200,8 @@ class Attention(nn.Module):
             self.v_proj = nn.Linear(d, kv, bias=bias)
         self[self._out] = nn.Linear(q, d, bias=args.attention_bias)
         if args.qk_norm:
-            self.q_norm = make_norm(args, self.head_dim)
-            self.k_norm = make_norm(args, self.head_dim)
+            self.q_norm = families.make_norm(args, self.head_dim)
+            self.k_norm = families.make_norm(args, self.head_dim)
         self.rope = families.make_rope(args, index)
 
     def project(self, x: mx.array, kv: Optional[tuple] = None) -> tuple[mx.array, mx.array, mx.array]:
@@ -266,7 +243,7 @@ class Attention(nn.Module):
         if kernels is not None:
             out = kernels.attention(q, k, v, self.softcap, self.window)
         elif self.softcap is not None:
-            out = softcapped_attention(q * self.scale, k, v, mask, self.softcap)
+            out = families.softcapped_attention(q * self.scale, k, v, mask, self.softcap)
         else:
             out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
         return self[self._out](out.transpose(0, 2, 1, 3).reshape(B, L, -1))
@@ -319,11 +296,11 @@ class TransformerBlock(nn.Module):
         self._sandwich = args.sandwich_norms
         self[names.attn] = Attention(args, index)
         self[names.mlp] = MLP(args, index)
-        self[names.attn_norm] = make_norm(args, args.hidden_size)
-        self[names.mlp_norm] = make_norm(args, args.hidden_size)
+        self[names.attn_norm] = families.make_norm(args, args.hidden_size)
+        self[names.mlp_norm] = families.make_norm(args, args.hidden_size)
         if args.sandwich_norms:
-            self[names.attn_out_norm] = make_norm(args, args.hidden_size)
-            self[names.mlp_out_norm] = make_norm(args, args.hidden_size)
+            self[names.attn_out_norm] = families.make_norm(args, args.hidden_size)
+            self[names.mlp_out_norm] = families.make_norm(args, args.hidden_size)
 
     @property
     def self_attn(self) -> Attention:
@@ -349,7 +326,7 @@ class Decoder(nn.Module):
         self._softcap = args.attn_logit_softcapping is not None
         self[self._embed] = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = [TransformerBlock(args, i) for i in range(args.num_hidden_layers)]
-        self.norm = make_norm(args, args.hidden_size)
+        self.norm = families.make_norm(args, args.hidden_size)
 
     @property
     def embed_tokens(self) -> nn.Embedding:

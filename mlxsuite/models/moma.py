@@ -155,8 +155,9 @@ class Block(nn.Module):
         if args.ffn == "dense":
             self.mlp = lm.MLP(args)
         else:
-            self.moe = SparseFFN(args.hidden_size, args.intermediate_size, args.groups, args.ffn == "moma",
-                                 args.capacity)
+            self.moe = SparseFFN(
+                args.hidden_size, args.intermediate_size, args.groups, args.ffn == "moma", args.capacity
+            )
         self.is_mod = args.is_mod_layer(index)
         if self.is_mod:
             self.mod_router = nn.Linear(args.hidden_size, 1, bias=False)
@@ -243,8 +244,16 @@ class MomaModel(nn.Module):
         self.layers = [Block(args, i) for i in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, inputs: mx.array, cache=None, *, mode: str = "infer", n_image: Optional[int] = None,
-                 collect: Optional[list] = None, routes: Optional[list] = None) -> mx.array:
+    def __call__(
+        self,
+        inputs: mx.array,
+        cache=None,
+        *,
+        mode: str = "infer",
+        n_image: Optional[int] = None,
+        collect: Optional[list] = None,
+        routes: Optional[list] = None,
+    ) -> mx.array:
         if mode not in ("train", "infer"):
             raise ValueError(f"unknown mode {mode!r}")
         if mode == "train" and cache is not None:
@@ -267,8 +276,16 @@ class Model(lm.CausalLM):
     def __init__(self, args: ModelArgs):
         super().__init__(args, MomaModel(args))
 
-    def __call__(self, inputs: mx.array, cache=None, *, mode: str = "infer", n_image: Optional[int] = None,
-                 collect: Optional[list] = None, routes: Optional[list] = None) -> mx.array:
+    def __call__(
+        self,
+        inputs: mx.array,
+        cache=None,
+        *,
+        mode: str = "infer",
+        n_image: Optional[int] = None,
+        collect: Optional[list] = None,
+        routes: Optional[list] = None,
+    ) -> mx.array:
         """Logits (B, L, V). mode "infer" (the default, as in mlx-lm: `model(tokens, cache)`): causal routing by the
         auxiliary routers, with an optional per-layer cache (`make_cache`). mode "train": expert choice over this
         batch, which holds exactly `n_image` image tokens (a static count from the data layout); `collect` gathers
