@@ -12,6 +12,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import load_model as mlx_lm_load_model
 
 from mlxsuite import store
+from mlxsuite.bench.modes import mlx_lm_model
 from mlxsuite.generate import generate_tokens, prefill
 from mlxsuite.models import kernels, lm
 from mlxsuite.platform import atomic
@@ -143,6 +144,8 @@ def test_logits_equal_mlx_lm_at_every_chunk_size(tmp_path, family, bits):
     with kernels.disabled():
         plain = chunked_logits(ours, tokens, 8)
     assert mx.allclose(plain, want, atol=2e-4, rtol=2e-4)
+    shared = mlx_lm_model(ours)  # bench's mode mlx-lm: mlx-lm's class of the family on our arrays
+    assert type(shared) is type(ref) and mx.allclose(shared(tokens), want, atol=2e-4, rtol=2e-4)
 
 
 @pytest.mark.parametrize("family", list(CONFIGS))
@@ -256,3 +259,59 @@ def test_layer_pruning_keeps_each_layers_shape(tmp_path):
     gemma3 = lm.build(lm.ModelArgs.from_dict(GEMMA3))
     with pytest.raises(ValueError, match="sliding-window pattern"):
         kvm.layer_pruned(gemma3, [0, 1])
+
+
+# ---- any other mlx-lm architecture: through mlx-lm's own class -----------------------------------------------------
+
+GRANITE = {  # ibm-granite/granite-3.0-2b-instruct's fields, scaled down
+    "architectures": ["GraniteForCausalLM"], "model_type": "granite", "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256,
+    "rms_norm_eps": 1e-6, "logits_scaling": 8.0, "attention_multiplier": 0.015625, "embedding_multiplier": 12.0,
+    "residual_multiplier": 0.22, "max_position_embeddings": 4096, "attention_bias": False, "mlp_bias": False,
+    "rope_theta": 10000.0, "tie_word_embeddings": True,
+}  # fmt: skip
+
+
+def granite_folder(path):
+    from mlx_lm.models import granite
+
+    model = granite.Model(granite.ModelArgs.from_dict(GRANITE))
+    mx.eval(model.parameters())
+    path.mkdir()
+    atomic.write_safetensors(path / "model.safetensors", dict(tree_flatten(model.parameters())), {"format": "mlx"})
+    (path / "config.json").write_text(json.dumps(GRANITE))
+    return path, model
+
+
+def test_an_architecture_without_a_family_runs_through_mlx_lms_class(tmp_path, capsys):
+    from conftest import run_cli
+
+    from mlxsuite.models.mlx_lm_class import MlxLmClass
+
+    folder, ref = granite_folder(tmp_path / "granite")
+    loaded = store.load(str(folder), "lm")
+    assert isinstance(loaded.model, MlxLmClass) and "mlx-lm's own class" in loaded.notes[0]
+    prompt = mx.array([5, 7, 11, 13, 17, 19])
+    want = [int(t) for t, _ in mlx_lm_generate_step(prompt, ref, max_tokens=6, prefill_step_size=4)]
+    assert list(generate_tokens(loaded.model, prompt, 6, prefill_step=4)) == want
+    code, out, err = run_cli(capsys, "bench", "ttft", str(folder), "-p", "8", "-r", "1", "-o", "json")
+    assert code == 0, err
+    records = json.loads(out)
+    assert {r["implementation"] for r in records} == {"mlx-lm's granite class"}
+    assert not any(r["fused_prefill"] for r in records) and "ran through mlx-lm's own class" in err
+    code, _, err = run_cli(capsys, "kvp", "train", str(folder), "--out", str(tmp_path / "pair"))
+    assert code == 2 and "granite" in err and "mlx-lm's own class" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pair").exists()
+
+
+def test_bench_compares_a_family_with_mlx_lms_class(tmp_path, capsys):
+    from conftest import run_cli
+
+    folder = write_folder(tmp_path / "openelm", OPENELM)
+    code, out, err = run_cli(
+        capsys, "bench", "ttft", str(folder), "--compare-mlx-lm", "-p", "12", "-r", "1", "-o", "json"
+    )
+    assert code == 0, err
+    records = json.loads(out)
+    assert {r["mode"] for r in records} == {"base", "mlx-lm"}
+    assert {r["implementation"] for r in records} == {"mlxsuite's openelm family"}

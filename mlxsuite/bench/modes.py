@@ -115,16 +115,27 @@ def _base_mode(setup: Setup) -> Mode:
 
 
 def mlx_lm_model(model: Model):
-    """mlx-lm's own model class holding the same weights (shared arrays, no copy)."""
+    """mlx-lm's own model class holding the same weights (shared arrays, no copy): its class of the family, for
+    llama-family models llama (qwen3 with q/k-norm); a model already running through mlx-lm's class is itself."""
+    import importlib
+
     import mlx.nn as nn
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama, qwen3
 
+    from mlxsuite.models.lm import FAMILIES
+    from mlxsuite.models.mlx_lm_class import MlxLmClass
+
+    if isinstance(model, MlxLmClass):
+        return model.inner
     args = model.args
-    arch = qwen3 if args.qk_norm else llama
     config = args.to_dict()
-    if args.qk_norm:
-        config["model_type"] = "qwen3"
+    if args.model_type in ("llama", "mistral", "qwen2", "qwen3") or args.model_type not in FAMILIES:
+        arch = qwen3 if args.qk_norm else llama
+        if args.qk_norm:
+            config["model_type"] = "qwen3"
+    else:
+        arch = importlib.import_module(f"mlx_lm.models.{FAMILIES[args.model_type][0]}")
     ref = arch.Model(arch.ModelArgs.from_dict(config))
     weights = dict(tree_flatten(model.parameters()))
     quantized = [m for _, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
@@ -132,7 +143,8 @@ def mlx_lm_model(model: Model):
         q = quantized[0]
         nn.quantize(ref, group_size=q.group_size, bits=q.bits, class_predicate=lambda p, m: f"{p}.scales" in weights)
     try:
-        ref.load_weights(list(ref.sanitize(weights).items()), strict=True)
+        sanitize = getattr(ref, "sanitize", lambda w: w)  # gemma2, openelm have none
+        ref.load_weights(list(sanitize(weights).items()), strict=True)
     except ValueError as e:
         raise UserError(
             f"the weights do not load into mlx-lm's {arch.__name__.rsplit('.', 1)[-1]} model: {e}"

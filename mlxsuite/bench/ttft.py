@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten
 
 from mlxsuite import platform
 from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through this module)
@@ -44,6 +45,7 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
     register_mode,
 )
 from mlxsuite.models import kernels
+from mlxsuite.models.mlx_lm_class import MlxLmClass
 from mlxsuite.models.lm import Model, ModelArgs
 from mlxsuite.platform.errors import UserError
 
@@ -196,6 +198,8 @@ class GemmProbe:
 
 
 def _dtype(model: Model):
+    if isinstance(model, MlxLmClass):  # mlx-lm's own class: the dtype of its first floating-point weight
+        return next(v.dtype for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating))
     return model.model.norm.weight.dtype
 
 
@@ -289,7 +293,8 @@ def run(
         "params": {"total": first.model.args.n_params, "nonvocab": first.model.args.n_nonvocab_params},
         "models": [_model_info(s) for s in setups],
         "prefill_step": first.prefill_step,
-        "fused_prefill": kernels.available(first.model.layers, _dtype(first.model)),
+        "fused_prefill": not isinstance(first.model, MlxLmClass)
+        and kernels.available(first.model.layers, _dtype(first.model)),
         "reps": reps,
         "warmup": warmup,
         "decode_tokens": decode,
@@ -324,6 +329,11 @@ def _units(
     notes: list[str] = []
     units: list[_Unit] = []
     for s, modes in zip(setups, built):
+        if isinstance(s.model, MlxLmClass):
+            notes.append(
+                f"{s.name}: model_type {s.model.model_type!r} has no family here: it ran through mlx-lm's own class "
+                "(modes base and mlx-lm are the same code; FLOPs counted as for a Llama of its shape)"
+            )
         for T, B in configs:
             ms = [m for m in modes if m.max_batch is None or m.max_batch >= B]
             notes += [f"{m.name} measures batch {m.max_batch} only: skipped at batch {B}" for m in modes if m not in ms]
@@ -379,6 +389,9 @@ def _model_info(s: Setup) -> dict:
         "hidden_size": args.hidden_size,
         "vocab_size": args.vocab_size,
         "dtype": _dtype_name(_dtype(s.model)),
+        "implementation": f"mlx-lm's {s.model.model_type} class"
+        if isinstance(s.model, MlxLmClass)
+        else f"mlxsuite's {s.model.args.model_type} family",
     }
     if "kvp" in s.extras:
         info["kvp"] = kvp_info(s.extras["kvp"])

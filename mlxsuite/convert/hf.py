@@ -45,7 +45,7 @@ from mlxsuite.models import lm
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 
-HF_MODEL_TYPES = tuple(lm.FAMILIES)
+HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # the other families open their snapshots as they are
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 # HF defaults where config.json may omit a key (transformers' config classes)
 _HF_DEFAULTS = {
@@ -54,7 +54,7 @@ _HF_DEFAULTS = {
     "qwen2": dict(rope_theta=10000.0, max_position_embeddings=32768, rms_norm_eps=1e-6),
     "qwen3": dict(rope_theta=10000.0, max_position_embeddings=32768, rms_norm_eps=1e-6),
 }
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
+_LAYER = re.compile(r"^(model|transformer)\.layers\.(\d+)\.(.*)$")  # transformer: OpenELM
 
 
 # ---- layer pruning (KV Prediction, KVP-LP) -------------------------------------------------------------------------
@@ -287,6 +287,8 @@ def mlx_lm_model_type(args: lm.ModelArgs) -> str:
     q/k/v biases without an o_proj bias (qwen2-style) go to `llama` with `attention_bias` and a zero o_proj bias
     rather than to `qwen2`: transformers >= 5 forces its Qwen2Tokenizer (byte-level BPE) on any model_type "qwen2"
     folder, which would re-tokenize a SentencePiece vocabulary wrongly inside mlx-lm."""
+    if args.model_type not in HF_MODEL_TYPES:
+        raise UserError(f"a {args.model_type} folder already opens in mlx_lm.load as it is (weights and config)")
     if args.qk_norm:
         if args.attention_bias or args.qkv_bias or args.mlp_bias or args.rope_traditional:
             raise UserError("no mlx-lm architecture has q/k-norm with biases or traditional RoPE (qwen3 has neither)")
@@ -368,6 +370,10 @@ def prune(model: str, out: str | Path, keep: float, force: bool = False, progres
     _keep_rule(keep)
     folder, config, args, _, tensors = open_model_folder(model)
     kept = pruned_layers(args.num_hidden_layers, keep)
+    try:
+        pruned_args = args.pruned(kept)  # each kept layer keeps its own shape (OpenELM)
+    except ValueError as e:
+        raise UserError(f"{folder}: {e}") from None
     refuse_existing(out, force)
     new_index = {old: new for new, old in enumerate(kept)}
     items = []
@@ -375,9 +381,11 @@ def prune(model: str, out: str | Path, keep: float, force: bool = False, progres
         m = _LAYER.match(name)
         if m is None:
             items.append(Item(name, name, info))
-        elif int(m.group(1)) in new_index:
-            items.append(Item(f"model.layers.{new_index[int(m.group(1))]}.{m.group(2)}", name, info))
+        elif int(m.group(2)) in new_index:
+            items.append(Item(f"{m.group(1)}.layers.{new_index[int(m.group(2))]}.{m.group(3)}", name, info))
     out_config = dict(config)
+    per_layer = ("num_hidden_layers", "num_transformer_layers", "num_query_heads", "num_kv_heads", "ffn_multipliers")
+    out_config.update({k: v for k, v in pruned_args.to_dict().items() if k in per_layer and k in config})
     out_config["num_hidden_layers"] = len(kept)
     block = dict(config.get("mlxsuite") or {})
     block.setdefault("format", 1)

@@ -73,6 +73,7 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str
     from mlxsuite.convert.hf import pruned_layers
 
     base, tok, base_folder = store.load_model(base_name, dequantize=None)
+    store.require_own_forward(base, base_folder, "KV Prediction")
     if tok is None:
         raise UserError(f"{base_folder} has no tokenizer")
     kind, keep = parse_aux(aux_spec)
@@ -84,6 +85,7 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str
         info = {"kind": "LP", "keep": keep, "retained": retained}
     else:
         aux, _, aux_folder = store.load_model(aux_spec, dequantize=None)
+        store.require_own_forward(aux, aux_folder, "KV Prediction")
         check_same_tokenizer(base_folder, base, aux_folder, aux)
         layer_map = kvm.contiguous_layer_map(n_base, aux.args.num_hidden_layers)
         info = {"kind": "C", "source": str(aux_folder.resolve())}

@@ -122,6 +122,7 @@ def train_lm(
 
         if spec.init_from:
             model, _, src = store.load_model(spec.init_from)
+            store.require_own_forward(model, src, "training")
             if "quantization" in store.read_config(src):
                 raise UserError(f"{src} is quantized: train from a float model (convert from-hf without --quantize)")
             model.train()
