@@ -45,8 +45,8 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
     register_mode,
 )
 from mlxsuite.models import kernels
-from mlxsuite.models.mlx_lm_class import MlxLmClass
 from mlxsuite.models.lm import Model, ModelArgs
+from mlxsuite.models.mlx_lm_class import MlxLmClass
 from mlxsuite.platform.errors import UserError
 
 # The KV Prediction paper's on-device regimes (§4.5): TriviaQA's 59-token prompts at batch 64 (Table 5) and
