@@ -10,6 +10,7 @@ from mlx.utils import tree_flatten, tree_map
 from mlx_lm.generate import generate_step as mlx_lm_generate_step
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import load_model as mlx_lm_load_model
+from test_kvp import corpus_and_tokenizer  # noqa: F401  (the fixture)
 
 from mlxsuite import store
 from mlxsuite.bench.modes import mlx_lm_model
@@ -332,3 +333,22 @@ def test_bench_compares_a_family_with_mlx_lms_class(tmp_path, capsys):
     records = json.loads(out)
     assert {r["mode"] for r in records} == {"base", "mlx-lm"}
     assert {r["implementation"] for r in records} == {"mlxsuite's openelm family"}
+
+
+def test_kvp_train_with_a_smaller_openelm_as_auxiliary(corpus_and_tokenizer):  # noqa: F811  (the fixture)
+    """`kvp train BASE --aux AUX` (KVP-C) between OpenELM-shaped models of one tokenizer: trains, stores, reloads,
+    and its prompt step runs."""
+    from test_kvp import spec_for
+
+    from mlxsuite.kvp.recipe import load_pair, train_kvp
+
+    corpus, tok = corpus_and_tokenizer
+    for name, config, seed in (("base", OPENELM_BASE, 1), ("small", OPENELM, 2)):
+        model = lm.build(lm.ModelArgs.from_dict({**config, "vocab_size": tok.vocab_size}), seed=seed)
+        store.save(store.output_path(name), model, tok)
+    result = train_kvp(spec_for(corpus, aux="small", steps=3, save_every=3))
+    pair, _, _, meta = load_pair(result["folder"])
+    assert meta["layer_map"] == [0, 0, 1, 1, 2, 3]
+    assert [t.weight.shape for t in pair.predictor.key_transforms[:2]] == [(32, 16), (32, 16)]
+    tokens = mx.array([tok.encode("def heappush(heap, item):")])
+    assert mx.isfinite(kvp_prompt_logits(pair, tokens, 4)).all()
