@@ -290,14 +290,17 @@ GRANITE = {  # ibm-granite/granite-3.0-2b-instruct's fields, scaled down
 }  # fmt: skip
 
 
-def granite_folder(path):
+def granite_folder(path, tokenizer=None):
     from mlx_lm.models import granite
 
-    model = granite.Model(granite.ModelArgs.from_dict(GRANITE))
+    config = {**GRANITE, "vocab_size": tokenizer.vocab_size} if tokenizer is not None else GRANITE
+    model = granite.Model(granite.ModelArgs.from_dict(config))
     mx.eval(model.parameters())
     path.mkdir()
     atomic.write_safetensors(path / "model.safetensors", dict(tree_flatten(model.parameters())), {"format": "mlx"})
-    (path / "config.json").write_text(json.dumps(GRANITE))
+    (path / "config.json").write_text(json.dumps(config))
+    if tokenizer is not None:
+        tokenizer.save(path)
     return path, model
 
 
@@ -352,3 +355,15 @@ def test_kvp_train_with_a_smaller_openelm_as_auxiliary(corpus_and_tokenizer):  #
     assert [t.weight.shape for t in pair.predictor.key_transforms[:2]] == [(32, 16), (32, 16)]
     tokens = mx.array([tok.encode("def heappush(heap, item):")])
     assert mx.isfinite(kvp_prompt_logits(pair, tokens, 4)).all()
+
+
+def test_eval_through_mlx_lms_class_says_so(corpus_and_tokenizer, tmp_path, capsys):  # noqa: F811  (the fixture)
+    from conftest import run_cli
+
+    corpus, tok = corpus_and_tokenizer
+    folder, _ = granite_folder(tmp_path / "granite", tok)
+    code, out, err = run_cli(capsys, "eval", str(folder), "--corpus", str(corpus), "--seq-len", "32", "--windows", "2",
+                             "--json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["implementation"] == "mlx-lm's granite class" and result["ce"] > 0
