@@ -193,6 +193,25 @@ def test_training_gradients_agree_with_kernels_on_and_off(family):
         assert mx.allclose(a, b, atol=1e-5, rtol=1e-3), name
 
 
+@pytest.mark.parametrize("family", ["gemma3", "openelm"])
+def test_flops_count_each_layers_own_shape_and_window(family):
+    """flops.forward against the model's own linear weights and mlx-lm's causal (windowed) masks."""
+    from mlx_lm.models.base import create_causal_mask
+
+    from mlxsuite.models import flops
+
+    args = lm.ModelArgs.from_dict(CONFIGS[family])
+    model = lm.Model(args)
+    n, offset = 13, 6
+    linear = sum(m.weight.size for layer in model.layers for _, m in layer.named_modules() if isinstance(m, nn.Linear))
+    attention = 0
+    for layer in model.layers:
+        a = layer.self_attn
+        mask = create_causal_mask(n, offset, window_size=a.window)[:, : offset + n]
+        attention += 4 * a.n_heads * a.head_dim * int(mask.sum().item())
+    assert flops.forward(args, n, offset, logits_tokens=0) == 2 * n * linear + attention
+
+
 def test_real_config_fields_are_read():
     gemma3 = lm.ModelArgs.from_dict(GEMMA3)
     assert [gemma3.is_sliding(i) for i in range(6)] == [True, True, False, True, True, False]
@@ -367,3 +386,22 @@ def test_eval_through_mlx_lms_class_says_so(corpus_and_tokenizer, tmp_path, caps
     assert code == 0, err
     result = json.loads(out)
     assert result["implementation"] == "mlx-lm's granite class" and result["ce"] > 0
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "phi3.5"])
+def test_kvp_identity_case_on_gemma_and_phi(family):
+    """The seams under soft-capping, sliding windows with their rotating caches (prompt longer than the window),
+    fused qkv and long-rope: auxiliary = base, identity predictor → the base's logits, chunk by chunk."""
+    from mlxsuite.models import kv_prediction as kvm
+
+    base = lm.build(lm.ModelArgs.from_dict(CONFIGS[family]), seed=3)
+    n = base.args.num_hidden_layers
+    same = kvm.layer_pruned(base, list(range(n))) if family != "gemma3" else lm.Model(base.args)
+    same.update(base.parameters())
+    identity = kvm.KVPredictor(kvm.PredictorArgs.for_models(base, same, list(range(n))))
+    identity.set_identity()
+    twin = kvm.KVPredictionModel(base, same, identity)
+    tokens = mx.random.randint(0, 256, (1, 19), key=mx.random.key(12))
+    want = base(tokens)[:, -1]
+    for step in (2, 7, 18):
+        assert mx.allclose(kvp_prompt_logits(twin, tokens, step), want, atol=1e-4), step
