@@ -405,3 +405,13 @@ def test_kvp_identity_case_on_gemma_and_phi(family):
     want = base(tokens)[:, -1]
     for step in (2, 7, 18):
         assert mx.allclose(kvp_prompt_logits(twin, tokens, step), want, atol=1e-4), step
+
+
+def test_kvp_lp_on_a_sliding_window_pattern_is_refused_in_one_line(corpus_and_tokenizer, capsys):  # noqa: F811
+    from conftest import run_cli
+
+    _, tok = corpus_and_tokenizer
+    store.save(store.output_path("g3"), lm.build(lm.ModelArgs.from_dict({**GEMMA3, "vocab_size": tok.vocab_size})), tok)
+    code, _, err = run_cli(capsys, "kvp", "train", "g3", "--out", "g3-pair", "--aux", "prune:0.5")
+    assert code == 2 and "sliding-window pattern" in err and len(err.strip().splitlines()) == 1
+    assert not store.output_path("g3-pair").exists()

@@ -80,7 +80,10 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str
     n_base = base.args.num_hidden_layers
     if kind == "prune":
         retained = pruned_layers(n_base, keep)
-        aux = kvm.layer_pruned(base, retained)
+        try:
+            aux = kvm.layer_pruned(base, retained)
+        except ValueError as e:  # a sliding-window pattern would move
+            raise UserError(f"{base_folder}: {e}; train a smaller model of the family as the auxiliary") from None
         layer_map = kvm.lp_layer_map(keep, retained, n_base)
         info = {"kind": "LP", "keep": keep, "retained": retained}
     else:
