@@ -29,7 +29,6 @@ from typing import Any, Optional
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 
 from mlxsuite import platform
 from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through this module)
@@ -46,7 +45,7 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
 )
 from mlxsuite.models import kernels
 from mlxsuite.models.lm import Model, ModelArgs
-from mlxsuite.models.mlx_lm_class import MlxLmClass
+from mlxsuite.models.mlx_lm_class import MlxLmClass, implementation
 from mlxsuite.platform.errors import UserError
 
 # The KV Prediction paper's on-device regimes (§4.5): TriviaQA's 59-token prompts at batch 64 (Table 5) and
@@ -198,9 +197,7 @@ class GemmProbe:
 
 
 def _dtype(model: Model):
-    if isinstance(model, MlxLmClass):  # mlx-lm's own class: the dtype of its first floating-point weight
-        return next(v.dtype for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating))
-    return model.model.norm.weight.dtype
+    return model.dtype if isinstance(model, MlxLmClass) else model.model.norm.weight.dtype
 
 
 def _dtype_name(dtype) -> str:
@@ -329,11 +326,7 @@ def _units(
     notes: list[str] = []
     units: list[_Unit] = []
     for s, modes in zip(setups, built):
-        if isinstance(s.model, MlxLmClass):
-            notes.append(
-                f"{s.name}: model_type {s.model.model_type!r} has no family here: it ran through mlx-lm's own class "
-                "(modes base and mlx-lm are the same code; FLOPs counted as for a Llama of its shape)"
-            )
+        notes += [f"{s.name}: {note}" for note in getattr(s.model, "bench_notes", ())]  # mlx-lm's own class
         for T, B in configs:
             ms = [m for m in modes if m.max_batch is None or m.max_batch >= B]
             notes += [f"{m.name} measures batch {m.max_batch} only: skipped at batch {B}" for m in modes if m not in ms]
@@ -389,9 +382,7 @@ def _model_info(s: Setup) -> dict:
         "hidden_size": args.hidden_size,
         "vocab_size": args.vocab_size,
         "dtype": _dtype_name(_dtype(s.model)),
-        "implementation": f"mlx-lm's {s.model.model_type} class"
-        if isinstance(s.model, MlxLmClass)
-        else f"mlxsuite's {s.model.args.model_type} family",
+        "implementation": implementation(s.model),
     }
     if "kvp" in s.extras:
         info["kvp"] = kvp_info(s.extras["kvp"])

@@ -31,7 +31,7 @@ def evaluate(
     if json_out:
         print_json(result)
         return
-    via = "" if result["implementation"] == "mlxsuite" else f", through {result['implementation']}"
+    via = f", through {result['implementation']}" if result["implementation"].startswith("mlx-lm") else ""
     table = Table(title=f"{result['model']} on {result['corpus']} (validation{via})")
     for col in ("tokens", "CE (nats/token)", "perplexity", "bits/char", "L_u (nats/token)"):
         table.add_column(col, justify="right")

@@ -9,11 +9,17 @@ import importlib
 from types import ModuleType
 from typing import Optional
 
+import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
 from mlxsuite.models import lm
 
+RAN_THROUGH_MLX_LM = (
+    "model_type {!r} has no family here: it ran through mlx-lm's own class (modes base and mlx-lm are the same "
+    "code; FLOPs counted as for a Llama of its shape)"
+)
 SEAMS_MISSING = "this project's forward with its seams (KV Prediction's tap/kv, training)"
 
 
@@ -49,6 +55,22 @@ class MlxLmClass(nn.Module):
     @property
     def layers(self):
         return self.inner.layers
+
+    @property
+    def bench_notes(self) -> list[str]:
+        return [RAN_THROUGH_MLX_LM.format(self.model_type)]
+
+    @property
+    def dtype(self):
+        """The dtype of its first floating-point weight."""
+        return next(v.dtype for _, v in tree_flatten(self.parameters()) if mx.issubdtype(v.dtype, mx.floating))
+
+
+def implementation(model) -> str:
+    """What runs `model`, for records: this project's family, or mlx-lm's own class."""
+    if isinstance(model, MlxLmClass):
+        return f"mlx-lm's {model.model_type} class"
+    return f"mlxsuite's {model.args.model_type} family"
 
 
 def counting_args(config: dict) -> lm.ModelArgs:

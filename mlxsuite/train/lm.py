@@ -26,7 +26,7 @@ from mlxsuite.data.tokenizer import (
     unigram_probs,
 )
 from mlxsuite.models import lm
-from mlxsuite.models.mlx_lm_class import MlxLmClass
+from mlxsuite.models.mlx_lm_class import implementation
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 from mlxsuite.train import trainer
@@ -223,6 +223,5 @@ def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128,
     if unigram is None:
         unigram = unigram_probs(data.token_stream(tok, corpus, "train"), tok.vocab_size)
     chars = data.chars_in(corpus, "val", tok, w.shape[0] * seq_len + 1)
-    implementation = f"mlx-lm's {model.model_type} class" if isinstance(model, MlxLmClass) else "mlxsuite"
     metrics = evaluate_lm(model, w, np.asarray(unigram), chars)
-    return {"model": str(folder), "corpus": corpus.name, "implementation": implementation, **metrics}
+    return {"model": str(folder), "corpus": corpus.name, "implementation": implementation(model), **metrics}
