@@ -1,4 +1,5 @@
-"""Fast CPU kernels for the decoder's non-matmul work: RoPE from a table, causal softmax attention, SiLU·mul.
+"""Fast CPU kernels for the decoder's non-matmul work: RoPE from a table, causal softmax attention, SiLU·mul and
+GELU-tanh·mul.
 
 MLX's CPU backend has no fused attention (the scores are materialized) and its `exp`/`sigmoid`/`rope` are scalar
 code, tens of ns per element, so for small models the softmax, SiLU and RoPE cost more than the matmuls. These
@@ -11,10 +12,11 @@ kernels compute the same functions with:
 - the softmax denominator as a matmul with a ones vector.
 
 `select` decides once per forward whether they apply (the CPU, a C++ compiler for mx.compile, float32, mlx-lm's
-KV caches); a variant they do not cover runs the plain op for that op only (a RoPE other than `nn.RoPE`, GELU, a
-sliding window's rotating cache); the layers of `models/lm.py` then use them in place of `mx.fast.rope`,
-`scaled_dot_product_attention` and `swiglu`. Results match the plain path to float32 rounding, values and
-gradients (tests/test_kernels.py). Compiling whole layers does not pay: building the graph is 1–2 % of a chunk's
+KV caches); a variant they do not cover runs the plain op for that op only (a RoPE other than `nn.RoPE`, a sliding
+window's rotating cache). The layers of `models/lm.py` then use them in place of `mx.fast.rope`,
+`scaled_dot_product_attention`, `swiglu` and `nn.gelu_approx` (Gemma's GELU-tanh gate: SiLU's kernel with its own
+argument). Results match the plain path to float32 rounding, values and gradients (tests/test_ttft.py,
+tests/test_families.py). Compiling whole layers does not pay: building the graph is 1–2 % of a chunk's
 time, and every new chunk shape would retrace.
 """
 
@@ -85,6 +87,10 @@ class CPUKernels:
     @staticmethod
     def silu_mul(g: mx.array, u: mx.array) -> mx.array:
         return silu_mul(g, u)
+
+    @staticmethod
+    def gelu_tanh_mul(g: mx.array, u: mx.array) -> mx.array:
+        return gelu_tanh_mul(g, u)
 
 
 _enabled = True
@@ -218,3 +224,33 @@ def _silu_mul_vjp(primals, cotangent, output):
     g, u = primals
     s = _sigmoid_finish(*_exp_neg(g))
     return _silu_mul_grads(g, u, s, cotangent)
+
+
+# GELU-tanh (Gemma's gate, nn.gelu_approx) is x·sigmoid(z), z = 2·sqrt(2/π)·(x + 0.044715·x³): the SiLU kernel's
+# structure with z in place of x.
+_GELU_C, _GELU_A = 2 * math.sqrt(2 / math.pi), 0.044715
+
+
+@mx.compile
+def _gelu_z(g):
+    return _GELU_C * (g + _GELU_A * (g * g * g))
+
+
+@mx.compile
+def _gelu_mul_grads(g, u, s, cotangent):
+    gs = g * s
+    dz = _GELU_C * (1.0 + (3 * _GELU_A) * (g * g))
+    return cotangent * u * (s + gs * (1.0 - s) * dz), cotangent * gs
+
+
+@mx.custom_function
+def gelu_tanh_mul(g: mx.array, u: mx.array) -> mx.array:
+    """gelu_approx(g) · u = g · u / (1 + exp(-z)), vectorized, with its exact derivative."""
+    return _silu_finish(g, u, *_exp_neg(_gelu_z(g)))
+
+
+@gelu_tanh_mul.vjp
+def _gelu_tanh_mul_vjp(primals, cotangent, output):
+    g, u = primals
+    s = _sigmoid_finish(*_exp_neg(_gelu_z(g)))
+    return _gelu_mul_grads(g, u, s, cotangent)

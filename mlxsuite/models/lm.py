@@ -261,7 +261,7 @@ class Attention(nn.Module):
 
 class MLP(nn.Module):
     """The gated MLP of layer `index`: act(gate) · up, down; gate and up fused in one matrix where the family has
-    it; SiLU or GELU-tanh (the fused CPU kernel covers SiLU)."""
+    it; SiLU or GELU-tanh (both with a fused CPU kernel)."""
 
     def __init__(self, args: ModelArgs, index: int = 0):
         super().__init__()
@@ -280,10 +280,10 @@ class MLP(nn.Module):
             g, u = mx.split(self[self._gate_up](x), 2, axis=-1)
         else:
             g, u = self.gate_proj(x), self.up_proj(x)
-        if self.gelu:
-            a = nn.gelu_approx(g) * u
+        if kernels is not None:
+            a = kernels.gelu_tanh_mul(g, u) if self.gelu else kernels.silu_mul(g, u)
         else:
-            a = kernels.silu_mul(g, u) if kernels is not None else swiglu(g, u)
+            a = nn.gelu_approx(g) * u if self.gelu else swiglu(g, u)
         return self[self._down](a)
 
 
