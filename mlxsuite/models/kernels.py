@@ -12,8 +12,8 @@ kernels compute the same functions with:
 - the softmax denominator as a matmul with a ones vector.
 
 `select` decides once per forward whether they apply (the CPU, a C++ compiler for mx.compile, float32, mlx-lm's
-KV caches); a variant they do not cover runs the plain op for that op only (a RoPE other than `nn.RoPE`, a sliding
-window's rotating cache). The layers of `models/lm.py` then use them in place of `mx.fast.rope`,
+KV caches, sliding windows' rotating ones included); a variant they do not cover runs the plain op for that op only
+(a RoPE other than `nn.RoPE`). The layers of `models/lm.py` then use them in place of `mx.fast.rope`,
 `scaled_dot_product_attention`, `swiglu` and `nn.gelu_approx` (Gemma's GELU-tanh gate: SiLU's kernel with its own
 argument). Results match the plain path to float32 rounding, values and gradients (tests/test_ttft.py,
 tests/test_families.py). Compiling whole layers does not pay: building the graph is 1–2 % of a chunk's
@@ -34,9 +34,11 @@ from mlxsuite.platform import compiler_available
 
 
 class CPUKernels:
-    """The kernels of one forward pass over positions offset, offset+1, …, offset+n−1. A layer whose cache is a
-    sliding window's RotatingKVCache (its keys out of position order) runs the plain ops (`for_cache`); a RoPE other
-    than plain `nn.RoPE` (long-rope, Llama 3's) is applied by the layer's own module (`rope`)."""
+    """The kernels of one forward pass over positions offset, offset+1, …, offset+n−1. Keys are the last L positions
+    in order (a KVCache's; a sliding window's RotatingKVCache's after a multi-token update; after a one-token update
+    its order is rotated, but the one query may see all of them); a cache of another kind (a RotatingKVCache that
+    keeps a prefix, a quantized one) runs the plain ops (`for_cache`). A RoPE other than plain `nn.RoPE` (long-rope,
+    Llama 3's) is applied by the layer's own module (`rope`)."""
 
     def __init__(self, offset: int, n: int, partial: bool = False):
         self.offset, self.n = offset, n
@@ -44,7 +46,7 @@ class CPUKernels:
         self.tables: dict = {}
 
     def for_cache(self, cache) -> Optional[CPUKernels]:
-        return self if cache is None or type(cache) is KVCache else None
+        return self if covered(cache) else None
 
     def rope(self, x: mx.array, rope: nn.Module, scale: float = 1.0) -> mx.array:
         """`rope` at this forward's positions on (B, heads, n, head_dim), times `scale` (the softmax scale for q)."""
@@ -75,7 +77,8 @@ class CPUKernels:
         scores = (q.reshape(B, kv_heads, rep * n, D) @ k.swapaxes(-1, -2)).reshape(B, kv_heads, rep, n, L)
         if softcap is not None:
             scores = mx.tanh(scores / softcap) * softcap
-        query_pos, key_pos = mx.arange(self.offset, self.offset + n)[:, None], mx.arange(L)[None]
+        query_pos = mx.arange(self.offset, self.offset + n)[:, None]
+        key_pos = mx.arange(self.offset + n - L, self.offset + n)[None]  # the last L positions
         causal = query_pos >= key_pos
         if window is not None:
             causal = causal & (query_pos < key_pos + window)
@@ -113,12 +116,17 @@ def select(layers: list, h: mx.array, cache: list) -> Optional[CPUKernels]:
     if not available(layers, h.dtype, cache):
         return None
     offset = cache[0].offset if cache[0] is not None else 0
-    return CPUKernels(offset, h.shape[1], partial=any(c is not None and type(c) is not KVCache for c in cache))
+    return CPUKernels(offset, h.shape[1], partial=not all(covered(c) for c in cache))
+
+
+def covered(cache) -> bool:
+    """Whether the kernels' attention applies with this layer cache (None: no cache)."""
+    return cache is None or type(cache) is KVCache or (type(cache) is RotatingKVCache and cache.keep == 0)
 
 
 def available(layers: list, dtype, cache: list = ()) -> bool:
     """Whether the kernels apply: the CPU, a C++ compiler (mx.compile), float32, KV caches of mlx-lm's plain or
-    rotating kind (a rotating cache's layer runs the plain ops)."""
+    rotating kind (a layer whose cache `covered` refuses runs the plain ops)."""
     if not _enabled or mx.default_device().type != mx.DeviceType.cpu or dtype != mx.float32:
         return False
     return compiler_available() and all(c is None or type(c) in (KVCache, RotatingKVCache) for c in cache)

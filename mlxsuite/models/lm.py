@@ -345,7 +345,7 @@ class Decoder(nn.Module):
         """Causal forward over `inputs` (B, L) continuing `cache` (per layer a KVCache or a RotatingKVCache, or
         None). `tap`: a list that receives every layer's raw (keys, values); `kv`: per layer raw (keys, values) to
         use instead of the layer's own projections (KV Prediction). The fast CPU kernels are chosen here, once per
-        forward, and per layer (not for a sliding window's rotating cache)."""
+        forward, and per layer (`kernels.covered`: its cache)."""
         h = self.embed_tokens(inputs)
         if self._embedding_scale is not None:
             h = h * self._embedding_scale
