@@ -76,7 +76,7 @@ class CPUKernels:
         rep = H // kv_heads
         scores = (q.reshape(B, kv_heads, rep * n, D) @ k.swapaxes(-1, -2)).reshape(B, kv_heads, rep, n, L)
         if softcap is not None:
-            scores = mx.tanh(scores / softcap) * softcap
+            scores = soft_cap(scores, softcap)
         query_pos = mx.arange(self.offset, self.offset + n)[:, None]
         key_pos = mx.arange(self.offset + n - L, self.offset + n)[None]  # the last L positions
         causal = query_pos >= key_pos
@@ -262,3 +262,21 @@ def _gelu_tanh_mul_vjp(primals, cotangent, output):
     g, u = primals
     s = _sigmoid_finish(*_exp_neg(_gelu_z(g)))
     return _gelu_mul_grads(g, u, s, cotangent)
+
+
+# Gemma 2's soft-capping cap·tanh(s/cap) = cap − 2·cap / (1 + exp(2s/cap)) with the fast exp (MLX's CPU tanh is
+# scalar code, and the scores are chunk × context per head); past |2s/cap| = 88 tanh is ±1 to float32 rounding.
+@mx.compile
+def _cap_arg(scores, inv_half_cap):
+    return mx.clip(scores * inv_half_cap, _EXP_MIN, _EXP_MAX)
+
+
+@mx.compile
+def _cap_finish(e, cap):
+    return cap - (cap + cap) / (1.0 + e)
+
+
+def soft_cap(scores: mx.array, cap: float) -> mx.array:
+    """cap · tanh(scores / cap), vectorized (the fast exp's exact VJP carries the gradient)."""
+    c = mx.array(cap, dtype=scores.dtype)
+    return _cap_finish(fast_exp(_cap_arg(scores, 2.0 / c)), c)
