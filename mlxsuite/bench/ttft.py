@@ -42,10 +42,11 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
     mlx_lm_model,
     prefill_mode,
     register_mode,
+    weights_summary,
 )
 from mlxsuite.models import kernels
-from mlxsuite.models.lm import Model, ModelArgs
-from mlxsuite.models.mlx_lm_class import MlxLmClass, implementation
+from mlxsuite.models.lm import ModelArgs
+from mlxsuite.models.mlx_lm_class import MlxLmClass
 from mlxsuite.platform.errors import UserError
 
 # The KV Prediction paper's on-device regimes (§4.5): TriviaQA's 59-token prompts at batch 64 (Table 5) and
@@ -196,10 +197,6 @@ class GemmProbe:
         self.samples.append(2 * self.n**3 / (time.perf_counter() - t0) / 1e9)
 
 
-def _dtype(model: Model):
-    return model.dtype if isinstance(model, MlxLmClass) else model.model.norm.weight.dtype
-
-
 def _dtype_name(dtype) -> str:
     return str(dtype).replace("mlx.core.", "")
 
@@ -239,7 +236,7 @@ def run(
     total = sum(1 for step in plan if step[0] != "gemm")
     progress = progress or (lambda done, total, what: None)
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    probes = {_dtype_name(_dtype(s.model)): GemmProbe(dtype=_dtype(s.model)) for s in setups}
+    probes = {_dtype_name(s.model.dtype): GemmProbe(dtype=s.model.dtype) for s in setups}
     done, tokenized = 0, set()
     for step in plan:
         if step[0] == "gemm":
@@ -270,13 +267,13 @@ def run(
     rates = {dt: statistics.median(p.samples) for dt, p in probes.items()}
     results = []
     for u in units:
-        rows = [_row(u, m, rates[_dtype_name(_dtype(u.setup.model))]) for m in u.modes]
+        rows = [_row(u, m, rates[_dtype_name(u.setup.model.dtype)]) for m in u.modes]
         _add_ratios(rows, u.ttft)
         _add_reductions(rows, u.ttft, u.decode_s)
         results += rows
     _add_cache_reductions(results)
     first = setups[0]
-    dtype = _dtype_name(_dtype(first.model))
+    dtype = _dtype_name(first.model.dtype)
     return {
         **platform.machine_info(),
         "cpu": platform.cpu_name(),
@@ -291,7 +288,7 @@ def run(
         "models": [_model_info(s) for s in setups],
         "prefill_step": first.prefill_step,
         "fused_prefill": not isinstance(first.model, MlxLmClass)
-        and kernels.available(first.model.layers, _dtype(first.model)),
+        and kernels.available(first.model.layers, first.model.dtype),
         "reps": reps,
         "warmup": warmup,
         "decode_tokens": decode,
@@ -381,8 +378,8 @@ def _model_info(s: Setup) -> dict:
         "layers": args.num_hidden_layers,
         "hidden_size": args.hidden_size,
         "vocab_size": args.vocab_size,
-        "dtype": _dtype_name(_dtype(s.model)),
-        "implementation": implementation(s.model),
+        "dtype": _dtype_name(s.model.dtype),
+        **weights_summary(s.model),
     }
     if "kvp" in s.extras:
         info["kvp"] = kvp_info(s.extras["kvp"])

@@ -15,7 +15,7 @@ kernels compute the same functions with:
 KV caches, sliding windows' rotating ones included); a variant they do not cover runs the plain op for that op only
 (a RoPE other than `nn.RoPE`). The layers of `models/lm.py` then use them in place of `mx.fast.rope`,
 `scaled_dot_product_attention`, `swiglu` and `nn.gelu_approx` (Gemma's GELU-tanh gate: SiLU's kernel with its own
-argument). Results match the plain path to float32 rounding, values and gradients (tests/test_ttft.py,
+argument). Results match the plain path to float32 rounding, values and gradients (tests/test_kernels.py,
 tests/test_families.py). Compiling whole layers does not pay: building the graph is 1–2 % of a chunk's
 time, and every new chunk shape would retrace.
 """

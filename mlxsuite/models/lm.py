@@ -379,6 +379,11 @@ class CausalLM(nn.Module):
     def layers(self):
         return self.model.layers
 
+    @property
+    def dtype(self):
+        """The dtype it computes in (its final norm's)."""
+        return self.model.norm.weight.dtype
+
     def logits(self, h: mx.array) -> mx.array:
         out = self.lm_head(h) if "lm_head" in self else self.model.embed_tokens.as_linear(h)
         cap = self.args.final_logit_softcapping
