@@ -415,3 +415,27 @@ def test_kvp_lp_on_a_sliding_window_pattern_is_refused_in_one_line(corpus_and_to
     code, _, err = run_cli(capsys, "kvp", "train", "g3", "--out", "g3-pair", "--aux", "prune:0.5")
     assert code == 2 and "sliding-window pattern" in err and len(err.strip().splitlines()) == 1
     assert not store.output_path("g3-pair").exists()
+
+
+@pytest.mark.parametrize("family", ["gemma3", "openelm"])
+def test_generate_json_equals_greedy_decoding_with_mlx_lms_class(family, corpus_and_tokenizer, tmp_path, capsys):  # noqa: F811
+    """`generate --json` on a family folder gives the text that the same decoding gives with mlx-lm's own class
+    doing the forward (greedy: equal texts iff equal tokens)."""
+    from conftest import run_cli
+
+    from mlxsuite.chat import prompt_ids
+    from mlxsuite.generate import generate_ids
+    from mlxsuite.models.mlx_lm_class import MlxLmClass
+
+    _, tok = corpus_and_tokenizer
+    config = {**CONFIGS[family], "vocab_size": tok.vocab_size}
+    model = lm.build(lm.ModelArgs.from_dict(config), seed=4)
+    store.save(tmp_path / family, model, tok)
+    prompt = "def heappush(heap, item):\n    heap.append(item)\n"
+    code, out, err = run_cli(capsys, "generate", str(tmp_path / family), "-p", prompt, "-m", "12", "--json")
+    assert code == 0, err
+    ref, _ = mlx_lm_load_model(tmp_path / family)
+    ids = prompt_ids(tok, prompt, False, None, {}, after_cache=False)
+    want = generate_ids(MlxLmClass(ref, store.read_config(tmp_path / family)), tok, ids, 12)
+    got = json.loads(out)
+    assert got["completion"] == want.text and got["generation_tokens"] == want.generation_tokens
