@@ -77,7 +77,7 @@ def test_unsupported_model_type_is_refused_before_weights(hf_home, tmp_path, mon
         fetched.append(filename)
         path = tmp_path / "dl" / filename
         path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"model_type": "gpt2"}))
+        path.write_text(json.dumps({"model_type": "bert"}))  # an encoder: no mlx-lm class either
         return str(path)
 
     def snapshot_download(repo, **kw):
@@ -86,7 +86,7 @@ def test_unsupported_model_type_is_refused_before_weights(hf_home, tmp_path, mon
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    with pytest.raises(UserError, match="model_type 'gpt2'.*nothing downloaded"):
+    with pytest.raises(UserError, match="model_type 'bert'.*nothing downloaded"):
         hub.resolve_repo("org/gpt")
     assert fetched == ["config.json"]
     # a supported one: the snapshot is fetched with safetensors as the only weights

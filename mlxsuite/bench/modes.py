@@ -119,16 +119,27 @@ def _base_mode(setup: Setup) -> Mode:
 
 
 def mlx_lm_model(model: Model):
-    """mlx-lm's own model class holding the same weights (shared arrays, no copy)."""
+    """mlx-lm's own model class holding the same weights (shared arrays, no copy): its class of the family, for
+    llama-family models llama (qwen3 with q/k-norm); a model already running through mlx-lm's class is itself."""
+    import importlib
+
     import mlx.nn as nn
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama, qwen3
 
+    from mlxsuite.models.lm import FAMILIES
+    from mlxsuite.models.mlx_lm_class import MlxLmClass
+
+    if isinstance(model, MlxLmClass):
+        return model.inner
     args = model.args
-    arch = qwen3 if args.qk_norm else llama
     config = args.to_dict()
-    if args.qk_norm:
-        config["model_type"] = "qwen3"
+    if args.model_type in ("llama", "mistral", "qwen2", "qwen3") or args.model_type not in FAMILIES:
+        arch = qwen3 if args.qk_norm else llama
+        if args.qk_norm:
+            config["model_type"] = "qwen3"
+    else:
+        arch = importlib.import_module(f"mlx_lm.models.{FAMILIES[args.model_type][0]}")
     ref = arch.Model(arch.ModelArgs.from_dict(config))
     weights = dict(tree_flatten(model.parameters()))
     quantized = [m for _, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
@@ -136,7 +147,8 @@ def mlx_lm_model(model: Model):
         q = quantized[0]
         nn.quantize(ref, group_size=q.group_size, bits=q.bits, class_predicate=lambda p, m: f"{p}.scales" in weights)
     try:
-        ref.load_weights(list(ref.sanitize(weights).items()), strict=True)
+        sanitize = getattr(ref, "sanitize", lambda w: w)  # gemma2, openelm have none
+        ref.load_weights(list(sanitize(weights).items()), strict=True)
     except ValueError as e:
         raise UserError(
             f"the weights do not load into mlx-lm's {arch.__name__.rsplit('.', 1)[-1]} model: {e}"
@@ -202,9 +214,12 @@ register_mode("kvp", _kvp_mode)
 
 def weights_summary(model) -> dict:
     """llama-bench's `size` and `type` of a loaded model: its weights in GB (10^9 bytes) and their format as it
-    runs (`q4 g64` for affine 4-bit in groups of 64, `q4/q6 g64` for a mixed recipe, else the float dtype)."""
+    runs (`q4 g64` for affine 4-bit in groups of 64, `q4/q6 g64` for a mixed recipe, else the float dtype); and
+    what runs it (this project's family or mlx-lm's own class)."""
     import mlx.nn as nn
     from mlx.utils import tree_flatten
+
+    from mlxsuite.models.mlx_lm_class import implementation
 
     size = sum(v.nbytes for _, v in tree_flatten(model.parameters())) / 1e9
     quantized = sorted(
@@ -219,9 +234,9 @@ def weights_summary(model) -> dict:
         kind += " " + "/".join(f"g{g}" for g in sorted({g for _, g in quantized}))
     else:
         kind = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(
-            str(model.model.norm.weight.dtype).replace("mlx.core.", ""), "?"
+            str(model.dtype).replace("mlx.core.", ""), "?"
         )
-    return {"size_gb": size, "type": kind}
+    return {"size_gb": size, "type": kind, "implementation": implementation(model)}
 
 
 def copy_cache(cache: list) -> list:

@@ -56,6 +56,7 @@ FIELDS: dict[str, type] = {
     "layers": int,
     "aux_layers": int,
     "kvp_param_ratio": float,
+    "implementation": str,  # the model class that ran: this project's family, or mlx-lm's own class
     "mlxsuite_version": str,
     "mlx_version": str,
     "mlx_lm_version": str,
@@ -152,6 +153,7 @@ def records(report: dict) -> list[dict]:
             "layers": m.get("layers"),
             "aux_layers": kvp["aux_layers"] if kvp and r["mode"] in ("aux", "kvp") else None,
             "kvp_param_ratio": kvp["param_ratio"] if kvp and r["mode"] in ("aux", "kvp") else None,
+            "implementation": m.get("implementation"),
             **run,
         }
         out.append({k: rec.get(k, r.get(k)) for k in FIELDS})

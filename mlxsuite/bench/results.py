@@ -18,7 +18,7 @@ from mlxsuite.models.lm import Model
 
 
 def model_dtype(model: Model):
-    return model.model.norm.weight.dtype
+    return model.dtype
 
 
 def dtype_name(dtype) -> str:

@@ -50,6 +50,7 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
 from mlxsuite.bench.results import Unit, dtype_name, model_dtype, summarize  # noqa: F401  (summarize: API)
 from mlxsuite.models import kernels
 from mlxsuite.models.lm import ModelArgs
+from mlxsuite.models.mlx_lm_class import MlxLmClass
 from mlxsuite.platform import ProgressCallback
 from mlxsuite.platform.errors import UserError
 
@@ -338,7 +339,8 @@ def report(plan: Plan, measured: Measured) -> dict:
         "params": {"total": first.model.args.n_params, "nonvocab": first.model.args.n_nonvocab_params},
         "models": [results.model_info(s) for s in plan.setups],
         "prefill_step": first.prefill_step,
-        "fused_prefill": kernels.available(first.model.layers, model_dtype(first.model)),
+        "fused_prefill": not isinstance(first.model, MlxLmClass)
+        and kernels.available(first.model.layers, model_dtype(first.model)),
         "reps": plan.reps,
         "warmup": plan.warmup,
         "decode_tokens": plan.decode,
@@ -367,6 +369,7 @@ def _units(
     notes: list[str] = []
     units: list[Unit] = []
     for s, modes in zip(setups, built):
+        notes += [f"{s.name}: {note}" for note in getattr(s.model, "bench_notes", ())]  # mlx-lm's own class
         for T, B in configs:
             ms = [m for m in modes if m.max_batch is None or m.max_batch >= B]
             notes += [f"{m.name} measures batch {m.max_batch} only: skipped at batch {B}" for m in modes if m not in ms]

@@ -30,7 +30,7 @@ from mlxsuite.convert.checkpoint import (
     write_json,
     write_shards,
 )
-from mlxsuite.convert.hf import _LAYER, TOKENIZER_CHECK_TEXT, _keep_rule, pruned_layers
+from mlxsuite.convert.hf import _LAYER, HF_MODEL_TYPES, TOKENIZER_CHECK_TEXT, _keep_rule, pruned_layers
 from mlxsuite.convert.quantization import QuantSpec
 from mlxsuite.data.hf_tokenizer import HFTokenizer, copy_tokenizer_files, spm_to_tokenizer_json
 from mlxsuite.data.tokenizer import TOKENIZER_FILE, load_tokenizer
@@ -76,6 +76,8 @@ def mlx_lm_model_type(args: lm.ModelArgs) -> str:
     q/k/v biases without an o_proj bias (qwen2-style) go to `llama` with `attention_bias` and a zero o_proj bias
     rather than to `qwen2`: transformers >= 5 forces its Qwen2Tokenizer (byte-level BPE) on any model_type "qwen2"
     folder, which would re-tokenize a SentencePiece vocabulary wrongly inside mlx-lm."""
+    if args.model_type not in HF_MODEL_TYPES:
+        raise UserError(f"a {args.model_type} folder already opens in mlx_lm.load as it is (weights and config)")
     if args.qk_norm:
         if args.attention_bias or args.qkv_bias or args.mlp_bias or args.rope_traditional:
             raise UserError("no mlx-lm architecture has q/k-norm with biases or traditional RoPE (qwen3 has neither)")
@@ -157,6 +159,10 @@ def prune(
     src = open_model_folder(model)
     folder, config, args, tensors = src.folder, src.config, src.args, src.tensors
     kept = pruned_layers(args.num_hidden_layers, keep)
+    try:
+        pruned_args = args.pruned(kept)  # each kept layer keeps its own shape (OpenELM)
+    except ValueError as e:
+        raise UserError(f"{folder}: {e}") from None
     refuse_existing(out, force)
     new_index = {old: new for new, old in enumerate(kept)}
     items = []
@@ -164,9 +170,11 @@ def prune(
         m = _LAYER.match(name)
         if m is None:
             items.append(Item(name, name, info))
-        elif int(m.group(1)) in new_index:
-            items.append(Item(f"model.layers.{new_index[int(m.group(1))]}.{m.group(2)}", name, info))
+        elif int(m.group(2)) in new_index:
+            items.append(Item(f"{m.group(1)}.layers.{new_index[int(m.group(2))]}.{m.group(3)}", name, info))
     out_config = dict(config)
+    per_layer = ("num_hidden_layers", "num_transformer_layers", "num_query_heads", "num_kv_heads", "ffn_multipliers")
+    out_config.update({k: v for k, v in pruned_args.to_dict().items() if k in per_layer and k in config})
     out_config["num_hidden_layers"] = len(kept)
     block = dict(config.get("mlxsuite") or {})
     block.setdefault("format", 1)

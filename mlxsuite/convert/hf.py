@@ -44,7 +44,7 @@ from mlxsuite.models import lm
 from mlxsuite.platform import ProgressCallback, atomic
 from mlxsuite.platform.errors import UserError
 
-HF_MODEL_TYPES = tuple(lm.FAMILIES)
+HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # the other families open their snapshots as they are
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 # HF defaults where config.json may omit a key (transformers' config classes)
 _HF_DEFAULTS = {
@@ -53,7 +53,7 @@ _HF_DEFAULTS = {
     "qwen2": dict(rope_theta=10000.0, max_position_embeddings=32768, rms_norm_eps=1e-6),
     "qwen3": dict(rope_theta=10000.0, max_position_embeddings=32768, rms_norm_eps=1e-6),
 }
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
+_LAYER = re.compile(r"^(model|transformer)\.layers\.(\d+)\.(.*)$")  # transformer: OpenELM
 
 
 # ---- layer pruning (KV Prediction, KVP-LP) -------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from mlxsuite.platform.errors import UserError
 
 def architecture(args) -> str:
     """The GGUF architecture whose forward equals `lm.Model(args)`'s; UserError if there is none."""
+    if args.model_type not in ("llama", "mistral", "qwen2", "qwen3"):
+        raise UserError(f"to-gguf writes the llama, qwen2 and qwen3 architectures, not model_type {args.model_type!r}")
     if args.mlp_bias or args.attention_bias:
         raise UserError("a model with MLP or o_proj biases has no GGUF architecture here (llama, qwen2, qwen3)")
     if args.qk_norm and not args.qkv_bias and not args.rope_traditional:

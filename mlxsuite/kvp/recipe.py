@@ -82,17 +82,22 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str
     default init (the paper's), or with `predictor_init="identity"` starts as the identity (needs equal KV widths,
     as an LP auxiliary has: each base layer then starts from the copy of the base layer its aux layer is)."""
     base, tok, base_folder = store.load_model(base_name, dequantize=True)
+    store.require_own_forward(base, base_folder, "KV Prediction")
     if tok is None:
         raise UserError(f"{base_folder} has no tokenizer")
     kind, keep = parse_aux(aux_spec)
     n_base = base.args.num_hidden_layers
     if kind == "prune":
         retained = pruned_layers(n_base, keep)
-        aux = kvm.layer_pruned(base, retained)
+        try:
+            aux = kvm.layer_pruned(base, retained)
+        except ValueError as e:  # a sliding-window pattern would move
+            raise UserError(f"{base_folder}: {e}; train a smaller model of the family as the auxiliary") from None
         layer_map = kvm.lp_layer_map(keep, retained, n_base)
         info = {"kind": "LP", "keep": keep, "retained": retained}
     else:
         aux, _, aux_folder = store.load_model(aux_spec, dequantize=True)
+        store.require_own_forward(aux, aux_folder, "KV Prediction")
         check_same_tokenizer(base_folder, base, aux_folder, aux)
         layer_map = kvm.contiguous_layer_map(n_base, aux.args.num_hidden_layers)
         info = {"kind": "C", "source": str(aux_folder.resolve())}

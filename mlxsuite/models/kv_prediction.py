@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -44,17 +43,18 @@ class PredictorArgs:
             raise ValueError("layer_map, base_kv_heads and base_head_dims must have one entry per base layer")
 
     @classmethod
-    def for_models(cls, base: Model, aux: Model, layer_map: list[int]) -> "PredictorArgs":
-        b, a = base.args, aux.args
+    def for_models(cls, base: Model, aux: Model, layer_map: list[int]) -> PredictorArgs:
+        aux_attn = [layer.self_attn for layer in aux.layers]
+        base_attn = [layer.self_attn for layer in base.layers]
         return cls(
             layer_map=list(layer_map),
-            aux_kv_dims=[a.num_key_value_heads * a.head_dim] * a.num_hidden_layers,
-            base_kv_heads=[b.num_key_value_heads] * b.num_hidden_layers,
-            base_head_dims=[b.head_dim] * b.num_hidden_layers,
+            aux_kv_dims=[a.n_kv_heads * a.head_dim for a in aux_attn],
+            base_kv_heads=[b.n_kv_heads for b in base_attn],
+            base_head_dims=[b.head_dim for b in base_attn],
         )
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PredictorArgs":
+    def from_dict(cls, d: dict) -> PredictorArgs:
         return cls(**{k: list(d[k]) for k in ("layer_map", "aux_kv_dims", "base_kv_heads", "base_head_dims")})
 
     def to_dict(self) -> dict:
@@ -194,18 +194,16 @@ class KVPredictionModel(nn.Module):
 
 
 def layer_pruned(base: Model, retained: list[int]) -> Model:
-    """KVP-LP auxiliary: a copy of the base keeping `retained` layers (renumbered), with their weights and the base's
-    embeddings, final norm and head."""
+    """KVP-LP auxiliary: a copy of the base keeping `retained` layers (renumbered), each with its own shape (OpenELM's
+    vary by layer) and weights, and the base's embeddings, final norm and head."""
     from mlx.utils import tree_flatten
 
-
-    args = ModelArgs.from_dict({**base.args.to_dict(), "num_hidden_layers": len(retained)})
-    aux = Model(args)
+    aux = Model(base.args.pruned(retained))
     new = {old: i for i, old in enumerate(retained)}
     weights = []
     for name, w in tree_flatten(base.parameters()):
         parts = name.split(".")
-        if parts[:2] == ["model", "layers"]:
+        if parts[1] == "layers":
             old = int(parts[2])
             if old not in new:
                 continue

@@ -3,9 +3,11 @@
 A model folder holds `config.json`, weights (`model*.safetensors`) and a tokenizer (`tokenizer.model`, ours, or
 `tokenizer.json`). What it holds is told by the config's `model_type`, as in mlx-lm:
 
-- `llama`, `mistral`, `qwen2`, `qwen3`: a language model (`models.lm`): ours, mlx-lm's, or a Hugging Face
-  snapshot; float, quantized at any bit width or mixed-bit. Loaded by mlx-lm's own loader
-  (`mlx_lm.utils.load_model`: sanitize, per-layer quantization) with this project's model classes;
+- a family of `models.lm.FAMILIES` (llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, openelm): a language
+  model: ours, mlx-lm's, or a Hugging Face snapshot; float, quantized at any bit width or mixed-bit. Loaded by
+  mlx-lm's own loader (`mlx_lm.utils.load_model`: sanitize, per-layer quantization) with this project's classes;
+- any other model_type mlx-lm runs: a language model through mlx-lm's own class (`models.mlx_lm_class`), for
+  profiling, generation and evaluation only (`require_own_forward` refuses it elsewhere);
 - `moma`: a MoMa run (`models.moma`), the same way;
 - `kv_prediction`: a KV Prediction pair: the base by reference (path, name and sha256 of its weights), the trained
   auxiliary as a model folder in `aux/`, the predictor in `predictor.safetensors`.
@@ -38,8 +40,9 @@ from mlxsuite.convert.checkpoint import (
     refuse_pickle_message,
 )
 from mlxsuite.data.tokenizer import UNIGRAM_FILE, load_tokenizer
-from mlxsuite.models import family, get_classes, lm
+from mlxsuite.models import family, get_classes, lm, moma
 from mlxsuite.models import kv_prediction as kvm
+from mlxsuite.models.mlx_lm_class import SEAMS_MISSING, MlxLmClass
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 from mlxsuite.store.refs import KVP_TYPE, check_weights, models_dir, output_path, resolve, source_folder
@@ -53,7 +56,7 @@ def kind_of(config: dict, folder: Path) -> str:
     if config.get("model_type") == KVP_TYPE:
         return KVP_TYPE
     try:
-        return "lm" if family(config) is lm else "moma"
+        return "moma" if family(config) is moma else "lm"  # mlx-lm's own classes: "lm"
     except ValueError as e:
         raise UserError(f"{folder}: {e}") from None
 
@@ -106,6 +109,12 @@ def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: bool = Fa
         return _load_pair(folder, config, dtype, dequantize)
     model = _load_weights(folder)
     notes = []
+    if not isinstance(model, lm.CausalLM):
+        model = MlxLmClass(model, config)
+        notes.append(
+            f"{folder.name}: model_type {model.model_type!r} has no family here: it runs through mlx-lm's own class "
+            "(no fused CPU kernels, no KV Prediction, no training)"
+        )
     if dequantize and mx.default_device().type == mx.DeviceType.cpu and _is_quantized(model):
         model.set_dtype(mx.float32)  # scales first: half-precision scales would round the weights to float16
         model = dequantize_model(model)
@@ -119,6 +128,15 @@ def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: bool = Fa
     mx.eval(model.parameters())
     model.eval()
     return Loaded(model, load_tokenizer(folder), folder, config, found, notes)
+
+
+def require_own_forward(model, folder: Path, what: str) -> None:
+    """Refuse, in one line, a model that runs through mlx-lm's own class where `what` needs this project's forward."""
+    if isinstance(model, MlxLmClass):
+        raise UserError(
+            f"{folder}: model_type {model.model_type!r} runs here only through mlx-lm's own class; {what} needs "
+            f"{SEAMS_MISSING}, which the families {', '.join(lm.FAMILIES)} have"
+        )
 
 
 def load_model(ref: str, dtype=None, dequantize: bool = False):

@@ -26,6 +26,7 @@ from mlxsuite.data.tokenizer import (
     unigram_probs,
 )
 from mlxsuite.models import lm
+from mlxsuite.models.mlx_lm_class import implementation
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 from mlxsuite.train import trainer
@@ -86,6 +87,7 @@ def _model(spec: LMRunSpec, tok) -> tuple[lm.Model, lm.ModelArgs, dict]:
     """The model to train (from a preset, or a stored float model), its args and where it came from."""
     if spec.init_from:
         model, _, src = store.load_model(spec.init_from)
+        store.require_own_forward(model, src, "training")
         if "quantization" in store.read_config(src):
             raise UserError(f"{src} is quantized: train from a float model (convert from-hf without `quantize`)")
         model.train()
@@ -231,4 +233,5 @@ def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128,
     if unigram is None:
         unigram = unigram_probs(data.token_stream(tok, corpus, "train"), tok.vocab_size)
     chars = data.chars_in(corpus, "val", tok, w.shape[0] * seq_len + 1)
-    return {"model": str(folder), "corpus": corpus.name, **evaluate_lm(model, w, np.asarray(unigram), chars)}
+    metrics = evaluate_lm(model, w, np.asarray(unigram), chars)
+    return {"model": str(folder), "corpus": corpus.name, "implementation": implementation(model), **metrics}
