@@ -45,7 +45,7 @@ def permute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _metadata(writer: ggml.GGUFWriter, arch: str, args, name: str) -> None:
+def _metadata(writer: ggml.GGUFWriter, args, name: str) -> None:
     writer.add_name(name)
     writer.add_context_length(args.max_position_embeddings)
     writer.add_embedding_length(args.hidden_size)
@@ -91,7 +91,7 @@ def to_gguf(
     rope_freqs = _rope(args)
     refuse_existing(out, force)
     writer = ggml.GGUFWriter(path=None, arch=arch)
-    _metadata(writer, arch, args, folder.name)
+    _metadata(writer, args, folder.name)
     if (args.rope_scaling or {}).get("type", (args.rope_scaling or {}).get("rope_type")) == "linear":
         writer.add_rope_scaling_type(ggml.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(args.rope_scaling["factor"]))
