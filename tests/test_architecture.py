@@ -23,6 +23,7 @@ LAYERS = {
     "mlxsuite.generate": 2,
     "mlxsuite.store": 3,  # references (refs, hub), the one loader and the writers
     "mlxsuite.convert.derive": 3,  # to mlx-lm, prune, quantize: take references
+    "mlxsuite.convert.to_gguf": 3,  # out to GGUF: takes a reference, like derive
     "mlxsuite.train": 4,
     "mlxsuite.kvp": 5,
     "mlxsuite.moma": 5,
