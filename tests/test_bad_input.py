@@ -129,6 +129,8 @@ CASES = [
     ),
     (["bench", "ttft", "base", "--plot", "{root}/no/such/t.png"], "does not exist"),
     (["eval", "{root}/truncated"], "corrupt"),
+    (["kvp", "eval", "{root}/halfpair"], "incomplete"),
+    (["eval", "{root}/halfpair"], "incomplete"),
 ]
 
 
@@ -139,6 +141,8 @@ def test_bad_input_one_line_exit_2_store_unchanged(world, args, needle, capsys, 
         shutil.copytree(world / "store" / "base", world / "truncated")
         w = world / "truncated" / "model.safetensors"
         w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+        (world / "halfpair" / "run").mkdir(parents=True)  # a pair's training interrupted before its first save
+        (world / "halfpair" / "run" / "spec.json").write_text("{}")
     before = listing(world / "store")
     code, out, err = run_cli(capsys, *[a.format(root=world) for a in args])
     assert code == 2, (out, err)

@@ -40,7 +40,11 @@ class QuickstartProgress(TrainProgress):
 
 
 def quickstart(
-    name: str = typer.Option("quickstart", "--name", help="Store name prefix: NAME-lm (base) and NAME-kvp (the pair)."),
+    name: str = typer.Option(
+        "quickstart",
+        "--name",
+        help="Store name prefix: NAME-lm (base) and NAME-kvp (the pair; NAME-MODEL-kvp with --model).",
+    ),
     model: Optional[str] = typer.Option(
         None,
         "--model",
