@@ -129,6 +129,12 @@ CASES = [
     ),
     (["bench", "ttft", "base", "--plot", "{root}/no/such/t.png"], "does not exist"),
     (["eval", "{root}/truncated"], "corrupt"),
+    (["convert", "to-mlx-lm", "{root}/truncated", "c1"], "corrupt"),
+    (["convert", "quantize", "{root}/truncated", "c1"], "corrupt"),
+    (["convert", "prune", "{root}/truncated", "c1", "--keep", "0.5"], "corrupt"),
+    (["convert", "from-hf", "{root}/truncated", "c1"], "corrupt"),
+    (["kvp", "train", "{root}/truncated", "--out", "k1", "--steps", "1"], "corrupt"),
+    (["bench", "ttft", "{root}/truncated"], "corrupt"),
     (["kvp", "eval", "{root}/halfpair"], "incomplete"),
     (["eval", "{root}/halfpair"], "incomplete"),
 ]
