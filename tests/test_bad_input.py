@@ -17,7 +17,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A store with a micro LM ("base") and a micro MoMa run ("mm"), and corpora good and bad."""
+    """A store with a micro LM ("base"), a KV Prediction pair on it ("pair") and a micro MoMa run ("mm"), and
+    corpora good and bad."""
     root = tmp_path_factory.mktemp("bad")
     good = root / "good.txt"
     good.write_text(stdlib_text())
@@ -70,6 +71,7 @@ def world(tmp_path_factory):
             "2",
             "--quiet",
         ],
+        ["kvp", "train", "base", "--out", "pair", "--steps", "1", "--seq-len", "32", "--batch-size", "4", "--quiet"],
     ):
         r = subprocess.run([str(BIN / "mlxsuite"), *args], env=e, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -136,6 +138,10 @@ CASES = [
     (["kvp", "train", "{root}/truncated", "--out", "k1", "--steps", "1"], "corrupt"),
     (["bench", "ttft", "{root}/truncated"], "corrupt"),
     (["kvp", "eval", "{root}/halfpair"], "incomplete"),
+    (["eval", "base", "--seq-len", "100000"], "context"),
+    (["kvp", "eval", "pair", "--prompt-len", "100000"], "context"),
+    (["train", "--out", "b1", "--steps", "6", "--warmup", "20"], "--warmup 20"),
+    (["kvp", "train", "base", "--out", "k1", "--steps", "6", "--warmup", "7"], "--warmup 7"),
     (["eval", "{root}/halfpair"], "incomplete"),
 ]
 
@@ -269,3 +275,19 @@ def test_a_failed_first_run_leaves_no_store_behind(tmp_path, monkeypatch, capsys
     code, _, err = run_cli(capsys, "kvp", "train", "nosuch", "--out", "p")
     assert code == 2 and err.count("\n") == 1 and "nosuch" in err
     assert not store.exists()
+
+
+def test_default_warmup_fits_a_short_run():
+    """The default warm-up (20) on a 6-step run is shortened to a tenth of it; a given one is refused."""
+    from mlxsuite.cli.common import _fit_warmup
+    from mlxsuite.platform.errors import UserError
+    from mlxsuite.train.trainer import TrainConfig
+
+    config = TrainConfig(steps=6)
+    _fit_warmup(config, frozenset({"steps"}))
+    assert config.warmup == 0
+    config = TrainConfig(steps=300)
+    _fit_warmup(config, frozenset({"steps"}))
+    assert config.warmup == 20
+    with pytest.raises(UserError, match="--warmup 20 is longer than --steps 6"):
+        _fit_warmup(TrainConfig(steps=6, warmup=20), frozenset({"steps", "warmup"}))

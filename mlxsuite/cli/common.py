@@ -187,7 +187,7 @@ class TrainProgress:
 TRAIN_OPTIONS = {
     "steps": ("--steps", "Optimizer steps."),
     "lr": ("--lr", "Peak learning rate, reached after the warm-up."),
-    "warmup": ("--warmup", "Linear warm-up steps."),
+    "warmup": ("--warmup", "Linear warm-up steps, at most --steps (a tenth of --steps when the default is longer)."),
     "schedule": ("--lr-schedule", "Decay after the warm-up: cosine (the vocabulary paper's) or linear (MoMa's)."),
     "min_lr_ratio": ("--min-lr-ratio", "The decay ends at lr × this."),
     "grad_accum": ("--grad-accum", "Split each batch into this many micro-batches (same result, less memory)."),
@@ -248,6 +248,7 @@ def train_options(**defaults):
             given = frozenset(
                 n for n in ctx.params if ctx.get_parameter_source(n).name not in ("DEFAULT", "DEFAULT_MAP")
             )
+            _fit_warmup(config, given)
             flags = RunFlags(**{name: kwargs.pop(name) for name in RUN_OPTIONS}, given=given)
             return command(*args, train=config, run=flags, **kwargs)
 
@@ -260,6 +261,19 @@ def train_options(**defaults):
         return wrapper
 
     return decorate
+
+
+def _fit_warmup(config, given: frozenset) -> None:
+    """A warm-up longer than the run never reaches the peak learning rate: refused when given, and the default
+    shortened to a tenth of a run shorter than it."""
+    if config.warmup <= config.steps or "steps" not in given:  # without --steps: the default, or the resumed run's
+        return
+    if "warmup" in given:
+        raise UserError(
+            f"--warmup {config.warmup} is longer than --steps {config.steps}: the learning rate would never reach "
+            "--lr (give a warm-up of at most --steps)"
+        )
+    config.warmup = config.steps // 10
 
 
 def run_training(

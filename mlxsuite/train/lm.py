@@ -206,6 +206,11 @@ def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128,
     model, tok, folder = store.load_model(name)
     if tok is None:
         raise UserError(f"{folder} has no tokenizer")
+    if seq_len > model.args.max_position_embeddings:
+        raise UserError(
+            f"validation windows of {seq_len} tokens are longer than the model's context "
+            f"({model.args.max_position_embeddings} tokens)"
+        )
     if corpus_spec is None:
         corpus_spec = store.read_config(folder).get("mlxsuite", {}).get("corpus")
         if corpus_spec not in (None, "stdlib") and not Path(corpus_spec).exists():
