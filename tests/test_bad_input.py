@@ -88,7 +88,7 @@ CASES = [
     (["train", "--out", "b1", "--corpus", "{root}/empty.txt"], "empty"),
     (["train", "--out", "b1", "--corpus", "{root}/binary.txt"], "binary"),
     (["train", "--out", "b1", "--corpus", "{root}/latin1.txt"], "UTF-8"),
-    (["train", "--out", "b1", "--preset", "micro", "--corpus", "{root}/tiny.txt"], "--vocab-size"),
+    (["train", "--out", "b1", "--preset", "micro", "--corpus", "{root}/tiny.txt"], "too small for any vocabulary"),
     (
         [
             "train",
