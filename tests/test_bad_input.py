@@ -135,6 +135,8 @@ CASES = [
     (["convert", "quantize", "{root}/truncated", "c1"], "corrupt"),
     (["convert", "prune", "{root}/truncated", "c1", "--keep", "0.5"], "corrupt"),
     (["convert", "from-hf", "{root}/truncated", "c1"], "corrupt"),
+    (["convert", "to-mlx-lm", "pair", "c1"], "is a KV Prediction pair, not a language model"),
+    (["convert", "prune", "mm", "c1", "--keep", "0.5"], "is a MoMa run, not a language model"),
     (["kvp", "train", "{root}/truncated", "--out", "k1", "--steps", "1"], "corrupt"),
     (["bench", "ttft", "{root}/truncated"], "corrupt"),
     (["kvp", "eval", "{root}/halfpair"], "incomplete"),
@@ -291,3 +293,17 @@ def test_default_warmup_fits_a_short_run():
     assert config.warmup == 20
     with pytest.raises(UserError, match="--warmup 20 is longer than --steps 6"):
         _fit_warmup(TrainConfig(steps=6, warmup=20), frozenset({"steps", "warmup"}))
+
+
+def test_convert_writes_bare_names_to_the_store(world, capsys, monkeypatch, tmp_path):
+    """One output rule for every convert command: a bare name goes to the store, a path where it points."""
+    store = tmp_path / "store"
+    shutil.copytree(world / "store" / "base", store / "base")
+    monkeypatch.setenv("MLXSUITE_MODELS", str(store))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "convert", "to-mlx-lm", "base", "exported")
+    assert code == 0, err
+    assert (store / "exported" / "config.json").is_file() and not (tmp_path / "exported").exists()
+    code, out, err = run_cli(capsys, "convert", "to-mlx-lm", "base", "./here/exported")
+    assert code == 0, err
+    assert (tmp_path / "here" / "exported" / "config.json").is_file()

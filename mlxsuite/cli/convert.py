@@ -183,7 +183,9 @@ def from_gguf(
 @app.command("to-mlx-lm")
 def to_mlx_lm(
     model: str = typer.Argument(..., metavar="MODEL", help="Model name in the store, or a path."),
-    out_dir: str = typer.Argument(..., metavar="OUT", help="Folder to write (mlx_lm.load opens it)."),
+    out_dir: str = typer.Argument(
+        ..., metavar="OUT", help="Store name, or a path (with a slash): the folder mlx_lm.load opens."
+    ),
     force: bool = FORCE,
     json_out: bool = JSON,
 ):
@@ -191,7 +193,7 @@ def to_mlx_lm(
     from mlxsuite.convert import hf as convert
 
     with _progress("exporting") as progress:
-        result = convert.to_mlx_lm(model, Path(out_dir), force=force, progress=progress)
+        result = convert.to_mlx_lm(model, _out_path(out_dir), force=force, progress=progress)
     _report(result, f"wrote ({result.config['model_type']} for mlx-lm)", json_out)
 
 

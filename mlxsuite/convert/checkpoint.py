@@ -314,6 +314,10 @@ def open_model_folder(name_or_path: str):
     """A model folder of this project: (folder, config, args, quantized layers, tensors), checked against its config."""
     folder = store.resolve(name_or_path)
     config = store.read_config(folder)
+    kind = store.kind_of(config, folder)
+    if kind != "lm":
+        aux = f": its auxiliary is the model folder {folder / store.AUX_DIR}" if kind == store.KVP_TYPE else ""
+        raise UserError(f"{folder} is {store.KINDS[kind]}, not a language model{aux}")
     try:
         args = lm.ModelArgs.from_dict(config)
     except (TypeError, ValueError) as e:
