@@ -307,3 +307,36 @@ def test_convert_writes_bare_names_to_the_store(world, capsys, monkeypatch, tmp_
     code, out, err = run_cli(capsys, "convert", "to-mlx-lm", "base", "./here/exported")
     assert code == 0, err
     assert (tmp_path / "here" / "exported" / "config.json").is_file()
+
+
+def test_tables_in_a_pipe_are_whole(world, capsys, monkeypatch):
+    """stdout not a terminal (here captured, as in a pipe or a file): every number, header and method name of
+    `kvp eval`'s table and `doctor`'s BLAS path in full, never cut to "…"."""
+    monkeypatch.setenv("MLXSUITE_MODELS", str(world / "store"))
+    args = ["kvp", "eval", "pair", "--corpus", str(world / "good.txt"), "--samples", "2", "--prompt-len", "8"]
+    args += ["--cont-len", "4", "--agree-tokens", "2", "--code", "0"]
+    code, table, err = run_cli(capsys, *args)
+    assert code == 0, err
+    code, doc, err = run_cli(capsys, *args, "--json")
+    doc = json.loads(doc)
+    assert "…" not in table and "first-token acc" in table and "FLOPs red." in table
+    for method, d in doc["methods"].items():
+        assert method in table and f"{d['ce']:.4f}" in table and f"{d['first_acc']:.3f}" in table
+    assert str(world / "store" / "pair") in table
+    code, table, err = run_cli(capsys, "doctor")
+    assert code == 0, err
+    code, doc, err = run_cli(capsys, "doctor", "--json")
+    library = json.loads(doc)["blas"]["library"]
+    assert "…" not in table and (library is None or str(library) in table)
+
+
+def test_brackets_in_messages_and_paths_are_printed_as_they_are(world, capsys, monkeypatch, tmp_path):
+    """Text in square brackets is not rich markup: a path with [bold] in it, the plot extra's name."""
+    monkeypatch.setenv("MLXSUITE_MODELS", str(world / "store"))
+    odd = tmp_path / "[bold]x[/bold]" / "m"
+    code, out, err = run_cli(capsys, "eval", str(odd))
+    assert code == 2 and str(odd) in err, err
+    from mlxsuite.cli import common
+
+    common.print_note("pip install 'mlxsuite[plot]'")
+    assert "mlxsuite[plot]" in capsys.readouterr().err

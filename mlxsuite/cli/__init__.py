@@ -8,6 +8,7 @@ import sys
 import time
 
 import typer
+from rich.text import Text
 
 from mlxsuite import __version__  # loads the fast BLAS before anything imports mlx.core
 from mlxsuite.cli import bench, convert, doctor, evaluate, generate, kvp, moma, quickstart, tokenizer, train, vocab
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="mlxsuite")
     except UserError as e:
-        _fail(2, f"[red]error:[/red] {e}")
+        _fail(2, str(e), error=True)
     except KeyboardInterrupt:
         _fail(130, "interrupted")
     except Exception as e:
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             print(e.ctx.get_help())
             sys.exit(0)
         if _is(e, "UsageError"):
-            _fail(2, f"[red]error:[/red] {' '.join(e.format_message().split())}")
+            _fail(2, " ".join(e.format_message().split()), error=True)
         if _is(e, "Exit"):
             rv = e.exit_code
         elif _is(e, "Abort"):
@@ -100,9 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(rv)
 
 
-def _fail(code: int, message: str) -> None:
-    """One line on stderr (from rank 0 only under mlx.launch) and exit `code`."""
+def _fail(code: int, message: str, error: bool = False) -> None:
+    """One line on stderr (from rank 0 only under mlx.launch) and exit `code`; the message as it is (a path or
+    text in square brackets is not rich markup)."""
     if _rank() != 0:
         _exit_quietly(code)
-    err.print(message, highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "red"), " ", message) if error else message, highlight=False, soft_wrap=True)
     sys.exit(code)

@@ -9,8 +9,20 @@ from typing import Literal, Optional
 
 import mlx.core as mx
 import typer
+from rich.text import Text
 
-from mlxsuite.cli.common import Device, Dtype, Progress, device_option, dtype_option, err, out, parse_int_list, positive
+from mlxsuite.cli.common import (
+    Device,
+    Dtype,
+    Progress,
+    device_option,
+    dtype_option,
+    err,
+    out,
+    parse_int_list,
+    positive,
+    print_note,
+)
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True)
@@ -32,14 +44,14 @@ def _progress(header: str):
         MofNCompleteColumn(),
         TextColumn("runs"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[what]}", style="dim"),
+        TextColumn("{task.fields[what]}", style="dim", markup=False),
         transient=True,
     ) as bar:
         task = bar.add_task("ttft runs", total=None, what="")
 
         def update(done: int, total: int, what: str) -> None:
             if not bar.tasks[0].total:
-                bar.console.print(header, highlight=False, soft_wrap=True)
+                bar.console.print(Text.assemble(("ttft", "bold"), " ", header), highlight=False, soft_wrap=True)
             bar.update(task, completed=done, total=total, what=what)
 
         yield update
@@ -65,7 +77,7 @@ def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
         raise UserError(f"--vocab-size applies to presets only; {folder} has its own vocabulary")
     loaded = store.load(str(folder), "lm", dtype=dtype, dequantize=None)
     for note in loaded.notes:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        print_note(note)
     return loaded.model, loaded.tokenizer, str(folder)
 
 
@@ -241,7 +253,7 @@ def ttft(
         described.append(what)
         lib.check_configs(m.args, configs, reps, warmup, prefix_cache, generation_tokens)
     header = (
-        f"[bold]ttft[/bold] {'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
+        f"{'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
         + (f" (uncached and {prefix_cache} cached)" if prefix_cache else "")
         + f" × {len(mode_names)} mode(s), {warmup} warm-up pass(es), {reps} timed round(s)"
     )
@@ -252,7 +264,7 @@ def ttft(
     if plot is not None:
         report_lib.plot(recs, plot)
     for note in report["notes"]:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        print_note(note)
     if output == "table":
         _table(recs, report, wide)
     elif output == "md":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import io
 import json
 import math
 import time
@@ -18,8 +19,32 @@ from rich.text import Text
 
 from mlxsuite.platform.errors import UserError
 
-err = Console(stderr=True)  # progress, notes and errors
-out = Console()  # results (tables, or one JSON document with --json)
+# markup off: paths, names and messages print as they are ("[plot]" stays); styled parts are Text objects, or
+# `markup=True` with the user's text escaped
+# soft_wrap: a line is never broken at the console's width (80 columns in a file or a pipe)
+err = Console(stderr=True, markup=False, soft_wrap=True)  # progress, notes and errors
+out = Console(markup=False, soft_wrap=True)  # results (tables, or one JSON document with --json)
+
+
+def print_whole(renderable) -> None:
+    """A table (or tables) on stdout: as rich fits it on a terminal; in a pipe or a file at its natural width, so
+    that every cell, header and title is there in full (never squeezed to 80 columns or cut to "…")."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    Console(width=natural_width(renderable), markup=False, highlight=False).print(renderable)
+
+
+def natural_width(renderable) -> int:
+    wide = Console(file=io.StringIO(), width=10_000, markup=False, highlight=False)
+    wide.print(renderable)
+    return max((len(line.rstrip()) for line in wide.file.getvalue().splitlines()), default=1)
+
+
+def print_note(note: str) -> None:
+    """`note: …` on stderr, the text as it is."""
+    err.print(Text.assemble(("note:", "yellow"), " ", note), highlight=False, soft_wrap=True)
+
 
 # ---- shared declarations: the model argument, device and dtype choices (validated by the parser) ----------------
 
@@ -178,7 +203,7 @@ class TrainProgress:
             self.progress.console.print(f"step {info['step']}: val " + "  ".join(parts))
         elif event in ("corpus", "tokenizer", "model", "baseline"):
             text = "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in info.items())
-            self.progress.console.print(f"[dim]{event}: {text}[/dim]")
+            self.progress.console.print(f"{event}: {text}", style="dim", highlight=False, soft_wrap=True)
 
 
 # The options of every training command (`train`, `kvp train`, `moma train`), declared once. The trainer's (name →

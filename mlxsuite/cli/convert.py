@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from mlxsuite.cli.common import Dtype, Progress, err, out, print_json
+from mlxsuite.cli.common import Dtype, Progress, err, out, print_json, print_note
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(
@@ -55,7 +55,7 @@ def _progress(what: str):
         MofNCompleteColumn(),
         TextColumn("tensors"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[name]}", style="dim"),
+        TextColumn("{task.fields[name]}", style="dim", markup=False),
         console=err,
         transient=True,
     ) as bar:
@@ -81,7 +81,7 @@ def _report(result, what: str, json_out: bool) -> None:
         )
         return
     for note in result.notes:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        print_note(note)
     out.print(
         f"{what} {result.path}: {result.n_tensors} tensors, {result.nbytes / 2**20:.1f} MiB in {result.shards} "
         f"shard{'s' if result.shards != 1 else ''}",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from mlxsuite import platform
-from mlxsuite.cli.common import out, print_json
+from mlxsuite.cli.common import print_json, print_whole
 
 
 def doctor(
@@ -54,10 +55,10 @@ def doctor(
             )
         )
     if info["blas_advice"]:
-        rows.append(("[yellow]install[/yellow]", info["blas_advice"]))
+        rows.append((Text("install", style="yellow"), info["blas_advice"]))
     for k, v in rows:
         table.add_row(k, v)
-    out.print(table)
+    print_whole(table)
 
 
 def _threads(n: int) -> str:

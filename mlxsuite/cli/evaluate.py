@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mlxsuite.cli.common import err, model_argument, out, positive, print_json
+from mlxsuite.cli.common import err, model_argument, positive, print_json, print_whole
 from mlxsuite.train.lm import eval_model
 
 
@@ -41,4 +41,4 @@ def evaluate(
         f"{result['bpc']:.4f}",
         f"{result['lu']:.4f}",
     )
-    out.print(table)
+    print_whole(table)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from mlxsuite import store
-from mlxsuite.cli.common import err, generation_prompt, model_argument, print_json
+from mlxsuite.cli.common import generation_prompt, model_argument, print_json, print_note
 from mlxsuite.generate import generate_text
 from mlxsuite.platform.errors import UserError
 
@@ -43,7 +43,7 @@ def generate(
         loaded = store.load(model, "lm", dequantize=None)
         m, tok, folder = loaded.model, loaded.tokenizer, loaded.folder
         for note in loaded.notes:
-            err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+            print_note(note)
     if tok is None:
         raise UserError(f"{folder} has no tokenizer")
     mx.random.seed(seed)

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 import typer
 
 from mlxsuite import platform
-from mlxsuite.cli.common import Device, device_option, out, print_json, run_training, train_options
+from mlxsuite.cli.common import Device, device_option, out, print_json, print_whole, run_training, train_options
 from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 
@@ -163,7 +163,7 @@ def evaluate(
             for _, key in columns[1:]
         ]
         table.add_row(m, *cells, f"{f:.3g}", f"{base_f / f:.2f}×")
-    out.print(table)
+    print_whole(table)
     out.print(f"parameter ratio base/aux (the paper's FLOPs reduction): {fl['param_ratio']:.2f}×")
     k, v = result["kv_error"]["k_l1"], result["kv_error"]["v_l1"]
     out.print("per-layer L1  keys: " + " ".join(f"{x:.3f}" for x in k))

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import typer
+from rich.text import Text
 
-from mlxsuite.cli.common import TrainProgress, out, positive, print_json, run_training, train_options
+from mlxsuite.cli.common import TrainProgress, out, positive, print_json, print_whole, run_training, train_options
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(help="MoMa: mixed-modal early-fusion models with modality-aware experts.", no_args_is_help=True)
@@ -34,14 +35,17 @@ class _Progress(TrainProgress):
             super().__call__(event, info)
         elif event == "variant":
             self.progress.console.print(
-                f"[bold]{info['variant']}[/bold]: {info['steps']} steps, "
-                f"{info['flops_per_token']:,.0f} FLOPs/token" + (" (done)" if info["done"] else "")
+                Text.assemble(
+                    (info["variant"], "bold"),
+                    f": {info['steps']} steps, {info['flops_per_token']:,.0f} FLOPs/token"
+                    + (" (done)" if info["done"] else ""),
+                )
             )
         elif event == "model":
             self.progress.console.print(
-                "[dim]model: "
-                + "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in info.items())
-                + "[/dim]"
+                "model: " + "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in info.items()),
+                style="dim",
+                soft_wrap=True,
             )
         else:
             super().__call__(event, info)
@@ -232,12 +236,7 @@ def compare(
             _fmt(r["throughput_ratio"], ".2f"),
             _fmt(r["router_acc"], ".3f"),
         )
-    if out.is_terminal:
-        out.print(t)
-    else:  # a pipe or file: don't squeeze the table into 80 columns
-        from rich.console import Console
-
-        Console(width=200).print(t)
+    print_whole(t)
     out.print(
         "η: dense FLOPs / FLOPs at which the variant's training loss (centred local fit in log FLOPs, same "
         "batches for every variant) first reaches dense's final training loss; – means not reached within the "

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.text import Text
 
-from mlxsuite.cli.common import TrainProgress, err, out, print_json
+from mlxsuite.cli.common import TrainProgress, err, out, print_json, print_whole
 from mlxsuite.quickstart import QuickstartConfig, run_quickstart
 
 
@@ -24,9 +25,9 @@ class QuickstartProgress(TrainProgress):
             if not self.started:
                 self.progress.start()
                 self.started = True
-            state = " [green](done before: reused)[/green]" if info["reused"] else ""
-            stage = f"[bold cyan]stage {info['index']}/{info['total']}[/bold cyan]"
-            self.progress.console.print(f"{stage} {info['title']}{state}", soft_wrap=True)
+            state = (" (done before: reused)", "green") if info["reused"] else ""
+            stage = (f"stage {info['index']}/{info['total']}", "bold cyan")
+            self.progress.console.print(Text.assemble(stage, " ", info["title"], state), soft_wrap=True)
             self.measure_task = None
         elif event == "measure":
             if self.measure_task is None:
@@ -125,21 +126,21 @@ def render(result: dict) -> None:
         cells = [f"{v[k]:.3f}" if k == "continuation_ce" else f"{100 * v[k]:.1f}%" for _, k in columns]
         qt.add_row(labels.get(m, m), *cells)
     err.print("")
+    preset = base["preset"] + ", " if base["preset"] else ""
     out.print(
-        f"[bold]base[/bold] {base['folder']} ({base['preset'] + ', ' if base['preset'] else ''}{base['layers']} layers, {base['params']:,} params"
-        f"{', reused' if base['reused'] else ''}); [bold]KV Prediction[/bold] {kvp['folder']} "
-        f"(LP-{kvp['aux'].get('keep', 0):.2f}: {kvp['aux_layers']} layers, parameter ratio {kvp['param_ratio']:.2f}×"
-        f"{', reused' if kvp['reused'] else ''})",
+        Text.assemble(
+            ("base", "bold"),
+            f" {base['folder']} ({preset}{base['layers']} layers, {base['params']:,} params"
+            f"{', reused' if base['reused'] else ''}); ",
+            ("KV Prediction", "bold"),
+            f" {kvp['folder']} (LP-{kvp['aux'].get('keep', 0):.2f}: {kvp['aux_layers']} layers, parameter ratio "
+            f"{kvp['param_ratio']:.2f}×{', reused' if kvp['reused'] else ''})",
+        ),
         highlight=False,
         soft_wrap=True,
     )
     tables = Columns([t, qt], padding=(0, 4))
-    if out.is_terminal:
-        out.print(tables)
-    else:  # a pipe or a file gets the tables side by side, not squeezed to 80 columns
-        from rich.console import Console
-
-        Console(width=max(out.width, 140)).print(tables)
+    print_whole(tables)
     load = result["ttft"]["load_average"]
     out.print(
         f"TTFT on {result['ttft']['device']}, prefill step {result['ttft']['prefill_step']}, median of "

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mlxsuite.cli.common import Progress, err, out, parse_int_list, positive, print_json
+from mlxsuite.cli.common import Progress, err, out, parse_int_list, positive, print_json, print_whole
 from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 from mlxsuite.vocab import scaling
@@ -65,7 +65,7 @@ class _SweepProgress:
         elif event == "shared_tokenizer":
             how = f"trained in {info['seconds']:.0f} s" if info["trained"] else "reused"
             p.console.print(
-                f"[dim]tokenizer V={info['vocab']:,} {how}: {info['tokens_per_char']:.4f} tokens/char[/dim]"
+                f"tokenizer V={info['vocab']:,} {how}: {info['tokens_per_char']:.4f} tokens/char", style="dim"
             )
         elif event == "run_start":
             if self.run_task is not None:
@@ -122,7 +122,7 @@ def _print_sweep(doc: dict) -> None:
             f"{r['ce']:.4f}",
             f"{r['bpc']:.4f}",
         )
-    out.print(table)
+    print_whole(table)
 
     table = Table(title="optimal V per budget and size (parabola of L_u in ln V)")
     for col in ("budget", "preset", "V_opt", "L_u at V_opt", "flag", "measured best V", "V_opt by bits/char"):
@@ -140,7 +140,7 @@ def _print_sweep(doc: dict) -> None:
             f"{m['measured_best_vocab']:,}",
             f"{bpc['vocab']:,.0f}" if bpc else "",
         )
-    out.print(table)
+    print_whole(table)
     out.print(
         "★ = the model size with the lowest L_u at that budget; flag other than interior: the minimum is at the "
         "grid's edge (low/high-edge) or the parabola is not convex (the measured best is shown)",
@@ -164,7 +164,7 @@ def _print_sweep(doc: dict) -> None:
             v = next((x["vocab"] for x in fit.get("vocab", []) if x["budget"] == o["budget"]), None)
             cells.append("" if v is None else f"{v:,.0f}")
         table.add_row(f"{o['budget']:.3g}", *cells)
-    out.print(table)
+    print_whole(table)
 
     out.print(f"measured (lowest L_u per budget){_moves(a['measured'])}", highlight=False)
     a1 = fits["isoflops"]
@@ -282,7 +282,7 @@ def sweep(
             table.add_column(col, justify="left" if col == "run" else "right")
         for p in plans:
             table.add_row(p.name, f"{p.nnv:,}", f"{p.nv:,}", f"{p.steps:,}", f"{p.tokens:,}", f"{p.flops:.3g}")
-        out.print(table)
+        print_whole(table)
         out.print(
             f"estimated time: ~{est / 60:.0f} min on 2 busy CPU cores (training at "
             f"{sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, run start-up and tokenizers included)",
