@@ -16,6 +16,7 @@ from mlxsuite.cli.common import err
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="mlxsuite",
     help="Train, convert and profile small language models in MLX.",
     no_args_is_help=True,

@@ -25,7 +25,9 @@ from mlxsuite.cli.common import (
 )
 from mlxsuite.platform.errors import UserError
 
-app = typer.Typer(help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True
+)
 
 DEFAULT_LENGTHS = "128,512,1024"
 DEFAULT_VOCAB = 4096

@@ -17,7 +17,9 @@ from mlxsuite.cli.common import Dtype, Progress, err, out, print_json, print_not
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(
-    help="Convert weights: from Hugging Face / mlx-lm / GGUF, to mlx-lm, prune, quantize.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Convert weights: from Hugging Face / mlx-lm / GGUF, to mlx-lm, prune, quantize.",
+    no_args_is_help=True,
 )
 
 FORCE = typer.Option(False, "--force", help="Replace OUT if it exists.")

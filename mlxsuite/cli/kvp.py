@@ -12,6 +12,7 @@ from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="KV Prediction: train an auxiliary model and KV predictor, evaluate it (generate with `mlxsuite generate BASE --kvp DIR`).",
     no_args_is_help=True,
 )

@@ -10,7 +10,11 @@ from rich.text import Text
 from mlxsuite.cli.common import TrainProgress, out, positive, print_json, print_whole, run_training, train_options
 from mlxsuite.platform.errors import UserError
 
-app = typer.Typer(help="MoMa: mixed-modal early-fusion models with modality-aware experts.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="MoMa: mixed-modal early-fusion models with modality-aware experts.",
+    no_args_is_help=True,
+)
 
 
 SCHEDULE_HELP = "Decay after warm-up: linear (the MoMa paper's) or cosine."

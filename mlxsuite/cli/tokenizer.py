@@ -12,7 +12,7 @@ from mlxsuite.data import corpus as data
 from mlxsuite.data.tokenizer import save_unigram, train_tokenizer, unigram_probs
 from mlxsuite.platform import atomic
 
-app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="Train and inspect tokenizers.", no_args_is_help=True)
 
 
 @app.command("train")

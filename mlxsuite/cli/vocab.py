@@ -15,7 +15,9 @@ from mlxsuite.cli.common import err, out, parse_int_list, positive, print_json, 
 from mlxsuite.platform.errors import UserError
 from mlxsuite.vocab import scaling
 
-app = typer.Typer(help="Vocabulary scaling laws: predict, plan, fit compression, sweep.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="Vocabulary scaling laws: predict, plan, fit compression, sweep.", no_args_is_help=True
+)
 
 
 class Approach(StrEnum):
