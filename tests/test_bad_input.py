@@ -340,3 +340,22 @@ def test_brackets_in_messages_and_paths_are_printed_as_they_are(world, capsys, m
 
     common.print_note("pip install 'mlxsuite[plot]'")
     assert "mlxsuite[plot]" in capsys.readouterr().err
+
+
+def test_progress_on_stderr_with_json(world, capsys, monkeypatch, tmp_path):
+    """--json keeps stdout to one document and progress still goes to stderr (plain lines off a terminal); a
+    KV Prediction run's validation line names its metrics (it was an empty `val `)."""
+    store = tmp_path / "store"
+    shutil.copytree(world / "store" / "base", store / "base")
+    monkeypatch.setenv("MLXSUITE_MODELS", str(store))
+    args = ["--seq-len", "32", "--batch-size", "4", "--eval-windows", "2", "--eval-every", "2", "--corpus"]
+    code, out, err = run_cli(
+        capsys, "kvp", "train", "base", "--out", "k", "--steps", "2", *args, str(world / "good.txt"), "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["folder"] and "kvp step" in err
+    val = [line for line in err.splitlines() if ": val" in line]
+    assert val and all("kvp_ce" in line for line in val), err
+    code, out, err = run_cli(capsys, "eval", "base", "--json", "--seq-len", "32", "--windows", "2")
+    assert code == 0 and json.loads(out)["ce"] > 0, err
+    assert "evaluating batches" in err and "eval" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import io
@@ -10,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Literal, Optional
 
 import rich.progress
@@ -107,6 +109,29 @@ class Progress(rich.progress.Progress):
         self.console.print("  ".join(parts), markup=False, highlight=False, soft_wrap=True)
 
 
+@contextlib.contextmanager
+def task_progress(label: str):
+    """Progress of a measurement on stderr, with or without --json (a bar on a terminal, a plain line every few
+    seconds elsewhere), fed by the library's `progress(done, total, what)` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn(label, style="bold", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[what]}", style="dim", markup=False),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None, what="")
+
+        def update(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, what=what)
+
+        yield update
+
+
 def _clock(seconds: Optional[float]) -> str:
     s = int(seconds or 0)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -198,9 +223,10 @@ class TrainProgress:
         elif event == "step" and self.task is not None:
             stats = f"loss {info['loss']:.3f}  {info['tokens_per_s']:,.0f} tok/s"
             self.progress.update(self.task, completed=info["step"], stats=stats)
-        elif event == "eval":
-            parts = [f"{k} {v:.4f}" for k, v in info.items() if k in ("ce", "lu", "bpc", "ppl") or k.startswith("loss")]
-            self.progress.console.print(f"step {info['step']}: val " + "  ".join(parts))
+        elif event == "eval":  # every metric the recipe reports (ce, lu, bpc; kvp_ce, aux_ce, k_l1; loss_text…)
+            parts = [f"{k} {v:.4f}" for k, v in info.items() if isinstance(v, Real) and not isinstance(v, Integral)]
+            if parts:
+                self.progress.console.print(f"step {info['step']}: val " + "  ".join(parts), highlight=False)
         elif event in ("corpus", "tokenizer", "model", "baseline"):
             text = "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in info.items())
             self.progress.console.print(f"{event}: {text}", style="dim", highlight=False, soft_wrap=True)
@@ -308,7 +334,7 @@ def run_training(
     import mlx.core as mx
 
     rank = mx.distributed.init().rank()
-    with (progress_class or TrainProgress)(quiet=run.quiet or run.json_out or rank != 0, label=label) as progress:
+    with (progress_class or TrainProgress)(quiet=run.quiet or rank != 0, label=label) as progress:
         result = train_fn(spec, resume=run.resume, force=run.force, callback=progress, given=run.given)
     if rank != 0:
         return

@@ -7,7 +7,16 @@ from typing import Literal, Optional
 import typer
 
 from mlxsuite import platform
-from mlxsuite.cli.common import Device, device_option, out, print_json, print_whole, run_training, train_options
+from mlxsuite.cli.common import (
+    Device,
+    device_option,
+    out,
+    print_json,
+    print_whole,
+    run_training,
+    task_progress,
+    train_options,
+)
 from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 
@@ -133,7 +142,10 @@ def evaluate(
     platform.set_device(device)
     if plot:
         check_path(plot)
-    result = evaluate_kvp(kvp_dir, corpus, prompt_len, cont_len, samples, agree_tokens, code, seed)
+    with task_progress("kvp eval") as progress:
+        result = evaluate_kvp(
+            kvp_dir, corpus, prompt_len, cont_len, samples, agree_tokens, code, seed, progress=progress
+        )
     if plot:
         plot_kv_errors(result, plot)
         result["plot"] = plot

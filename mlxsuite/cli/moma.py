@@ -135,7 +135,7 @@ def train_routers(
     if steps is not None:
         positive("steps", steps)
     rank = mx.distributed.init().rank()
-    with _Progress(quiet=quiet or json_out or rank != 0, label="routers") as progress:
+    with _Progress(quiet=quiet or rank != 0, label="routers") as progress:
         result = tr(run, steps=steps, callback=progress, resume=resume, force=force)
     if rank != 0:
         return
@@ -198,7 +198,7 @@ def compare(
         captions=captions,
         train=dict(lr=lr, schedule=lr_schedule, min_lr_ratio=min_lr_ratio, compile=compile, warmup=10),
     )
-    with _Progress(quiet=quiet or json_out, label="compare") as progress:
+    with _Progress(quiet=quiet, label="compare") as progress:
         result = run_compare(names, flops, prefix=prefix, base=base, callback=progress)
     if json_out:
         if plot:

@@ -82,7 +82,7 @@ def quickstart(
             lengths=(128, 512, 1024, 2048),
             reps=reps,
         )
-    with QuickstartProgress(quiet=json_out) as progress:
+    with QuickstartProgress() as progress:
         result = run_quickstart(cfg, fresh, callback=progress)
     if json_out:
         print_json(result)

@@ -289,7 +289,7 @@ def sweep(
             highlight=False,
         )
         return
-    with _SweepProgress(quiet or json_out) as progress:
+    with _SweepProgress(quiet) as progress:
         doc = sw.run_sweep(out_name, grid, settings, force=force, callback=progress, free_exponents=free_exponents)
     if plot is not None:
         sw.plot_sweep(doc, plot)
