@@ -109,6 +109,15 @@ class Progress(rich.progress.Progress):
         self.console.print("  ".join(parts), markup=False, highlight=False, soft_wrap=True)
 
 
+def status(text: str):
+    """A spinner with `text` on a terminal; elsewhere the text as one line on stderr (a spinner there shows
+    nothing)."""
+    if err.is_terminal:
+        return err.status(text)
+    err.print(text, highlight=False)
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def task_progress(label: str):
     """Progress of a measurement on stderr, with or without --json (a bar on a terminal, a plain line every few

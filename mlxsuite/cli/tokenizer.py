@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from mlxsuite import store
-from mlxsuite.cli.common import err, out, positive, print_json
+from mlxsuite.cli.common import out, positive, print_json, status
 from mlxsuite.data import corpus as data
 from mlxsuite.data.tokenizer import save_unigram, train_tokenizer, unigram_probs
 from mlxsuite.platform import atomic
@@ -29,13 +29,12 @@ def train(
     positive("vocab size", vocab_size)
     c = data.load_corpus(corpus)
     path = store.output_path(out_name)
-    with atomic.folder(path, force=force) as tmp:
-        with err.status(f"training a {vocab_size}-piece tokenizer on {c.name}"):
-            tok = train_tokenizer(c.train, vocab_size, tmp / "tokenizer.model")
-            stream = data.encode_docs(tok, c.train)
-            save_unigram(tmp, unigram_probs(stream, tok.vocab_size))
-            val_chars = sum(len(t) for t in c.val)
-            val_tokens = len(data.encode_docs(tok, c.val))
+    with atomic.folder(path, force=force) as tmp, status(f"training a {vocab_size}-piece tokenizer on {c.name}"):
+        tok = train_tokenizer(c.train, vocab_size, tmp / "tokenizer.model")
+        stream = data.encode_docs(tok, c.train)
+        save_unigram(tmp, unigram_probs(stream, tok.vocab_size))
+        val_chars = sum(len(t) for t in c.val)
+        val_tokens = len(data.encode_docs(tok, c.val))
     result = {
         "path": str(path),
         "vocab_size": tok.vocab_size,
