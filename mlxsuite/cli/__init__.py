@@ -11,7 +11,20 @@ import typer
 from rich.text import Text
 
 from mlxsuite import __version__  # loads the fast BLAS before anything imports mlx.core
-from mlxsuite.cli import bench, convert, doctor, evaluate, generate, kvp, moma, quickstart, tokenizer, train, vocab
+from mlxsuite.cli import (
+    bench,
+    cache,
+    convert,
+    doctor,
+    evaluate,
+    generate,
+    kvp,
+    moma,
+    quickstart,
+    tokenizer,
+    train,
+    vocab,
+)
 from mlxsuite.cli.common import err
 from mlxsuite.platform.errors import UserError
 
@@ -34,6 +47,7 @@ app.add_typer(convert.app, name="convert")
 app.add_typer(bench.app, name="bench")
 app.add_typer(kvp.app, name="kvp")
 app.add_typer(moma.app, name="moma")
+app.add_typer(cache.app, name="cache")
 
 
 def _print_version(value: bool) -> None:
