@@ -109,13 +109,26 @@ class Progress(rich.progress.Progress):
         self.console.print("  ".join(parts), markup=False, highlight=False, soft_wrap=True)
 
 
+STATUS_DELAY = 2.0  # seconds of work before `status` prints its line when stderr is not a terminal
+
+
+@contextlib.contextmanager
 def status(text: str):
-    """A spinner with `text` on a terminal; elsewhere the text as one line on stderr (a spinner there shows
-    nothing)."""
+    """A spinner with `text` on a terminal; elsewhere the text as one line on stderr once the work has taken
+    STATUS_DELAY seconds (a spinner there shows nothing; bad input found at once stays a one-line error)."""
     if err.is_terminal:
-        return err.status(text)
-    err.print(text, highlight=False)
-    return contextlib.nullcontext()
+        with err.status(text):
+            yield
+        return
+    import threading
+
+    timer = threading.Timer(STATUS_DELAY, lambda: err.print(text, highlight=False))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @contextlib.contextmanager
