@@ -39,6 +39,7 @@ ARGUMENTS = {
     "SRC",
     "DIR",
     "FILE",
+    "NAME...",
 }
 
 
