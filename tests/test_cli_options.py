@@ -123,7 +123,6 @@ def test_progress_bar_on_a_terminal_is_rich(monkeypatch):
     assert p.plain and p.disable  # rich's bar off, plain lines on
 
 
-
 def test_help_at_80_columns_shows_every_option_whole(monkeypatch):
     """Every command's --help at COLUMNS=80: each option's full long name(s), choices unbroken, no `<bool>`
     metavar on plain flags."""
