@@ -42,6 +42,7 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
     mlx_lm_model,
     prefill_mode,
     register_mode,
+    weights_summary,
 )
 from mlxsuite.models import kernels
 from mlxsuite.models.lm import Model, ModelArgs
@@ -379,6 +380,7 @@ def _model_info(s: Setup) -> dict:
         "hidden_size": args.hidden_size,
         "vocab_size": args.vocab_size,
         "dtype": _dtype_name(_dtype(s.model)),
+        **weights_summary(s.model),
     }
     if "kvp" in s.extras:
         info["kvp"] = kvp_info(s.extras["kvp"])

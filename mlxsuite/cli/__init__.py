@@ -14,6 +14,7 @@ from mlxsuite import __version__  # loads the fast BLAS before anything imports 
 from mlxsuite.cli import (
     bench,
     cache,
+    chat,
     convert,
     doctor,
     evaluate,
@@ -41,6 +42,8 @@ app.add_typer(tokenizer.app, name="tokenizer")
 app.command("train")(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("generate")(generate.generate)
+app.command("chat")(chat.chat)
+app.command("cache-prompt")(generate.cache_prompt)
 app.command("quickstart")(quickstart.quickstart)
 app.add_typer(vocab.app, name="vocab")
 app.add_typer(convert.app, name="convert")
