@@ -8,15 +8,29 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import typer
+from rich.text import Text
 
 from mlxsuite import platform
 from mlxsuite.bench import report as report_lib
 from mlxsuite.bench import ttft as lib
-from mlxsuite.cli.common import Device, Dtype, Progress, device_option, dtype_option, err, out, parse_int_list, positive
+from mlxsuite.cli.common import (
+    Device,
+    Dtype,
+    Progress,
+    device_option,
+    dtype_option,
+    err,
+    out,
+    parse_int_list,
+    positive,
+    print_note,
+)
 from mlxsuite.generate import default_prefill_step
 from mlxsuite.platform.errors import UserError
 
-app = typer.Typer(help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True
+)
 
 DEFAULT_LENGTHS = "128,512,1024"
 TABLE_WIDTH = 100  # the default table drops its lowest-priority columns until it fits (all of them with --wide)
@@ -34,14 +48,14 @@ def _progress(header: str):
         MofNCompleteColumn(),
         TextColumn("runs"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[what]}", style="dim"),
+        TextColumn("{task.fields[what]}", style="dim", markup=False),
         transient=True,
     ) as bar:
         task = bar.add_task("ttft runs", total=None, what="")
 
         def update(done: int, total: int, what: str) -> None:
             if not bar.tasks[0].total:
-                bar.console.print(header, highlight=False, soft_wrap=True)
+                bar.console.print(Text.assemble(("ttft", "bold"), " ", header), highlight=False, soft_wrap=True)
             bar.update(task, completed=done, total=total, what=what)
 
         yield update
@@ -162,12 +176,12 @@ def ttft(
     for name in names:
         setup, what, notes = lib.open_setup(name, kvp, vocab_size, dt, seed, prefill_step or default_prefill_step())
         for note in notes:
-            err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+            print_note(note)
         setups.append(setup)
         described.append(what)
         lib.check_configs(setup.model.args, configs, reps, warmup, prefix_cache, generation_tokens)
     header = (
-        f"[bold]ttft[/bold] {'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
+        f"{'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
         + (f" (uncached and {prefix_cache} cached)" if prefix_cache else "")
         + f" × {len(mode_names)} mode(s), {warmup} warm-up pass(es), {reps} timed round(s)"
     )
@@ -223,11 +237,11 @@ def _configs(paper_regime: bool, prompt_lengths: Optional[str], batch_sizes: Opt
 def _print_report(report: dict, output: str, wide: bool, plot: Optional[Path]) -> None:
     recs = report_lib.records(report)
     for warning in report_lib.spread_warnings(recs):
-        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("warning:", "yellow"), " ", warning), highlight=False, soft_wrap=True)
     if plot is not None:
         report_lib.plot(recs, plot)
     for note in report["notes"]:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        print_note(note)
     if output == "table":
         _table(recs, report, wide)
     elif output == "md":
