@@ -3,8 +3,9 @@ decode)` yields the first token ids (B,), lazy is fine, then `decode` more token
 spends, and (optionally) how to make a prompt cache holding a prefix. `base` is our prefill, `mlx-lm` is mlx-lm's
 `generate_step` on the same weights; with a KV Prediction pair (`Setup.extras["kvp"]`, whose base is
 `Setup.model`) `aux` is the auxiliary alone (prefilled exactly as the base) and `kvp` is KV Prediction's prompt
-step (aux on N−1 tokens, predictor per chunk, base on the last token), which decodes with the base alone. More
-modes plug in with `register_mode` (benchmarks/ttft_vs_mlx_lm.py adds two).
+step (aux on N−1 tokens, predictor per chunk, base on the last token), which decodes with the base alone.
+`llama.cpp` runs the model's GGUF file through llama-cpp-python (`bench/llama_cpp.py`). More modes plug in with
+`register_mode` (benchmarks/ttft_vs_mlx_lm.py adds two).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Setup:
     extras: dict = field(default_factory=dict)  # options for modes that need more (e.g. an auxiliary model)
     name: str = "model"  # how the report names the model
     tokenizer: Any = None  # times tokenization of the random prompts' text when given
+    context: int = 0  # the most tokens a trial holds (prompt + decode); 0: the model's context
 
 
 Run = Callable[[mx.array, Optional[list], int], Iterator]
@@ -42,11 +44,14 @@ class Mode:
     flops: Callable[[int, int, int], int]  # (prompt_tokens, batch, cached_tokens) -> FLOPs before the first token
     max_batch: Optional[int] = None  # None: any batch size
     prefix_cache: Optional[Callable[[mx.array], list]] = None  # tokens (B, P) -> a prompt cache holding them
+    info: dict = field(default_factory=dict)  # what the report states about the mode (e.g. llama.cpp's threads)
+    mlx_memory: bool = True  # False: it does not allocate through MLX (no peak memory to report)
 
 
 ModeBuilder = Callable[[Setup], Mode]
 MODES: dict[str, ModeBuilder] = {}
 KVP_MODES = ("aux", "kvp")  # need a KV Prediction pair: Setup.extras["kvp"]
+REFERENCE_MODES = {"mlx-lm": "mlx_lm", "llama.cpp": "llama_cpp"}  # other runtimes: the report's ratios against them
 
 
 def register_mode(name: str, builder: ModeBuilder) -> None:
@@ -60,6 +65,10 @@ def check_mode_names(names: list[str], kvp: bool = False) -> None:
     for name in names:
         if name not in MODES:
             raise UserError(f"unknown mode {name!r}: choose from {', '.join(MODES)}")
+        if name == "llama.cpp":
+            from mlxsuite.bench.llama_cpp import require
+
+            require()
         if name in KVP_MODES and not kvp:
             raise UserError(
                 f"mode {name!r} needs a KV Prediction pair: add --kvp DIR (a folder from `mlxsuite kvp train`)"
@@ -196,6 +205,15 @@ register_mode("base", _base_mode)
 register_mode("mlx-lm", _mlx_lm_mode)
 register_mode("aux", _aux_mode)
 register_mode("kvp", _kvp_mode)
+
+
+def _llama_cpp_mode(setup: Setup) -> Mode:
+    from mlxsuite.bench.llama_cpp import build
+
+    return build(setup)
+
+
+register_mode("llama.cpp", _llama_cpp_mode)
 
 
 def copy_cache(cache: list) -> list:

@@ -49,6 +49,10 @@ FIELDS: dict[str, type] = {
     "ttft_reduction_vs_uncached": float,
     "speedup_vs_mlx_lm": float,
     "speedup_vs_mlx_lm_paired": float,
+    "decode_vs_mlx_lm": float,
+    "speedup_vs_llama_cpp": float,
+    "speedup_vs_llama_cpp_paired": float,
+    "decode_vs_llama_cpp": float,
     "tokenize_ms": float,
     "tokenize_tokens": int,
     "params": int,
@@ -74,6 +78,10 @@ FIELDS: dict[str, type] = {
     "fused_prefill": bool,
     "gemm_gflops": float,
     "gemm_dtype": str,
+    "llama_cpp_version": str,
+    "llama_cpp_threads": int,
+    "llama_cpp_batch": int,
+    "llama_cpp_gguf": str,
     "gemm_n": int,
     "reps": int,
     "warmup": int,
@@ -121,6 +129,7 @@ def records(report: dict) -> list[dict]:
     for r in report["results"]:
         t, d, m = r["ttft_s"], r.get("decode_tps"), models.get(r["model"], {})
         kvp = m.get("kvp")
+        llama = (report.get("mode_info") or {}).get(r["model"], {}).get("llama.cpp", {})
         rec = {
             "model": r["model"],
             "mode": r["mode"],
@@ -142,13 +151,14 @@ def records(report: dict) -> list[dict]:
             "gflop": r["flops"] / 1e9,
             "gflops_per_s": r["gflops_per_s"],
             "roofline": r["roofline_fraction"],
-            "peak_memory_gb": r["peak_memory_bytes"] / 1e9,
+            "peak_memory_gb": None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 1e9,
             "tokenize_ms": 1e3 * r["tokenize_s"]["median"] if "tokenize_s" in r else None,
             "params": m.get("params"),
             "nonvocab_params": m.get("nonvocab_params"),
             "layers": m.get("layers"),
             "aux_layers": kvp["aux_layers"] if kvp and r["mode"] in ("aux", "kvp") else None,
             "kvp_param_ratio": kvp["param_ratio"] if kvp and r["mode"] in ("aux", "kvp") else None,
+            **{f"llama_cpp_{k}": llama.get(k) for k in ("version", "threads", "batch", "gguf")},
             **run,
         }
         out.append({k: rec.get(k, r.get(k)) for k in FIELDS})
@@ -277,6 +287,13 @@ COLUMNS = [
         priority=7,
     ),
     Column("vs mlx-lm", _num(".2f", "speedup_vs_mlx_lm", suffix="×"), _any("speedup_vs_mlx_lm"), priority=6),
+    Column("vs llama.cpp", _num(".2f", "speedup_vs_llama_cpp", suffix="×"), _any("speedup_vs_llama_cpp"), priority=6),
+    Column(
+        "decode vs llama.cpp",
+        _num(".2f", "decode_vs_llama_cpp", suffix="×"),
+        _any("decode_vs_llama_cpp"),
+        priority=4,
+    ),
     Column("tokenize ms", _ms("tokenize_ms"), _any("tokenize_ms"), wide=True),
 ]
 LEGEND = {
@@ -291,6 +308,8 @@ LEGEND = {
     "decode vs base": "decode tok/s / the base's",
     "vs uncached": "the uncached prompt's median TTFT / this one (its first tokens in a prompt cache)",
     "vs mlx-lm": "mlx-lm's median TTFT / this mode's (> 1: faster)",
+    "vs llama.cpp": "llama.cpp's median TTFT / this mode's (> 1: faster)",
+    "decode vs llama.cpp": "decode tok/s / llama.cpp's",
 }
 
 
@@ -331,6 +350,14 @@ def footer(report: dict, cols: list[Column]) -> str:
     text = "; ".join(parts) + f". Schedule: {sched['warmup']}; {sched['order']}; {sched['gemm']}."
     if report.get("decode_tokens"):
         text += f" Decode: {report['decode_tokens']} tokens after the first."
+    for model, modes in (report.get("mode_info") or {}).items():
+        if "llama.cpp" in modes:
+            info = modes["llama.cpp"]
+            text += (
+                f" llama.cpp{'' if len(report['mode_info']) == 1 else f' ({model})'}: llama-cpp-python "
+                f"{info['version']}, {_plural(info['threads'], 'thread')}, batch {info['batch']}, "
+                f"{Path(info['gguf']).name}."
+            )
     legend = [f"{c.header}: {LEGEND[c.header]}" for c in cols if c.header in LEGEND]
     if "kvp" in report:
         k = report["kvp"]

@@ -1,5 +1,6 @@
 """Time to first token: the measurement behind `mlxsuite bench ttft`. Never prints; progress goes to a callback.
-Report formats (flat records, markdown, CSV, JSONL, the plot) are in `ttft_report.py`.
+Report formats (records, markdown, CSV, JSONL, the plot) are in `report.py`, the modes (base, mlx-lm, aux, kvp,
+llama.cpp: ways to produce the first token) in `modes.py`.
 
 TTFT is the wall time from the prompt's token ids being ready to the first sampled token being materialized
 (`mx.eval`): the prefill, the last-token logits and the sampling, as mlx-lm's `prompt_time`. Tokenization is timed
@@ -7,8 +8,6 @@ apart. Each trial starts with a fresh KV cache (or a copy of a prompt cache hold
 `cached_tokens`, made once beforehand as `mlx_lm.cache_prompt` makes it) and `mx.reset_peak_memory()`. With
 `decode` > 0 the trial then decodes that many more tokens through the one decode loop (`generate_tokens`
 continuing the cache), timed apart: llama-bench's `tg`, mlx-lm's generation tokens/s.
-
-The modes (base, mlx-lm, aux, kvp: ways to produce the first token) are in `ttft_modes.py`.
 
 The schedule (issue 16: the first configuration measured read 7–12 % slow): every (model, configuration) is a
 unit; `warmup` passes over every unit and mode come before any timed trial (process-level warm-up: allocator,
@@ -20,6 +19,7 @@ roofline runs between rounds, and an untimed trial follows it so that no timed t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -34,6 +34,7 @@ from mlxsuite import platform
 from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through this module)
     KVP_MODES,
     MODES,
+    REFERENCE_MODES,
     Mode,
     Setup,
     build_modes,
@@ -223,14 +224,15 @@ def run(
         raise UserError(f"models measured together need distinct names, got {', '.join(names)}")
     for s in setups:
         check_configs(s.model.args, configs, reps, warmup, cached, decode)
-    built = [build_modes(mode_names, s) for s in setups]
+    context = max(T for T, _ in configs) + decode  # what llama.cpp sizes its KV cache to
+    built = [build_modes(mode_names, dataclasses.replace(s, context=context)) for s in setups]
     if cached:
         for modes in built:
             for m in modes:
                 if m.prefix_cache is None:
                     raise UserError(
-                        f"--prefix-cache does not apply to mode {m.name!r} (its prompt fill starts "
-                        "from empty caches): measure it without, or choose other --modes"
+                        f"--prefix-cache does not apply to mode {m.name!r} (it starts every prompt from an "
+                        "empty cache): measure it without, or choose other --modes"
                     )
     units, notes = _units(setups, built, configs, seed, decode, cached)
 
@@ -263,14 +265,14 @@ def run(
             u.ttft[mode.name].append(dt)
             if dec is not None:
                 u.decode_s[mode.name].append(dec)
-            u.peak[mode.name] = max(u.peak[mode.name], peak)
+            u.peak[mode.name] = max(u.peak[mode.name], peak) if mode.mlx_memory else None
     progress(total, total, "done")
 
     rates = {dt: statistics.median(p.samples) for dt, p in probes.items()}
     results = []
     for u in units:
         rows = [_row(u, m, rates[_dtype_name(_dtype(u.setup.model))]) for m in u.modes]
-        _add_ratios(rows, u.ttft)
+        _add_ratios(rows, u.ttft, u.decode_s)
         _add_reductions(rows, u.ttft, u.decode_s)
         results += rows
     _add_cache_reductions(results)
@@ -288,6 +290,7 @@ def run(
         "dtype": dtype,
         "params": {"total": first.model.args.n_params, "nonvocab": first.model.args.n_nonvocab_params},
         "models": [_model_info(s) for s in setups],
+        "mode_info": {s.name: {m.name: m.info for m in modes if m.info} for s, modes in zip(setups, built)},
         "prefill_step": first.prefill_step,
         "fused_prefill": kernels.available(first.model.layers, _dtype(first.model)),
         "reps": reps,
@@ -406,17 +409,18 @@ def _paired(ref: list[float], mine: list[float]) -> float:
     return statistics.median(r / m for r, m in zip(ref, mine))
 
 
-def _add_ratios(rows: list[dict], times: dict[str, list[float]]) -> None:
-    """speedup_vs_mlx_lm = mlx-lm's median TTFT / this mode's (> 1: faster than mlx-lm), and the median of the
-    per-round ratios (each pair measured back to back, so less sensitive to drifting load)."""
-    if "mlx-lm" not in times:
-        return
-    ref = times["mlx-lm"]
-    for row in rows:
-        if row["mode"] != "mlx-lm":
+def _add_ratios(rows: list[dict], times: dict[str, list[float]], decode_s: dict[str, list[float]]) -> None:
+    """For each other runtime measured (mlx-lm, llama.cpp): speedup_vs_X = X's median TTFT / this mode's (> 1:
+    faster), and the median of the per-round ratios (each pair back to back, less sensitive to drifting load);
+    with -g, decode_vs_X = this mode's decode tokens/s / X's (median of per-round ratios)."""
+    for ref_mode, suffix in [(m, s) for m, s in REFERENCE_MODES.items() if m in times]:
+        ref = times[ref_mode]
+        for row in [r for r in rows if r["mode"] != ref_mode]:
             mine = times[row["mode"]]
-            row["speedup_vs_mlx_lm"] = statistics.median(ref) / statistics.median(mine)
-            row["speedup_vs_mlx_lm_paired"] = _paired(ref, mine)
+            row[f"speedup_vs_{suffix}"] = statistics.median(ref) / statistics.median(mine)
+            row[f"speedup_vs_{suffix}_paired"] = _paired(ref, mine)
+            if row["decode_tokens"]:
+                row[f"decode_vs_{suffix}"] = _paired(decode_s[ref_mode], decode_s[row["mode"]])
 
 
 def _add_reductions(rows: list[dict], times: dict[str, list[float]], decode_s: dict[str, list[float]]) -> None:

@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="mlxsuite")
     except UserError as e:
-        _fail(2, f"[red]error:[/red] {e}")
+        from rich.markup import escape  # a message may hold brackets: pip extras, lists
+
+        _fail(2, f"[red]error:[/red] {escape(str(e))}")
     except KeyboardInterrupt:
         _fail(130, "interrupted")
     except Exception as e:

@@ -111,7 +111,7 @@ def ttft(
     modes: Optional[str] = typer.Option(
         None,
         "--modes",
-        help="Comma-separated modes: base, mlx-lm, aux, kvp (aux and kvp need --kvp). "
+        help="Comma-separated modes: base, mlx-lm, aux, kvp (aux and kvp need --kvp), llama.cpp (a .gguf MODEL). "
         "Default: base, or base,aux,kvp with --kvp.",
     ),
     kvp: Optional[str] = typer.Option(
@@ -157,6 +157,12 @@ def ttft(
         False,
         "--compare-mlx-lm",
         help="Also time mlx-lm's generate_step on the same weights (batch 1), interleaved, and report the ratio.",
+    ),
+    compare_llama_cpp: bool = typer.Option(
+        False,
+        "--compare-llama-cpp",
+        help="Also time llama.cpp (llama-cpp-python, the llama-cpp extra) on MODEL's .gguf file, batch 1, "
+        "interleaved, with as many threads as the BLAS, and report the ratio.",
     ),
     paper_regime: bool = typer.Option(
         False,
@@ -208,6 +214,12 @@ def ttft(
     mode_names = [m.strip() for m in modes.split(",") if m.strip()]
     if compare_mlx_lm and "mlx-lm" not in mode_names:
         mode_names.append("mlx-lm")
+    if compare_llama_cpp and "llama.cpp" not in mode_names:
+        mode_names.append("llama.cpp")
+    if "llama.cpp" in mode_names:
+        for name in names:
+            if not (name.lower().endswith(".gguf") and Path(name).expanduser().is_file()):
+                raise UserError(f"llama.cpp runs GGUF files: give the model as a .gguf file ({name} is not one)")
     lib.check_mode_names(mode_names, kvp=kvp is not None)
     if paper_regime:
         if prompt_lengths is not None or batch_sizes is not None:
@@ -237,6 +249,8 @@ def ttft(
             m, tok, what, extras = _load_kvp(name, kvp, vocab_size, dt)
         else:
             (m, tok, what), extras = _load(name, vocab_size, dt, seed), {}
+        if "llama.cpp" in mode_names:
+            extras["gguf"] = Path(name).expanduser()
         setups.append(lib.Setup(m, prefill_step or default_prefill_step(), extras, name=name, tokenizer=tok))
         described.append(what)
         lib.check_configs(m.args, configs, reps, warmup, prefix_cache, generation_tokens)

@@ -1,0 +1,84 @@
+"""llama.cpp as a `bench ttft` mode (`llama.cpp`), through llama-cpp-python (the optional `llama-cpp` extra).
+
+It runs the model's GGUF file (`Setup.extras["gguf"]`) on the same random prompt ids, inside the same interleaved
+schedule as the other modes, with as many threads as the BLAS has (so both runtimes use the same cores), prompt
+evaluation in llama.cpp's own batch size (512, llama-cli's and llama-bench's default). TTFT is the prompt's
+evaluation plus the first token (greedy, the argmax of the last position's logits, as the other modes sample); each
+decoded token is one more single-token evaluation and its argmax. The weights are the GGUF's own (e.g. Q4_1), not
+the dequantized ones the MLX modes run; the FLOPs counted are the same model's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import mlx.core as mx
+import numpy as np
+
+from mlxsuite import platform
+from mlxsuite.bench.modes import Mode, Setup, prompt_flops
+from mlxsuite.platform.errors import UserError
+
+NAME = "llama.cpp"
+BATCH = 512  # llama.cpp's default logical and physical batch (n_batch, n_ubatch)
+INSTALL = "pip install 'mlxsuite[llama-cpp]' (it builds llama.cpp from source: ~10 minutes; see the README)"
+
+
+def require():
+    """The llama_cpp module, or a one-line error saying how to install it."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError(f"mode {NAME!r} needs llama-cpp-python, which is not installed: {INSTALL}") from None
+    return llama_cpp
+
+
+def threads() -> int:
+    """The BLAS's GEMM threads (what the MLX modes' prefill runs on); where the BLAS does not say (Accelerate),
+    the count it would get: the cores not already busy."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return platform.blas_threads() or platform.default_blas_threads(os.cpu_count() or 1, load)
+
+
+def build(setup: Setup) -> Mode:
+    llama_cpp = require()
+    path = setup.extras.get("gguf")
+    if path is None:
+        raise UserError(f"mode {NAME!r} runs a GGUF file: {setup.name} is not one")
+    n_threads = threads()
+    args = setup.model.args
+    llm = llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=setup.context or args.max_position_embeddings,
+        n_batch=BATCH,
+        n_ubatch=BATCH,
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        verbose=False,
+    )
+    n_vocab = llm.n_vocab()
+    if n_vocab != args.vocab_size:
+        raise UserError(f"{path} has {n_vocab} tokens in its vocabulary, the model measured has {args.vocab_size}")
+
+    def greedy() -> int:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+        return int(logits.argmax())
+
+    def run(tokens: mx.array, cache: Optional[list], decode: int):
+        llm.reset()  # the next eval clears the KV cache from position 0
+        llm.eval(tokens[0].tolist())
+        token = greedy()
+        yield mx.array([token])
+        for _ in range(decode):
+            llm.eval([token])
+            token = greedy()
+            yield token
+
+    info = {
+        "version": getattr(llama_cpp, "__version__", None),
+        "threads": n_threads,
+        "batch": BATCH,
+        "gguf": str(path),
+    }
+    return Mode(NAME, run, prompt_flops(setup.model), max_batch=1, info=info, mlx_memory=False)

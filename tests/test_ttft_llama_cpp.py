@@ -1,0 +1,98 @@
+"""`bench ttft --compare-llama-cpp`: llama.cpp as a mode on a real GGUF model (SmolLM2-135M, when the file and
+llama-cpp-python are both present), and the one-line refusals without the extra or without a GGUF file. No timing
+assertions."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from conftest import run_cli
+
+import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
+from mlxsuite import platform
+from mlxsuite.bench import report as ttft_report
+from mlxsuite.bench import ttft
+
+GGUF = Path(
+    os.environ.get("MLXSUITE_SMOLLM2")
+    or Path.home() / ".cache" / "mlxsuite" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+)
+HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+needs_llama_cpp = pytest.mark.skipif(
+    not (HAVE_LLAMA_CPP and GGUF.is_file()),
+    reason="needs llama-cpp-python (pip install 'mlxsuite[llama-cpp]') and the SmolLM2 GGUF (scripts/get-smollm2.sh)",
+)
+
+
+@pytest.fixture(autouse=True)
+def quick_roofline(monkeypatch):
+    monkeypatch.setattr(ttft, "GEMM_N", 128)
+
+
+def test_missing_extra_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")  # never read: the extra is checked first
+    code, stdout, stderr = run_cli(capsys, "bench", "ttft", str(gguf), "--compare-llama-cpp", "-p", "8")
+    assert code == 2 and stdout == ""
+    line = stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "llama-cpp-python" in line and "mlxsuite[llama-cpp]" in line
+
+
+def test_non_gguf_model_is_refused(capsys):
+    code, _, stderr = run_cli(capsys, "bench", "ttft", "micro", "--modes", "base,llama.cpp", "-p", "8")
+    assert code == 2 and "\n" not in stderr.strip() and "GGUF" in stderr and "micro" in stderr
+
+
+def _count_prompt(setup):
+    """A prompt whose greedy continuation is unambiguous for a real model: counting."""
+    text = ", ".join(str(i) for i in range(1, 25)) + ","
+    return mx.array([setup.tokenizer.encode(text)])
+
+
+@needs_llama_cpp
+def test_llama_cpp_mode_continues_like_the_base():
+    """The llama.cpp mode feeds the prompt and decodes greedily: on a counting prompt it yields the tokens our own
+    prefill and decode loop yield on the same model (its Q4_1 weights, dequantized)."""
+    from mlxsuite import store
+
+    loaded = store.load(str(GGUF), "lm")
+    setup = ttft.Setup(loaded.model, 256, {"gguf": GGUF}, name="smollm2", tokenizer=loaded.tokenizer, context=128)
+    modes = {m.name: m for m in ttft.build_modes(["base", "llama.cpp"], setup)}
+    tokens = _count_prompt(setup)
+
+    def tokens_of(name):
+        steps = modes[name].run(tokens, None, 4)
+        return [int(next(steps).item())] + [int(t) for t in steps]
+
+    ours = tokens_of("base")
+    assert setup.tokenizer.decode(ours[:2]).strip().startswith("25")
+    assert tokens_of("llama.cpp") == ours
+    if platform.blas_threads():
+        assert modes["llama.cpp"].info["threads"] == platform.blas_threads()
+
+
+@needs_llama_cpp
+def test_compare_llama_cpp_on_smollm2(capsys):
+    """The flag adds the llama.cpp mode on MODEL's GGUF: its records, the ratios against it, its settings."""
+    args = ("bench", "ttft", str(GGUF), "--compare-llama-cpp", "-p", "16", "-r", "1", "--warmup", "0", "-g", "2")
+    code, stdout, stderr = run_cli(capsys, *args, "-o", "json")
+    assert code == 0, stderr
+    recs = {r["mode"]: r for r in json.loads(stdout)}
+    assert set(recs) == {"base", "llama.cpp"}
+    assert all(list(r) == list(ttft_report.FIELDS) for r in recs.values())
+    base, llama = recs["base"], recs["llama.cpp"]
+    assert llama["ttft_ms"] > 0 and llama["decode_tps"] > 0 and llama["peak_memory_gb"] is None
+    assert base["speedup_vs_llama_cpp"] == pytest.approx(llama["ttft_ms"] / base["ttft_ms"])
+    assert base["decode_vs_llama_cpp"] == pytest.approx(base["decode_tps"] / llama["decode_tps"])
+    assert llama["speedup_vs_llama_cpp"] is None and base["speedup_vs_mlx_lm"] is None
+    assert llama["llama_cpp_threads"] >= 1 and llama["llama_cpp_batch"] == 512
+    assert llama["llama_cpp_gguf"] == str(GGUF) and llama["llama_cpp_version"]
+    if base["blas_threads"] is not None:  # the same cores for both runtimes
+        assert llama["llama_cpp_threads"] == base["blas_threads"]
+    headers = [c.header for c in ttft_report.columns(list(recs.values()))]
+    assert "vs llama.cpp" in headers and "decode vs llama.cpp" in headers
