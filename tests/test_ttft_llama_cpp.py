@@ -60,7 +60,7 @@ def test_llama_cpp_mode_continues_like_the_base():
     prefill and decode loop yield on the same model (its Q4_1 weights, dequantized)."""
     from mlxsuite import store
 
-    loaded = store.load(str(GGUF), "lm")
+    loaded = store.load(str(GGUF), "lm", dtype=mx.float32, dequantize=None)
     setup = ttft.Setup(loaded.model, 256, {"gguf": GGUF}, name="smollm2", tokenizer=loaded.tokenizer, context=128)
     modes = {m.name: m for m in ttft.build_modes(["base", "llama.cpp"], setup)}
     tokens = _count_prompt(setup)
