@@ -1,7 +1,8 @@
 """KV Prediction recipe: build a (base, auxiliary, predictor) pair, train it with the shared trainer, and use it:
 its prompt fill for the one prefill and decode loop (`mlxsuite.generate`). The model code is in
-`mlxsuite.models.kv_prediction`; evaluation in `mlxsuite.kvp_eval`; the folder format in `mlxsuite.store` (config.json with model_type "kv_prediction": the base
-reference with the sha256 of its weights, aux kind, layer map, λs; `aux/`; `predictor.safetensors`; `run/`).
+`mlxsuite.models.kv_prediction`; evaluation in `mlxsuite.kvp.evaluate`; the folder format in `mlxsuite.store`
+(config.json with model_type "kv_prediction": the base reference with the sha256 of its weights, aux kind, layer
+map, λs; `aux/`; `predictor.safetensors`; `run/`).
 `aux/`, the predictor and config.json appear when training ends; `resume=True` continues from `run/checkpoint`.
 """
 
@@ -333,9 +334,11 @@ def load_pair(ref: str, expect_base: Optional[str] = None):
 
 def prompt_fill(pair: kvm.KVPredictionModel) -> tuple[list, Callable]:
     """KV Prediction's plug-in for the one prefill (`generate.prefill`, `generate.generate_tokens`): a new base
-    prompt cache and the fill that writes predicted KV into it, chunk by chunk (the aux keeps its own cache)."""
+    prompt cache and the fill that writes predicted KV into it, chunk by chunk (the aux keeps its own cache; the
+    predictor's maps stacked once per prompt run as one batched GEMM per chunk)."""
     base_cache, aux_cache = pair.base.make_cache(), pair.auxiliary.make_cache()
-    return base_cache, lambda chunk: pair.fill(chunk, aux_cache, base_cache)
+    stacked = pair.predictor.stacked()
+    return base_cache, lambda chunk: pair.fill(chunk, aux_cache, base_cache, stacked)
 
 
 def flops_reduction(pair: kvm.KVPredictionModel) -> float:

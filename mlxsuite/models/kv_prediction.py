@@ -18,11 +18,12 @@ attention repeats them over query heads as usual.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlxsuite.models import kernels as fast_kernels
 from mlxsuite.models.lm import Model
 
 
@@ -43,7 +44,7 @@ class PredictorArgs:
             raise ValueError("layer_map, base_kv_heads and base_head_dims must have one entry per base layer")
 
     @classmethod
-    def for_models(cls, base: Model, aux: Model, layer_map: list[int]) -> "PredictorArgs":
+    def for_models(cls, base: Model, aux: Model, layer_map: list[int]) -> PredictorArgs:
         b, a = base.args, aux.args
         return cls(
             layer_map=list(layer_map),
@@ -53,7 +54,7 @@ class PredictorArgs:
         )
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PredictorArgs":
+    def from_dict(cls, d: dict) -> PredictorArgs:
         return cls(**{k: list(d[k]) for k in ("layer_map", "aux_kv_dims", "base_kv_heads", "base_head_dims")})
 
     def to_dict(self) -> dict:
@@ -128,6 +129,25 @@ class KVPredictor(nn.Module):
             values.append(self._map(self.value_transforms[i], aux_values[j], heads))
         return keys, values
 
+    def stacked(self) -> Optional[tuple[mx.array, mx.array]]:
+        """Every map's weight (transposed) and bias, keys' then values', stacked for `batched`: (2·n_base, in, out)
+        and (2·n_base, 1, out); None when the layers' widths differ (then the maps run layer by layer)."""
+        maps = self.key_transforms + self.value_transforms
+        if len({t.weight.shape for t in maps}) != 1 or len(set(self.args.base_kv_heads)) != 1:
+            return None
+        return mx.stack([t.weight.T for t in maps]), mx.stack([t.bias for t in maps])[:, None]
+
+    def batched(self, aux_keys: list[mx.array], aux_values: list[mx.array], stacked: tuple) -> tuple:
+        """`__call__` as one batched GEMM over every base layer's keys and values (`stacked` from `stacked()`):
+        predicted raw keys and values, each (n_base, B, h_B, T, d_B)."""
+        weights, biases = stacked
+        layer_map = self.args.layer_map
+        x = mx.stack([aux_keys[j] for j in layer_map] + [aux_values[j] for j in layer_map])
+        n2, B, h, T, d = x.shape
+        y = mx.addmm(biases, x.transpose(0, 1, 3, 2, 4).reshape(n2, B * T, h * d), weights)
+        y = y.reshape(n2, B, T, self.args.base_kv_heads[0], -1).transpose(0, 1, 3, 2, 4)
+        return y[: n2 // 2], y[n2 // 2 :]
+
     def set_identity(self) -> None:
         """Identity weights, zero biases (needs equal in/out widths): the tests' reference, and an optional warm start
         for a layer-pruned auxiliary (`kvp train --predictor-init identity`; the paper uses the default init)."""
@@ -182,14 +202,37 @@ class KVPredictionModel(nn.Module):
         keys = [layer.self_attn.normalize_keys(k) for layer, (k, _) in zip(self.base.layers, tap)]
         return [mx.stop_gradient(k) for k in keys], [mx.stop_gradient(v) for _, v in tap]
 
-    def fill(self, chunk: mx.array, aux_cache: list, base_cache: list) -> list:
+    def fill(self, chunk: mx.array, aux_cache: list, base_cache: list, stacked: Optional[tuple] = None) -> list:
         """The prefill plug-in: the auxiliary runs `chunk` into its own cache (its attention needs the earlier
-        chunks), the predictor maps its raw KV, and the base's forward with `kv` writes the predicted keys (base
-        k-norm, base RoPE at their absolute positions) and values into the base's cache. Returns the caches'
-        arrays to evaluate: nothing else is computed (no aux head, no base queries, attention or MLP)."""
-        _, kv = self.predict(chunk, aux_cache)
-        self.base(chunk, base_cache, kv=kv)
+        chunks), the predictor maps its raw KV (one batched GEMM with `stacked`, from `predictor.stacked()`), and
+        `write_predicted` puts them into the base's cache: what the base's forward with `kv` writes, without the
+        per-layer graph. Returns the caches' arrays to evaluate (no aux head is computed)."""
+        tap: list = []
+        self.auxiliary(chunk, aux_cache, tap=tap)
+        aux_keys, aux_values = [k for k, _ in tap], [v for _, v in tap]
+        if stacked is None:
+            keys, values = self.predictor(aux_keys, aux_values)
+        else:
+            keys, values = self.predictor.batched(aux_keys, aux_values, stacked)
+        write_predicted(self.base, base_cache, keys, values)
         return [c.state for c in aux_cache + base_cache]
+
+
+def write_predicted(base: Model, cache: list, keys, values) -> None:
+    """Predicted raw keys and values (per base layer: lists, or stacked on a leading axis) into the base's cache as
+    its forward with `kv` writes them: the layer's k-norm, then RoPE at the cache's positions (for stacked keys
+    without k-norm, one RoPE over every layer: the layers share it), then each layer's cache write."""
+    layers = base.layers
+    attn, offset, dtype = layers[0].self_attn, cache[0].offset, base.model.norm.weight.dtype
+    kernels = None
+    if fast_kernels.available(layers, dtype, cache):
+        kernels = fast_kernels.CPUKernels(attn.rope, offset, keys[0].shape[-2])
+    if isinstance(keys, mx.array) and not any("k_norm" in layer.self_attn for layer in layers):
+        keys = attn.finish_keys(keys.astype(dtype), offset, kernels)
+    else:
+        keys = [layer.self_attn.finish_keys(k.astype(dtype), offset, kernels) for layer, k in zip(layers, keys)]
+    for i, c in enumerate(cache):
+        c.update_and_fetch(keys[i], values[i].astype(dtype))
 
 
 def layer_pruned(base: Model, retained: list[int]) -> Model:
