@@ -48,6 +48,20 @@ def test_non_gguf_model_is_refused(capsys):
     assert code == 2 and "\n" not in stderr.strip() and "GGUF" in stderr and "micro" in stderr
 
 
+def test_gguf_option_is_refused_where_it_cannot_apply(capsys, tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    code, _, stderr = run_cli(capsys, "bench", "ttft", "micro", "--gguf", str(tmp_path / "m.gguf"), "-p", "8")
+    assert code == 2 and "--compare-llama-cpp" in stderr
+    code, _, stderr = run_cli(
+        capsys, "bench", "ttft", "micro", "--compare-llama-cpp", "--gguf", str(tmp_path / "x.bin")
+    )
+    assert code == 2 and "not a .gguf file" in stderr
+    code, _, stderr = run_cli(
+        capsys, "bench", "ttft", "micro", "-m", "tiny", "--compare-llama-cpp", "--gguf", str(tmp_path / "m.gguf")
+    )
+    assert code == 2 and "one MODEL" in stderr
+
+
 def _count_prompt(setup):
     """A prompt whose greedy continuation is unambiguous for a real model: counting."""
     text = ", ".join(str(i) for i in range(1, 25)) + ","

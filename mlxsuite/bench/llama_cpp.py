@@ -58,8 +58,13 @@ def build(setup: Setup) -> Mode:
         verbose=False,
     )
     n_vocab = llm.n_vocab()
-    if n_vocab != args.vocab_size:
-        raise UserError(f"{path} has {n_vocab} tokens in its vocabulary, the model measured has {args.vocab_size}")
+    arch = llm.metadata.get("general.architecture", "")
+    theirs = (n_vocab, llm.metadata.get(f"{arch}.block_count"), llm.metadata.get(f"{arch}.embedding_length"))
+    ours = (args.vocab_size, args.num_hidden_layers, args.hidden_size)
+    if tuple(str(x) for x in theirs) != tuple(str(x) for x in ours):
+        raise UserError(
+            f"{path} is not the model measured: vocabulary, layers, width {theirs} against {setup.name}'s {ours}"
+        )
 
     def greedy() -> int:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))

@@ -161,8 +161,14 @@ def ttft(
     compare_llama_cpp: bool = typer.Option(
         False,
         "--compare-llama-cpp",
-        help="Also time llama.cpp (llama-cpp-python, the llama-cpp extra) on MODEL's .gguf file, batch 1, "
-        "interleaved, with as many threads as the BLAS, and report the ratio.",
+        help="Also time llama.cpp (llama-cpp-python, the llama-cpp extra) on MODEL's GGUF file (MODEL itself, or "
+        "--gguf), batch 1, interleaved, with as many threads as the BLAS, and report the ratio.",
+    ),
+    gguf: Optional[Path] = typer.Option(
+        None,
+        "--gguf",
+        help="The GGUF file llama.cpp runs for MODEL when MODEL is a folder or store name (e.g. the file it was "
+        "converted from). One MODEL only.",
     ),
     paper_regime: bool = typer.Option(
         False,
@@ -216,10 +222,7 @@ def ttft(
         mode_names.append("mlx-lm")
     if compare_llama_cpp and "llama.cpp" not in mode_names:
         mode_names.append("llama.cpp")
-    if "llama.cpp" in mode_names:
-        for name in names:
-            if not (name.lower().endswith(".gguf") and Path(name).expanduser().is_file()):
-                raise UserError(f"llama.cpp runs GGUF files: give the model as a .gguf file ({name} is not one)")
+    ggufs = _gguf_files(names, gguf, "llama.cpp" in mode_names)
     lib.check_mode_names(mode_names, kvp=kvp is not None)
     if paper_regime:
         if prompt_lengths is not None or batch_sizes is not None:
@@ -249,8 +252,8 @@ def ttft(
             m, tok, what, extras = _load_kvp(name, kvp, vocab_size, dt)
         else:
             (m, tok, what), extras = _load(name, vocab_size, dt, seed), {}
-        if "llama.cpp" in mode_names:
-            extras["gguf"] = Path(name).expanduser()
+        if name in ggufs:
+            extras["gguf"] = ggufs[name]
         setups.append(lib.Setup(m, prefill_step or default_prefill_step(), extras, name=name, tokenizer=tok))
         described.append(what)
         lib.check_configs(m.args, configs, reps, warmup, prefix_cache, generation_tokens)
@@ -278,6 +281,26 @@ def ttft(
         )
     if plot is not None:
         err.print(f"plot written to {plot}", highlight=False, soft_wrap=True)
+
+
+def _gguf_files(names: list[str], gguf: Optional[Path], llama_cpp: bool) -> dict[str, Path]:
+    """The GGUF file llama.cpp runs for each model: --gguf, or the model itself when it is a .gguf file."""
+    if gguf is not None:
+        if not llama_cpp:
+            raise UserError("--gguf is the file llama.cpp runs: add --compare-llama-cpp (or the llama.cpp mode)")
+        if len(names) > 1:
+            raise UserError("--gguf belongs to one model: measure one MODEL with it, or give each model as a .gguf")
+        if gguf.suffix.lower() != ".gguf" or not gguf.expanduser().is_file():
+            raise UserError(f"--gguf {gguf}: not a .gguf file")
+        return {names[0]: gguf.expanduser()}
+    if not llama_cpp:
+        return {}
+    for name in names:
+        if not (name.lower().endswith(".gguf") and Path(name).expanduser().is_file()):
+            raise UserError(
+                f"llama.cpp runs GGUF files: give MODEL as a .gguf file, or --gguf FILE ({name} is neither)"
+            )
+    return {name: Path(name).expanduser() for name in names}
 
 
 def _rich_table(recs: list[dict], cols):
