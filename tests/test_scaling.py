@@ -15,7 +15,7 @@ def test_scaling_is_numpy_only():
     import subprocess
     import sys
 
-    code = "import sys, mlxsuite.scaling; print('mlx.core' in sys.modules)"
+    code = "import sys, mlxsuite.vocab.scaling; print('mlx.core' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
