@@ -110,3 +110,16 @@ def test_compare_llama_cpp_on_smollm2(capsys):
         assert llama["llama_cpp_threads"] == base["blas_threads"]
     headers = [c.header for c in ttft_report.columns(list(recs.values()))]
     assert "vs llama.cpp" in headers and "decode vs llama.cpp" in headers
+
+
+def test_decode_ratio_against_another_runtime(capsys):
+    """decode_vs_mlx_lm: this mode's decode tokens/s over mlx-lm's, per round (one round: the plain ratio)."""
+    code, stdout, stderr = run_cli(
+        capsys, "bench", "ttft", "micro", "--compare-mlx-lm", "-p", "12", "-r", "1", "-g", "3", "-o", "json"
+    )
+    assert code == 0, stderr
+    recs = {r["mode"]: r for r in json.loads(stdout)}
+    base, ref = recs["base"], recs["mlx-lm"]
+    assert base["decode_vs_mlx_lm"] == pytest.approx(base["decode_tps"] / ref["decode_tps"])
+    assert ref["decode_vs_mlx_lm"] is None and base["decode_vs_llama_cpp"] is None
+    assert base["llama_cpp_threads"] is None and base["peak_memory_gb"] > 0

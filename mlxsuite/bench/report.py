@@ -287,6 +287,7 @@ COLUMNS = [
         priority=7,
     ),
     Column("vs mlx-lm", _num(".2f", "speedup_vs_mlx_lm", suffix="×"), _any("speedup_vs_mlx_lm"), priority=6),
+    Column("decode vs mlx-lm", _num(".2f", "decode_vs_mlx_lm", suffix="×"), _any("decode_vs_mlx_lm"), priority=4),
     Column("vs llama.cpp", _num(".2f", "speedup_vs_llama_cpp", suffix="×"), _any("speedup_vs_llama_cpp"), priority=6),
     Column(
         "decode vs llama.cpp",
@@ -309,7 +310,8 @@ LEGEND = {
     "vs uncached": "the uncached prompt's median TTFT / this one (its first tokens in a prompt cache)",
     "vs mlx-lm": "mlx-lm's median TTFT / this mode's (> 1: faster)",
     "vs llama.cpp": "llama.cpp's median TTFT / this mode's (> 1: faster)",
-    "decode vs llama.cpp": "decode tok/s / llama.cpp's",
+    "decode vs mlx-lm": "decode tok/s / mlx-lm's (median of per-round ratios)",
+    "decode vs llama.cpp": "decode tok/s / llama.cpp's (median of per-round ratios)",
 }
 
 
