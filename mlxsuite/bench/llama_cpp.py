@@ -31,6 +31,8 @@ def require():
         import llama_cpp
     except ImportError:
         raise UserError(f"mode {NAME!r} needs llama-cpp-python, which is not installed: {INSTALL}") from None
+    except OSError as e:  # installed, but its llama.cpp library does not load
+        raise UserError(f"llama-cpp-python is installed but its llama.cpp library does not load ({e})") from None
     return llama_cpp
 
 
