@@ -142,9 +142,12 @@ class KVPredictor(nn.Module):
         predicted raw keys and values, each (n_base, B, h_B, T, d_B)."""
         weights, biases = stacked
         layer_map = self.args.layer_map
-        x = mx.stack([aux_keys[j] for j in layer_map] + [aux_values[j] for j in layer_map])
-        n2, B, h, T, d = x.shape
-        y = mx.addmm(biases, x.transpose(0, 1, 3, 2, 4).reshape(n2, B * T, h * d), weights)
+        # stacked with the heads already merged (B, T, h, d): one copy, and the GEMM's input is contiguous
+        x = mx.stack(
+            [aux_keys[j].swapaxes(1, 2) for j in layer_map] + [aux_values[j].swapaxes(1, 2) for j in layer_map]
+        )
+        n2, B, T, h, d = x.shape
+        y = mx.addmm(biases, x.reshape(n2, B * T, h * d), weights)
         y = y.reshape(n2, B, T, self.args.base_kv_heads[0], -1).transpose(0, 1, 3, 2, 4)
         return y[: n2 // 2], y[n2 // 2 :]
 
