@@ -85,7 +85,7 @@ def build(setup: Setup) -> Mode:
     info = {
         "version": getattr(llama_cpp, "__version__", None),
         "threads": n_threads,
-        "batch": BATCH,
+        "batch": llm.n_batch,  # BATCH, or the context when that is smaller
         "gguf": str(path),
     }
     return Mode(NAME, run, prompt_flops(setup.model), max_batch=1, info=info, mlx_memory=False)
