@@ -52,7 +52,7 @@ def build(setup: Setup) -> Mode:
     args = setup.model.args
     llm = llama_cpp.Llama(
         model_path=str(path),
-        n_ctx=setup.context or args.max_position_embeddings,
+        n_ctx=min(max(setup.context, BATCH), args.max_position_embeddings),  # a short context would shrink the batch
         n_batch=BATCH,
         n_ubatch=BATCH,
         n_threads=n_threads,
