@@ -1,10 +1,13 @@
-"""`bench ttft --compare-llama-cpp`: llama.cpp as a mode on a real GGUF model (SmolLM2-135M, when the file and
-llama-cpp-python are both present), and the one-line refusals without the extra or without a GGUF file. No timing
-assertions."""
+"""`bench ttft --compare-llama-cpp`: llama.cpp as a mode, with a stand-in llama_cpp module whose logits follow a rule
+(always) and on a real GGUF model (SmolLM2-135M, when the file and llama-cpp-python are both present); the one-line
+refusals without the extra, without a GGUF file, or with another model's. No timing assertions."""
 
+import ctypes
 import importlib.util
 import json
 import os
+import sys
+import types
 from pathlib import Path
 
 import mlx.core as mx
@@ -33,7 +36,7 @@ def quick_roofline(monkeypatch):
 
 
 def test_missing_extra_is_one_line(capsys, monkeypatch, tmp_path):
-    monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")  # never read: the extra is checked first
     code, stdout, stderr = run_cli(capsys, "bench", "ttft", str(gguf), "--compare-llama-cpp", "-p", "8")
@@ -60,6 +63,93 @@ def test_gguf_option_is_refused_where_it_cannot_apply(capsys, tmp_path):
         capsys, "bench", "ttft", "micro", "-m", "tiny", "--compare-llama-cpp", "--gguf", str(tmp_path / "m.gguf")
     )
     assert code == 2 and "one MODEL" in stderr
+
+
+class FakeLlama:
+    """llama-cpp-python's `Llama` as the mode uses it, with a rule for the logits an independent check can follow:
+    after the tokens t_1..t_n held in the context, the greedy next token is (sum of them) mod V."""
+
+    V, LAYERS, WIDTH = 4096, 2, 64  # the micro preset
+    made: list = []
+
+    def __init__(self, model_path, *, n_ctx, n_batch, n_ubatch, n_threads, n_threads_batch, verbose):
+        self.kwargs = dict(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, threads=(n_threads, n_threads_batch))
+        self.n_batch, self.ctx, self.held = min(n_ctx, n_batch), self, []
+        self.metadata = {"general.architecture": "llama", "llama.block_count": "2", "llama.embedding_length": "64"}
+        self.logits = (ctypes.c_float * self.V)()
+        self.n_tokens = 0
+        FakeLlama.made.append(self)
+
+    def n_vocab(self):
+        return self.V
+
+    def reset(self):
+        self.n_tokens = 0
+
+    def eval(self, ids):
+        self.held = self.held[: self.n_tokens] + list(ids)
+        self.n_tokens = len(self.held)
+        assert self.n_tokens <= self.kwargs["n_ctx"]
+        for i in range(self.V):
+            self.logits[i] = 0.0
+        self.logits[sum(self.held) % self.V] = 1.0
+
+
+def fake_llama_cpp():
+    module = types.ModuleType("llama_cpp")
+    module.__version__ = "0.0-fake"
+    module.Llama = FakeLlama
+    module.llama_get_logits_ith = lambda ctx, i: ctypes.cast(ctx.logits, ctypes.POINTER(ctypes.c_float))
+    return module
+
+
+def test_mode_feeds_the_prompt_and_decodes_greedily(monkeypatch, tmp_path):
+    """With a stand-in llama_cpp: every trial starts from an empty context, the prompt's ids go in, the first token
+    and each decoded one are the argmax of the last logits; the threads are the BLAS's, the context holds a trial."""
+    from mlxsuite.bench import llama_cpp as mode_lib
+    from mlxsuite.models import lm
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake_llama_cpp())
+    model = lm.build(lm.preset_args("micro", 4096))
+    setup = ttft.Setup(model, 256, {"gguf": tmp_path / "m.gguf"}, name="micro", context=40 + 3)
+    mode = ttft.build_modes(["llama.cpp"], setup)[0]
+    prompt = mx.random.randint(0, 4096, (1, 40), key=mx.random.key(2))
+    expected, held = [], prompt[0].tolist()
+    for _ in range(4):
+        expected.append(sum(held) % 4096)
+        held.append(expected[-1])
+    for _ in range(2):  # the second trial must not see the first one's tokens
+        steps = mode.run(prompt, None, 3)
+        assert [int(next(steps).item())] + list(steps) == expected
+    llm = FakeLlama.made[-1]
+    assert llm.kwargs["threads"] == (mode_lib.threads(),) * 2 and mode.info["threads"] == mode_lib.threads()
+    assert llm.kwargs["n_batch"] == llm.kwargs["n_ubatch"] == 512 and llm.kwargs["n_ctx"] >= 43
+    assert mode.max_batch == 1 and mode.info["batch"] == 512 and not mode.mlx_memory
+
+
+def test_a_gguf_of_another_model_is_refused(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake_llama_cpp())
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    code, _, stderr = run_cli(
+        capsys, "bench", "ttft", "tiny", "--compare-llama-cpp", "--gguf", str(tmp_path / "m.gguf")
+    )
+    assert code == 2 and "is not the model measured" in stderr and "\n" not in stderr.strip()
+
+
+def test_compare_llama_cpp_records_with_a_stand_in(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake_llama_cpp())
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    args = ("bench", "ttft", "micro", "--compare-llama-cpp", "--gguf", str(tmp_path / "m.gguf"), "-p", "12")
+    code, stdout, stderr = run_cli(capsys, *args, "-r", "2", "-g", "2", "-o", "json")
+    assert code == 0, stderr
+    recs = {r["mode"]: r for r in json.loads(stdout)}
+    base, llama = recs["base"], recs["llama.cpp"]
+    assert base["speedup_vs_llama_cpp"] == pytest.approx(llama["ttft_ms"] / base["ttft_ms"])
+    assert base["decode_vs_llama_cpp"] > 0 and llama["peak_memory_gb"] is None and llama["decode_tps"] > 0
+    assert llama["llama_cpp_version"] == "0.0-fake" and llama["llama_cpp_batch"] == 512
+    assert base["llama_cpp_gguf"] == str(tmp_path / "m.gguf")
+    code, stdout, _ = run_cli(capsys, *args, "-r", "1", "-o", "md")
+    assert code == 0 and "vs llama.cpp" in stdout and "llama-cpp-python 0.0-fake" in stdout
 
 
 def _count_prompt(setup):
