@@ -6,6 +6,7 @@ import ctypes
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -16,6 +17,7 @@ from conftest import run_cli
 
 import mlxsuite  # noqa: F401  (loads the fast BLAS before mlx.core)
 from mlxsuite import platform
+from mlxsuite.bench import llama_cpp as llama_cpp_mode
 from mlxsuite.bench import report as ttft_report
 from mlxsuite.bench import ttft
 
@@ -24,15 +26,36 @@ GGUF = Path(
     or Path.home() / ".cache" / "mlxsuite" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 )
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+LLAMA_CPP_FAILS = llama_cpp_mode.probe(GGUF) if HAVE_LLAMA_CPP and GGUF.is_file() else None
 needs_llama_cpp = pytest.mark.skipif(
-    not (HAVE_LLAMA_CPP and GGUF.is_file()),
-    reason="needs llama-cpp-python (pip install 'mlxsuite[llama-cpp]') and the SmolLM2 GGUF (scripts/get-smollm2.sh)",
+    not (HAVE_LLAMA_CPP and GGUF.is_file()) or LLAMA_CPP_FAILS is not None,
+    reason=LLAMA_CPP_FAILS
+    or "needs llama-cpp-python (pip install 'mlxsuite[llama-cpp]') and the SmolLM2 GGUF (scripts/get-smollm2.sh)",
 )
 
 
 @pytest.fixture(autouse=True)
 def quick_roofline(monkeypatch):
     monkeypatch.setattr(ttft, "GEMM_N", 128)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """The stand-in llama_cpp module, and no child-process probe (it would import the real one)."""
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake_llama_cpp())
+    monkeypatch.setattr(llama_cpp_mode, "probe", lambda path: None)
+
+
+def test_a_crashing_llama_cpp_is_one_line(capsys, tmp_path):
+    """A llama.cpp that dies in the probe's child process (here: SIGILL, as a build for another CPU does) is a
+    one-line error, and the benchmark process lives on."""
+    script = tmp_path / "sigill.py"
+    script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n")
+    real_run = subprocess.run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess, "run", lambda cmd, **kw: real_run([cmd[0], str(script)], **kw))
+        message = llama_cpp_mode.probe(tmp_path / "m.gguf")
+    assert message.startswith("llama.cpp crashed (SIGILL)") and "another CPU" in message and "\n" not in message
 
 
 def test_missing_extra_is_one_line(capsys, monkeypatch, tmp_path):
@@ -103,13 +126,11 @@ def fake_llama_cpp():
     return module
 
 
-def test_mode_feeds_the_prompt_and_decodes_greedily(monkeypatch, tmp_path):
+def test_mode_feeds_the_prompt_and_decodes_greedily(stand_in, tmp_path):
     """With a stand-in llama_cpp: every trial starts from an empty context, the prompt's ids go in, the first token
     and each decoded one are the argmax of the last logits; the threads are the BLAS's, the context holds a trial."""
-    from mlxsuite.bench import llama_cpp as mode_lib
     from mlxsuite.models import lm
 
-    monkeypatch.setitem(sys.modules, "llama_cpp", fake_llama_cpp())
     model = lm.build(lm.preset_args("micro", 4096))
     setup = ttft.Setup(model, 256, {"gguf": tmp_path / "m.gguf"}, name="micro", context=40 + 3)
     mode = ttft.build_modes(["llama.cpp"], setup)[0]
@@ -122,13 +143,12 @@ def test_mode_feeds_the_prompt_and_decodes_greedily(monkeypatch, tmp_path):
         steps = mode.run(prompt, None, 3)
         assert [int(next(steps).item())] + list(steps) == expected
     llm = FakeLlama.made[-1]
-    assert llm.kwargs["threads"] == (mode_lib.threads(),) * 2 and mode.info["threads"] == mode_lib.threads()
+    assert llm.kwargs["threads"] == (llama_cpp_mode.threads(),) * 2 and mode.info["threads"] == llama_cpp_mode.threads()
     assert llm.kwargs["n_batch"] == llm.kwargs["n_ubatch"] == 512 and llm.kwargs["n_ctx"] >= 43
     assert mode.max_batch == 1 and mode.info["batch"] == 512 and not mode.mlx_memory
 
 
-def test_a_gguf_of_another_model_is_refused(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(sys.modules, "llama_cpp", fake_llama_cpp())
+def test_a_gguf_of_another_model_is_refused(stand_in, capsys, tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     code, _, stderr = run_cli(
         capsys, "bench", "ttft", "tiny", "--compare-llama-cpp", "--gguf", str(tmp_path / "m.gguf")
@@ -136,8 +156,7 @@ def test_a_gguf_of_another_model_is_refused(monkeypatch, capsys, tmp_path):
     assert code == 2 and "is not the model measured" in stderr and "\n" not in stderr.strip()
 
 
-def test_compare_llama_cpp_records_with_a_stand_in(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(sys.modules, "llama_cpp", fake_llama_cpp())
+def test_compare_llama_cpp_records_with_a_stand_in(stand_in, capsys, tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     args = ("bench", "ttft", "micro", "--compare-llama-cpp", "--gguf", str(tmp_path / "m.gguf"), "-p", "12")
     code, stdout, stderr = run_cli(capsys, *args, "-r", "2", "-g", "2", "-o", "json")

@@ -11,6 +11,9 @@ the dequantized ones the MLX modes run; the FLOPs counted are the same model's.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from typing import Optional
 
 import mlx.core as mx
@@ -36,6 +39,31 @@ def require():
     return llama_cpp
 
 
+# Loads the file and evaluates two tokens in a child process: a llama.cpp built for another CPU dies of SIGILL there,
+# not in the benchmark's process.
+PROBE = """
+import sys, llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, n_batch=64, n_threads=1, n_threads_batch=1, verbose=False)
+llm.eval([0, 1])
+"""
+
+
+def probe(path) -> Optional[str]:
+    """None when llama.cpp loads `path` and evaluates in a child process, else why not (one line)."""
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "llama.cpp did not load the file within 5 minutes"
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        hint = " (built for another CPU? rebuild llama-cpp-python: see the README)" if name == "SIGILL" else ""
+        return f"llama.cpp crashed ({name}) loading {path}{hint}"
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"llama.cpp failed on {path}: {last}"
+    return None
+
+
 def threads() -> int:
     """The BLAS's GEMM threads (what the MLX modes' prefill runs on); where the BLAS does not say (Accelerate),
     the count it would get: the cores not already busy."""
@@ -48,6 +76,9 @@ def build(setup: Setup) -> Mode:
     path = setup.extras.get("gguf")
     if path is None:
         raise UserError(f"mode {NAME!r} runs a GGUF file: {setup.name} is not one")
+    failure = probe(path)
+    if failure:
+        raise UserError(failure)
     n_threads = threads()
     args = setup.model.args
     llm = llama_cpp.Llama(
