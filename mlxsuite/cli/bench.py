@@ -111,8 +111,8 @@ def ttft(
     modes: Optional[str] = typer.Option(
         None,
         "--modes",
-        help="Comma-separated modes: base, mlx-lm, aux, kvp (aux and kvp need --kvp), llama.cpp (a .gguf MODEL). "
-        "Default: base, or base,aux,kvp with --kvp.",
+        help="Comma-separated modes: base, mlx-lm, aux, kvp (aux and kvp need --kvp), llama.cpp (a .gguf MODEL or "
+        "--gguf). Default: base, or base,aux,kvp with --kvp.",
     ),
     kvp: Optional[str] = typer.Option(
         None,
