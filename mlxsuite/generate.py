@@ -18,7 +18,9 @@ the CPU because the attention is unfused (the scores are chunk × context). On a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
@@ -76,6 +78,10 @@ def sample(logits: mx.array, temperature: float = 0.0, top_k: int = 0) -> mx.arr
     return mx.random.categorical(logits)
 
 
+Sampler = Callable[[mx.array], mx.array]  # log-probabilities (B, V) → token ids (B,): mlx-lm's `make_sampler`
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]  # (ids so far, logits) → logits: `make_logits_processors`
+
+
 def generate_step(
     model,
     prompt: mx.array,
@@ -87,21 +93,34 @@ def generate_step(
     fill: Optional[Fill] = None,
     prefill_step: Optional[int] = None,
     processor: Optional[Processor] = None,
+    sampler: Optional[Sampler] = None,
+    logits_processors: Optional[list[LogitsProcessor]] = None,
 ) -> Iterator[mx.array]:
     """The decode loop: yield up to `max_tokens` evaluated token ids (B,) after prompts (B, T) (or one (T,)).
     `cache` is the prompt cache (default: a new one; one that already holds earlier tokens is continued by
     `prompt`); `fill` how prompt chunks enter it (`prefill`); `processor` changes the logits before each sampling
-    (e.g. to restrict the vocabulary)."""
+    (e.g. to restrict the vocabulary). `sampler` and `logits_processors` are mlx-lm's (`mlx_lm.sample_utils`), as
+    its `generate_step` applies them: the processors see the ids so far (this prompt and the generated ones, batch
+    1), the sampler the log-probabilities; without a sampler, `sample` with `temperature` and `top_k`."""
     cache = model.make_cache() if cache is None else cache
+    prompt = prompt[None] if prompt.ndim == 1 else prompt
+    history = prompt[0] if logits_processors else None
 
     def next_token(logits: mx.array) -> mx.array:
-        return sample(processor(logits) if processor is not None else logits, temperature, top_k)
+        logits = processor(logits) if processor is not None else logits
+        for fn in logits_processors or ():
+            logits = fn(history, logits)
+        if sampler is None:
+            return sample(logits, temperature, top_k)
+        return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
 
     if max_tokens < 1:
         return
     token = next_token(prefill(model, prompt, cache, prefill_step, fill))
     mx.async_eval(token)
     for i in range(max_tokens):
+        if logits_processors:
+            history = mx.concatenate([history, token])
         # As mlx-lm does: schedule the next step before handing this token out, so the device computes it while
         # the caller (detokenizing, printing) holds this one. The cache is then one token ahead of the caller.
         following = next_token(model(token[:, None], cache)[:, -1]) if i + 1 < max_tokens else None
@@ -120,6 +139,87 @@ def generate_tokens(
         yield int(token.item())
 
 
+@dataclass
+class Generation:
+    """One answer and its numbers, as mlx-lm's `GenerationResponse` reports them, plus the time to first token."""
+
+    text: str
+    ids: list[int]  # generated ids, the stopping EOS included when there was one
+    prompt_tokens: int  # tokens prefilled by this call (a prompt cache's earlier tokens not counted)
+    ttft: float  # seconds from the call to the first token (prefill + first sampling)
+    generation_time: float  # seconds from the first token to the last
+    peak_memory: float  # GB (mx.get_peak_memory)
+    finish_reason: str  # "stop" (EOS) or "length" (max tokens)
+
+    @property
+    def generation_tokens(self) -> int:
+        return len(self.ids)
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.ttft if self.ttft > 0 else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        n = len(self.ids) - 1  # the first token is the prompt's
+        return n / self.generation_time if n > 0 and self.generation_time > 0 else 0.0
+
+    def stats(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "ttft_s": self.ttft,
+            "prompt_tps": self.prompt_tps,
+            "generation_tokens": self.generation_tokens,
+            "generation_tps": self.generation_tps,
+            "peak_memory_gb": self.peak_memory,
+            "finish_reason": self.finish_reason,
+        }
+
+
+def check_context(model, n_ids: int, max_tokens: int, past: int = 0) -> None:
+    context = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    if context is not None and past + n_ids + max_tokens > context:
+        held = f" after {past} cached" if past else ""
+        raise UserError(
+            f"the prompt ({n_ids} tokens{held}) and max-tokens {max_tokens} exceed the model's context "
+            f"({context} tokens): shorten the prompt or generate fewer tokens"
+        )
+
+
+def generate_ids(
+    model, tokenizer, ids: list[int], max_tokens: int = 100, on_token: Optional[Callable[[str], None]] = None, **kw
+) -> Generation:
+    """Generate after the prompt `ids` (continuing `cache` when given) up to EOS or `max_tokens`; `on_token`
+    receives each new piece of text. Keywords of `generate_step` (cache, fill, sampler, …) pass through."""
+    cache = kw.get("cache")
+    check_context(model, len(ids), max_tokens, cache[0].offset if cache else 0)
+    mx.reset_peak_memory()
+    start = time.perf_counter()
+    first = []
+    out: list[int] = []
+
+    def timed() -> Iterator[int]:
+        for token in generate_tokens(model, mx.array(ids), max_tokens, **kw):
+            if not first:
+                first.append(time.perf_counter())
+            out.append(token)
+            yield token
+
+    text = decode_stream(tokenizer, timed(), on_token, prompt_ids=ids)
+    end = time.perf_counter()
+    ttft = (first[0] - start) if first else end - start
+    stopped = bool(out) and out[-1] in eos_ids(tokenizer)
+    return Generation(
+        text,
+        out,
+        len(ids),
+        ttft,
+        end - first[0] if first else 0.0,
+        mx.get_peak_memory() / 1e9,
+        "stop" if stopped else "length",
+    )
+
+
 def generate_text(
     model,
     tokenizer,
@@ -130,16 +230,15 @@ def generate_text(
     on_token: Optional[Callable[[str], None]] = None,
     **kw,
 ) -> str:
-    """Decode the continuation of `prompt`; keywords of `generate_tokens` (cache, fill, …) pass through."""
+    """Decode the continuation of `prompt` (raw text, the tokenizer's own BOS rule); keywords of `generate_step`
+    (cache, fill, …) pass through."""
     ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
-    context = getattr(getattr(model, "args", None), "max_position_embeddings", None)
-    if context is not None and len(ids) + max_tokens > context:
-        raise UserError(
-            f"the prompt ({len(ids)} tokens) and --max-tokens {max_tokens} exceed the model's context "
-            f"({context} tokens): shorten the prompt or generate fewer tokens"
-        )
-    tokens = generate_tokens(model, mx.array(ids), max_tokens, temperature, top_k, **kw)
-    return decode_stream(tokenizer, tokens, on_token, prompt_ids=ids)
+    return generate_ids(model, tokenizer, ids, max_tokens, on_token, temperature=temperature, top_k=top_k, **kw).text
+
+
+def eos_ids(tokenizer) -> list[int]:
+    """Every id that ends a generation (a Hugging Face tokenizer may list several)."""
+    return list(getattr(tokenizer, "eos_ids", None) or [tokenizer.eos_id])
 
 
 PROMPT_TAIL = 8  # prompt tokens decoded with the completion, so a word boundary at the join keeps its space
@@ -158,8 +257,9 @@ def decode_stream(
     skip = len(tokenizer.decode(tail)) if tail else 0
     out: list[int] = []
     shown = ""
+    stop = set(eos_ids(tokenizer))
     for token in tokens:
-        if token == tokenizer.eos_id:
+        if token in stop:
             break
         out.append(token)
         if on_token is not None:

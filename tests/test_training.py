@@ -11,6 +11,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlxsuite import store
+
 BIN = Path(sys.executable).parent
 
 
@@ -72,7 +74,15 @@ def test_train_lowers_loss_and_writes_a_model(small_corpus, tmp_path):
     assert ev.returncode == 0, ev.stderr
     assert abs(json.loads(ev.stdout)["ce"] - result["val_ce"]) < 1e-4
     gen = _mlxsuite(["generate", str(out), "--prompt", "def ", "-m", "8", "--json"])
-    assert gen.returncode == 0 and json.loads(gen.stdout)["completion"] is not None
+    assert gen.returncode == 0, gen.stderr
+    # the greedy continuation by hand: argmax of full forward passes (no cache, no sampler)
+    loaded = store.load(str(out), "lm")
+    ids = loaded.tokenizer.encode("def ")
+    for _ in range(8):
+        ids.append(int(mx.argmax(loaded.model(mx.array([ids]))[0, -1])))
+    whole, prompt = loaded.tokenizer.decode(ids), loaded.tokenizer.decode(ids[:-8])
+    assert whole.startswith(prompt) and len(whole) > len(prompt)
+    assert json.loads(gen.stdout)["completion"] == whole[len(prompt) :]
     # an existing output is refused without --resume/--force
     again = _mlxsuite(_train_args(small_corpus, out))
     assert again.returncode == 2 and "exists" in again.stderr and again.stderr.count("\n") == 1

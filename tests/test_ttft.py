@@ -540,8 +540,9 @@ def test_chunked_prefill_equals_full_forward(overrides):
     full = model(tokens, full_cache)[:, -1]
     reference = ttft.mlx_lm_model(model)(tokens)[:, -1]
     assert mx.allclose(full, reference, atol=1e-5, rtol=1e-5)
-    assert kernels.available(model.layers, mx.float32) == ttft.platform.compiler_available()
-    for fused in (True, False):
+    fused_runs = kernels.available(model.layers, mx.float32)
+    assert fused_runs == ttft.platform.compiler_available()
+    for fused in (True, False) if fused_runs else (False,):
         for step in (1, 7, 16, 44, 1000):
             cache = model.make_cache()
             with kernels_on(fused):
@@ -552,6 +553,8 @@ def test_chunked_prefill_equals_full_forward(overrides):
                 assert c.offset == f.offset == 45
                 for a, b in zip(c.keys_and_values(), f.keys_and_values()):
                     assert mx.allclose(a, b, atol=1e-4, rtol=1e-4), (fused, step)
+    if not fused_runs:
+        pytest.skip("no C++ compiler: the fused kernels are not used here; only the plain path was checked")
 
 
 def test_fused_prefill_continues_a_cache():

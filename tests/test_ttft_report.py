@@ -70,7 +70,7 @@ def test_markdown_shows_the_records_and_the_run(report):
     md = ttft_report.to_markdown(recs, report)
     lines = md.splitlines()
     header = [h.strip() for h in lines[0].strip("|").split("|")]
-    assert header[:5] == ["model", "mode", "tokens", "cached", "batch"] and "TTFT ms" in header
+    assert header[:7] == ["model", "size", "type", "mode", "tokens", "cached", "batch"] and "TTFT ms" in header
     assert "decode tok/s" in header and "vs uncached" in header and "vs mlx-lm" in header
     assert set(lines[1].strip("|").split("|")) == {":---", "---:"}
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2 : 2 + len(recs)]]
@@ -84,7 +84,8 @@ def test_markdown_shows_the_records_and_the_run(report):
         )
         assert float(cell["TTFT ms"].replace(",", "")) == pytest.approx(r["ttft_ms"], rel=0.01, abs=0.01)
     assert lines[2 + len(recs)] == ""
-    footer = lines[3 + len(recs)]
+    footer = "\n".join(lines[3 + len(recs) :])
+    assert len([line for line in footer.splitlines() if line]) <= 3  # two or three lines under the table
     for text in (
         f"MLX {report['mlx_version']}",
         f"mlx-lm {report['mlx_lm_version']}",
@@ -92,6 +93,7 @@ def test_markdown_shows_the_records_and_the_run(report):
         report["timestamp"],
         "untimed pass",
         "rotated",
+        "roofline peak",
     ):
         assert text in footer
     wide = ttft_report.to_markdown(recs, report, wide=True)
@@ -115,5 +117,23 @@ def test_cli_markdown_prints_a_table_and_its_metadata(capsys):
     assert code == 0, stderr
     lines = stdout.splitlines()
     assert lines[0] == "Time to first token: preset micro, random weights, V=4096" and lines[1] == ""
-    assert lines[2].startswith("| mode | tokens | batch | TTFT ms |") and lines[4].startswith("| base | 8 | 1 |")
-    assert "mlxsuite " in lines[6] and "Schedule:" in lines[6]
+    assert lines[2].startswith("| size | type | mode | tokens | batch | TTFT ms |")
+    assert lines[4].startswith("| ") and " MB | f32 | base | 8 | 1 |" in lines[4]
+    assert "mlxsuite " in lines[6] and "Median of 1 timed round" in lines[8] and len(lines) <= 11
+
+
+def test_roofline_never_exceeds_one_and_a_wide_spread_is_flagged(report):
+    """A prefill faster than the GEMM probe (the probe saw more load) raises the peak instead of showing > 100 %."""
+    import copy
+
+    fast = copy.deepcopy(report)
+    fast["results"][0]["gflops_per_s"] = 3 * fast["gemm_gflops_best"]
+    recs = ttft_report.records(fast)
+    assert max(r["roofline"] for r in recs) == pytest.approx(1.0)
+    assert all(r["roofline"] == pytest.approx(r["gflops_per_s"] / r["gemm_gflops"]) for r in recs)
+    assert recs[0]["gemm_gflops"] == pytest.approx(3 * fast["gemm_gflops_best"])
+    quiet = [dict(r, ttft_ms_p10=10.0, ttft_ms_p90=11.0) for r in recs]
+    assert ttft_report.spread_warnings(quiet) == []
+    noisy = [dict(quiet[0], ttft_ms_p90=25.0, load_avg_start=3.5, load_avg_end=4.0)] + quiet[1:]
+    (warning,) = ttft_report.spread_warnings(noisy)
+    assert "2.5×" in warning and "load average 3.50 → 4.00" in warning

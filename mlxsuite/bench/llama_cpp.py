@@ -113,8 +113,11 @@ def build(setup: Setup) -> Mode:
             token = greedy()
             yield token
 
+    version = getattr(llama_cpp, "__version__", None)
     info = {
-        "version": getattr(llama_cpp, "__version__", None),
+        "summary": f"llama-cpp-python {version}, {n_threads} thread{'s' if n_threads > 1 else ''}, batch "
+        f"{llm.n_batch}, {os.path.basename(str(path))}",
+        "version": version,
         "threads": n_threads,
         "batch": llm.n_batch,  # BATCH, or the context when that is smaller
         "gguf": str(path),

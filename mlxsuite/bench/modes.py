@@ -216,6 +216,30 @@ def _llama_cpp_mode(setup: Setup) -> Mode:
 register_mode("llama.cpp", _llama_cpp_mode)
 
 
+def weights_summary(model) -> dict:
+    """llama-bench's `size` and `type` of a loaded model: its weights in GB (10^9 bytes) and their format as it
+    runs (`q4 g64` for affine 4-bit in groups of 64, `q4/q6 g64` for a mixed recipe, else the float dtype)."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    size = sum(v.nbytes for _, v in tree_flatten(model.parameters())) / 1e9
+    quantized = sorted(
+        {
+            (m.bits, m.group_size)
+            for _, m in model.named_modules()
+            if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+        }
+    )
+    if quantized:
+        kind = "/".join(f"q{b}" for b in sorted({b for b, _ in quantized}))
+        kind += " " + "/".join(f"g{g}" for g in sorted({g for _, g in quantized}))
+    else:
+        kind = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(
+            str(model.model.norm.weight.dtype).replace("mlx.core.", ""), "?"
+        )
+    return {"size_gb": size, "type": kind}
+
+
 def copy_cache(cache: list) -> list:
     """A prompt cache with the same contents in new arrays (a trial's updates never reach the original)."""
     out = []

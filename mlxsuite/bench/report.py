@@ -49,14 +49,15 @@ FIELDS: dict[str, type] = {
     "ttft_reduction_vs_uncached": float,
     "speedup_vs_mlx_lm": float,
     "speedup_vs_mlx_lm_paired": float,
-    "decode_vs_mlx_lm": float,
-    "speedup_vs_llama_cpp": float,
-    "speedup_vs_llama_cpp_paired": float,
-    "decode_vs_llama_cpp": float,
+    **dict.fromkeys(
+        ("decode_vs_mlx_lm", "speedup_vs_llama_cpp", "speedup_vs_llama_cpp_paired", "decode_vs_llama_cpp"), float
+    ),
     "tokenize_ms": float,
     "tokenize_tokens": int,
     "params": int,
     "nonvocab_params": int,
+    "size_gb": float,
+    "type": str,
     "layers": int,
     "aux_layers": int,
     "kvp_param_ratio": float,
@@ -78,10 +79,7 @@ FIELDS: dict[str, type] = {
     "fused_prefill": bool,
     "gemm_gflops": float,
     "gemm_dtype": str,
-    "llama_cpp_version": str,
-    "llama_cpp_threads": int,
-    "llama_cpp_batch": int,
-    "llama_cpp_gguf": str,
+    **{f"llama_cpp_{k}": t for k, t in (("version", str), ("threads", int), ("batch", int), ("gguf", str))},
     "gemm_n": int,
     "reps": int,
     "warmup": int,
@@ -125,6 +123,7 @@ def records(report: dict) -> list[dict]:
     load = report.get("load_average") or {}
     run["load_avg_start"], run["load_avg_end"] = load.get("start"), load.get("end")
     models = {m["name"]: m for m in report.get("models", [])}
+    run["gemm_gflops"] = peak = roofline_peak(report)
     out = []
     for r in report["results"]:
         t, d, m = r["ttft_s"], r.get("decode_tps"), models.get(r["model"], {})
@@ -150,11 +149,13 @@ def records(report: dict) -> list[dict]:
             "decode_tps_samples": d and d["samples"],
             "gflop": r["flops"] / 1e9,
             "gflops_per_s": r["gflops_per_s"],
-            "roofline": r["roofline_fraction"],
+            "roofline": r["gflops_per_s"] / peak,
             "peak_memory_gb": None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 1e9,
             "tokenize_ms": 1e3 * r["tokenize_s"]["median"] if "tokenize_s" in r else None,
             "params": m.get("params"),
             "nonvocab_params": m.get("nonvocab_params"),
+            "size_gb": m.get("size_gb"),
+            "type": m.get("type"),
             "layers": m.get("layers"),
             "aux_layers": kvp["aux_layers"] if kvp and r["mode"] in ("aux", "kvp") else None,
             "kvp_param_ratio": kvp["param_ratio"] if kvp and r["mode"] in ("aux", "kvp") else None,
@@ -163,6 +164,32 @@ def records(report: dict) -> list[dict]:
         }
         out.append({k: rec.get(k, r.get(k)) for k in FIELDS})
     return out
+
+
+def roofline_peak(report: dict) -> float:
+    """The rate the roofline column divides by: the best GEMM probe between rounds, or the best rate a prefill
+    reached when one ran faster (the probe then saw more load or fewer threads), so that no row exceeds 100 %."""
+    probe = report.get("gemm_gflops_best") or report["gemm_gflops"]
+    return max([probe] + [r["gflops_per_s"] for r in report["results"]])
+
+
+SPREAD_WARN = 1.5  # p90/p10 of a configuration's TTFT above which the numbers are flagged as noisy
+
+
+def spread_warnings(recs: list[dict]) -> list[str]:
+    """One line when some configuration's TTFT spread (p90/p10) exceeds SPREAD_WARN, naming the load average."""
+    wide = [r for r in recs if r["ttft_ms_p10"] and r["ttft_ms_p90"] / r["ttft_ms_p10"] > SPREAD_WARN]
+    if not wide:
+        return []
+    worst = max(wide, key=lambda r: r["ttft_ms_p90"] / r["ttft_ms_p10"])
+    load = recs[0].get("load_avg_start"), recs[0].get("load_avg_end")
+    named = f"load average {load[0]:.2f} → {load[1]:.2f} on {recs[0]['cpu_count']} cores" if None not in load else ""
+    return [
+        f"TTFT spread p90/p10 above {SPREAD_WARN}× in {len(wide)} of {len(recs)} rows (worst "
+        f"{worst['ttft_ms_p90'] / worst['ttft_ms_p10']:.1f}×: {worst['mode']} {worst['prompt_tokens']} tokens); "
+        + (named + ": " if named else "")
+        + "other processes share the machine, compare medians with care or rerun on a quiet one"
+    ]
 
 
 # ---- text formats ---------------------------------------------------------------------------------------------
@@ -242,6 +269,11 @@ def _ms(key: str) -> Callable[[dict], str]:
     )
 
 
+def _size(gb: Optional[float]) -> str:
+    """llama-bench's size cell: GB from 1 GB up, else MB (10^6 bytes)."""
+    return "" if gb is None else f"{gb:.2f} GB" if gb >= 1 else f"{gb * 1e3:.1f} MB"
+
+
 def _any(key: str) -> Callable[[list[dict]], bool]:
     return lambda recs: any(r[key] is not None for r in recs)
 
@@ -257,6 +289,8 @@ def _beside_base(recs: list[dict]) -> bool:
 
 COLUMNS = [
     Column("model", lambda r: r["model"], _several("model"), priority=9),
+    Column("size", lambda r: _size(r["size_gb"]), _any("size_gb"), priority=4),
+    Column("type", lambda r: r["type"] or "", _any("type"), priority=4),
     Column("mode", lambda r: r["mode"], priority=9),
     Column("tokens", _num("d", "prompt_tokens"), priority=9),
     Column("cached", _num("d", "cached_tokens"), lambda recs: any(r["cached_tokens"] for r in recs), priority=9),
@@ -289,19 +323,14 @@ COLUMNS = [
     Column("vs mlx-lm", _num(".2f", "speedup_vs_mlx_lm", suffix="×"), _any("speedup_vs_mlx_lm"), priority=6),
     Column("decode vs mlx-lm", _num(".2f", "decode_vs_mlx_lm", suffix="×"), _any("decode_vs_mlx_lm"), priority=4),
     Column("vs llama.cpp", _num(".2f", "speedup_vs_llama_cpp", suffix="×"), _any("speedup_vs_llama_cpp"), priority=6),
-    Column(
-        "decode vs llama.cpp",
-        _num(".2f", "decode_vs_llama_cpp", suffix="×"),
-        _any("decode_vs_llama_cpp"),
-        priority=4,
-    ),
+    Column("decode vs llama.cpp", _num(".2f", "decode_vs_llama_cpp", "×"), _any("decode_vs_llama_cpp"), priority=4),
     Column("tokenize ms", _ms("tokenize_ms"), _any("tokenize_ms"), wide=True),
 ]
 LEGEND = {
     "TTFT ms": "median of the timed runs",
     "tok/s": "new prompt tokens × batch / median TTFT",
     "decode tok/s": "tokens/s of the tokens decoded after the first (median over runs)",
-    "roofline": "GFLOP/s / the GEMM rate measured between rounds",
+    "roofline": "GFLOP/s / the best GEMM probe between rounds (or the best prefill rate, if higher)",
     "peak GB": "peak memory during a run (10^9 bytes)",
     "TTFT red.": "base median TTFT / this mode's",
     "FLOPs red.": "base FLOPs / this mode's",
@@ -310,8 +339,7 @@ LEGEND = {
     "vs uncached": "the uncached prompt's median TTFT / this one (its first tokens in a prompt cache)",
     "vs mlx-lm": "mlx-lm's median TTFT / this mode's (> 1: faster)",
     "vs llama.cpp": "llama.cpp's median TTFT / this mode's (> 1: faster)",
-    "decode vs mlx-lm": "decode tok/s / mlx-lm's (median of per-round ratios)",
-    "decode vs llama.cpp": "decode tok/s / llama.cpp's (median of per-round ratios)",
+    **{f"decode vs {x}": f"decode tok/s / {x}'s (median of per-round ratios)" for x in ("mlx-lm", "llama.cpp")},
 }
 
 
@@ -328,46 +356,50 @@ def to_markdown(recs: list[dict], report: dict, wide: bool = False, cols: Option
         "|" + "|".join(":---" if c.header in ("model", "mode") else "---:" for c in cols) + "|",
     ]
     lines += ["| " + " | ".join(c.cell(r) for c in cols) + " |" for r in recs]
-    return "\n".join(lines) + "\n\n" + footer(report, cols) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n\n".join(footer(report, cols)) + "\n"
 
 
-def footer(report: dict, cols: list[Column]) -> str:
-    """The run's metadata, schedule and the meaning of the columns shown, as one paragraph."""
+def footer(report: dict, cols: list[Column]) -> list[str]:
+    """The run in two or three lines: versions, machine and settings; schedule, roofline and load; the meaning of
+    the ratio columns shown (the full schedule text is in the report's `schedule`)."""
     load = report.get("load_average") or {}
     mem = f", {report['memory_gb']:.1f} GB" if report.get("memory_gb") else ""
-    parts = [
-        f"mlxsuite {report['mlxsuite_version']}, MLX {report['mlx_version']}, mlx-lm {report['mlx_lm_version']}",
-        f"{report['device']}: {report['chip']}{mem}, {report['cpu_count']} cores",
-        f"{report['os']} {report['os_version']}".strip() + f", Python {report['python']}",
-        f"{report['dtype']}, BLAS {report['blas']}"
-        + (f" ({_plural(report['blas_threads'], 'thread')})" if report.get("blas_threads") else "")
-        + f", prefill step {report['prefill_step']}"
-        + (" (fused CPU prefill)" if report.get("fused_prefill") else ""),
-        f"GEMM {report['gemm_gflops']:.1f} GFLOP/s {report['gemm_dtype']} (n={report['gemm_n']}, the roofline)",
-    ]
-    if load.get("start") is not None:
-        parts.append(f"load average {load['start']:.2f} → {load['end']:.2f}")
-    parts.append(report["timestamp"])
-    sched = report["schedule"]
-    text = "; ".join(parts) + f". Schedule: {sched['warmup']}; {sched['order']}; {sched['gemm']}."
-    if report.get("decode_tokens"):
-        text += f" Decode: {report['decode_tokens']} tokens after the first."
-    for model, modes in (report.get("mode_info") or {}).items():
-        if "llama.cpp" in modes:
-            info = modes["llama.cpp"]
-            text += (
-                f" llama.cpp{'' if len(report['mode_info']) == 1 else f' ({model})'}: llama-cpp-python "
-                f"{info['version']}, {_plural(info['threads'], 'thread')}, batch {info['batch']}, "
-                f"{Path(info['gguf']).name}."
-            )
-    legend = [f"{c.header}: {LEGEND[c.header]}" for c in cols if c.header in LEGEND]
+    threads = f" ({_plural(report['blas_threads'], 'thread')})" if report.get("blas_threads") else ""
+    machine = (
+        f"mlxsuite {report['mlxsuite_version']}, MLX {report['mlx_version']}, mlx-lm {report['mlx_lm_version']}; "
+        f"{report['device']}: {report['chip']}{mem}, {report['cpu_count']} cores; "
+        + f"{report['os']} {report['os_version']}".strip()
+        + f", Python {report['python']}; {report['dtype']}, BLAS {report['blas']}{threads}, prefill step "
+        + f"{report['prefill_step']}"
+        + (" (fused CPU prefill)" if report.get("fused_prefill") else "")
+        + "."
+        + "".join(  # how modes that state their settings ran (llama.cpp: threads, batch, file)
+            f" {mode} ({model}): {info['summary']}."
+            for model, modes in (report.get("mode_info") or {}).items()
+            for mode, info in modes.items()
+            if "summary" in info
+        )
+    )
+    run = (
+        f"Median of {_plural(report['reps'], 'timed round')} after {report['warmup']} untimed pass(es), "
+        f"configurations rotated, modes ABBA; roofline peak {roofline_peak(report):.1f} GFLOP/s "
+        f"{report['gemm_dtype']} (GEMM n={report['gemm_n']})"
+        + (f"; load average {load['start']:.2f} → {load['end']:.2f}" if load.get("start") is not None else "")
+        + (f"; decode: {report['decode_tokens']} tokens after the first" if report.get("decode_tokens") else "")
+        + f"; {report['timestamp']}."
+    )
+    legend = [f"{c.header}: {LEGEND[c.header]}" for c in cols if c.header in LEGEND and c.header in RATIOS]
     if "kvp" in report:
         k = report["kvp"]
         legend.append(
             f"KV Prediction: {k['aux_layers']} of {k['base_layers']} layers in the auxiliary, "
             f"parameter ratio {k['param_ratio']:.2f}×"
         )
-    return text + (" " + "; ".join(legend) + "." if legend else "")
+    return [machine, run] + (["; ".join(legend) + "."] if legend else [])
+
+
+RATIOS = ("TTFT red.", "FLOPs red.", "TTFT/FLOPs", "decode vs base", "vs uncached", "vs mlx-lm", "decode vs mlx-lm")
+RATIOS += ("vs llama.cpp", "decode vs llama.cpp")
 
 
 def _plural(n: int, word: str) -> str:

@@ -19,12 +19,11 @@ roofline runs between rounds, and an untimed trial follows it so that no timed t
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import mlx.core as mx
@@ -43,6 +42,7 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
     mlx_lm_model,
     prefill_mode,
     register_mode,
+    weights_summary,
 )
 from mlxsuite.models import kernels
 from mlxsuite.models.lm import Model, ModelArgs
@@ -224,8 +224,7 @@ def run(
         raise UserError(f"models measured together need distinct names, got {', '.join(names)}")
     for s in setups:
         check_configs(s.model.args, configs, reps, warmup, cached, decode)
-    context = max(T for T, _ in configs) + decode  # what llama.cpp sizes its KV cache to
-    built = [build_modes(mode_names, dataclasses.replace(s, context=context)) for s in setups]
+    built = [build_modes(mode_names, replace(s, context=max(T for T, _ in configs) + decode)) for s in setups]
     if cached:
         for modes in built:
             for m in modes:
@@ -382,6 +381,7 @@ def _model_info(s: Setup) -> dict:
         "hidden_size": args.hidden_size,
         "vocab_size": args.vocab_size,
         "dtype": _dtype_name(_dtype(s.model)),
+        **weights_summary(s.model),
     }
     if "kvp" in s.extras:
         info["kvp"] = kvp_info(s.extras["kvp"])

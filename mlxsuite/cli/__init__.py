@@ -10,7 +10,20 @@ import time
 import typer
 
 from mlxsuite import __version__  # loads the fast BLAS before anything imports mlx.core
-from mlxsuite.cli import bench, convert, doctor, evaluate, generate, kvp, moma, quickstart, tokenizer, train, vocab
+from mlxsuite.cli import (
+    bench,
+    chat,
+    convert,
+    doctor,
+    evaluate,
+    generate,
+    kvp,
+    moma,
+    quickstart,
+    tokenizer,
+    train,
+    vocab,
+)
 from mlxsuite.cli.common import err
 from mlxsuite.platform.errors import UserError
 
@@ -26,6 +39,8 @@ app.add_typer(tokenizer.app, name="tokenizer")
 app.command("train")(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("generate")(generate.generate)
+app.command("chat")(chat.chat)
+app.command("cache-prompt")(generate.cache_prompt)
 app.command("quickstart")(quickstart.quickstart)
 app.add_typer(vocab.app, name="vocab")
 app.add_typer(convert.app, name="convert")

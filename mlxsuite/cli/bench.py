@@ -66,7 +66,7 @@ def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
     loaded = store.load(str(folder), "lm", dtype=dtype, dequantize=None)
     for note in loaded.notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
-    return loaded.model, loaded.tokenizer, str(folder)
+    return loaded.model, loaded.tokenizer, Path(name).name if name.lower().endswith(".gguf") else str(folder)
 
 
 def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
@@ -192,10 +192,14 @@ def ttft(
 
     One record per model, mode, prompt length, cached prefix and batch size: median TTFT with p10/p90, mean, std
     and the samples; prompt tokens/s; decode tokens/s (-g); the prefill's FLOPs and GFLOP/s, also as a fraction of
-    the GEMM rate (in the model's dtype) measured between rounds; peak memory; versions, device, chip, OS. Warm-up
-    covers every configuration and mode before the first timed run; the timed rounds rotate the configurations
+    the best GEMM rate (in the model's dtype) measured between rounds, or the best prefill rate if higher, so
+    never above 100 %; peak memory; model size and type (llama-bench's size, type); versions, device, chip, OS.
+    Warm-up covers every configuration and mode before the first timed run; the timed rounds rotate the configurations
     and alternate the modes; every run starts from a fresh KV cache. Tokenization is timed apart, for models with a
-    tokenizer.
+    tokenizer. A warning names the load when a configuration's p90/p10 exceeds 1.5×.
+
+    Short flags as llama-bench's: -m model, -p prompt lengths, -b batch sizes, -r repetitions, -g generated
+    tokens, -o output format.
     """
     from mlxsuite import platform
     from mlxsuite.bench import report as report_lib
@@ -266,6 +270,8 @@ def ttft(
         report = lib.run(setups, mode_names, configs, reps, warmup, seed, progress, generation_tokens, prefix_cache)
     report["described"] = described
     recs = report_lib.records(report)
+    for warning in report_lib.spread_warnings(recs):
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     if plot is not None:
         report_lib.plot(recs, plot)
     for note in report["notes"]:
@@ -340,7 +346,7 @@ def _table(recs: list[dict], report: dict, wide: bool) -> None:
     out.print("Time to first token: " + "; ".join(report["described"]), highlight=False, soft_wrap=True)
     (out if out.is_terminal else Console(width=max(out.width, _width(table)))).print(table)
     more = f" More columns with --wide or -o csv/json ({', '.join(dropped)}, …)." if dropped else ""
-    out.print("\n" + report_lib.footer(report, cols) + more, highlight=False, soft_wrap=True)
+    out.print("\n" + "\n".join(report_lib.footer(report, cols)) + more, highlight=False, soft_wrap=True)
 
 
 app.command("ttft")(ttft)

@@ -30,7 +30,7 @@ def train(
     aux: str = typer.Option(
         "prune:0.5", help="prune:0.75|0.5|0.25 (KVP-LP) or a smaller model sharing the base's tokenizer (KVP-C)."
     ),
-    out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the KVP pair to write."),
+    out_name: str = typer.Option(..., "--out", help="Store name (or folder) of the KVP pair to write."),
     lambda_kv: Optional[float] = typer.Option(
         None,
         "--lambda-kv",

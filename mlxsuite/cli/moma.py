@@ -55,7 +55,7 @@ def train(
     ),
     mod: bool = typer.Option(False, "--mod", help="Mixture-of-depths in alternating layers (FLOPs re-matched)."),
     upcycle_from: Optional[str] = typer.Option(None, "--upcycle-from", help="Start from this trained moma1t1i run."),
-    out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the run."),
+    out_name: str = typer.Option(..., "--out", help="Store name (or folder) of the run."),
     preset: str = typer.Option(
         "tiny", "--preset", help="Dense model size the variant is FLOPs-matched to (micro, tiny, …)."
     ),
@@ -254,7 +254,7 @@ def compare(
 def generate(
     run: str = typer.Argument(..., metavar="RUN", help="A trained MoMa run: store name or folder."),
     prompt: str = typer.Option(..., "--prompt", help="Caption to draw, e.g. 'a handwritten digit seven'."),
-    out_file: str = typer.Option("moma.png", "--out", "-o", help="PNG to write."),
+    out_file: str = typer.Option("moma.png", "--out", help="PNG to write."),
     temperature: float = typer.Option(
         0.7, "--temperature", help="Sampling temperature of the image codes (0: greedy)."
     ),

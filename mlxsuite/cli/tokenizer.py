@@ -17,8 +17,8 @@ app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
 
 @app.command("train")
 def train(
-    vocab_size: int = typer.Option(..., "--vocab-size", "-v", help="Number of pieces V."),
-    out_name: str = typer.Option(..., "--out", "-o", help="Store name or folder to write."),
+    vocab_size: int = typer.Option(..., "--vocab-size", help="Number of pieces V."),
+    out_name: str = typer.Option(..., "--out", help="Store name or folder to write."),
     corpus: Optional[str] = typer.Option(
         None, "--corpus", help="Text file, folder or JSONL (default: the Python stdlib)."
     ),

@@ -15,12 +15,11 @@ from mlxsuite.train.trainer import TrainConfig
 
 @train_options()
 def train(
-    out_name: str = typer.Option(..., "--out", "-o", help="Store name (or folder) of the model to write."),
+    out_name: str = typer.Option(..., "--out", help="Store name (or folder) of the model to write."),
     preset: str = typer.Option("tiny", "--preset", help="Model preset (micro, tiny, small, base, vocab-33m, …)."),
     vocab_size: str = typer.Option(
         "2048",
         "--vocab-size",
-        "-v",
         help="Vocabulary size V of the tokenizer to train, or 'auto' (vocabulary scaling law).",
     ),
     flops: Optional[float] = typer.Option(

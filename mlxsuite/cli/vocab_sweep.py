@@ -224,7 +224,7 @@ def sweep(
     budgets: Optional[str] = typer.Option(None, "--budgets", help="FLOPs budgets C (C = 6·(N_nv + V·d)·D)."),
     presets: Optional[str] = typer.Option(None, "--presets", help="Model sizes (N_nv) to train at every budget."),
     vocab_sizes: Optional[str] = typer.Option(None, "--vocab-sizes", help="Vocabulary sizes (>= 128)."),
-    out_name: str = typer.Option("vocab-sweep", "--out", "-o", help="Sweep folder: a store name or a path."),
+    out_name: str = typer.Option("vocab-sweep", "--out", help="Sweep folder: a store name or a path."),
     seq_len: int = typer.Option(64, "--seq-len", help="Tokens per training sequence."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step."),
     lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate of every run."),

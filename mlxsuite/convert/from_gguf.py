@@ -138,10 +138,16 @@ def _check_spm_tokenizer(folder: Path) -> None:
             )
 
 
+GGUF_CACHE_KEEP = 4  # converted GGUF folders kept in the cache (the least recently used go first)
+
+
 def gguf_model_folder(path: str | Path, dtype: Optional[str] = None) -> Path:
     """A model folder for a GGUF file, converted once into the cache (`~/.cache/mlxsuite/gguf/`, keyed by the file's
-    path, size, modification time and `dtype`) and reused afterwards: how a `.gguf` reference opens as a model."""
+    path, size, modification time and `dtype`) and reused afterwards: how a `.gguf` reference opens as a model. The
+    cache is bounded: a conversion removes the folders of an older version of the same file and keeps the
+    GGUF_CACHE_KEEP most recently used."""
     import hashlib
+    import os
 
     from mlxsuite.platform import cache_dir
 
@@ -151,6 +157,23 @@ def gguf_model_folder(path: str | Path, dtype: Optional[str] = None) -> Path:
     stat = path.stat()
     key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}".encode()).hexdigest()[:16]
     folder = cache_dir() / "gguf" / f"{path.stem}-{dtype or 'kept'}-{key}"
-    if not (folder / "config.json").is_file():
-        from_gguf(path, folder, dtype=dtype, force=True)
+    if (folder / "config.json").is_file():
+        os.utime(folder)  # recently used
+        return folder
+    from_gguf(path, folder, dtype=dtype, force=True)
+    _bound_gguf_cache(folder)
     return folder
+
+
+def _bound_gguf_cache(kept: Path) -> None:
+    import shutil
+
+    prefix = kept.name.rsplit("-", 1)[0] + "-"
+    others = sorted(
+        (p for p in kept.parent.iterdir() if p.is_dir() and p != kept and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for i, p in enumerate(others):
+        if p.name.startswith(prefix) or i >= GGUF_CACHE_KEEP - 1:
+            shutil.rmtree(p, ignore_errors=True)

@@ -47,6 +47,10 @@ def _token_content(tok) -> str | None:
     return tok if isinstance(tok, str) else None
 
 
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 class HFTokenizer:
     """A `tokenizer.json` tokenizer with the interface of `mlxsuite.tokenizer.Tokenizer`."""
 
@@ -94,8 +98,29 @@ class HFTokenizer:
         `eos_ids` lists all of them (some models stop on several)."""
         return self.eos_ids[0] if self.eos_ids else -1
 
-    def encode(self, text: str) -> list[int]:
-        return self.tk.encode(text).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """`add_special_tokens=False` skips the post-processor (no BOS): a chat template writes its own specials."""
+        return self.tk.encode(text, add_special_tokens=add_special_tokens).ids
+
+    @property
+    def has_chat_template(self) -> bool:
+        folder = self.path.parent
+        return bool(self.config.get("chat_template")) or any(
+            (folder / f).exists() for f in ("chat_template.jinja", "chat_template.json")
+        )
+
+    def apply_chat_template(self, messages: list[dict], **kw) -> str:
+        """The prompt text of `messages` through the tokenizer's chat template, rendered by mlx-lm's tokenizer
+        wrapper (transformers' Jinja renderer) exactly as `mlx_lm.generate` renders it; `kw` are its template
+        options (add_generation_prompt, continue_final_message, enable_thinking, …)."""
+        from mlx_lm.tokenizer_utils import load as load_wrapper
+
+        try:
+            if getattr(self, "_wrapper", None) is None:
+                self._wrapper = load_wrapper(self.path.parent)
+            return self._wrapper.apply_chat_template(messages, tokenize=False, **kw)
+        except Exception as e:  # jinja2's TemplateError and the template's own raise_exception
+            raise UserError(f"the chat template of {self.path.parent} failed: {_first_line(e)}") from None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tk.encode_batch(texts)]

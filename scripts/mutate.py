@@ -1,0 +1,262 @@
+"""Break the mathematics on purpose, one change at a time, and check that the tests notice (not part of CI).
+
+Each mutation replaces one exact snippet of the library in a scratch copy of this checkout (nothing here is
+touched), runs the tests that guard it, and counts it caught when pytest reports a failure. The untouched copy is
+run first: those tests must pass, else the table means nothing.
+
+    PYTHON=.venv/bin/python nice -n 5 python3 scripts/mutate.py            # all (~10 min on 2 busy cores)
+    python3 scripts/mutate.py silu_grad_drops_a_term kvp_no_value_term      # some, by name
+    python3 scripts/mutate.py --list
+
+A mutation whose snippet is no longer found is reported as `stale` (the code moved): update it here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+K, L = "tests/test_kernels.py", "tests/test_losses.py"
+
+# name: (file, snippet, replacement, tests)
+MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
+    # ---- KV Prediction
+    "kvp_no_value_term": (
+        "mlxsuite/kvp/recipe.py",
+        "total = total + lambda_kv * (k_l1 + v_l1)",
+        "total = total + lambda_kv * k_l1",
+        [L + "::test_kvp_loss_and_every_term_by_hand"],
+    ),
+    "kvp_lambda_c_sign_flipped": (
+        "mlxsuite/kvp/recipe.py",
+        "total = total + lambda_kv * (k_l1 + v_l1)",
+        "total = total - lambda_kv * (k_l1 + v_l1)",
+        [L + "::test_kvp_loss_and_every_term_by_hand"],
+    ),
+    "kvp_aux_ce_dropped": (
+        "mlxsuite/kvp/recipe.py",
+        "total = base_ce + lambda_aux * aux_ce",
+        "total = base_ce",
+        [L + "::test_kvp_loss_and_every_term_by_hand"],
+    ),
+    "kvp_key_norm_missing_on_predicted_keys": (
+        "mlxsuite/models/kv_prediction.py",
+        "keys = [layer.self_attn.normalize_keys(k) for layer, (k, _) in zip(self.base.layers, kv)]",
+        "keys = [k for k, _ in kv]",
+        [L + "::test_kvp_loss_and_every_term_by_hand"],
+    ),
+    "kvp_predictor_bias_dropped": (
+        "mlxsuite/models/kv_prediction.py",
+        "y = linear(x.transpose(0, 2, 1, 3).reshape(B, T, h * d))",
+        "y = x.transpose(0, 2, 1, 3).reshape(B, T, h * d) @ linear.weight.T",
+        [
+            L + "::test_kvp_loss_and_every_term_by_hand",
+            L + "::test_kvp_prefill_writes_the_predicted_kv_into_the_base_cache",
+        ],
+    ),
+    "kvp_k_and_v_swapped_in_predicted_cache": (
+        "mlxsuite/models/kv_prediction.py",
+        "return aux_logits, list(zip(keys, values))",
+        "return aux_logits, list(zip(values, keys))",
+        [L + "::test_kvp_prefill_writes_the_predicted_kv_into_the_base_cache"],
+    ),
+    "kvp_no_rope_on_predicted_keys": (
+        "mlxsuite/models/lm.py",
+        "q, k = self.finish_queries(q, offset, kernels), self.finish_keys(k, offset, kernels)",
+        "q, k = self.finish_queries(q, offset, kernels), "
+        "(self.normalize_keys(k) if kv is not None else self.finish_keys(k, offset, kernels))",
+        [
+            L + "::test_kvp_loss_and_every_term_by_hand",
+            L + "::test_kvp_prefill_writes_the_predicted_kv_into_the_base_cache",
+        ],
+    ),
+    "kvp_gradients_summed_not_averaged_across_processes": (
+        "mlxsuite/train/trainer.py",
+        "grads = average_gradients(grads, group=group)",
+        "grads = tree_map(lambda g: mx.distributed.all_sum(g, group=group), grads)",
+        ["tests/test_kvp.py::test_two_processes_match_one_process"],
+    ),
+    # ---- fused CPU kernels
+    "silu_grad_drops_a_term": (
+        "mlxsuite/models/kernels.py",
+        "return cotangent * u * (s + gs * (1.0 - s)), cotangent * gs",
+        "return cotangent * u * s, cotangent * gs",
+        [K],
+    ),
+    "silu_grad_u_wrong": (
+        "mlxsuite/models/kernels.py",
+        "return cotangent * u * (s + gs * (1.0 - s)), cotangent * gs",
+        "return cotangent * u * (s + gs * (1.0 - s)), cotangent * s",
+        [K],
+    ),
+    "exp_vjp_drops_the_output": (
+        "mlxsuite/models/kernels.py",
+        "    return _mul(cotangent, output)",
+        "    return cotangent",
+        [K],
+    ),
+    "rope_rotation_sign_flipped": (
+        "mlxsuite/models/kernels.py",
+        "return (x1 * cos - x2 * sin) * scale, (x1 * sin + x2 * cos) * scale",
+        "return (x1 * cos + x2 * sin) * scale, (x1 * sin + x2 * cos) * scale",
+        [K],
+    ),
+    "attention_denominator_dropped": (
+        "mlxsuite/models/kernels.py",
+        "return ((weights @ v) / (weights @ mx.ones((L, 1), dtype=weights.dtype))).reshape(B, H, n, D)",
+        "return (weights @ v).reshape(B, H, n, D)",
+        [K],
+    ),
+    "fused_kernels_never_selected": (
+        "mlxsuite/models/kernels.py",
+        "    if not available(layers, h.dtype, cache):\n        return None",
+        "    if True:\n        return None",
+        [K],
+    ),
+    # ---- MoMa
+    "moma_aux_router_threshold_0_73": (
+        "mlxsuite/models/moma_experts.py",
+        "chosen = (aux(x) > 0) & member[:, None]",
+        "chosen = (mx.sigmoid(aux(x)) > 0.73) & member[:, None]",
+        [L],
+    ),
+    "mod_aux_router_threshold_0_73": (
+        "mlxsuite/models/moma.py",
+        "sel = self.mod_aux_router(x).reshape(N) > 0",
+        "sel = mx.sigmoid(self.mod_aux_router(x).reshape(N)) > 0.73",
+        [L],
+    ),
+    "mod_router_bottom_k": (
+        "mlxsuite/models/moma.py",
+        "mx.argpartition(-r, kth=k_d - 1)",
+        "mx.argpartition(r, kth=k_d - 1)",
+        [L],
+    ),
+    "moma_inference_gate_dropped": (
+        "mlxsuite/models/moma_experts.py",
+        "weights.append(mx.where(chosen, mx.sigmoid(router(x)), 0.0))",
+        "weights.append(mx.where(chosen, 1.0, 0.0))",
+        [L],
+    ),
+    "per_modality_ce_denominators_swapped": (
+        "mlxsuite/moma/train.py",
+        "(ce * (1 - img)).sum() / mx.maximum(n_txt, 1), (ce * img).sum() / mx.maximum(n_img, 1)",
+        "(ce * (1 - img)).sum() / mx.maximum(n_img, 1), (ce * img).sum() / mx.maximum(n_txt, 1)",
+        [L],
+    ),
+    "router_bce_summed_over_routers": (
+        "mlxsuite/moma/train.py",
+        "return sum(t[0] for t in terms) / len(terms), {",
+        "return sum(t[0] for t in terms), {",
+        [L],
+    ),
+    "router_bce_sign_flipped": (
+        "mlxsuite/moma/train.py",
+        'bce = nn.losses.binary_cross_entropy(logits, target, with_logits=True, reduction="none")',
+        'bce = -nn.losses.binary_cross_entropy(logits, target, with_logits=True, reduction="none")',
+        [L],
+    ),
+    "eta_interpolation_exponent_inverted": (
+        "mlxsuite/moma/compare.py",
+        "t = f0 * (f / f0) ** ((l0 - dense_final) / (l0 - l)) if l0 != l else f",
+        "t = f0 * (f / f0) ** ((l0 - l) / (l0 - dense_final)) if l0 != l else f",
+        ["tests/test_moma.py::test_eta_interpolation_and_augment"],
+    ),
+    # ---- the vocabulary paper
+    "lu_without_unigram_normalisation": (
+        "mlxsuite/train/evaluate.py",
+        "parts.append((ce + log_uni[targets]).sum())",
+        "parts.append(ce.sum())",
+        [L, "tests/test_evaluate.py"],
+    ),
+    "unigram_table_not_normalised": (
+        "mlxsuite/data/tokenizer.py",
+        "return counts / counts.sum()",
+        "return counts / len(counts)",
+        [L],
+    ),
+    "tokens_per_character_without_clamp": (
+        "mlxsuite/vocab/scaling/laws.py",
+        "lnv = np.log(np.minimum(vocab, self.clamp))",
+        "lnv = np.log(vocab)",
+        [L],
+    ),
+}
+
+
+def scratch_copy() -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="mlxsuite-mutate-")) / "repo"
+    skip = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", "*.egg-info")
+
+    def ignore(folder, names):  # the store `models/` at the top, not the package `mlxsuite/models`
+        return set(skip(folder, names)) | ({"models"} if Path(folder) == ROOT else set())
+
+    shutil.copytree(ROOT, dest, ignore=ignore)
+    return dest
+
+
+def run_tests(copy: Path, tests: list[str]) -> tuple[int, str]:
+    python = os.environ.get("PYTHON", sys.executable)
+    env = {**os.environ, "PYTHONPATH": str(copy), "MLXSUITE_MODELS": str(copy / "models")}
+    r = subprocess.run(
+        [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    lines = r.stdout.strip().splitlines()
+    return r.returncode, lines[-1] if lines else r.stderr.strip()[-200:]
+
+
+def main(argv: list[str]) -> int:
+    if "--list" in argv:
+        print("\n".join(MUTATIONS))
+        return 0
+    chosen = [a for a in argv if not a.startswith("-")] or list(MUTATIONS)
+    unknown = [n for n in chosen if n not in MUTATIONS]
+    if unknown:
+        print(f"unknown mutation(s): {', '.join(unknown)} (see --list)", file=sys.stderr)
+        return 2
+    copy = scratch_copy()
+    try:
+        tests = sorted({t for n in chosen for t in MUTATIONS[n][3]})
+        code, summary = run_tests(copy, tests)
+        print(f"unmutated: {summary}", flush=True)
+        if code != 0:
+            print("the guarding tests fail without any mutation: fix that first", file=sys.stderr)
+            return 1
+        missed = 0
+        print(f"{'mutation':52} {'result':8} tests", flush=True)
+        for name in chosen:
+            path, old, new, guards = MUTATIONS[name]
+            target = copy / path
+            source = target.read_text()
+            if source.count(old) != 1:
+                print(f"{name:52} {'stale':8} snippet found {source.count(old)}× in {path}", flush=True)
+                missed += 1
+                continue
+            target.write_text(source.replace(old, new))
+            t0 = time.perf_counter()
+            try:
+                code, summary = run_tests(copy, guards)
+            finally:
+                target.write_text(source)
+            caught = code == 1  # pytest's "tests failed" (2+: errors/usage, which prove nothing)
+            missed += not caught
+            result = "caught" if caught else f"MISSED({code})"
+            print(f"{name:52} {result:8} {summary} [{time.perf_counter() - t0:.0f} s]", flush=True)
+        print(f"{len(chosen) - missed}/{len(chosen)} caught")
+        return 1 if missed else 0
+    finally:
+        shutil.rmtree(copy.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
