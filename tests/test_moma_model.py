@@ -308,6 +308,54 @@ def test_variants_are_flops_matched():
     )
 
 
+def _hand_train_flops(n, d, ff, vocab, seq_len, mod, text_experts=4, image_experts=4, image_fraction=0.5):
+    """Training FLOPs per token counted by hand (issue 24): 6 × (the multiply-adds a token passes through) + 6·T·d
+    of causal scores per layer; a MoD layer (0, 2, 4, …) sees c_d = 1/4 of the tokens (c_d² of the pairs) and its
+    router."""
+    router = d * (text_experts * (1 - image_fraction) + image_experts * image_fraction)
+    full = 6 * (4 * d * d + 3 * d * ff + router) + 6 * seq_len * d
+    total = 6 * vocab * d
+    for i in range(n):
+        if mod and i % 2 == 0:
+            total += 6 * (0.25 * (4 * d * d + 3 * d * ff + router) + d) + 6 * 0.25**2 * seq_len * d
+        else:
+            total += full
+    return total
+
+
+@pytest.mark.parametrize("preset", ["micro", "tiny", "small"])
+def test_mod_variant_is_flops_matched_to_dense_within_two_percent(preset):
+    """Issue 24: on every small preset the MoD variant's depth (and width where depth alone cannot: micro's 2 dense
+    layers are 1.5 or 2.5 MoD-layer equivalents) makes its training FLOPs per token dense's within 2 %."""
+    layout = mdata.Layout(512, 64, 1, 2)
+    spec = mspec.MomaRunSpec(out="x", preset=preset, seq_len=128)
+    rows = {r["variant"]: r for r in mspec.flops_table(spec, layout, ["moma4t4i+mod", "moma1t1i+mod"], 0.5)}
+    for v in ("moma4t4i+mod", "moma1t1i+mod"):
+        assert rows[v]["ratio_to_dense"] == pytest.approx(1.0, abs=0.02), (v, rows[v])
+    dense = lm.PRESETS[preset]
+    mod = mspec.model_args(mspec.MomaRunSpec(out="x", preset=preset, variant="moma4t4i+mod", seq_len=128), layout)
+    assert mod.num_attention_heads == dense["num_attention_heads"] and mod.head_dim % 2 == 0
+    hand_dense = _hand_train_flops(
+        dense["num_hidden_layers"], dense["hidden_size"], dense["intermediate_size"], layout.size, 128, False, 0, 0
+    )
+    hand_mod = _hand_train_flops(mod.num_hidden_layers, mod.hidden_size, mod.intermediate_size, layout.size, 128, True)
+    assert rows["dense"]["flops_per_token"] == pytest.approx(hand_dense, rel=1e-12)
+    assert rows["moma4t4i+mod"]["flops_per_token"] == pytest.approx(hand_mod, rel=1e-12)
+    assert hand_mod / hand_dense == pytest.approx(1.0, abs=0.02)
+    if preset == "tiny":  # depth alone matches: the width is kept (the paper's first step)
+        assert (mod.num_hidden_layers, mod.hidden_size) == (7, 128)
+    if preset == "micro":  # the matched shape trains: one forward and backward of the narrower, deeper model
+        model = mm.build(mod)
+        rng = np.random.default_rng(0)
+        x = mx.array(
+            np.where(rng.random((4, 16)) < 0.5, rng.integers(0, 512, (4, 16)), rng.integers(512, 576, (4, 16)))
+        )
+        n_image = int(((np.array(x) >= 512) & (np.array(x) < 576)).sum())
+        loss, grads = nn.value_and_grad(model, lambda m, t: m(t, n_image=n_image, mode="train").mean())(model, x)
+        mx.eval(loss, grads)
+        assert np.isfinite(loss.item())
+
+
 def test_upcycle_copies_modality_ffns_into_every_expert():
     src = mm.build(tiny_args(text_experts=1, image_experts=1), seed=1)
     dst = mm.build(tiny_args(text_experts=4, image_experts=4, router_noise=True), seed=2)

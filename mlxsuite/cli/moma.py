@@ -308,7 +308,7 @@ def flops(
 ):
     """FLOPs accounting: training FLOPs per token of each variant against the dense model it is matched to."""
     from mlxsuite.moma.data import Layout
-    from mlxsuite.moma.spec import MomaRunSpec, flops_table
+    from mlxsuite.moma.spec import MOD_TOLERANCE, MomaRunSpec, flops_table
 
     if not 0 <= image_fraction <= 1:
         raise UserError(f"image fraction must be in [0, 1], got {image_fraction}")
@@ -321,7 +321,10 @@ def flops(
         return
     for r in rows:
         out.print(
-            f"{r['variant']:>14}  layers {r['layers']:>2}  params {r['params']:>11,}  "
-            f"FLOPs/token {r['flops_per_token']:>12,.0f}  × dense {r['ratio_to_dense']:.3f}",
+            f"{r['variant']:>14}  layers {r['layers']:>2}  d {r['hidden_size']:>4}  ffn {r['intermediate_size']:>5}  "
+            f"params {r['params']:>11,}  FLOPs/token {r['flops_per_token']:>12,.0f}  × dense {r['ratio_to_dense']:.3f}",
             soft_wrap=True,
         )
+    out.print(
+        f"MoD variants: depth, then width if needed, matched to dense within {MOD_TOLERANCE:.0%}", highlight=False
+    )

@@ -56,12 +56,17 @@ class _SweepProgress:
         p = self.progress
         if event == "plan":
             todo = info["runs"] - info["done"]
+            spread = f", {info['mine']} of them in this process of {info['ranks']}" if info["ranks"] > 1 else ""
             p.console.print(
-                f"sweep in {info['folder']}: {info['runs']} runs, {info['done']} already finished; "
-                f"estimated ~{info['estimate_s'] / 60:.0f} min for the {todo} left",
+                f"sweep in {info['folder']}: {info['runs']} runs, {info['done']} already finished, {todo} left"
+                f"{spread}; estimated ~{info['estimate_s'] / 60:.0f} min",
                 highlight=False,
             )
+            if self.overall is not None:
+                p.remove_task(self.overall)
             self.overall = p.add_task("[bold]runs[/bold]", total=info["runs"], completed=info["done"], stats="")
+        elif event == "extend":
+            p.console.print(f"optimum on the grid's edge: adding {', '.join(info['runs'])}", highlight=False)
         elif event == "shared_tokenizer":
             how = f"trained in {info['seconds']:.0f} s" if info["trained"] else "reused"
             p.console.print(
@@ -103,6 +108,42 @@ def _moves(fit: dict) -> str:
     if "ratio" not in fit:
         return ""
     return f"; V_opt ×{fit['ratio']:.2f} over the budgets (V ∝ C^{_e(fit['exponent'])})"
+
+
+def _spread(value: float, a: dict, key: str) -> str:
+    """An exponent with its bootstrap interval (the analysis's spread of `key`_exponent), when there is one."""
+    s = a.get("spread", {}).get(f"{key}_exponent")
+    return _e(value) + (f" [{_e(s['low'])}, {_e(s['high'])}]" if s else "")
+
+
+def _print_across_sizes(a: dict) -> None:
+    """The paper's claim across sizes: the optimal V against N_nv at each budget."""
+    across = a.get("vocab_vs_nnv")
+    if not across or across["sizes"] < 2:
+        return
+    presets = list(dict.fromkeys(p for e in across["per_budget"] for p in e["presets"]))
+    table = Table(title="optimal V against N_nv at a fixed budget (the paper: larger models, larger V)")
+    table.add_column("budget", justify="right")
+    for p in presets:
+        table.add_column(p, justify="right")
+    for col in ("V ∝ N_nv^x", "N_v ∝ N_nv^γ", "paper's approach 3: γ"):
+        table.add_column(col, justify="right")
+    for e in across["per_budget"]:
+        v = dict(zip(e["presets"], e["vocab"]))
+        flags = dict(zip(e["presets"], e["flags"]))
+        cells = [f"{v[p]:,.0f}" + ("" if flags[p] == "interior" else " (edge)") if p in v else "" for p in presets]
+        slopes = [_e(e[k]) if k in e else "" for k in ("vocab_exponent", "nv_exponent", "paper_nv_exponent")]
+        table.add_row(f"{e['budget']:.3g}", *cells, *slopes)
+    out.print(table)
+    if across["vocab_exponent"] is not None:
+        out.print(
+            "at a fixed budget (pooled over budgets): optimal V ∝ "
+            f"N_nv^{_spread(across['vocab_exponent'], a, 'vocab_vs_nnv')}, "
+            f"N_v ∝ N_nv^{_spread(across['nv_exponent'], a, 'nv_vs_nnv')} (bootstrap 5-95 % over runs); the paper's "
+            f"approach 3 at the same points γ = {_e(across['paper_nv_exponent_at_fixed_c'])}, its compute-optimal "
+            f"γ = {_e(across['paper_gamma_compute_optimal'])} (0.42 / 0.5)",
+            highlight=False,
+        )
 
 
 def _print_sweep(doc: dict) -> None:
@@ -165,7 +206,25 @@ def _print_sweep(doc: dict) -> None:
             cells.append("" if v is None else f"{v:,.0f}")
         table.add_row(f"{o['budget']:.3g}", *cells)
     out.print(table)
+    _print_fits(a)
 
+
+def _print_free(a: dict) -> None:
+    """Approach 1 with the N_nv and H exponents free too, with their bootstrap spreads."""
+    a1f = a["fits"].get("isoflops_free", {})
+    if "laws" in a1f:
+        out.print(
+            f"approach 1 with free exponents: N_nv ∝ C^{_spread(a1f['laws']['nnv']['exponent'], a, 'a1_free_nnv')}, "
+            f"N_v ∝ C^{_spread(a1f['laws']['nv']['exponent'], a, 'a1_free_nv')}, "
+            f"H ∝ C^{_spread(a1f['laws']['characters']['exponent'], a, 'a1_free_characters')} "
+            f"(points on the envelope from {len({p['nnv'] for p in a1f['selected_points']})} size(s))",
+            highlight=False,
+        )
+
+
+def _print_fits(a: dict) -> None:
+    """The exponents of the three approaches, at fixed size, across sizes; the grows verdict; the notes."""
+    fits = a["fits"]
     out.print(f"measured (lowest L_u per budget){_moves(a['measured'])}", highlight=False)
     a1 = fits["isoflops"]
     if "skipped" in a1:
@@ -175,7 +234,8 @@ def _print_sweep(doc: dict) -> None:
         how = "free exponents" if a1["free_exponents"] else "N_nv and H exponents fixed at 0.5"
         out.print(
             f"approach 1 (IsoFLOPs, lower envelope of {a1['points']} points → {len(a1['selected'])}, Huber, {how}): "
-            f"N_nv ∝ C^{_e(laws['nnv']['exponent'])}, N_v ∝ C^{_e(laws['nv']['exponent'])}, "
+            f"N_nv ∝ C^{_e(laws['nnv']['exponent'])}, "
+            f"N_v ∝ C^{_spread(laws['nv']['exponent'], a, 'a1_free_nv' if a1['free_exponents'] else 'a1_nv')}, "
             f"H ∝ C^{_e(laws['characters']['exponent'])} (paper: {paper.nnv.exponent:.2f}, "
             f"{paper.nv.exponent:.3f}, {paper.characters.exponent:.2f}){_moves(a1)}",
             highlight=False,
@@ -191,9 +251,11 @@ def _print_sweep(doc: dict) -> None:
             f", V = {anchor['vocab']:,.0f} (C = {anchor['budget']:.3g}){_moves(a2)}",
             highlight=False,
         )
+    _print_free(a)
     for p, t in fits["vocab_vs_compute_by_preset"].items():
         out.print(
-            f"  {p} at fixed size: optimal V ∝ C^{_e(t['exponent'])}, ×{t['ratio']:.2f} over {len(t['vocab'])} budgets",
+            f"  {p} at fixed size: optimal V ∝ C^{_spread(t['exponent'], a, f'vocab_vs_c_{p}')}, "
+            f"×{t['ratio']:.2f} over {len(t['vocab'])} budgets",
             highlight=False,
         )
     a3 = fits["parametric"]
@@ -208,6 +270,7 @@ def _print_sweep(doc: dict) -> None:
             f"RMSE {a3['rmse']:.4f}{_moves(a3)}",
             highlight=False,
         )
+    _print_across_sizes(a)
     grows = a["vocab_grows_with_compute"]
     if grows is not None:
         out.print(
@@ -217,6 +280,41 @@ def _print_sweep(doc: dict) -> None:
         )
     for n in a["notes"]:
         out.print(f"note: {n}", highlight=False)
+
+
+RUN_KEYS = ("preset", "vocab", "budget", "steps", "tokens", "flops", "nnv", "nv", "d", "lu", "ce", "bpc", "seconds")
+ANALYSIS_KEYS = ("fits", "per_model", "vocab_vs_nnv", "spread", "optimal_vocab", "measured", "vocab_grows_with_compute")
+
+
+def _json_doc(doc: dict, plot: Optional[Path]) -> dict:
+    a = doc["analysis"]
+    return {
+        "folder": doc["folder"],
+        "settings": doc["settings"],
+        "runs": [{k: doc["runs"][p["name"]][k] for k in RUN_KEYS} for p in doc["plan"]],
+        **{k: a[k] for k in (*ANALYSIS_KEYS, "notes")},
+        **({"plot": str(plot)} if plot else {}),
+    }
+
+
+def _print_plan(plans: list, settings, json_out: bool) -> None:
+    from mlxsuite.vocab import sweep as sw
+
+    est = sw.estimate_seconds(plans)
+    if json_out:
+        print_json({"runs": [vars(p) for p in plans], "estimate_s": est})
+        return
+    table = Table(title=f"{len(plans)} runs, {settings.tokens_per_step} tokens per step")
+    for col in ("run", "N_nv", "N_v", "steps", "tokens", "FLOPs"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for p in plans:
+        table.add_row(p.name, f"{p.nnv:,}", f"{p.nv:,}", f"{p.steps:,}", f"{p.tokens:,}", f"{p.flops:.3g}")
+    out.print(table)
+    out.print(
+        f"estimated time: ~{est / 60:.0f} min on 2 busy CPU cores (training at "
+        f"{sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, run start-up and tokenizers included)",
+        highlight=False,
+    )
 
 
 def sweep(
@@ -235,7 +333,15 @@ def sweep(
     free_exponents: bool = typer.Option(
         False, "--free-exponents", help="Approach 1: fit the N_nv and H exponents too (the reference fixes 0.5)."
     ),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write L_u vs V and optimal V vs compute (PNG)."),
+    quick: bool = typer.Option(
+        False, "--quick", help="A smaller grid: budgets 4e10, 8e10 × V = 128, 205, 328, 524 (24 runs at 3 sizes)."
+    ),
+    extend_edges: int = typer.Option(
+        0, "--extend-edges", help="Rounds adding one V beyond every (size, budget) optimum on the grid's edge."
+    ),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Write L_u vs V, optimal V vs N_nv and optimal V vs compute (PNG)."
+    ),
     force: bool = typer.Option(False, "--force", help="Delete the sweep folder and start over."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (steps per run, time estimate) and stop."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
@@ -251,12 +357,27 @@ def sweep(
     an interrupted sweep (finished runs are kept, a half-finished run resumes from its checkpoint) and redoes the
     analysis, e.g. with --free-exponents.
 
-    Default: budgets 4e10, 8e10, 1.6e11, 3.2e11 × micro × V = 128, 205, 328, 524, 839 (20 runs), planned to take
-    about 35 minutes on 2 busy CPU cores (the measured time is in BENCHMARKS.md). --dry-run prints the plan and a
-    time estimate for any grid.
+    Default: budgets 3.5e10, 5e10, 7e10, 1e11 × micro, mini, midi (N_nv 0.1M-1.55M) × V = 128, 205, 328, 524, 839
+    (60 runs), planned to take about 54 minutes on 2 busy CPU cores; --quick 24 runs. Besides the optimal V against
+    compute, the optimal V against N_nv at each budget (the paper: larger models want larger vocabularies), every
+    exponent with a bootstrap spread over the runs. --extend-edges N adds up to N vocabularies beyond an optimum
+    that sits on the grid's edge. --dry-run prints the plan and a time estimate for any grid.
+
+    Under `mlx.launch -n N -- mlxsuite vocab sweep …` (several machines: a hostfile) every process trains its share
+    of the runs and rank 0 fits, prints and plots when all are done: the same result as one process.
     """
+    import mlx.core as mx
+
     from mlxsuite.vocab import sweep as sw
 
+    if quick and (budgets or vocab_sizes):
+        raise UserError("--quick sets the budgets and vocabulary sizes: drop --budgets and --vocab-sizes, or --quick")
+    if extend_edges < 0:
+        raise UserError(f"--extend-edges must be >= 0, got {extend_edges}")
+    if quick:
+        budgets = ",".join(str(c) for c in sw.QUICK_BUDGETS)
+        vocab_sizes = ",".join(str(v) for v in sw.QUICK_VOCAB_SIZES)
+    rank = mx.distributed.init().rank()
     positive("--lr", lr)
     for name, v in (("--seq-len", seq_len), ("--batch-size", batch_size), ("--eval-chars", eval_chars)):
         if v <= 0:
@@ -272,61 +393,25 @@ def sweep(
     if plot is not None:
         check_path(plot)
     if dry_run:
-        plans = sw.plan_runs(grid, settings)
-        est = sw.estimate_seconds(plans)
-        if json_out:
-            print_json({"runs": [vars(p) for p in plans], "estimate_s": est})
-            return
-        table = Table(title=f"{len(plans)} runs, {settings.tokens_per_step} tokens per step")
-        for col in ("run", "N_nv", "N_v", "steps", "tokens", "FLOPs"):
-            table.add_column(col, justify="left" if col == "run" else "right")
-        for p in plans:
-            table.add_row(p.name, f"{p.nnv:,}", f"{p.nv:,}", f"{p.steps:,}", f"{p.tokens:,}", f"{p.flops:.3g}")
-        out.print(table)
-        out.print(
-            f"estimated time: ~{est / 60:.0f} min on 2 busy CPU cores (training at "
-            f"{sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, run start-up and tokenizers included)",
-            highlight=False,
-        )
+        if rank == 0:
+            _print_plan(sw.plan_runs(grid, settings), settings, json_out)
         return
-    with _SweepProgress(quiet or json_out) as progress:
-        doc = sw.run_sweep(out_name, grid, settings, force=force, callback=progress, free_exponents=free_exponents)
+    with _SweepProgress(quiet or json_out or rank != 0) as progress:
+        doc = sw.run_sweep(
+            out_name,
+            grid,
+            settings,
+            force=force,
+            callback=progress,
+            free_exponents=free_exponents,
+            extend_edges=extend_edges,
+        )
+    if rank != 0:
+        return
     if plot is not None:
         sw.plot_sweep(doc, plot)
     if json_out:
-        a = doc["analysis"]
-        print_json(
-            {
-                "folder": doc["folder"],
-                "settings": doc["settings"],
-                "runs": [
-                    {
-                        k: doc["runs"][p["name"]][k]
-                        for k in (
-                            "preset",
-                            "vocab",
-                            "budget",
-                            "steps",
-                            "tokens",
-                            "flops",
-                            "nnv",
-                            "nv",
-                            "d",
-                            "lu",
-                            "ce",
-                            "bpc",
-                            "seconds",
-                        )
-                    }
-                    for p in doc["plan"]
-                ],
-                **{
-                    k: a[k]
-                    for k in ("fits", "per_model", "optimal_vocab", "measured", "vocab_grows_with_compute", "notes")
-                },
-                **({"plot": str(plot)} if plot else {}),
-            }
-        )
+        print_json(_json_doc(doc, plot))
         return
     _print_sweep(doc)
     if plot is not None:

@@ -117,7 +117,9 @@ class ModelArgs(BaseModelArgs):
 # paper's family, stated in ARCHITECTURE.md. Vocabulary size is chosen at training time.
 PRESETS: dict[str, dict] = {
     "micro": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=176, num_attention_heads=2),
+    "mini": dict(hidden_size=96, num_hidden_layers=3, intermediate_size=256, num_attention_heads=3),
     "tiny": dict(hidden_size=128, num_hidden_layers=4, intermediate_size=352, num_attention_heads=4),
+    "midi": dict(hidden_size=160, num_hidden_layers=5, intermediate_size=432, num_attention_heads=5),
     "small": dict(hidden_size=256, num_hidden_layers=6, intermediate_size=688, num_attention_heads=4),
     "base": dict(hidden_size=384, num_hidden_layers=8, intermediate_size=1024, num_attention_heads=6),
     "vocab-33m": dict(hidden_size=512, num_hidden_layers=8, intermediate_size=2048, num_attention_heads=8),

@@ -119,15 +119,53 @@ class MomaRunSpec:
         return self.batch_size // processes // self.train.grad_accum
 
 
+MOD_TOLERANCE = 0.02  # a MoD variant's training FLOPs per token are within 2 % of dense's
+DEPTH_ONLY_TOLERANCE = 0.015  # depth alone is kept when it gets this close (a margin inside MOD_TOLERANCE)
+WIDTH_TOLERANCE = 0.01  # else the narrowest change of width that, with its best depth, gets this close
+MATCH_IMAGE_FRACTION = 0.5  # the share of image tokens the match assumes (it moves only the d·E router terms)
+
+
+def _train_flops(fields: dict, seq_len: int) -> float:
+    return flops.moma_train_per_token(mm.ModelArgs.from_dict(fields), seq_len, MATCH_IMAGE_FRACTION)["total"]
+
+
+def mod_matched_shape(base: dict, seq_len: int) -> dict:
+    """Depth, and width if depth alone cannot, of a MoD model (`base` has mod=True) whose training FLOPs per token
+    match the dense model of `base`'s shape, as the paper's Table 1 does: first the layer count (alternating MoD
+    layers from layer 0, c_d = 0.25); when no layer count comes within DEPTH_ONLY_TOLERANCE (2 dense layers have
+    1.5 or 2.5 MoD-layer equivalents), the width nearest the dense width (head count kept, head_dim even, the FFN
+    scaled with it to a multiple of 8) whose best depth comes within WIDTH_TOLERANCE. Returns the ModelArgs fields
+    num_hidden_layers, hidden_size, head_dim, intermediate_size and the ratio to dense."""
+    dense = _train_flops({**base, "ffn": "dense", "mod": False}, seq_len)
+    d, layers, ffn = base["hidden_size"], base["num_hidden_layers"], base["intermediate_size"]
+    heads = base["num_attention_heads"]
+
+    def shape(n: int, width: int) -> dict:
+        inner = ffn if width == d else max(8, round(ffn * width / d / 8) * 8)
+        fields = {"num_hidden_layers": n, "hidden_size": width, "head_dim": width // heads, "intermediate_size": inner}
+        return {**fields, "ratio": _train_flops({**base, **fields}, seq_len) / dense}
+
+    def best_depth(width: int) -> dict:
+        return min((shape(n, width) for n in range(layers, 4 * layers + 1)), key=lambda s: abs(s["ratio"] - 1))
+
+    same_width = best_depth(d)
+    if abs(same_width["ratio"] - 1) <= DEPTH_ONLY_TOLERANCE:
+        return same_width
+    widths = sorted(range(max(2 * heads, d // 2), 2 * d + 1, 2 * heads), key=lambda w: (abs(w - d), w))
+    for width in widths:
+        candidate = best_depth(width)
+        if abs(candidate["ratio"] - 1) <= WIDTH_TOLERANCE:
+            return candidate
+    return same_width
+
+
 def model_args(spec: MomaRunSpec, layout: Layout) -> mm.ModelArgs:
     """The variant at FLOPs matched to the dense model of the preset (Table 1): experts are full-size FFNs at
-    capacity 1/E per group; MoD models get more layers (alternating from layer 0, c_d = 0.25)."""
+    capacity 1/E per group; MoD models get more layers, and another width where depth alone cannot match
+    (`mod_matched_shape`)."""
     base = dict(lm.PRESETS[spec.preset])
     base.update(spec.model_overrides)
-    fields = parse_variant(spec.variant, spec.mod)
-    if fields["mod"]:
-        base["num_hidden_layers"] = mm.mod_matched_layers(base["num_hidden_layers"], 0.25)
-    base.update(fields)
+    base.update(parse_variant(spec.variant, spec.mod))
     base.update(
         vocab_size=layout.size,
         image_start=layout.image_start,
@@ -135,6 +173,9 @@ def model_args(spec: MomaRunSpec, layout: Layout) -> mm.ModelArgs:
         router_noise=bool(spec.upcycle_from),
         tie_word_embeddings=True,
     )
+    if base["mod"]:
+        matched = mod_matched_shape(base, spec.seq_len)
+        base.update({k: v for k, v in matched.items() if k != "ratio"})
     return mm.ModelArgs.from_dict(base)
 
 
@@ -150,6 +191,8 @@ def flops_table(spec: MomaRunSpec, layout: Layout, variants: list[str], image_fr
             {
                 "variant": v,
                 "layers": args.num_hidden_layers,
+                "hidden_size": args.hidden_size,
+                "intermediate_size": args.intermediate_size,
                 "flops_per_token": f,
                 "ratio_to_dense": f / dense,
                 "params": args.n_params_total,

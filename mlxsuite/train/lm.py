@@ -89,12 +89,18 @@ def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus):
 
 
 def train_lm(
-    spec: LMRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None, given=()
+    spec: LMRunSpec,
+    resume: bool = False,
+    force: bool = False,
+    callback: Optional[Callable] = None,
+    given=(),
+    group=None,
 ) -> dict:
     """Train (or resume) the run described by `spec`; returns final metrics and the model folder. `given`: the
-    settings the user gave explicitly (a resume refuses changed ones)."""
+    settings the user gave explicitly (a resume refuses changed ones). `group`: the processes that train it together
+    (default: all of `mlx.launch`'s)."""
     callback = callback or (lambda event, info: None)
-    run = trainer.open_run(store.output_path(spec.out), spec, resume, force, given=given)
+    run = trainer.open_run(store.output_path(spec.out), spec, resume, force, group=group, given=given)
     spec, folder, rank = run.spec, run.folder, run.rank
     final = store.finished(folder) if resume else None
     if final is not None:  # nothing left to train: the recorded result, and the record left alone

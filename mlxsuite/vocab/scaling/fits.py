@@ -73,6 +73,19 @@ def huber(residuals, delta: float) -> float:
     return float(np.sum(np.where(r <= delta, 0.5 * r**2, delta * (r - 0.5 * delta))))
 
 
+def huber_location(r, delta: float) -> float:
+    """The a minimizing Σ huber(a − r_i): the root of g(a) = Σ clip(a − r_i, −δ, δ), which is non-decreasing and
+    linear between the breakpoints r_i ± δ, so it is found exactly (g at every breakpoint, then the straight piece
+    that crosses zero). The lowest root where g is zero on a whole interval."""
+    r = np.asarray(r, dtype=float)
+    knots = np.unique(np.concatenate([r - delta, r + delta]))
+    g = np.clip(knots[:, None] - r[None, :], -delta, delta).sum(axis=1)
+    i = int(np.searchsorted(g, 0.0))  # first knot with g >= 0 (g(knots[0]) = -nδ < 0, g(knots[-1]) = nδ > 0)
+    if g[i] == 0:
+        return float(knots[i])
+    return float(knots[i - 1] + (knots[i] - knots[i - 1]) * (-g[i - 1]) / (g[i] - g[i - 1]))
+
+
 def _increasing_root(grad, lo: float, hi: float) -> float:
     """Root of a non-decreasing function, widening [lo, hi] until it brackets one."""
     for _ in range(200):
@@ -101,9 +114,7 @@ def fit_line(x, y, slope: float | None = None, intercept: float | None = None, d
         r = y - b * x
         if delta is None:
             return float(r.mean())
-        return _increasing_root(
-            lambda a: float(np.sum(np.clip(a - r, -delta, delta))), r.min() - delta, r.max() + delta
-        )
+        return huber_location(r, delta)
 
     if slope is not None:
         return best_intercept(slope), float(slope)

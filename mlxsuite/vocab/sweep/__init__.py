@@ -8,8 +8,11 @@ tokenizer per vocabulary size (`tokenizers/v{V}.model`, trained once without byt
 with that V) and one model folder per run (`runs/{preset}-v{V}-c{C}`). Finished runs are not redone; a run with a
 checkpoint resumes from it exactly. The library never prints: progress goes through `callback(event, info)`.
 
-Modules: `plan` (settings, grid, runs, time estimate), `tokenizers` (the shared tokenizers; also f(V) fitting),
-`run` (running and resuming), `analysis` (the fits), `plot` (the figure).
+Under `mlx.launch -n N` every rank trains its share of the runs and rank 0 fits (`ranks`).
+
+Modules: `plan` (settings, grid, runs, edge extensions, time estimate), `tokenizers` (the shared tokenizers; also
+f(V) fitting), `run` (running and resuming), `ranks` (the share of each process), `analysis` (the fits), `spread`
+(optimal V against N_nv, bootstrap spreads), `plot` (the figure).
 """
 
 from mlxsuite.vocab.sweep.analysis import analyze, parabola_optimum
@@ -18,12 +21,16 @@ from mlxsuite.vocab.sweep.plan import (
     DEFAULT_BUDGETS,
     DEFAULT_PRESETS,
     DEFAULT_VOCAB_SIZES,
+    QUICK_BUDGETS,
+    QUICK_VOCAB_SIZES,
     TIME_BUDGET_S,
     RunPlan,
     SweepGrid,
     SweepSettings,
     closest_preset,
+    edge_extensions,
     estimate_seconds,
+    plan_one,
     plan_runs,
 )
 from mlxsuite.vocab.sweep.plot import plot_sweep

@@ -25,6 +25,7 @@ import numpy as np
 
 from mlxsuite.platform.errors import UserError
 from mlxsuite.vocab import scaling
+from mlxsuite.vocab.sweep import spread
 
 INTERPOLATED_VOCABS = 20  # log-spaced V per (budget, preset), as the reference samples 20 V per model
 
@@ -110,6 +111,9 @@ def _per_model(rows: list[dict], budgets: list[float], presets: list[str]) -> li
             opt = parabola_optimum([r["vocab"] for r in group], [r["lu"] for r in group])
             g0 = group[0]
             entry = {"budget": c, "preset": p, "nnv": g0["nnv"], "d": g0["d"], **opt}
+            vocabs = [r["vocab"] for r in group]
+            inside = min(vocabs) < opt["measured_best_vocab"] < max(vocabs)
+            entry["bracketed"] = bool(inside and opt["flag"] == "interior")  # lowest L_u has a grid point each side
             if all(r.get("bpc") is not None for r in group):  # the same fit on bits per character, for comparison
                 b = parabola_optimum([r["vocab"] for r in group], [r["bpc"] for r in group])
                 entry["by_bpc"] = {"vocab": b["vocab"], "bpc": b["lu"], "flag": b["flag"]}
@@ -272,21 +276,8 @@ def _parametric(rows: list[dict], budgets: list[float], presets: list[str], note
     return {**a3, **_trend([(b["budget"], b["vocab"]) for b in best])}
 
 
-def analyze(
-    rows: list[dict], tokens_per_char: dict[int, float], family: Optional[list] = None, free_exponents: bool = False
-) -> dict:
-    """Fits on finished runs (dicts with preset, vocab, budget, d, nnv, nv, tokens, lu; bpc optional).
-
-    `family`: (N_nv, d) of the model family approach 2 fits γ on (default: the swept presets)."""
-    rows = [r for r in rows if r.get("lu") is not None and math.isfinite(r["lu"])]
-    budgets = sorted({r["budget"] for r in rows})
-    presets = sorted({r["preset"] for r in rows}, key=lambda p: next(r["nnv"] for r in rows if r["preset"] == p))
-    family = family or sorted({(r["nnv"], r["d"]) for r in rows})
-    notes: list[str] = []
-    per_model = _per_model(rows, budgets, presets)
-
-    # per budget, the lowest point over presets and (interpolated) V: the measured optimum
-    points = _candidates(rows, per_model, tokens_per_char)
+def _per_budget(points: list[dict], per_model: list[dict], budgets: list[float]) -> list[dict]:
+    """Per budget, the lowest point over presets and (interpolated) V: the measured optimum."""
     per_budget = []
     for c in budgets:
         p = min((p for p in points if p["budget"] == c), key=lambda p: p["lu"])
@@ -311,6 +302,11 @@ def analyze(
                 "by_preset": {x["preset"]: {"vocab": x["vocab"], "lu": x["lu"], "flag": x["flag"]} for x in cands},
             }
         )
+    return per_budget
+
+
+def _edge_notes(per_budget: list[dict], per_model: list[dict]) -> list[str]:
+    notes = []
     edges = [o for o in per_budget if o["flag"] != "interior"]
     if edges:
         notes.append(
@@ -318,8 +314,64 @@ def analyze(
             f"({', '.join(o['flag'] for o in edges)}): the optimal V there lies beyond the grid or is unclear"
         )
 
+    unbracketed = [m for m in per_model if not m["bracketed"]]
+    if unbracketed:
+        cells = ", ".join(
+            f"{m['preset']} at {m['budget']:.3g} ({m['flag']}, best V {m['measured_best_vocab']})" for m in unbracketed
+        )
+        notes.append(
+            f"{len(unbracketed)} of {len(per_model)} (size, budget) optima are not bracketed by the grid (the lowest "
+            f"L_u at the smallest or largest V, or the vertex outside): {cells}; add vocabularies beyond that edge"
+        )
+    return notes
+
+
+def _statistics(rows: list[dict], tokens_per_char: dict[int, float]) -> dict:
+    """The exponents the bootstrap spreads: approach 1 (fixed and free), V and N_v against N_nv at fixed C, and the
+    optimal V against C per size."""
+    budgets = sorted({r["budget"] for r in rows})
+    presets = sorted({r["preset"] for r in rows})
+    per_model = _per_model(rows, budgets, presets)
+    points = _candidates(rows, per_model, tokens_per_char)
+    out = {}
+    for key, free in (("a1", False), ("a1_free", True)):
+        fit = _isoflops(points, budgets, free, [])
+        for law in ("nnv", "nv", "characters") if "laws" in fit else ():
+            out[f"{key}_{law}_exponent"] = fit["laws"][law]["exponent"]
+    across = spread.vocab_vs_nnv(per_model)
+    out["vocab_vs_nnv_exponent"] = across["vocab_exponent"]
+    out["nv_vs_nnv_exponent"] = across["nv_exponent"]
+    for p in presets:
+        pts = [(m["budget"], m["vocab"]) for m in per_model if m["preset"] == p]
+        if len(pts) >= 2:
+            out[f"vocab_vs_c_{p}_exponent"] = scaling.fit_power_law(*zip(*pts)).exponent
+    return out
+
+
+def analyze(
+    rows: list[dict],
+    tokens_per_char: dict[int, float],
+    family: Optional[list] = None,
+    free_exponents: bool = False,
+    replicates: int = spread.REPLICATES,
+) -> dict:
+    """Fits on finished runs (dicts with preset, vocab, budget, d, nnv, nv, tokens, lu; bpc optional).
+
+    `family`: (N_nv, d) of the model family approach 2 fits γ on (default: the swept presets); `replicates`: of the
+    bootstrap over runs that gives the exponents' spread (0: none)."""
+    rows = [r for r in rows if r.get("lu") is not None and math.isfinite(r["lu"])]
+    budgets = sorted({r["budget"] for r in rows})
+    presets = sorted({r["preset"] for r in rows}, key=lambda p: next(r["nnv"] for r in rows if r["preset"] == p))
+    family = family or sorted({(r["nnv"], r["d"]) for r in rows})
+    notes: list[str] = []
+    per_model = _per_model(rows, budgets, presets)
+
+    points = _candidates(rows, per_model, tokens_per_char)
+    per_budget = _per_budget(points, per_model, budgets)
+    notes += _edge_notes(per_budget, per_model)
     fits = {
         "isoflops": _isoflops(points, budgets, free_exponents, notes),
+        "isoflops_free": _isoflops(points, budgets, True, []),
         "parametric": _parametric(rows, budgets, presets, notes),
     }
     fits["derivative"] = _derivative(per_budget, per_model, tokens_per_char, family, fits["isoflops"], notes)
@@ -334,14 +386,22 @@ def analyze(
     if len(per_budget) >= 2:
         vs = [o["vocab"] for o in per_budget]
         grows = bool(all(b >= a for a, b in zip(vs, vs[1:])) and vs[-1] > vs[0])
-    if len(per_budget) >= 2 and all(o["by_bpc"] for o in per_budget):
-        if any(not math.isclose(o["vocab"], o["by_bpc"]["vocab"], rel_tol=0.25) for o in per_budget):
-            notes.append(
-                "the optimal V by L_u and by bits per character differ by more than 25% at some budgets "
-                "(see by_bpc): L_u is per token, and a token of a larger vocabulary carries more text"
-            )
+    if (
+        len(per_budget) >= 2
+        and all(o["by_bpc"] for o in per_budget)
+        and any(not math.isclose(o["vocab"], o["by_bpc"]["vocab"], rel_tol=0.25) for o in per_budget)
+    ):
+        notes.append(
+            "the optimal V by L_u and by bits per character differ by more than 25% at some budgets "
+            "(see by_bpc): L_u is per token, and a token of a larger vocabulary carries more text"
+        )
+    across = spread.vocab_vs_nnv(per_model)
+    if across["sizes"] < 2:
+        notes.append("one model size: the optimal V against N_nv at a fixed budget is not measured")
     return {
         "per_model": per_model,
+        "vocab_vs_nnv": across,
+        "spread": spread.bootstrap(rows, lambda rs: _statistics(rs, tokens_per_char), replicates),
         "optimal_vocab": per_budget,
         "fits": fits,
         "free_exponents": free_exponents,
