@@ -76,7 +76,7 @@ def main() -> None:
         pair = load_pair(a.kvp, expect_base=a.model)[0]
         base = pair.base
     else:
-        base = store.load_model(a.model, dequantize=None)[0]
+        base = store.load_model(a.model, dequantize=True)[0]
         pair = untrained_pair(base, a.keep)
     turns = [int(t) for t in a.turns.split(",")]
     mx.random.seed(0)

@@ -101,10 +101,11 @@ def main() -> None:
         src, out = Path(tmp) / "hf", Path(tmp) / "out"
         src.mkdir()
         total, shards, largest = build_checkpoint(src, a.d, a.ffn, a.layers, a.vocab, a.shard_mb)
-        baseline = child_peak_mb("import mlxsuite, mlx.core, mlxsuite.convert")
+        baseline = child_peak_mb("import mlxsuite, mlx.core, mlxsuite.convert.hf")
         t0 = time.perf_counter()
         peak = child_peak_mb(
-            "import mlxsuite\nfrom mlxsuite.convert import from_hf\nfrom mlxsuite.quantization import quant_spec\n"
+            "import mlxsuite\nfrom mlxsuite.convert.hf import from_hf\n"
+            "from mlxsuite.convert.quantization import quant_spec\n"
             f"quant = quant_spec({a.quantize!r}) if {a.quantize!r} else None\n"
             f"from_hf({str(src)!r}, {str(out)!r}, dtype={a.dtype!r}, quant=quant)"
         )

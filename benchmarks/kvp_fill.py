@@ -1,6 +1,6 @@
 """KV Prediction's work per prefill chunk beyond the auxiliary's forward: the predictor and the predicted-KV writes,
 layer by layer (each layer's maps, then the base's forward with `kv`: k-norm, RoPE, cache write per layer) against
-batched across layers (`KVPredictor.batched` + `write_predicted`, what `kvp.prompt_fill` runs), interleaved, medians.
+the predictor batched across layers (`KVPredictor.batched`, what `kvp.prompt_fill` runs), interleaved, medians.
 
     scripts/get-smollm2.sh && nice -n 5 python benchmarks/kvp_fill.py [MODEL] [--chunk 256] [--reps 20]
 
@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--reps", type=int, default=20)
     a = p.parse_args()
-    base = store.load(a.model, "lm", dtype=mx.float32, dequantize=None).model
+    base = store.load(a.model, "lm", dtype=mx.float32, dequantize=True).model
     n_base = base.args.num_hidden_layers
     aux = kvm.layer_pruned(base, list(range(0, n_base, 2)))
     pred = kvm.KVPredictor(kvm.PredictorArgs.for_models(base, aux, kvm.contiguous_layer_map(n_base, len(aux.layers))))
@@ -53,7 +53,8 @@ def main() -> None:
 
     def batched():
         cache = base.make_cache()
-        kvm.write_predicted(base, cache, *pred.batched(aux_keys, aux_values, stacked))
+        keys, values = pred.batched(aux_keys, aux_values, stacked)
+        base(chunk, cache, kv=list(zip(keys, values)))
         return [c.state for c in cache]
 
     trials = {

@@ -1,7 +1,8 @@
 """TTFT against quality, in the shape of the KV Prediction paper's Table 5, from the JSON of `bench ttft --kvp … -o
 json` and of `kvp eval … --json` (one or more pairs on the same base; the first holds the OE-LP baseline).
 
-    python benchmarks/kvp_table5.py --ttft ttft.json main=smollm2-kvp-id-eval.json "λ_C = 0"=smollm2-kvp-id-lc0-eval.json
+    python benchmarks/kvp_table5.py --ttft ttft.json main=smollm2-kvp-id-eval.json \
+        "λ_C = 0"=smollm2-kvp-id-lc0-eval.json
 
 Rows: the base, the paper's OE-LP baseline and the jointly trained auxiliary (both run as the auxiliary does), and
 KV Prediction of every pair given. TTFT reduction = base median TTFT ÷ the method's (measured, per prompt length);
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def main() -> None:
@@ -23,10 +25,10 @@ def main() -> None:
         help="LABEL=kvp-eval.json (split at the last =; the first: the pair whose baseline is shown)",
     )
     a = p.parse_args()
-    records = json.load(open(a.ttft))
+    records = json.loads(Path(a.ttft).read_text())
     lengths = sorted({r["prompt_tokens"] for r in records if r["cached_tokens"] == 0})
     by = {(r["mode"], r["prompt_tokens"]): r for r in records if r["cached_tokens"] == 0 and r["batch"] == 1}
-    evals = [(label, json.load(open(path))) for label, path in (e.rsplit("=", 1) for e in a.evals)]
+    evals = [(label, json.loads(Path(path).read_text())) for label, path in (e.rsplit("=", 1) for e in a.evals)]
 
     def ttft_cells(mode: str) -> list[str]:
         return [f"{by[(mode, n)]['ttft_reduction_vs_base']:.2f}×" for n in lengths]
@@ -75,7 +77,8 @@ def main() -> None:
     any_rec = records[0]
     print(
         f"\n{first['samples']} held-out prompts; code EM over {first['code_samples']} samples. TTFT: "
-        f"{any_rec['reps']} reps, {any_rec['device']}, {any_rec['blas']} ({any_rec['blas_threads']} BLAS thread{'' if any_rec['blas_threads'] == 1 else 's'}), load "
+        f"{any_rec['reps']} reps, {any_rec['device']}, {any_rec['blas']} ({any_rec['blas_threads']} BLAS "
+        f"thread{'' if any_rec['blas_threads'] == 1 else 's'}), load "
         f"{any_rec['load_avg_start']:.2f} → {any_rec['load_avg_end']:.2f}."
     )
 

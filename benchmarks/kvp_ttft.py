@@ -6,7 +6,7 @@
     python benchmarks/kvp_ttft.py --presets small --keeps 0.5 -g 64   # + decode tokens/s after the first token
 
 Random weights are fine for speed: the work does not depend on the weights. For each preset and LP fraction the
-pair is (base, layer-pruned copy, default-init predictor); the modes are timed by `mlxsuite.ttft` exactly as
+pair is (base, layer-pruned copy, default-init predictor); the modes are timed by `mlxsuite.bench.ttft` exactly as
 `mlxsuite bench ttft BASE --kvp DIR` does (fresh caches, warm-up, ABBA interleaving, medians):
   base  the base's prefill (chunked, fused CPU path)
   aux   the auxiliary alone, prefilled the same way
@@ -90,7 +90,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|" + "---|---|" * bool(a.decode))
     reports = []
     for name, pair in runs:
-        setup = ttft.Setup(pair.base, step, extras={"kvp": pair})
+        setup = ttft.Setup(pair.base, step, kvp=pair)
         rep = ttft.run(setup, ["base", "aux", "kvp"], [(T, 1) for T in lengths], a.reps, a.warmup, decode=a.decode)
         rep["pair"] = name
         reports.append(rep)

@@ -247,7 +247,7 @@ def main() -> None:
     p.add_argument("--unfused", action="store_true", help="the plain MLX ops (no fast CPU kernels)")
     a = p.parse_args()
     step = a.step or default_prefill_step()
-    model = store.load(a.model, "lm", dtype=mx.float32, dequantize=None).model
+    model = store.load(a.model, "lm", dtype=mx.float32, dequantize=True).model
     load0 = os.getloadavg()[0]
     probe = GemmProbe()
     lengths = [int(s) for s in a.lengths.split(",")]

@@ -60,8 +60,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="smollm2-") as tmp:
         kept, f32 = Path(tmp) / "kept", Path(tmp) / "f32"
-        baseline = child_peak_mb("import mlxsuite, mlx.core, mlxsuite.convert_gguf")
-        run = "import mlxsuite\nfrom mlxsuite.convert_gguf import from_gguf\nfrom_gguf({!r}, {!r}, dtype={!r})"
+        baseline = child_peak_mb("import mlxsuite, mlx.core, mlxsuite.convert.from_gguf")
+        run = "import mlxsuite\nfrom mlxsuite.convert.from_gguf import from_gguf\nfrom_gguf({!r}, {!r}, dtype={!r})"
         rows = []
         for folder, dtype in ((kept, None), (f32, "float32")):
             t0 = time.perf_counter()

@@ -43,7 +43,7 @@ def _unfused(setup: ttft.Setup) -> ttft.Mode:
 
 
 def _mlx_lm_default(setup: ttft.Setup) -> ttft.Mode:
-    mode = ttft.MODES["mlx-lm"](ttft.Setup(setup.model, 2048, {}))
+    mode = ttft.MODES["mlx-lm"](ttft.Setup(setup.model, 2048))
     mode.name = "mlx-lm-2048"
     return mode
 
@@ -67,7 +67,7 @@ def main() -> None:
     lengths = [int(x) for x in a.lengths.split(",")]
     print(
         f"# ours vs mlx-lm: {device}, {platform.cpu_name()}, {os.cpu_count()} cores, {_platform.system()} "
-        f"{_platform.machine()}; mlx {platform._mlx_version()}; BLAS {platform.blas_info().library}; float32; "
+        f"{_platform.machine()}; mlx {platform.mlx_version()}; BLAS {platform.blas_info().library}; float32; "
         f"prefill step {step}; {a.warmup} warm-up + {a.reps} reps; load average {os.getloadavg()[0]:.2f}"
     )
     for preset in a.presets.split(","):

@@ -22,7 +22,8 @@ from typing import Optional
 
 import mlx.core as mx
 
-from mlxsuite.generate import Generation, generate_ids, model_fill
+from mlxsuite.bench.modes import copy_cache
+from mlxsuite.generate import Generation, default_prefill_step, generate_ids, model_fill
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 
@@ -80,8 +81,6 @@ def cache_prompt_ids(tokenizer, prompt: str, use_template: bool) -> list[int]:
 
 def fill_cache(model, ids: list[int], cache: Optional[list] = None, prefill_step: Optional[int] = None) -> list:
     """Write `ids` into a prompt cache (new unless given) through the one prefill's default fill, in chunks."""
-    from mlxsuite.generate import default_prefill_step
-
     cache = model.make_cache() if cache is None else cache
     fill, step = model_fill(model, cache), prefill_step or default_prefill_step()
     for start in range(0, len(ids), step):
@@ -159,8 +158,6 @@ class Conversation:
         self.reused = 0  # ids of the last turn's prompt that were already in the cache
         self.opening = ""  # text the next user message continues
         if self.prefix is not None:
-            from mlxsuite.bench.modes import copy_cache
-
             self.opening, self.cached, self.cache = self.prefix[0], list(self.prefix[1]), copy_cache(self.prefix[2])
 
     def reply(self, text: str, max_tokens: int, on_token=None, **kw) -> Generation:

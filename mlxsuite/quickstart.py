@@ -5,7 +5,7 @@ Stages (each reported through `callback("stage", …)`; the trainer's and the me
 1. base: tokenizer + a small base LM (`train_lm`), store name `{name}-lm`;
 2. kvp: an LP-0.50 KV Prediction pair for it (`train_kvp`: layer-pruned aux + predictor), store name `{name}-kvp`;
 3. quality: base, the paper's baseline (OE-LP, trained beside the pair), the jointly trained auxiliary and KV
-   Prediction on held-out text (`kvp_eval.evaluate_kvp`): continuation loss, first-token accuracy, agreement with the
+   Prediction on held-out text (`evaluate_kvp`): continuation loss, first-token accuracy, agreement with the
    base's greedy continuation (and the 1-shot code task with `code` > 0: on the toy model it reads 0 % for all);
 4. ttft: time to first token of the three at 128/512/1024 tokens (`ttft.run`, modes base/aux/kvp, medians).
 
@@ -24,11 +24,17 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from mlxsuite import store
+from mlxsuite.bench import ttft
+from mlxsuite.generate import default_prefill_step
+from mlxsuite.kvp.evaluate import evaluate_kvp, load_baseline
+from mlxsuite.kvp.recipe import BASELINE_DIR, KVPRunSpec, StoredPair, load_pair, train_kvp
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
+from mlxsuite.train.lm import LMRunSpec, train_lm
 from mlxsuite.train.trainer import TrainConfig, has_checkpoint
 
 RESULTS_FILE = "quickstart.json"
@@ -86,12 +92,6 @@ def run_quickstart(
     config: Optional[QuickstartConfig] = None, fresh: bool = False, callback: Optional[Callable] = None
 ) -> dict:
     """Run (or reuse) the four stages; returns one JSON-ready document with the TTFT and the quality tables."""
-    from mlxsuite.bench import ttft
-    from mlxsuite.generate import default_prefill_step
-    from mlxsuite.kvp.evaluate import evaluate_kvp, load_baseline
-    from mlxsuite.kvp.recipe import BASELINE_DIR, KVPRunSpec, load_pair, train_kvp
-    from mlxsuite.train.lm import LMRunSpec, train_lm
-
     cfg = config or QuickstartConfig()
     callback = callback or (lambda event, info: None)
     if cfg.steps < 1 or cfg.kvp_steps < 1 or cfg.reps < 1 or not cfg.lengths:
@@ -99,8 +99,82 @@ def run_quickstart(
     t_start = time.perf_counter()
     stages: dict[str, dict] = {}
 
-    # 1. tokenizer + base ------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
+    base_folder, base_done = _base_stage(cfg, fresh, callback)
+    stages["base"] = {"seconds": time.perf_counter() - t0, "reused": base_done}
+
+    t0 = time.perf_counter()
+    kvp_folder, pair_done = _kvp_stage(cfg, fresh, callback, base_folder, base_done)
+    stages["kvp"] = {"seconds": time.perf_counter() - t0, "reused": pair_done}
+
+    stored = load_pair(str(kvp_folder))
+    saved = Saved(kvp_folder / RESULTS_FILE, keep=pair_done)
+
+    t0 = time.perf_counter()
+    quality_done = _quality_stage(cfg, callback, stored, saved)
+    quality = _quality_table(saved.data["quality"]["result"])
+    stages["quality"] = {"seconds": time.perf_counter() - t0, "reused": quality_done}
+
+    t0 = time.perf_counter()
+    ttft_done = _ttft_stage(cfg, callback, stored, saved)
+    report = saved.data["ttft"]["report"]
+    stages["ttft"] = {"seconds": time.perf_counter() - t0, "reused": ttft_done}
+
+    return {
+        **_models(cfg, base_folder, base_done, kvp_folder, pair_done, stored),
+        "ttft": {
+            "table": _ttft_table(report),
+            "device": report["device"],
+            "prefill_step": report["prefill_step"],
+            "reps": report["reps"],
+            "load_average": report["load_average"],
+            "reused": ttft_done,
+            "report": report,
+        },
+        "quality": {**quality, "reused": quality_done},
+        "stages": stages,
+        "wall_s": time.perf_counter() - t_start,
+        "config": asdict(cfg),
+    }
+
+
+def _models(cfg: QuickstartConfig, base_folder: Path, base_done: bool, kvp_folder: Path, pair_done: bool, stored):
+    """The document's "base" and "kvp" entries: what was trained (or reused) and its size."""
+    pair, meta = stored.pair, stored.config
+    return {
+        "base": {
+            "name": cfg.base_name,
+            "folder": str(base_folder),
+            "preset": None if cfg.model else cfg.preset,
+            "params": pair.base.args.n_params,
+            "layers": pair.base.args.num_hidden_layers,
+            "reused": base_done,
+        },
+        "kvp": {
+            "name": cfg.kvp_name,
+            "folder": str(kvp_folder),
+            "aux": meta["aux"],
+            "aux_layers": pair.auxiliary.args.num_hidden_layers,
+            "params": meta["params"],
+            "param_ratio": pair.base.args.n_params / pair.auxiliary.args.n_params,
+            "reused": pair_done,
+        },
+    }
+
+
+class Saved:
+    """The measured stages' results kept in the pair's folder (reused while their settings match)."""
+
+    def __init__(self, path: Path, keep: bool):
+        self.path = path
+        self.data = json.loads(path.read_text()) if keep and path.exists() else {}
+
+    def save(self) -> None:
+        atomic.write_json(self.path, self.data)
+
+
+def _base_stage(cfg: QuickstartConfig, fresh: bool, callback) -> tuple[Path, bool]:
+    """1. tokenizer + base LM (or the given model): (its folder, whether it was reused)."""
     if cfg.model:
         base_folder, base_done = store.resolve(cfg.model), True
         _stage(callback, 1, "base", f"base: {cfg.model}", True)
@@ -130,10 +204,11 @@ def run_quickstart(
         )
         resume = not fresh and has_checkpoint(base_folder / "run")
         train_lm(spec, resume=resume, force=True, callback=callback)
-    stages["base"] = {"seconds": time.perf_counter() - t0, "reused": base_done}
+    return base_folder, base_done
 
-    # 2. the KV Prediction pair ------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
+
+def _kvp_stage(cfg: QuickstartConfig, fresh: bool, callback, base_folder: Path, base_done: bool) -> tuple[Path, bool]:
+    """2. the KV Prediction pair (and the OE-LP baseline): (its folder, whether it was reused)."""
     kvp_folder = store.output_path(cfg.kvp_name)
     base_hash = store.weights_hash(base_folder)
     pair_done = False
@@ -175,45 +250,36 @@ def run_quickstart(
             started = kvp_folder / "run" / "base.json"
             resume = started.exists() and json.loads(started.read_text())["sha256"] == base_hash
         train_kvp(spec, resume=resume, force=True, callback=callback)
-    stages["kvp"] = {"seconds": time.perf_counter() - t0, "reused": pair_done}
+    return kvp_folder, pair_done
 
-    pair, tok, _, meta = load_pair(str(kvp_folder))
-    baseline = load_baseline(kvp_folder, meta)
-    saved = {}
-    results_path = kvp_folder / RESULTS_FILE
-    if results_path.exists() and pair_done:
-        saved = json.loads(results_path.read_text())
 
-    def save() -> None:
-        atomic.write_json(results_path, saved)
-
-    # 3. quality ---------------------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    q = saved.get("quality")
+def _quality_stage(cfg: QuickstartConfig, callback, stored: StoredPair, saved: Saved) -> bool:
+    """3. quality: base, baseline, auxiliary, KV Prediction on held-out text. True when reused."""
+    q = saved.data.get("quality")
     quality_done = q is not None and q.get("settings") == cfg.quality_settings()
     _stage(callback, 3, "quality", "quality: base, baseline, auxiliary, KV Prediction on held-out text", quality_done)
     if not quality_done:
         result = evaluate_kvp(
-            str(kvp_folder),
+            str(stored.folder),
             cfg.corpus,
             prompt_len=cfg.prompt_len,
             cont_len=cfg.cont_len,
             samples=cfg.samples,
             agree_tokens=cfg.agree_tokens,
             code=cfg.code,
-            loaded=(pair, tok, baseline),
+            loaded=(stored.pair, stored.tokenizer, load_baseline(stored.folder, stored.config)),
             progress=lambda done, total, what: callback(
                 "measure", {"stage": "quality", "done": done, "total": total, "what": what}
             ),
         )
-        saved["quality"] = {"settings": cfg.quality_settings(), "result": result}
-        save()
-    quality = _quality_table(saved["quality"]["result"])
-    stages["quality"] = {"seconds": time.perf_counter() - t0, "reused": quality_done}
+        saved.data["quality"] = {"settings": cfg.quality_settings(), "result": result}
+        saved.save()
+    return quality_done
 
-    # 4. TTFT ------------------------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    t = saved.get("ttft")
+
+def _ttft_stage(cfg: QuickstartConfig, callback, stored: StoredPair, saved: Saved) -> bool:
+    """4. time to first token of base, auxiliary and KV Prediction, interleaved. True when reused."""
+    t = saved.data.get("ttft")
     ttft_done = t is not None and t.get("settings") == cfg.ttft_settings()
     _stage(
         callback,
@@ -224,7 +290,7 @@ def run_quickstart(
         ttft_done,
     )
     if not ttft_done:
-        setup = ttft.Setup(pair.base, default_prefill_step(), {"kvp": pair})
+        setup = ttft.Setup(stored.pair.base, default_prefill_step(), kvp=stored.pair)
         report = ttft.run(
             setup,
             ["base", "aux", "kvp"],
@@ -237,43 +303,9 @@ def run_quickstart(
         )
         for row in report["results"]:  # the samples stay, the per-run memory detail is enough in the bench
             row.pop("tokenize_s", None)
-        saved["ttft"] = {"settings": cfg.ttft_settings(), "report": report}
-        save()
-    report = saved["ttft"]["report"]
-    stages["ttft"] = {"seconds": time.perf_counter() - t0, "reused": ttft_done}
-
-    return {
-        "base": {
-            "name": cfg.base_name,
-            "folder": str(base_folder),
-            "preset": None if cfg.model else cfg.preset,
-            "params": pair.base.args.n_params,
-            "layers": pair.base.args.num_hidden_layers,
-            "reused": base_done,
-        },
-        "kvp": {
-            "name": cfg.kvp_name,
-            "folder": str(kvp_folder),
-            "aux": meta["aux"],
-            "aux_layers": pair.auxiliary.args.num_hidden_layers,
-            "params": meta["params"],
-            "param_ratio": pair.base.args.n_params / pair.auxiliary.args.n_params,
-            "reused": pair_done,
-        },
-        "ttft": {
-            "table": _ttft_table(report),
-            "device": report["device"],
-            "prefill_step": report["prefill_step"],
-            "reps": report["reps"],
-            "load_average": report["load_average"],
-            "reused": ttft_done,
-            "report": report,
-        },
-        "quality": {**quality, "reused": quality_done},
-        "stages": stages,
-        "wall_s": time.perf_counter() - t_start,
-        "config": asdict(cfg),
-    }
+        saved.data["ttft"] = {"settings": cfg.ttft_settings(), "report": report}
+        saved.save()
+    return ttft_done
 
 
 def _ttft_table(report: dict) -> list[dict]:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-K, L = "tests/test_kernels.py", "tests/test_losses.py"
+K, L, F = "tests/test_kernels.py", "tests/test_losses.py", "tests/test_families.py"
 
 # name: (file, snippet, replacement, tests)
 MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
@@ -119,6 +119,49 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
         "    if True:\n        return None",
         [K],
     ),
+    "gelu_grad_drops_the_inner_derivative": (
+        "mlxsuite/models/kernels.py",
+        "return cotangent * u * (s + gs * (1.0 - s) * dz), cotangent * gs",
+        "return cotangent * u * (s + gs * (1.0 - s)), cotangent * gs",
+        [K],
+    ),
+    "soft_cap_factor_dropped": (
+        "mlxsuite/models/kernels.py",
+        "return cap - (cap + cap) / (1.0 + e)",
+        "return cap - cap / (1.0 + e)",
+        [K],
+    ),
+    "sliding_window_dropped_from_the_kernel_mask": (
+        "mlxsuite/models/kernels.py",
+        "causal = causal & (query_pos < key_pos + window)",
+        "causal = causal",
+        [F],
+    ),
+    # ---- families (Gemma, Phi-3, OpenELM) against mlx-lm's classes
+    "gemma_norm_without_the_one": (
+        "mlxsuite/models/families.py",
+        "return OffsetRMSNorm(dims, eps=args.rms_norm_eps) if args.norm_offset else",
+        "return nn.RMSNorm(dims, eps=args.rms_norm_eps) if args.norm_offset else",
+        [F],
+    ),
+    "gemma_final_soft_cap_dropped": (
+        "mlxsuite/models/lm.py",
+        "return out if cap is None else mx.tanh(out / cap) * cap",
+        "return out",
+        [F],
+    ),
+    "openelm_every_layer_with_the_first_layers_kv_heads": (
+        "mlxsuite/models/lm.py",
+        "return self.num_kv_heads[i] if self.num_kv_heads else self.num_key_value_heads",
+        "return self.num_kv_heads[0] if self.num_kv_heads else self.num_key_value_heads",
+        [F],
+    ),
+    "sliding_window_flops_ignore_the_window": (
+        "mlxsuite/models/flops.py",
+        "window = args.sliding_window if args.is_sliding(i) else None",
+        "window = None",
+        [F],
+    ),
     # ---- MoMa
     "moma_aux_router_threshold_0_73": (
         "mlxsuite/models/moma_experts.py",
@@ -164,8 +207,8 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
     ),
     "eta_interpolation_exponent_inverted": (
         "mlxsuite/moma/compare.py",
-        "t = f0 * (f / f0) ** ((l0 - dense_final) / (l0 - l)) if l0 != l else f",
-        "t = f0 * (f / f0) ** ((l0 - l) / (l0 - dense_final)) if l0 != l else f",
+        "t = f0 * (f / f0) ** ((l0 - dense_final) / (l0 - loss)) if l0 != loss else f",
+        "t = f0 * (f / f0) ** ((l0 - loss) / (l0 - dense_final)) if l0 != loss else f",
         ["tests/test_moma.py::test_eta_interpolation_and_augment"],
     ),
     # ---- the vocabulary paper

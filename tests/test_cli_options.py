@@ -2,6 +2,7 @@
 for every option, choices checked by the parser, one style for the model argument; and progress rendering when
 stderr is not a terminal (plain lines, nothing on stdout)."""
 
+import os
 import re
 import time
 import typing
@@ -118,5 +119,6 @@ def test_progress_bar_on_a_terminal_is_rich(monkeypatch):
     console = Console(force_terminal=True, width=100)
     p = common.Progress(console=console)
     assert not p.plain and not p.disable
-    p = common.Progress(console=Console(file=open("/dev/null", "w")))
-    assert p.plain and p.disable  # rich's bar off, plain lines on
+    with open(os.devnull, "w") as devnull:
+        p = common.Progress(console=Console(file=devnull))
+        assert p.plain and p.disable  # rich's bar off, plain lines on

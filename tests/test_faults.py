@@ -237,7 +237,9 @@ def test_from_hf_and_from_gguf_killed_leave_nothing(env, tmp_path):
     write_gguf(tmp_path / "m.gguf", hf_weights(tk.get_vocab_size(), True), bpe_metadata(tk, "smollm"))
     for source, command in ((hf, "from-hf"), (tmp_path / "m.gguf", "from-gguf")):
         run_ok(["convert", command, str(source), "ref"], e)
-        cut = kill_then_rerun(lambda out: ["convert", command, str(source), out], e, store, 0, resumable=False)
+        cut = kill_then_rerun(
+            lambda out, c=command, s=source: ["convert", c, str(s), out], e, store, 0, resumable=False
+        )
         assert digest(cut) == digest(store / "ref")
         import shutil
 

@@ -1,4 +1,4 @@
-"""Hugging Face repo ids and cache folders (`mlxsuite.hub`), without the network.
+"""Hugging Face repo ids and cache folders (`mlxsuite.store.hub`), without the network.
 
 The cache is laid out as huggingface_hub lays it out (`hub/models--org--name/snapshots/<hash>/` with `refs/main`)
 under a temporary HF_HOME; downloads are replaced by functions that record what would have been fetched.
@@ -77,7 +77,7 @@ def test_unsupported_model_type_is_refused_before_weights(hf_home, tmp_path, mon
         fetched.append(filename)
         path = tmp_path / "dl" / filename
         path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"model_type": "gpt2"}))
+        path.write_text(json.dumps({"model_type": "bert"}))  # an encoder: no mlx-lm class either
         return str(path)
 
     def snapshot_download(repo, **kw):
@@ -86,7 +86,7 @@ def test_unsupported_model_type_is_refused_before_weights(hf_home, tmp_path, mon
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    with pytest.raises(UserError, match="model_type 'gpt2'.*nothing downloaded"):
+    with pytest.raises(UserError, match="model_type 'bert'.*nothing downloaded"):
         hub.resolve_repo("org/gpt")
     assert fetched == ["config.json"]
     # a supported one: the snapshot is fetched with safetensors as the only weights

@@ -1,7 +1,8 @@
-"""The fused CPU kernels of models/kernels.py: values and gradients of every custom VJP (exp, SiLU·mul) and of the
-RoPE and attention built on them, against MLX's own autodiff of the plain expressions and against central finite
-differences of a float64 numpy reference, on random shapes (odd lengths included). And the selection: where the
-README says the kernels run (the CPU, float32, a C++ compiler for mx.compile), the decoder's forward must use them.
+"""The fused CPU kernels of models/kernels.py: values and gradients of every custom VJP (exp, SiLU·mul,
+GELU-tanh·mul), of soft-capping, and of the RoPE and attention built on them, against MLX's own autodiff of the
+plain expressions and against central finite differences of a float64 numpy reference, on random shapes (odd lengths
+included). And the selection: where the README says the kernels run (the CPU, float32, a C++ compiler for
+mx.compile), the decoder's forward must use them.
 
 The kernels compute the same values with or without a compiler (mx.compile only fuses), so these tests run on any
 machine; only the selection test depends on the compiler."""
@@ -103,6 +104,39 @@ def test_silu_mul_saturates_without_overflow():
     close(gg, mx.grad(lambda a: (nn.silu(a) * u).sum())(g), atol=1e-6)
 
 
+# ---- GELU-tanh · mul (Gemma's gate) and soft-capping (Gemma 2) -------------------------------------------------
+
+
+def _gelu_tanh_mul64(g, u):
+    return 0.5 * g * (1.0 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3))) * u
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gelu_tanh_mul_values_and_gradients(seed):
+    rng = np.random.default_rng(seed)
+    shape = random_shape(rng, (1, 2), (1, 7), (1, 11))
+    g = (rng.standard_normal(shape) * 4).astype(np.float32)
+    u = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(shape).astype(np.float32)
+    close(kernels.gelu_tanh_mul(mx.array(g), mx.array(u)), _gelu_tanh_mul64(g.astype(np.float64), u))
+    fused = mx.grad(lambda a, b: (mx.array(w) * kernels.gelu_tanh_mul(a, b)).sum(), argnums=(0, 1))(
+        mx.array(g), mx.array(u)
+    )
+    g64, u64, w64 = g.astype(np.float64), u.astype(np.float64), w.astype(np.float64)
+    close(fused[0], numeric_grad(lambda a: (w64 * _gelu_tanh_mul64(a, u64)).sum(), g64))
+    close(fused[1], numeric_grad(lambda b: (w64 * _gelu_tanh_mul64(g64, b)).sum(), u64))
+
+
+@pytest.mark.parametrize("cap", [1.0, 50.0])
+def test_soft_cap_values_and_gradient(cap):
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((3, 17)) * 2 * cap).astype(np.float32)
+    w = rng.standard_normal(x.shape).astype(np.float32)
+    close(kernels.soft_cap(mx.array(x), cap), cap * np.tanh(x.astype(np.float64) / cap), atol=1e-5 * cap)
+    fused = mx.grad(lambda a: (mx.array(w) * kernels.soft_cap(a, cap)).sum())(mx.array(x))
+    close(fused, numeric_grad(lambda a: (w.astype(np.float64) * cap * np.tanh(a / cap)).sum(), x))
+
+
 # ---- RoPE --------------------------------------------------------------------------------------------------------
 
 
@@ -113,13 +147,13 @@ def test_rope_values_and_gradient(traditional, seed):
     B, H, n, half = random_shape(rng, (1, 2), (1, 3), (1, 9), (1, 5))
     D, start, scale = 2 * half, int(rng.integers(0, 20)), 0.3
     rope = nn.RoPE(D, traditional=traditional, base=500.0)
-    k = kernels.CPUKernels(rope, start, n)
+    k = kernels.CPUKernels(start, n)
     x = rng.standard_normal((B, H, n, D)).astype(np.float32)
     w = rng.standard_normal(x.shape).astype(np.float32)
-    close(k.rope(mx.array(x), scale), rope64(x.astype(np.float64), start, 500.0, traditional, scale))
-    close(k.rope(mx.array(x)), rope(mx.array(x), offset=start))  # the plain path: mx.fast.rope
+    close(k.rope(mx.array(x), rope, scale), rope64(x.astype(np.float64), start, 500.0, traditional, scale))
+    close(k.rope(mx.array(x), rope), rope(mx.array(x), offset=start))  # the plain path: mx.fast.rope
 
-    fused = mx.grad(lambda a: (mx.array(w) * k.rope(a, scale)).sum())(mx.array(x))
+    fused = mx.grad(lambda a: (mx.array(w) * k.rope(a, rope, scale)).sum())(mx.array(x))
     plain = mx.grad(lambda a: (mx.array(w) * rope(a, offset=start) * scale).sum())(mx.array(x))
     close(fused, plain)
     w64 = w.astype(np.float64)
@@ -146,7 +180,7 @@ def test_attention_values_and_gradients(seed):
     k = (rng.standard_normal((B, kv_heads, L, D)) * 2).astype(np.float32)
     v = rng.standard_normal((B, kv_heads, L, D)).astype(np.float32)
     w = rng.standard_normal(q.shape).astype(np.float32)
-    ker = kernels.CPUKernels(nn.RoPE(2), offset, n)
+    ker = kernels.CPUKernels(offset, n)
     args = [mx.array(a) for a in (q, k, v)]
     close(ker.attention(*args), attention64(q.astype(np.float64), k, v, offset))
     close(ker.attention(*args), plain_attention(*args, offset))

@@ -4,10 +4,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from mlxsuite import platform
+from mlxsuite.platform import blas
 
 
 def test_loaded_blas_matches_numpy():
@@ -65,8 +67,8 @@ def test_openblas_shim_forwards_the_standard_gemm_names():
 
     if importlib.util.find_spec("scipy_openblas32") is None or not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("needs the scipy-openblas32 wheel and a C compiler")
-    path = platform._openblas_shim()
-    assert path and path in platform._candidates()[:1]
+    path = blas._openblas_shim()
+    assert path and path in blas._candidates()[:1]
     lib = ctypes.CDLL(path)
     assert hasattr(lib, "cblas_sgemm") and hasattr(lib, "cblas_dgemm")
     # and it is what this process loaded (unless the user chose another BLAS)
@@ -96,7 +98,9 @@ def test_machine_info_against_the_system():
         assert info["chip"] == device_info["device_name"]
     if sys.platform == "linux":
         assert info["os"] == "Linux"
-        os_release = dict(line.split("=", 1) for line in open("/etc/os-release").read().splitlines() if "=" in line)
+        os_release = dict(
+            line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line
+        )
         assert info["os_version"] == os_release["PRETTY_NAME"].strip('"')
         pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         assert abs(info["memory_gb"] - pages / 1e9) < 0.01 * pages / 1e9  # GB as mlx-lm prints them: 10^9 bytes
@@ -109,17 +113,17 @@ def test_doctor_suggests_the_mkl_extra_only_without_compiler_and_openblas(monkey
 
     reference = platform.BlasInfo("reference", "stock", "no optimized BLAS found")
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setattr(platform._pyplatform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(platform, "system_openblas", lambda: [])
+    monkeypatch.setattr(blas._pyplatform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(blas, "system_openblas", lambda: [])
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    advice = platform.blas_advice(reference)
+    advice = blas.blas_advice(reference)
     assert "mlxsuite[mkl]" in advice and "libopenblas0" in advice
-    monkeypatch.setattr(platform, "system_openblas", lambda: ["/usr/lib/x86_64-linux-gnu/libopenblas.so.0"])
-    assert platform.blas_advice(reference) is None
-    monkeypatch.setattr(platform, "system_openblas", lambda: [])
+    monkeypatch.setattr(blas, "system_openblas", lambda: ["/usr/lib/x86_64-linux-gnu/libopenblas.so.0"])
+    assert blas.blas_advice(reference) is None
+    monkeypatch.setattr(blas, "system_openblas", lambda: [])
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/cc" if name == "cc" else None)
-    assert platform.blas_advice(reference) is None
-    assert platform.blas_advice(platform.BlasInfo("/x/libscipy_openblas.so", "loaded")) is None
+    assert blas.blas_advice(reference) is None
+    assert blas.blas_advice(platform.BlasInfo("/x/libscipy_openblas.so", "loaded")) is None
 
 
 def test_blas_threads_default_to_the_idle_cores():

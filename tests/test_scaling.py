@@ -1,4 +1,4 @@
-"""mlxsuite.scaling against the reference values of the vocabulary paper's notes (its "Checks" section)."""
+"""mlxsuite.vocab.scaling against the reference values of the vocabulary paper's notes (its "Checks" section)."""
 
 import math
 
@@ -145,7 +145,7 @@ def test_parametric_root_solves_the_reference_equation():
         n, dk, f = nnv / 1e6, d / 1e3, flops / 1e15
         v = L.optimal_nv(nnv, flops) / d / 1e3
 
-        def dl_dv(v):
+        def dl_dv(v, f=f, n=n, dk=dk):
             u = f / (6 * (n + v * dk))
             return -L.alpha2 * L.A2 * dk / (v * dk) ** (L.alpha2 + 1) + L.beta * L.B * (
                 f * dk / (6 * (n + v * dk) ** 2)

@@ -427,7 +427,7 @@ def test_decode_continues_the_prompt_like_generate_tokens(stored_pair):
 
     mx.random.seed(1)
     tokens = mx.random.randint(0, stored_pair.base.args.vocab_size, (1, 30))
-    setup = ttft.Setup(stored_pair.base, 16, {"kvp": stored_pair})
+    setup = ttft.Setup(stored_pair.base, 16, kvp=stored_pair)
     modes = {m.name: m for m in ttft.build_modes(["base", "aux", "kvp", "mlx-lm"], setup)}
 
     def tokens_of(mode, n=5):

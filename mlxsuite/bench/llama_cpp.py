@@ -1,6 +1,6 @@
 """llama.cpp as a `bench ttft` mode (`llama.cpp`), through llama-cpp-python (the optional `llama-cpp` extra).
 
-It runs the model's GGUF file (`Setup.extras["gguf"]`) on the same random prompt ids, inside the same interleaved
+It runs the model's GGUF file (`Setup.gguf`) on the same random prompt ids, inside the same interleaved
 schedule as the other modes, with as many threads as the BLAS has (so both runtimes use the same cores), prompt
 evaluation in llama.cpp's own batch size (512, llama-cli's and llama-bench's default). TTFT is the prompt's
 evaluation plus the first token (greedy, the argmax of the last position's logits, as the other modes sample); each
@@ -20,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxsuite import platform
-from mlxsuite.bench.modes import Mode, Setup, prompt_flops
+from mlxsuite.bench.modes import Mode, Setup, prompt_flops, register_mode
 from mlxsuite.platform.errors import UserError
 
 NAME = "llama.cpp"
@@ -73,7 +73,7 @@ def threads() -> int:
 
 def build(setup: Setup) -> Mode:
     llama_cpp = require()
-    path = setup.extras.get("gguf")
+    path = setup.gguf
     if path is None:
         raise UserError(f"mode {NAME!r} runs a GGUF file: {setup.name} is not one")
     failure = probe(path)
@@ -123,3 +123,6 @@ def build(setup: Setup) -> Mode:
         "gguf": str(path),
     }
     return Mode(NAME, run, prompt_flops(setup.model), max_batch=1, info=info, mlx_memory=False)
+
+
+register_mode(NAME, build, require)

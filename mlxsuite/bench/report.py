@@ -16,8 +16,6 @@ from typing import Any, Optional
 
 from mlxsuite.platform.plots import check_path, pyplot, save
 
-FORMATS = ("table", "md", "csv", "json", "jsonl")
-
 # Every record field and its type, in column order: the row's identity, its statistics, the model, the run.
 FIELDS: dict[str, type] = {
     "model": str,
@@ -61,6 +59,7 @@ FIELDS: dict[str, type] = {
     "layers": int,
     "aux_layers": int,
     "kvp_param_ratio": float,
+    "implementation": str,  # the model class that ran: this project's family, or mlx-lm's own class
     "mlxsuite_version": str,
     "mlx_version": str,
     "mlx_lm_version": str,
@@ -159,6 +158,7 @@ def records(report: dict) -> list[dict]:
             "layers": m.get("layers"),
             "aux_layers": kvp["aux_layers"] if kvp and r["mode"] in ("aux", "kvp") else None,
             "kvp_param_ratio": kvp["param_ratio"] if kvp and r["mode"] in ("aux", "kvp") else None,
+            "implementation": m.get("implementation"),
             **{f"llama_cpp_{k}": llama.get(k) for k in ("version", "threads", "batch", "gguf")},
             **run,
         }

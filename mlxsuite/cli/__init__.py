@@ -8,6 +8,7 @@ import sys
 import time
 
 import typer
+from rich.markup import escape
 
 from mlxsuite import __version__  # loads the fast BLAS before anything imports mlx.core
 from mlxsuite.cli import (
@@ -25,6 +26,7 @@ from mlxsuite.cli import (
     vocab,
 )
 from mlxsuite.cli.common import err
+from mlxsuite.cli.flags import with_flags
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(
@@ -94,9 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="mlxsuite")
     except UserError as e:
-        from rich.markup import escape  # a message may hold brackets: pip extras, lists
-
-        _fail(2, f"[red]error:[/red] {escape(str(e))}")
+        _fail(2, f"[red]error:[/red] {escape(with_flags(str(e)))}")  # escaped: a message may hold brackets
     except KeyboardInterrupt:
         _fail(130, "interrupted")
     except Exception as e:

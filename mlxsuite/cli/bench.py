@@ -7,16 +7,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Optional
 
-import mlx.core as mx
 import typer
 
+from mlxsuite import platform
+from mlxsuite.bench import report as report_lib
+from mlxsuite.bench import ttft as lib
 from mlxsuite.cli.common import Device, Dtype, Progress, device_option, dtype_option, err, out, parse_int_list, positive
+from mlxsuite.generate import default_prefill_step
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True)
 
 DEFAULT_LENGTHS = "128,512,1024"
-DEFAULT_VOCAB = 4096
 TABLE_WIDTH = 100  # the default table drops its lowest-priority columns until it fits (all of them with --wide)
 
 
@@ -43,55 +45,6 @@ def _progress(header: str):
             bar.update(task, completed=done, total=total, what=what)
 
         yield update
-
-
-def _load(name: str, vocab_size: Optional[int], dtype, seed: int):
-    """A model folder or store name (with its tokenizer), else a preset with random weights."""
-    from mlxsuite import store
-    from mlxsuite.models import lm
-
-    try:
-        folder = store.resolve(name)
-    except UserError as e:
-        if name not in lm.PRESETS:
-            if Path(name).expanduser().exists():
-                raise
-            raise UserError(f"{e}; or name a preset: {', '.join(lm.PRESETS)}") from None
-        V = vocab_size or DEFAULT_VOCAB
-        model = lm.build(lm.preset_args(name, V), seed=seed, dtype=dtype)
-        model.eval()
-        return model, None, f"preset {name}, random weights, V={V}"
-    if vocab_size is not None:
-        raise UserError(f"--vocab-size applies to presets only; {folder} has its own vocabulary")
-    loaded = store.load(str(folder), "lm", dtype=dtype, dequantize=None)
-    for note in loaded.notes:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
-    return loaded.model, loaded.tokenizer, Path(name).name if name.lower().endswith(".gguf") else str(folder)
-
-
-def _load_kvp(model: str, kvp: str, vocab_size: Optional[int], dtype):
-    """The pair in `kvp`, refused unless its base is `model` (same weights); the base mode times the pair's base."""
-    from mlxsuite import store
-    from mlxsuite.kvp.recipe import load_pair
-    from mlxsuite.models import lm
-
-    if vocab_size is not None:
-        raise UserError("--vocab-size applies to presets only, not with --kvp")
-    try:
-        store.resolve(model)
-    except UserError:
-        if model in lm.PRESETS:
-            raise UserError(
-                f"--kvp needs the pair's base model folder or store name as MODEL, not the preset {model!r}"
-            ) from None
-        raise
-    pair, tokenizer, folder, meta = load_pair(kvp, expect_base=model)
-    if dtype is not None:
-        pair.set_dtype(dtype)
-        mx.eval(pair.parameters())
-    described = f"{model} with KV Prediction {folder.name} ({meta['aux'].get('kind', '?')}"
-    described += f"-{meta['aux']['keep']:.2f})" if "keep" in meta["aux"] else ")"
-    return pair.base, tokenizer, described, {"kvp": pair}
 
 
 def ttft(
@@ -151,7 +104,7 @@ def ttft(
     device: Device = device_option(),
     dtype: Dtype = dtype_option(),
     vocab_size: Optional[int] = typer.Option(
-        None, "--vocab-size", help=f"Vocabulary size of a preset (default: {DEFAULT_VOCAB})."
+        None, "--vocab-size", help=f"Vocabulary size of a preset (default: {lib.PRESET_VOCAB})."
     ),
     compare_mlx_lm: bool = typer.Option(
         False,
@@ -201,43 +154,14 @@ def ttft(
     Short flags as llama-bench's: -m model, -p prompt lengths, -b batch sizes, -r repetitions, -g generated
     tokens, -o output format.
     """
-    from mlxsuite import platform
-    from mlxsuite.bench import report as report_lib
-    from mlxsuite.bench import ttft as lib
-    from mlxsuite.generate import default_prefill_step
-
-    names = list(model or []) + list(models or [])
-    if not names:
-        raise UserError("name a model: MODEL or -m MODEL (a folder, a store name or a preset: micro, tiny, …)")
-    if len(set(names)) != len(names):
-        raise UserError(f"a model is named twice: {', '.join(names)}")
-    if json_out:
-        if output not in ("table", "json"):
-            raise UserError(f"--json is -o json: drop it or -o {output}")
-        output = "json"
-    if wide and output not in ("table", "md"):
-        raise UserError(f"--wide selects table columns: -o {output} has every field already")
-    if kvp is not None and len(names) > 1:
-        raise UserError("--kvp belongs to one base model: measure one MODEL with it")
-    if modes is None:
-        modes = "base,aux,kvp" if kvp is not None else "base"
-    mode_names = [m.strip() for m in modes.split(",") if m.strip()]
-    if compare_mlx_lm and "mlx-lm" not in mode_names:
-        mode_names.append("mlx-lm")
+    names = _model_names(model, models, kvp)
+    output = _output_format(output, json_out, wide)
+    mode_names = _mode_names(modes, kvp, compare_mlx_lm)
     if compare_llama_cpp and "llama.cpp" not in mode_names:
         mode_names.append("llama.cpp")
     ggufs = _gguf_files(names, gguf, "llama.cpp" in mode_names)
     lib.check_mode_names(mode_names, kvp=kvp is not None)
-    if paper_regime:
-        if prompt_lengths is not None or batch_sizes is not None:
-            raise UserError(
-                "--paper-regime sets the prompt lengths and batch sizes: drop --prompt-lengths/--batch-sizes"
-            )
-        configs = lib.PAPER_REGIME
-    else:
-        lengths = parse_int_list("--prompt-lengths", DEFAULT_LENGTHS if prompt_lengths is None else prompt_lengths)
-        batches = parse_int_list("--batch-sizes", "1" if batch_sizes is None else batch_sizes)
-        configs = [(T, B) for B in batches for T in lengths]
+    configs = _configs(paper_regime, prompt_lengths, batch_sizes)
     positive("--reps", reps)
     positive("--prefill-step", prefill_step)
     positive("--vocab-size", vocab_size)
@@ -252,15 +176,14 @@ def ttft(
     dt = platform.parse_dtype(dtype)
     setups, described = [], []
     for name in names:
-        if kvp is not None:
-            m, tok, what, extras = _load_kvp(name, kvp, vocab_size, dt)
-        else:
-            (m, tok, what), extras = _load(name, vocab_size, dt, seed), {}
+        setup, what, notes = lib.open_setup(name, kvp, vocab_size, dt, seed, prefill_step or default_prefill_step())
+        for note in notes:
+            err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
         if name in ggufs:
-            extras["gguf"] = ggufs[name]
-        setups.append(lib.Setup(m, prefill_step or default_prefill_step(), extras, name=name, tokenizer=tok))
+            setup.gguf = str(ggufs[name])
+        setups.append(setup)
         described.append(what)
-        lib.check_configs(m.args, configs, reps, warmup, prefix_cache, generation_tokens)
+        lib.check_configs(setup.model.args, configs, reps, warmup, prefix_cache, generation_tokens)
     header = (
         f"[bold]ttft[/bold] {'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
         + (f" (uncached and {prefix_cache} cached)" if prefix_cache else "")
@@ -269,6 +192,53 @@ def ttft(
     with _progress(header) as progress:
         report = lib.run(setups, mode_names, configs, reps, warmup, seed, progress, generation_tokens, prefix_cache)
     report["described"] = described
+    _print_report(report, output, wide, plot)
+
+
+def _model_names(model: Optional[list[str]], models: Optional[list[str]], kvp: Optional[str]) -> list[str]:
+    names = list(model or []) + list(models or [])
+    if not names:
+        raise UserError("name a model: MODEL or -m MODEL (a folder, a store name or a preset: micro, tiny, …)")
+    if len(set(names)) != len(names):
+        raise UserError(f"a model is named twice: {', '.join(names)}")
+    if kvp is not None and len(names) > 1:
+        raise UserError("--kvp belongs to one base model: measure one MODEL with it")
+    return names
+
+
+def _output_format(output: str, json_out: bool, wide: bool) -> str:
+    if json_out:
+        if output not in ("table", "json"):
+            raise UserError(f"--json is -o json: drop it or -o {output}")
+        output = "json"
+    if wide and output not in ("table", "md"):
+        raise UserError(f"--wide selects table columns: -o {output} has every field already")
+    return output
+
+
+def _mode_names(modes: Optional[str], kvp: Optional[str], compare_mlx_lm: bool) -> list[str]:
+    if modes is None:
+        modes = "base,aux,kvp" if kvp is not None else "base"
+    mode_names = [m.strip() for m in modes.split(",") if m.strip()]
+    if compare_mlx_lm and "mlx-lm" not in mode_names:
+        mode_names.append("mlx-lm")
+    lib.check_mode_names(mode_names, kvp=kvp is not None)
+    return mode_names
+
+
+def _configs(paper_regime: bool, prompt_lengths: Optional[str], batch_sizes: Optional[str]) -> list[tuple[int, int]]:
+    if paper_regime:
+        if prompt_lengths is not None or batch_sizes is not None:
+            raise UserError(
+                "--paper-regime sets the prompt lengths and batch sizes: drop --prompt-lengths/--batch-sizes"
+            )
+        return lib.PAPER_REGIME
+    lengths = parse_int_list("--prompt-lengths", DEFAULT_LENGTHS if prompt_lengths is None else prompt_lengths)
+    batches = parse_int_list("--batch-sizes", "1" if batch_sizes is None else batch_sizes)
+    return [(T, B) for B in batches for T in lengths]
+
+
+def _print_report(report: dict, output: str, wide: bool, plot: Optional[Path]) -> None:
     recs = report_lib.records(report)
     for warning in report_lib.spread_warnings(recs):
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
@@ -332,8 +302,6 @@ def _width(table) -> int:
 def _table(recs: list[dict], report: dict, wide: bool) -> None:
     """The default columns that fit TABLE_WIDTH (every column with --wide), then the run's metadata."""
     from rich.console import Console
-
-    from mlxsuite.bench import report as report_lib
 
     cols = report_lib.columns(recs, wide)
     table = _rich_table(recs, cols)

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from mlxsuite.chat import Conversation, has_chat_template, load_prompt_cache_file
 from mlxsuite.cli.common import err, model_argument
 from mlxsuite.cli.generate import (
     kvp_option,
@@ -45,8 +46,6 @@ def chat(
     """Talk with a model (one line per turn; /reset starts over, /exit or Ctrl-D ends). Each turn prefills only its
     new tokens: the prompt cache is kept across turns. With --prompt-cache-file (from cache-prompt) the first
     message continues the cached text. Short flags as mlx-lm's: -m max tokens, -v verbose."""
-    from mlxsuite.chat import Conversation, has_chat_template
-
     if prompt_cache_file is not None and kvp is not None:
         raise UserError("a prompt cache file holds the base's own cache: it cannot be used with KV Prediction")
 
@@ -85,8 +84,6 @@ def chat(
 def _saved_opening(path: Path, model, folder, system_prompt) -> tuple[str, list[int], list]:
     """(text, ids, cache) of a prompt-cache file made by cache-prompt: the opening of the first user message."""
     import json
-
-    from mlxsuite.chat import load_prompt_cache_file
 
     if system_prompt is not None:
         raise UserError("a prompt cache file opens the first user message: it cannot follow a system prompt")

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from mlxsuite.platform.errors import UserError
+from mlxsuite.train.trainer import TrainConfig
 
 err = Console(stderr=True)  # progress, notes and errors
 out = Console()  # results (tables, or one JSON document with --json)
@@ -223,8 +224,6 @@ class RunFlags:
 
 def train_options(**defaults):
     """Add the training options to a typer command (see TRAIN_OPTIONS and RUN_OPTIONS)."""
-    from mlxsuite.train.trainer import TrainConfig
-
     base = TrainConfig()
 
     kinds = {"device": Device, "schedule": Literal["cosine", "linear"]}

@@ -14,7 +14,11 @@ from typing import Optional
 import typer
 
 from mlxsuite.cli.common import Dtype, Progress, err, out, print_json
+from mlxsuite.convert import derive, hf
+from mlxsuite.convert import from_gguf as gguf_convert
+from mlxsuite.convert.quantization import quant_spec
 from mlxsuite.platform.errors import UserError
+from mlxsuite.store.refs import output_path, source_folder
 
 app = typer.Typer(
     help="Convert weights: from Hugging Face / mlx-lm / GGUF, to mlx-lm, prune, quantize.", no_args_is_help=True
@@ -91,8 +95,6 @@ def _report(result, what: str, json_out: bool) -> None:
 
 
 def _out_path(name: str) -> Path:
-    from mlxsuite.store import output_path
-
     return output_path(name)
 
 
@@ -106,8 +108,6 @@ def _one_of(positional: Optional[str], option: Optional[str], what: str, flag: s
 
 def _quant_spec(quantize: bool, bits, group_size, mode: Optional[QMode], recipe: Optional[Recipe]):
     """The -q options as mlx_lm.convert reads them; the --q-* options without -q are refused, not ignored."""
-    from mlxsuite.convert.quantization import quant_spec
-
     given = [f for f, v in (("--q-bits", bits), ("--q-group-size", group_size), ("--q-mode", mode),
                             ("--quant-predicate", recipe)) if v is not None]  # fmt: skip
     if not quantize:
@@ -141,15 +141,15 @@ def from_hf(
     json_out: bool = JSON,
 ):
     """Convert a Llama/Mistral/Qwen2/Qwen3 checkpoint (safetensors only) into a model here, as mlx_lm.convert does."""
-    from mlxsuite.convert import hf as convert
-
     source = _one_of(hf_dir, hf_path, "the checkpoint", "--hf-path")
     target = _one_of(out_name, mlx_path, "the output", "--mlx-path")
     target_path = Path(target) if mlx_path is not None else _out_path(target)
+    if quantize and dequantize:
+        raise UserError("choose either quantize (-q) or dequantize (-d), not both")
     quant = _quant_spec(quantize, q_bits, q_group_size, q_mode, quant_predicate)
     with _progress("converting") as progress:
-        result = convert.from_hf(
-            source,
+        result = hf.from_hf(
+            source_folder(source),
             target_path,
             dtype=dtype,
             quant=quant,
@@ -167,16 +167,15 @@ def from_gguf(
     dtype: Dtype = typer.Option(
         None,
         "--dtype",
-        help="Dequantize, and store every float tensor, in this dtype (default: Q8_0/Q4_0/Q4_1 stay quantized, floats as stored; on the CPU use float32).",
+        help="Dequantize, and store every float tensor, in this dtype (default: Q8_0/Q4_0/Q4_1 stay quantized, "
+        "floats as stored; on the CPU use float32).",
     ),
     force: bool = FORCE,
     json_out: bool = JSON,
 ):
     """Convert a llama.cpp GGUF file (Llama, Mistral-style, SmolLM2) into a model folder that mlx-lm also opens."""
-    from mlxsuite.convert import from_gguf as convert_gguf
-
     with _progress("converting") as progress:
-        result = convert_gguf.from_gguf(gguf_file, _out_path(out_name), dtype=dtype, force=force, progress=progress)
+        result = gguf_convert.from_gguf(gguf_file, _out_path(out_name), dtype=dtype, force=force, progress=progress)
     _report(result, "wrote", json_out)
 
 
@@ -188,10 +187,8 @@ def to_mlx_lm(
     json_out: bool = JSON,
 ):
     """Export a model for mlx-lm (`mlx_lm.load` / `mlx_lm.generate`), with a tokenizer.json for its tokenizer."""
-    from mlxsuite.convert import hf as convert
-
     with _progress("exporting") as progress:
-        result = convert.to_mlx_lm(model, Path(out_dir), force=force, progress=progress)
+        result = derive.to_mlx_lm(model, Path(out_dir), force=force, progress=progress)
     _report(result, f"wrote ({result.config['model_type']} for mlx-lm)", json_out)
 
 
@@ -204,10 +201,8 @@ def prune(
     json_out: bool = JSON,
 ):
     """Layer-pruned copy (KVP-LP): keep 0.75 drops layers i%4==3, 0.5 keeps even layers, 0.25 keeps i%4==0."""
-    from mlxsuite.convert import hf as convert
-
     with _progress("pruning") as progress:
-        result = convert.prune(model, _out_path(out_name), keep, force=force, progress=progress)
+        result = derive.prune(model, _out_path(out_name), keep, force=force, progress=progress)
     kept = result.config["mlxsuite"]["pruned"]["layers"]
     _report(result, f"kept layers {','.join(map(str, kept))}; wrote", json_out)
 
@@ -224,10 +219,8 @@ def quantize(
     json_out: bool = JSON,
 ):
     """Quantize Linear and Embedding layers as mlx_lm.convert -q does; loads everywhere a model does."""
-    from mlxsuite.convert import hf as convert
-
     spec = _quant_spec(True, q_bits, q_group_size, q_mode, quant_predicate)
     with _progress("quantizing") as progress:
-        result = convert.quantize(model, _out_path(out_name), spec, force=force, progress=progress)
+        result = derive.quantize(model, _out_path(out_name), spec, force=force, progress=progress)
     what = spec.recipe or f"{spec.bits}-bit {spec.mode}"
     _report(result, f"{what}, wrote", json_out)

@@ -31,7 +31,8 @@ def evaluate(
     if json_out:
         print_json(result)
         return
-    table = Table(title=f"{result['model']} on {result['corpus']} (validation)")
+    via = f", through {result['implementation']}" if result["implementation"].startswith("mlx-lm") else ""
+    table = Table(title=f"{result['model']} on {result['corpus']} (validation{via})")
     for col in ("tokens", "CE (nats/token)", "perplexity", "bits/char", "L_u (nats/token)"):
         table.add_column(col, justify="right")
     table.add_row(

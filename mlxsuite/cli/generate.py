@@ -12,7 +12,17 @@ from typing import Optional
 import typer
 
 from mlxsuite import store
+from mlxsuite.chat import (
+    cache_prompt_ids,
+    fill_cache,
+    has_chat_template,
+    load_prompt_cache_file,
+    prompt_ids,
+    save_prompt_cache_file,
+)
 from mlxsuite.cli.common import err, model_argument, print_json
+from mlxsuite.generate import generate_ids
+from mlxsuite.kvp.recipe import load_pair, prompt_fill
 from mlxsuite.platform.errors import UserError
 
 
@@ -77,12 +87,10 @@ def template_kwargs(config: Optional[str]) -> dict:
 def load_generator(model: str, kvp: Optional[str]):
     """(model that generates, tokenizer, folder, pair or None)."""
     if kvp is not None:
-        from mlxsuite.kvp.recipe import load_pair
-
         pair, tok, _, _ = load_pair(kvp, expect_base=model)
         m, folder = pair.base, store.resolve(model)
     else:
-        loaded = store.load(model, "lm", dequantize=None)
+        loaded = store.load(model, "lm", dequantize=True)
         m, tok, folder, pair = loaded.model, loaded.tokenizer, loaded.folder, None
         for note in loaded.notes:
             err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
@@ -147,9 +155,6 @@ def generate(
 ):
     """Generate an answer (chat template applied when the tokenizer has one, as mlx_lm.generate) or a raw
     continuation (echoed after its prompt). Short flags as mlx-lm's: -p prompt, -m max tokens, -v verbose."""
-    from mlxsuite.chat import has_chat_template, load_prompt_cache_file, prompt_ids
-    from mlxsuite.generate import generate_ids
-
     prompt = sys.stdin.read() if prompt == "-" else (prompt or "")
     if max_tokens <= 0:
         raise UserError(f"max-tokens must be positive, got {max_tokens}")
@@ -170,8 +175,6 @@ def generate(
     if prompt_cache_file is not None:
         cache, _ = load_prompt_cache_file(prompt_cache_file, m, folder, same_model(folder))
     elif pair is not None:
-        from mlxsuite.kvp.recipe import prompt_fill
-
         cache, fill = prompt_fill(pair)
     ids = prompt_ids(tok, prompt, use_template, system_prompt, kwargs, after_cache=cache is not None and fill is None)
     if not ids:
@@ -204,8 +207,6 @@ def cache_prompt(
 ):
     """Prefill a prompt once and save its cache (as mlx_lm.cache_prompt); generate --prompt-cache-file continues it."""
     import time
-
-    from mlxsuite.chat import cache_prompt_ids, fill_cache, has_chat_template, save_prompt_cache_file
 
     prompt = sys.stdin.read() if prompt == "-" else (prompt or "")
     if not prompt:

@@ -8,11 +8,14 @@ import typer
 
 from mlxsuite import platform
 from mlxsuite.cli.common import Device, device_option, out, print_json, run_training, train_options
+from mlxsuite.kvp.evaluate import evaluate_kvp, plot_kv_errors
+from mlxsuite.kvp.recipe import KVPRunSpec, train_kvp
 from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 
 app = typer.Typer(
-    help="KV Prediction: train an auxiliary model and KV predictor, evaluate it (generate with `mlxsuite generate BASE --kvp DIR`).",
+    help="KV Prediction: train an auxiliary model and KV predictor, evaluate it "
+    "(generate with `mlxsuite generate BASE --kvp DIR`).",
     no_args_is_help=True,
 )
 
@@ -68,8 +71,6 @@ def train(
     run: object = None,
 ):
     """Train the auxiliary and predictor against a frozen base."""
-    from mlxsuite.kvp.recipe import KVPRunSpec, train_kvp
-
     if base and base_option and base != base_option:
         raise UserError(f"two base models given: {base} and --base {base_option}")
     base = base or base_option
@@ -126,8 +127,6 @@ def evaluate(
     """Base, the paper's baseline, the jointly trained auxiliary and KV Prediction: continuation CE, first-token
     accuracy, agreement with the base, the 1-shot code task, TTFT FLOPs and per-layer KV error."""
     from rich.table import Table
-
-    from mlxsuite.kvp.evaluate import evaluate_kvp, plot_kv_errors
 
     platform.set_device(device)
     if plot:

@@ -7,7 +7,15 @@ from typing import Literal, Optional
 import typer
 
 from mlxsuite.cli.common import TrainProgress, out, positive, print_json, run_training, train_options
+from mlxsuite.moma.compare import compare as run_compare
+from mlxsuite.moma.compare import plot_curves
+from mlxsuite.moma.generate import caption_image, generate_image
+from mlxsuite.moma.images import preview, save_png
+from mlxsuite.moma.spec import DEFAULT_VARIANTS, MOD_TOLERANCE, Layout, MomaRunSpec, flops_table
+from mlxsuite.moma.train import train_moma
+from mlxsuite.moma.train import train_routers as run_train_routers
 from mlxsuite.platform.errors import UserError
+from mlxsuite.platform.plots import check_path
 
 app = typer.Typer(help="MoMa: mixed-modal early-fusion models with modality-aware experts.", no_args_is_help=True)
 
@@ -16,7 +24,7 @@ SCHEDULE_HELP = "Decay after warm-up: linear (the MoMa paper's) or cosine."
 MIN_LR_HELP = "The decay ends at lr × this (the MoMa paper: 0.01)."
 
 
-class _Progress(TrainProgress):
+class MomaTrainProgress(TrainProgress):
     def __call__(self, event: str, info: dict) -> None:
         if self.quiet:
             return
@@ -76,9 +84,6 @@ def train(
 ):
     """Train a dense, MoE or MoMa early-fusion model on interleaved captions, images and text. Launch data-parallel
     runs with `mlx.launch -n 2 -- mlxsuite moma train …`."""
-    from mlxsuite.moma.spec import MomaRunSpec
-    from mlxsuite.moma.train import train_moma
-
     spec = MomaRunSpec(
         out=out_name,
         variant=variant,
@@ -104,7 +109,7 @@ def train(
             f"run: {r['folder']}  val loss {r.get('val_loss', float('nan')):.4f}  "
             f"text {r.get('val_loss_text', float('nan')):.4f}  image {r.get('val_loss_image', float('nan')):.4f}"
         ),
-        progress_class=_Progress,
+        progress_class=MomaTrainProgress,
     )
 
 
@@ -122,13 +127,11 @@ def train_routers(
     """Stage 2: train the auxiliary routers (main model frozen) that make inference causal."""
     import mlx.core as mx
 
-    from mlxsuite.moma.train import train_routers as tr
-
     if steps is not None:
         positive("steps", steps)
     rank = mx.distributed.init().rank()
-    with _Progress(quiet=quiet or json_out or rank != 0, label="routers") as progress:
-        result = tr(run, steps=steps, callback=progress, resume=resume, force=force)
+    with MomaTrainProgress(quiet=quiet or json_out or rank != 0, label="routers") as progress:
+        result = run_train_routers(run, steps=steps, callback=progress, resume=resume, force=force)
     if rank != 0:
         return
     if json_out:
@@ -147,57 +150,7 @@ def _fmt(x, spec=".2f", suffix=""):
     return "–" if x is None else f"{x:{spec}}{suffix}"
 
 
-@app.command("compare")
-def compare(
-    variants: str = typer.Option("dense,moe8x,moma4t4i,moma4t4i+mod", "--variants", help="Comma-separated variants."),
-    flops: float = typer.Option(6e11, "--flops", help="Training FLOPs budget per variant."),
-    prefix: str = typer.Option("moma-compare", "--prefix", help="Run names: PREFIX-VARIANT (resumable)."),
-    preset: str = typer.Option("micro", "--preset", help="Dense model size the variants are FLOPs-matched to."),
-    seq_len: int = typer.Option(64, "--seq-len", help="Tokens per training row."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Rows per step."),
-    text_tokens: int = typer.Option(200_000, "--text-tokens", help="Text budget (tokens of the corpus)."),
-    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text-only corpus (default: the Python stdlib)."),
-    images: Optional[str] = typer.Option(
-        None, "--images", help="Folder of PNG/JPEG images (default: scikit-learn digits)."
-    ),
-    captions: Optional[str] = typer.Option(
-        None, "--captions", help="Captions JSONL {file, caption}; default FOLDER/captions.jsonl."
-    ),
-    lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate, reached after 10 warm-up steps."),
-    lr_schedule: Literal["cosine", "linear"] = typer.Option("linear", "--lr-schedule", help=SCHEDULE_HELP),
-    min_lr_ratio: float = typer.Option(0.01, "--min-lr-ratio", help=MIN_LR_HELP),
-    compile: bool = typer.Option(True, "--compile/--no-compile", help="Compile the training step (mx.compile)."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Write loss-vs-FLOPs curves per modality to this PNG."),
-    json_out: bool = typer.Option(False, "--json", help="Print the comparison as one JSON document."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
-):
-    """Train each variant at the same FLOPs budget and report losses, η (overall/text/image) and throughput."""
-    from mlxsuite.moma.compare import compare as run_compare
-    from mlxsuite.moma.compare import plot_curves
-    from mlxsuite.platform.plots import check_path
-
-    positive("flops", flops)
-    if plot:
-        check_path(plot)
-    names = [v.strip() for v in variants.split(",") if v.strip()]
-    base = dict(
-        preset=preset,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        text_tokens=text_tokens,
-        corpus=corpus,
-        images=images,
-        captions=captions,
-        train=dict(lr=lr, schedule=lr_schedule, min_lr_ratio=min_lr_ratio, compile=compile, warmup=10),
-    )
-    with _Progress(quiet=quiet or json_out, label="compare") as progress:
-        result = run_compare(names, flops, prefix=prefix, base=base, callback=progress)
-    if json_out:
-        if plot:
-            plot_curves(result["curves"], plot)
-            result["plot"] = plot
-        print_json({k: v for k, v in result.items()})
-        return
+def _compare_table(result: dict, flops: float):
     from rich.table import Table
 
     t = Table(
@@ -232,6 +185,57 @@ def compare(
             _fmt(r["throughput_ratio"], ".2f"),
             _fmt(r["router_acc"], ".3f"),
         )
+    return t
+
+
+@app.command("compare")
+def compare(
+    variants: str = typer.Option(DEFAULT_VARIANTS, "--variants", help="Comma-separated variants."),
+    flops: float = typer.Option(6e11, "--flops", help="Training FLOPs budget per variant."),
+    prefix: str = typer.Option("moma-compare", "--prefix", help="Run names: PREFIX-VARIANT (resumable)."),
+    preset: str = typer.Option("micro", "--preset", help="Dense model size the variants are FLOPs-matched to."),
+    seq_len: int = typer.Option(64, "--seq-len", help="Tokens per training row."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Rows per step."),
+    text_tokens: int = typer.Option(200_000, "--text-tokens", help="Text budget (tokens of the corpus)."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text-only corpus (default: the Python stdlib)."),
+    images: Optional[str] = typer.Option(
+        None, "--images", help="Folder of PNG/JPEG images (default: scikit-learn digits)."
+    ),
+    captions: Optional[str] = typer.Option(
+        None, "--captions", help="Captions JSONL {file, caption}; default FOLDER/captions.jsonl."
+    ),
+    lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate, reached after 10 warm-up steps."),
+    lr_schedule: Literal["cosine", "linear"] = typer.Option("linear", "--lr-schedule", help=SCHEDULE_HELP),
+    min_lr_ratio: float = typer.Option(0.01, "--min-lr-ratio", help=MIN_LR_HELP),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="Compile the training step (mx.compile)."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write loss-vs-FLOPs curves per modality to this PNG."),
+    json_out: bool = typer.Option(False, "--json", help="Print the comparison as one JSON document."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+):
+    """Train each variant at the same FLOPs budget and report losses, η (overall/text/image) and throughput."""
+    positive("flops", flops)
+    if plot:
+        check_path(plot)
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    base = dict(
+        preset=preset,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        text_tokens=text_tokens,
+        corpus=corpus,
+        images=images,
+        captions=captions,
+        train=dict(lr=lr, schedule=lr_schedule, min_lr_ratio=min_lr_ratio, compile=compile, warmup=10),
+    )
+    with MomaTrainProgress(quiet=quiet or json_out, label="compare") as progress:
+        result = run_compare(names, flops, prefix=prefix, base=base, callback=progress)
+    if json_out:
+        if plot:
+            plot_curves(result["curves"], plot)
+            result["plot"] = plot
+        print_json({k: v for k, v in result.items()})
+        return
+    t = _compare_table(result, flops)
     if out.is_terminal:
         out.print(t)
     else:  # a pipe or file: don't squeeze the table into 80 columns
@@ -263,9 +267,6 @@ def generate(
     json_out: bool = typer.Option(False, "--json", help="Print the codes and the PNG's path as JSON."),
 ):
     """Caption → image through the causal inference path; writes a PNG and prints a block-character preview."""
-    from mlxsuite.moma.generate import generate_image
-    from mlxsuite.moma.images import preview, save_png
-
     positive("scale", scale)
     if temperature < 0:
         raise UserError(f"temperature must be >= 0, got {temperature}")
@@ -285,8 +286,6 @@ def caption(
     json_out: bool = typer.Option(False, "--json", help="Print the caption as JSON."),
 ):
     """Image → caption through the causal inference path."""
-    from mlxsuite.moma.generate import caption_image
-
     text = caption_image(run, image)
     if json_out:
         print_json({"image": image, "caption": text})
@@ -307,9 +306,6 @@ def flops(
     json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ):
     """FLOPs accounting: training FLOPs per token of each variant against the dense model it is matched to."""
-    from mlxsuite.moma.data import Layout
-    from mlxsuite.moma.spec import MOD_TOLERANCE, MomaRunSpec, flops_table
-
     if not 0 <= image_fraction <= 1:
         raise UserError(f"image fraction must be in [0, 1], got {image_fraction}")
     spec = MomaRunSpec(out="-", preset=preset, seq_len=seq_len)

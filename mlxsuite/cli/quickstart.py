@@ -85,26 +85,29 @@ def quickstart(
     render(result)
 
 
-def render(result: dict) -> None:
-    from rich.columns import Columns
+def _ttft_view(table: list[dict]):
     from rich.table import Table
 
-    base, kvp = result["base"], result["kvp"]
     t = Table(title="Time to first token (median ms; base ÷ method)", title_justify="left")
     for col in ("tokens", "base", "auxiliary", "KV Prediction"):
         t.add_column(col, justify="right", no_wrap=True)
-    for row in result["ttft"]["table"]:
+    for row in table:
         cells = [str(row["prompt_tokens"]), f"{row['base']['median_s'] * 1e3:,.1f}"]
         for m in ("aux", "kvp"):
             r = row[m]
             cells.append(f"{r['median_s'] * 1e3:,.1f} ({r['ttft_reduction']:.2f}×)")
         t.add_row(*cells)
-    fl = result["ttft"]["table"][-1]
+    fl = table[-1]
     t.caption = (
         f"FLOPs reduction at {fl['prompt_tokens']}: aux {fl['aux']['flops_reduction']:.2f}×, "
         f"KVP {fl['kvp']['flops_reduction']:.2f}×"
     )
-    q = result["quality"]
+    return t
+
+
+def _quality_view(q: dict):
+    from rich.table import Table
+
     qt = Table(title=f"Quality ({q['samples']} held-out prompts)", title_justify="left")
     columns = [
         ("cont. loss", "continuation_ce"),
@@ -120,9 +123,18 @@ def render(result: dict) -> None:
     for m, v in q["methods"].items():
         cells = [f"{v[k]:.3f}" if k == "continuation_ce" else f"{100 * v[k]:.1f}%" for _, k in columns]
         qt.add_row(labels.get(m, m), *cells)
+    return qt
+
+
+def render(result: dict) -> None:
+    from rich.columns import Columns
+
+    base, kvp, q = result["base"], result["kvp"], result["quality"]
+    t, qt = _ttft_view(result["ttft"]["table"]), _quality_view(q)
     err.print("")
     out.print(
-        f"[bold]base[/bold] {base['folder']} ({base['preset'] + ', ' if base['preset'] else ''}{base['layers']} layers, {base['params']:,} params"
+        f"[bold]base[/bold] {base['folder']} ({base['preset'] + ', ' if base['preset'] else ''}{base['layers']} "
+        f"layers, {base['params']:,} params"
         f"{', reused' if base['reused'] else ''}); [bold]KV Prediction[/bold] {kvp['folder']} "
         f"(LP-{kvp['aux'].get('keep', 0):.2f}: {kvp['aux_layers']} layers, parameter ratio {kvp['param_ratio']:.2f}×"
         f"{', reused' if kvp['reused'] else ''})",

@@ -9,8 +9,7 @@ import typer
 from mlxsuite import store
 from mlxsuite.cli.common import err, out, positive, print_json
 from mlxsuite.data import corpus as data
-from mlxsuite.data.tokenizer import save_unigram, train_tokenizer, unigram_probs
-from mlxsuite.platform import atomic
+from mlxsuite.data.tokenizer import train_tokenizer_folder
 
 app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
 
@@ -29,22 +28,12 @@ def train(
     positive("vocab size", vocab_size)
     c = data.load_corpus(corpus)
     path = store.output_path(out_name)
-    with atomic.folder(path, force=force) as tmp:
-        with err.status(f"training a {vocab_size}-piece tokenizer on {c.name}"):
-            tok = train_tokenizer(c.train, vocab_size, tmp / "tokenizer.model")
-            stream = data.encode_docs(tok, c.train)
-            save_unigram(tmp, unigram_probs(stream, tok.vocab_size))
-            val_chars = sum(len(t) for t in c.val)
-            val_tokens = len(data.encode_docs(tok, c.val))
-    result = {
-        "path": str(path),
-        "vocab_size": tok.vocab_size,
-        "train_tokens": int(len(stream)),
-        "val_tokens_per_char": val_tokens / max(1, val_chars),
-    }
+    with err.status(f"training a {vocab_size}-piece tokenizer on {c.name}"):
+        result = train_tokenizer_folder(path, c, vocab_size, force)
     if json_out:
         print_json(result)
     else:
         out.print(
-            f"tokenizer: {path} (V={tok.vocab_size}, {result['val_tokens_per_char']:.3f} tokens/char on validation)"
+            f"tokenizer: {path} (V={result['vocab_size']}, {result['val_tokens_per_char']:.3f} tokens/char on "
+            "validation)"
         )

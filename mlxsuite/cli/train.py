@@ -8,6 +8,7 @@ import typer
 
 from mlxsuite import platform
 from mlxsuite.cli.common import RunFlags, err, positive, run_training, train_options
+from mlxsuite.cli.flags import flag_of
 from mlxsuite.platform.errors import UserError
 from mlxsuite.train.lm import LMRunSpec, auto_vocab_size, train_lm
 from mlxsuite.train.trainer import TrainConfig
@@ -48,11 +49,10 @@ def train(
     platform.set_device(run.device)
     positive("flops", flops)
     for source, ignored in (("init_from", ("preset", "vocab_size", "tokenizer")), ("tokenizer", ("vocab_size",))):
-        both = [f"--{n.replace('_', '-')}" for n in ignored if n in run.given]
+        both = [flag_of(n) for n in ignored if n in run.given]
         if locals()[source] is not None and both:
             raise UserError(
-                f"--{source.replace('_', '-')} fixes what {' and '.join(both)} would set: drop "
-                f"{'them' if len(both) > 1 else 'it'}"
+                f"{flag_of(source)} fixes what {' and '.join(both)} would set: drop {'them' if len(both) > 1 else 'it'}"
             )
     if flops is not None and vocab_size != "auto":
         raise UserError("--flops only applies to --vocab-size auto")
@@ -89,7 +89,8 @@ def train(
         run,
         "train",
         lambda r: (
-            f"model: {r['folder']}  val CE {r.get('val_ce', float('nan')):.4f}  L_u {r.get('val_lu', float('nan')):.4f}  "
+            f"model: {r['folder']}  val CE {r.get('val_ce', float('nan')):.4f}  "
+            f"L_u {r.get('val_lu', float('nan')):.4f}  "
             f"bits/char {r.get('val_bpc', float('nan')):.4f}"
         ),
     )

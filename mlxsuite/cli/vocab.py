@@ -12,8 +12,10 @@ from rich.table import Table
 
 from mlxsuite.cli import vocab_sweep
 from mlxsuite.cli.common import err, out, parse_int_list, positive, print_json
+from mlxsuite.platform.atomic import write_json
 from mlxsuite.platform.errors import UserError
 from mlxsuite.vocab import scaling
+from mlxsuite.vocab.sweep import closest_preset, measure_compression
 
 app = typer.Typer(help="Vocabulary scaling laws: predict, plan, fit compression, sweep.", no_args_is_help=True)
 
@@ -126,7 +128,6 @@ def plan(
     """
     positive("--flops", flops)
     positive("--d", d)
-    from mlxsuite.vocab.sweep import closest_preset  # MLX only when a plan is asked for
 
     f = _compression(compression)
     result = scaling.plan_budget(flops, approach.value, d, f, scaling.derivative_law_for(f))
@@ -167,9 +168,6 @@ def fit_compression(
 
     Each tokenizer trains on the corpus' training split; tokens per character are measured on its held-out split.
     """
-    from mlxsuite.platform.atomic import write_json
-    from mlxsuite.vocab.sweep import measure_compression
-
     vocab_sizes = parse_int_list("--sizes", sizes)
     if save is not None and not save.parent.is_dir():
         raise UserError(f"cannot write {save}: folder {save.parent} does not exist")

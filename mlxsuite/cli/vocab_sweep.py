@@ -1,4 +1,4 @@
-"""`mlxsuite vocab sweep`: the IsoFLOPs sweep: parse, run (`mlxsuite.sweep`), render."""
+"""`mlxsuite vocab sweep`: the IsoFLOPs sweep: parse, run (`mlxsuite.vocab.sweep`), render."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
+import mlx.core as mx
 import typer
 from rich.table import Table
 
@@ -13,6 +14,7 @@ from mlxsuite.cli.common import Progress, err, out, parse_int_list, positive, pr
 from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 from mlxsuite.vocab import scaling
+from mlxsuite.vocab import sweep as sw
 
 
 def _parse_float_list(name: str, text: str) -> list[float]:
@@ -148,6 +150,21 @@ def _print_across_sizes(a: dict) -> None:
 
 def _print_sweep(doc: dict) -> None:
     a = doc["analysis"]
+    _print_runs(doc)
+    _print_optimal_vocab(a)
+    _print_fits(a)
+    grows = a["vocab_grows_with_compute"]
+    if grows is not None:
+        out.print(
+            f"measured optimal V {'grows' if grows else 'does not grow monotonically'} with compute across the "
+            "budgets here",
+            highlight=False,
+        )
+    for n in a["notes"]:
+        out.print(f"note: {n}", highlight=False)
+
+
+def _print_runs(doc: dict) -> None:
     table = Table(title="runs")
     for col in ("preset", "V", "budget", "steps", "tokens", "L_u", "CE", "bits/char"):
         table.add_column(col, justify="left" if col == "preset" else "right")
@@ -165,6 +182,8 @@ def _print_sweep(doc: dict) -> None:
         )
     out.print(table)
 
+
+def _print_optimal_vocab(a: dict) -> None:
     table = Table(title="optimal V per budget and size (parabola of L_u in ln V)")
     for col in ("budget", "preset", "V_opt", "L_u at V_opt", "flag", "measured best V", "V_opt by bits/char"):
         table.add_column(col, justify="left" if col in ("preset", "flag") else "right")
@@ -298,8 +317,6 @@ def _json_doc(doc: dict, plot: Optional[Path]) -> dict:
 
 
 def _print_plan(plans: list, settings, json_out: bool) -> None:
-    from mlxsuite.vocab import sweep as sw
-
     est = sw.estimate_seconds(plans)
     if json_out:
         print_json({"runs": [vars(p) for p in plans], "estimate_s": est})
@@ -366,10 +383,6 @@ def sweep(
     Under `mlx.launch -n N -- mlxsuite vocab sweep …` (several machines: a hostfile) every process trains its share
     of the runs and rank 0 fits, prints and plots when all are done: the same result as one process.
     """
-    import mlx.core as mx
-
-    from mlxsuite.vocab import sweep as sw
-
     if quick and (budgets or vocab_sizes):
         raise UserError("--quick sets the budgets and vocabulary sizes: drop --budgets and --vocab-sizes, or --quick")
     if extend_edges < 0:

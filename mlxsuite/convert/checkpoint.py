@@ -1,7 +1,7 @@
 """Model checkpoints on disk: safetensors headers, the tensor check, and the bounded-memory folder write.
 
-Every conversion (`mlxsuite.convert`, `mlxsuite.convert_gguf`) is the same pipeline, built so that a failure never
-leaves a half model and memory stays bounded:
+Every conversion (`convert.hf`, `convert.from_gguf`, `convert.derive`) is the same pipeline, built so that a
+failure never leaves a half model and memory stays bounded:
 
 1. **Scan.** Read only the safetensors headers (names, dtypes, shapes) of the source; pickle checkpoints are refused.
 2. **Check.** Compare them with the tensors the target `lm.Model` expects (built lazily, nothing allocated) and
@@ -26,21 +26,20 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from mlxsuite import store
 from mlxsuite.data.hf_tokenizer import TOKENIZER_FILES
 from mlxsuite.data.tokenizer import TOKENIZER_FILE, UNIGRAM_FILE
 from mlxsuite.models import lm
-from mlxsuite.platform import atomic
+from mlxsuite.platform import ProgressCallback, atomic
 from mlxsuite.platform.errors import UserError
 
-Progress = Callable[[int, int, str], None]
-
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # safetensors dtype codes → numpy-style names (for messages) and whether they are floating point
 ST_FLOAT = {"F64", "F32", "F16", "BF16"}
 _ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1,
              "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
-# HF defaults where config.json may omit a key (transformers' config classes)
 SIDE_FILES = (TOKENIZER_FILE, UNIGRAM_FILE, "generation_config.json") + TOKENIZER_FILES
 
 
@@ -70,6 +69,25 @@ class Result:
     shards: int
     config: dict
     notes: list[str] = field(default_factory=list)
+
+
+# ---- a checkpoint folder: config, pickles refused -------------------------------------------------------------------
+
+
+def read_config(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{folder} has no config.json") from None
+    except ValueError as e:
+        raise UserError(f"{folder}/config.json is not valid JSON: {e}") from None
+
+
+def refuse_pickle_message(path: Path) -> str:
+    return (
+        f"refusing to load {path}: pickle checkpoints can run arbitrary code when loaded; convert it to safetensors "
+        "first (in a trusted environment: torch.load(..., weights_only=True) then safetensors.torch.save_file)"
+    )
 
 
 # ---- reading safetensors headers ----------------------------------------------------------------------------------
@@ -105,8 +123,8 @@ def weight_files(folder: Path) -> list[Path]:
     Pickle checkpoints are refused: only safetensors are ever read."""
     folder = Path(folder)
     if folder.is_file() or not folder.exists():
-        if folder.suffix in store.PICKLE_SUFFIXES:
-            raise UserError(store.refuse_pickle_message(folder))
+        if folder.suffix in PICKLE_SUFFIXES:
+            raise UserError(refuse_pickle_message(folder))
         if folder.is_file():
             raise UserError(f"{folder} is a file: give the checkpoint folder (config.json + *.safetensors)")
         raise UserError(f"checkpoint folder not found: {folder}")
@@ -127,9 +145,9 @@ def weight_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("model*.safetensors"))
     if files:
         return files
-    pickles = sorted(p for p in folder.iterdir() if p.suffix in store.PICKLE_SUFFIXES)
+    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise UserError(store.refuse_pickle_message(pickles[0]))
+        raise UserError(refuse_pickle_message(pickles[0]))
     raise UserError(f"{folder} has no weights (model*.safetensors)")
 
 
@@ -234,8 +252,8 @@ class SafetensorsSource:
         return self.files[file].pop(name)
 
 
-def write_weights(
-    folder: Path, shards: list[list[Item]], produce: Produce, progress: Optional[Progress]
+def write_shards(
+    folder: Path, shards: list[list[Item]], produce: Produce, progress: Optional[ProgressCallback]
 ) -> tuple[int, int, int]:
     """Write the tensors as `model.safetensors` (or `model-0000i-of-0000n.safetensors` plus an index), one output
     shard at a time: `produce` makes each item's output arrays (reading its sources lazily), they are evaluated at
@@ -300,25 +318,4 @@ def copy_side_files(src: Path, dst: Path, names=SIDE_FILES) -> None:
 
 def refuse_existing(out: Path, force: bool) -> None:
     if out.exists() and not force:
-        raise UserError(f"{out} exists: choose another name or pass --force")
-
-
-# ---- our model folders ---------------------------------------------------------------------------------------------
-
-
-def open_model_folder(name_or_path: str):
-    """A model folder of this project: (folder, config, args, quantized layers, tensors), checked against its config."""
-    folder = store.resolve(name_or_path)
-    config = store.read_config(folder)
-    try:
-        args = lm.ModelArgs.from_dict(config)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{folder}/config.json does not describe a model: {e}") from None
-    tensors = scan(folder)
-    quantized = quantized_layers(config, tensors) if config.get("quantization") else {}
-    found = {k: v.shape for k, v in tensors.items()}
-    if args.tie_word_embeddings:
-        found.pop("lm_head.weight", None)
-    check_tensors(found, expected_shapes(args, quantized), str(folder))
-    tensors = {k: v for k, v in tensors.items() if k in found}
-    return folder, config, args, quantized, tensors
+        raise UserError(f"{out} exists: choose another name or pass `force`")

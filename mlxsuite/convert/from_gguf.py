@@ -3,7 +3,7 @@
 Everything is checked from the GGUF header before a weight is read (architecture, tensor types, names and shapes
 against the model its metadata describes, the tokenizer), then the tensors are read through MLX, renamed to the
 Hugging Face names, the q/k rows put back in Hugging Face order, and written shard by shard into a temporary folder
-(`mlxsuite.checkpoint`). Q8_0/Q4_0/Q4_1 tensors stay MLX affine-quantized layers (bits and group size per tensor,
+(`convert.checkpoint`). Q8_0/Q4_0/Q4_1 tensors stay MLX affine-quantized layers (bits and group size per tensor,
 written as mlx-lm's per-layer "quantization" entries) unless `dtype` asks for floats. MLX reads a GGUF file whole:
 peak memory is the file plus about one output shard (the source tensors are freed as they are written).
 """
@@ -19,7 +19,6 @@ from mlxsuite.convert import gguf_reader as gguf
 from mlxsuite.convert import quantization
 from mlxsuite.convert.checkpoint import (
     Item,
-    Progress,
     Result,
     check_tensors,
     expected_shapes,
@@ -27,11 +26,11 @@ from mlxsuite.convert.checkpoint import (
     refuse_existing,
     shards_by_size,
     write_json,
-    write_weights,
+    write_shards,
 )
 from mlxsuite.convert.gguf_tokenizer import check_tokenizer, write_tokenizer
 from mlxsuite.convert.hf import DTYPES, TOKENIZER_CHECK_TEXT, hf_config_to_args
-from mlxsuite.platform import atomic
+from mlxsuite.platform import ProgressCallback, atomic, cache_dir
 from mlxsuite.platform.errors import UserError
 
 
@@ -40,7 +39,7 @@ def from_gguf(
     out: str | Path,
     dtype: Optional[str] = None,
     force: bool = False,
-    progress: Optional[Progress] = None,
+    progress: Optional[ProgressCallback] = None,
 ) -> Result:
     """Convert a GGUF file (llama architecture: Llama, Mistral-style, SmolLM2; F32/F16/Q8_0/Q4_0/Q4_1) into a model
     folder at `out` (a path). Quantized tensors are kept quantized, or dequantized to `dtype` when it is given
@@ -119,7 +118,7 @@ def from_gguf(
         write_tokenizer(metadata, tmp)
         if (tmp / "tokenizer.model").is_file():
             _check_spm_tokenizer(tmp)
-        n, nbytes, shards = write_weights(tmp, shards_by_size(items, sizes), produce, progress)
+        n, nbytes, shards = write_shards(tmp, shards_by_size(items, sizes), produce, progress)
         write_json(tmp / "config.json", out_config)
     return Result(out, n, nbytes, shards, out_config, notes)
 
@@ -148,8 +147,6 @@ def gguf_model_folder(path: str | Path, dtype: Optional[str] = None) -> Path:
     GGUF_CACHE_KEEP most recently used."""
     import hashlib
     import os
-
-    from mlxsuite.platform import cache_dir
 
     path = Path(path).expanduser().resolve()
     if not path.is_file():

@@ -8,7 +8,7 @@ tensors, the quantized ones (Q4_0, Q4_1, Q8_0) arriving as MLX affine-quantized 
 
 llama.cpp's converter reorders the rows of the q and k projections for its RoPE (`permute` in convert_hf_to_gguf.py);
 `unpermute_rows` restores the Hugging Face order. Rows are independent, so it applies alike to float weights and to
-the packed rows, scales and biases of a quantized one. The tokenizer lives in `mlxsuite.gguf_tokenizer`.
+the packed rows, scales and biases of a quantized one. The tokenizer lives in `convert.gguf_tokenizer`.
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ def check_supported(header: GGUFHeader) -> None:
     if bad:
         parts = [f"{k} ({v[0]}" + (f" and {len(v) - 1} more)" if len(v) > 1 else ")") for k, v in bad.items()]
         raise UserError(
-            f"{header.path.name}: unsupported GGUF tensor type {', '.join(parts)}; supported: {', '.join(SUPPORTED_TYPES)}"
+            f"{header.path.name}: unsupported GGUF tensor type {', '.join(parts)}; "
+            f"supported: {', '.join(SUPPORTED_TYPES)}"
         )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mlxsuite.data.hf_tokenizer import spm_to_tokenizer_json
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 
@@ -24,8 +25,10 @@ MODELS = ("gpt2", "llama")
 # llama.cpp token types (llama-vocab.h); SentencePiece numbers its piece types the same way
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 # tokenizer.ggml.pre → llama.cpp's pre-tokenizer family (llama-vocab.cpp)
 PRE_TOKENIZERS = {
     **dict.fromkeys(
@@ -142,8 +145,6 @@ def spm_proto(meta: dict):
 def write_tokenizer(metadata: dict, folder: Path) -> list[str]:
     """Write the GGUF file's tokenizer into `folder`; returns the file names written."""
     from tokenizers import Tokenizer
-
-    from mlxsuite.data.hf_tokenizer import spm_to_tokenizer_json
 
     meta = {k: _value(v) for k, v in metadata.items() if k.startswith("tokenizer.")}
     check_tokenizer(meta)

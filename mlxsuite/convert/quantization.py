@@ -4,7 +4,7 @@
 layer, what `mlx_lm.utils.quantize_model` would (every Linear and Embedding whose input dimension is a multiple of the
 group size; a recipe through mlx-lm's own `mixed_quant_predicate_builder`) and returns the "quantization" block
 mlx-lm writes to config.json, so `mlx_lm.load` rebuilds the same layers. `quantize`/`dequantize` transform one
-weight; the conversions apply them tensor by tensor while streaming (see `mlxsuite.checkpoint`).
+weight; the conversions apply them tensor by tensor while streaming (see `convert.checkpoint`).
 """
 
 from __future__ import annotations
@@ -40,24 +40,25 @@ def quant_spec(
 ) -> QuantSpec:
     """Checked quantization options, with mlx-lm's defaults for the mode (affine: 4 bits, group 64)."""
     if mode not in MODES:
-        raise UserError(f"--q-mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise UserError(f"`mode` must be one of {', '.join(MODES)}, got {mode!r}")
     default_group, default_bits = MODES[mode]
     if recipe is not None:
         if recipe not in RECIPES:
-            raise UserError(f"--quant-predicate must be one of {', '.join(RECIPES)}, got {recipe!r}")
+            raise UserError(f"`recipe` must be one of {', '.join(RECIPES)}, got {recipe!r}")
         if mode != "affine":
-            raise UserError(f"--quant-predicate {recipe} quantizes in affine mode only, not --q-mode {mode}")
+            raise UserError(f"`recipe` {recipe} quantizes in affine mode only, not `mode` {mode}")
         if bits is not None:
-            raise UserError(f"--q-bits does not apply with --quant-predicate {recipe}: the recipe sets the bits")
+            raise UserError(f"`bits` does not apply with `recipe` {recipe}: the recipe sets the bits")
     group_size, bits = group_size or default_group, bits or default_bits
     if mode == "affine":
         if bits not in AFFINE_BITS:
-            raise UserError(f"--q-bits must be one of {', '.join(map(str, AFFINE_BITS))}, got {bits}")
+            raise UserError(f"`bits` must be one of {', '.join(map(str, AFFINE_BITS))}, got {bits}")
         if group_size not in AFFINE_GROUP_SIZES:
-            raise UserError(f"--q-group-size must be 32, 64 or 128, got {group_size}")
+            raise UserError(f"`group_size` must be 32, 64 or 128, got {group_size}")
     elif (group_size, bits) != (default_group, default_bits):
         raise UserError(
-            f"--q-mode {mode} is {default_bits}-bit with group size {default_group} only, got {bits} bits, group size {group_size}"
+            f"`mode` {mode} is {default_bits}-bit with group size {default_group} only, got {bits} bits, "
+            f"group size {group_size}"
         )
     return QuantSpec(bits, group_size, mode, recipe)
 
@@ -73,7 +74,7 @@ def plan(args: lm.ModelArgs, spec: QuantSpec, notes: list[str]) -> tuple[dict[st
         try:
             predicate = mixed_quant_predicate_builder(spec.recipe, model, spec.group_size)
         except ValueError as e:
-            raise UserError(f"--quant-predicate {spec.recipe}: {e}") from None
+            raise UserError(f"`recipe` {spec.recipe}: {e}") from None
     block = spec.params()
     layers: dict[str, dict] = {}
     kept = []

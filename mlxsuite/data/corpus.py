@@ -29,10 +29,6 @@ class Corpus:
     val: list[str]
     fingerprint: str = field(default="")
 
-    @property
-    def train_chars(self) -> int:
-        return sum(len(t) for t in self.train)
-
 
 def _is_val(key: str) -> bool:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 100 < VAL_PERCENT

@@ -1,4 +1,4 @@
-"""Hugging Face tokenizers (`tokenizer.json`) behind the same interface as `mlxsuite.tokenizer.Tokenizer`.
+"""Hugging Face tokenizers (`tokenizer.json`) behind the same interface as `data.tokenizer.Tokenizer`.
 
 Models converted from Hugging Face keep their own tokenizer: `tokenizer.json` (read with the `tokenizers` library, no
 transformers and no remote code) plus `tokenizer_config.json` for the special tokens. `encode` applies the tokenizer's
@@ -52,7 +52,7 @@ def _first_line(e: Exception) -> str:
 
 
 class HFTokenizer:
-    """A `tokenizer.json` tokenizer with the interface of `mlxsuite.tokenizer.Tokenizer`."""
+    """A `tokenizer.json` tokenizer with the interface of `data.tokenizer.Tokenizer`."""
 
     def __init__(self, folder: str | Path):
         from tokenizers import Tokenizer as _Tokenizer

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlxsuite.data.corpus import Corpus, encode_docs
+from mlxsuite.data.hf_tokenizer import HFTokenizer
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 
@@ -122,19 +124,36 @@ def train_tokenizer(
         if fits:
             raise UserError(
                 f"the corpus is too small for a vocabulary of {vocab_size}: it supports at most "
-                f"{fits.group(1)} pieces, pass --vocab-size {fits.group(1)} or less"
+                f"{fits.group(1)} pieces, pass `vocab_size` {fits.group(1)} or less"
             ) from None
         needs = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
         if needs:
             raise UserError(
                 f"vocabulary size {vocab_size} is too small for this corpus: its characters alone need "
-                f"{needs.group(1)} ids, pass --vocab-size {needs.group(1)} or more"
+                f"{needs.group(1)} ids, pass `vocab_size` {needs.group(1)} or more"
             ) from None
         raise UserError(
             f"tokenizer training failed at vocabulary size {vocab_size}: {str(e).splitlines()[0]}"
         ) from None
     atomic.write_file(Path(out_file), lambda tmp: tmp.write_bytes(model.getvalue()))
     return Tokenizer(out_file)
+
+
+def train_tokenizer_folder(path: Path, corpus: Corpus, vocab_size: int, force: bool = False) -> dict:
+    """A tokenizer folder at `path`, written atomically: BPE trained on the corpus's train split and its unigram
+    table (for L_u). Returns its path, V, the train tokens and the validation tokens per character."""
+    with atomic.folder(path, force=force) as tmp:
+        tok = train_tokenizer(corpus.train, vocab_size, tmp / TOKENIZER_FILE)
+        stream = encode_docs(tok, corpus.train)
+        save_unigram(tmp, unigram_probs(stream, tok.vocab_size))
+        val_chars = sum(len(t) for t in corpus.val)
+        val_tokens = len(encode_docs(tok, corpus.val))
+    return {
+        "path": str(path),
+        "vocab_size": tok.vocab_size,
+        "train_tokens": int(len(stream)),
+        "val_tokens_per_char": val_tokens / max(1, val_chars),
+    }
 
 
 def unigram_probs(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -161,7 +180,7 @@ def load_unigram(folder: Path) -> np.ndarray | None:
 
 def load_tokenizer(folder: Path):
     """The tokenizer stored in a model folder: SentencePiece (`tokenizer.model`, ours) or Hugging Face
-    (`tokenizer.json`, converted models; see `mlxsuite.hf_tokenizer`), which wins in a folder that has both and a
+    (`tokenizer.json`, converted models; see `data.hf_tokenizer`), which wins in a folder that has both and a
     `tokenizer_config.json` (Llama-2/Mistral checkpoints and GGUFs: mlx-lm reads tokenizer.json, whose post-processor
     adds the BOS the model was trained with). None when the folder has neither."""
     folder = Path(folder)
@@ -169,7 +188,5 @@ def load_tokenizer(folder: Path):
     if (folder / TOKENIZER_FILE).exists() and not hf_folder:
         return Tokenizer(folder / TOKENIZER_FILE)
     if (folder / "tokenizer.json").exists():  # a Hugging Face / mlx-lm folder: as mlx-lm reads it (e.g. its BOS)
-        from mlxsuite.data.hf_tokenizer import HFTokenizer
-
         return HFTokenizer(folder)
     return None

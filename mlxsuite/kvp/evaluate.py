@@ -68,9 +68,9 @@ def load_baseline(folder: Path, config: dict):
     weights (KVP-C); None when it is not there (an LP pair trained without --baseline)."""
     aux = config.get("aux", {})
     if aux.get("kind") == "C":
-        return store.load(aux["source"], "lm").model
+        return store.load(aux["source"], "lm", dequantize=True).model
     if (Path(folder) / BASELINE_DIR / store.WEIGHTS_FILE).exists():
-        return store.load(str(Path(folder) / BASELINE_DIR), "lm").model
+        return store.load(str(Path(folder) / BASELINE_DIR), "lm", dequantize=True).model
     return None
 
 

@@ -1,9 +1,9 @@
 """KV Prediction recipe: build a (base, auxiliary, predictor) pair, train it with the shared trainer, and use it:
 its prompt fill for the one prefill and decode loop (`mlxsuite.generate`). The model code is in
-`mlxsuite.models.kv_prediction`; evaluation in `mlxsuite.kvp.evaluate`; the folder format in `mlxsuite.store`
+`mlxsuite.models.kv_prediction`; evaluation in `kvp.evaluate`; the folder format in `mlxsuite.store`
 (config.json with model_type "kv_prediction": the base reference with the sha256 of its weights, aux kind, layer
-map, λs; `aux/`; `predictor.safetensors`; `run/`).
-`aux/`, the predictor and config.json appear when training ends; `resume=True` continues from `run/checkpoint`.
+map, λs; `aux/`; `predictor.safetensors`; `run/`). `aux/`, the predictor and config.json appear when training
+ends; `resume=True` continues from `run/checkpoint`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
 from mlxsuite import store
+from mlxsuite.convert.hf import pruned_layers
 from mlxsuite.data import corpus as data
 from mlxsuite.models import kv_prediction as kvm
 from mlxsuite.models import lm
@@ -59,32 +60,44 @@ def parse_aux(aux: str) -> tuple[str, Optional[float]]:
         try:
             keep = float(aux.split(":", 1)[1])
         except ValueError:
-            raise UserError(f"--aux prune:X needs X in 0.75, 0.5, 0.25, got {aux!r}") from None
+            raise UserError(f"`aux` prune:X needs X in 0.75, 0.5, 0.25, got {aux!r}") from None
         if not any(abs(keep - k) < 1e-9 for k in (0.75, 0.5, 0.25)):
-            raise UserError(f"--aux prune:X needs X in 0.75, 0.5, 0.25 (the paper's LP models), got {keep}")
+            raise UserError(f"`aux` prune:X needs X in 0.75, 0.5, 0.25 (the paper's LP models), got {keep}")
         return "prune", keep
     return "model", None
 
 
-def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str = "default"):
-    """(pair, tokenizer, base_folder, info). The base is frozen; the aux is a layer-pruned copy of the base
+class BuiltPair(NamedTuple):
+    """A new (untrained) KV Prediction pair and where it comes from."""
+
+    pair: kvm.KVPredictionModel
+    tokenizer: Any
+    base_folder: Path
+    info: dict  # the auxiliary: kind ("LP" or "C"), keep and retained layers or source, layer_map
+
+
+def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str = "default") -> BuiltPair:
+    """A new pair. The base is frozen; the aux is a layer-pruned copy of the base
     (`prune:X`, KVP-LP) or a stored smaller model sharing its tokenizer (KVP-C); the predictor has nn.Linear's
     default init (the paper's), or with `predictor_init="identity"` starts as the identity (needs equal KV widths,
     as an LP auxiliary has: each base layer then starts from the copy of the base layer its aux layer is)."""
-    from mlxsuite.convert.hf import pruned_layers
-
-    base, tok, base_folder = store.load_model(base_name, dequantize=None)
+    base, tok, base_folder = store.load_model(base_name, dequantize=True)
+    store.require_own_forward(base, base_folder, "KV Prediction")
     if tok is None:
         raise UserError(f"{base_folder} has no tokenizer")
     kind, keep = parse_aux(aux_spec)
     n_base = base.args.num_hidden_layers
     if kind == "prune":
         retained = pruned_layers(n_base, keep)
-        aux = kvm.layer_pruned(base, retained)
+        try:
+            aux = kvm.layer_pruned(base, retained)
+        except ValueError as e:  # a sliding-window pattern would move
+            raise UserError(f"{base_folder}: {e}; train a smaller model of the family as the auxiliary") from None
         layer_map = kvm.lp_layer_map(keep, retained, n_base)
         info = {"kind": "LP", "keep": keep, "retained": retained}
     else:
-        aux, _, aux_folder = store.load_model(aux_spec, dequantize=None)
+        aux, _, aux_folder = store.load_model(aux_spec, dequantize=True)
+        store.require_own_forward(aux, aux_folder, "KV Prediction")
         check_same_tokenizer(base_folder, base, aux_folder, aux)
         layer_map = kvm.contiguous_layer_map(n_base, aux.args.num_hidden_layers)
         info = {"kind": "C", "source": str(aux_folder.resolve())}
@@ -95,21 +108,21 @@ def build_pair(base_name: str, aux_spec: str, seed: int = 0, predictor_init: str
             predictor.set_identity()
         except ValueError:
             raise UserError(
-                "--predictor-init identity needs equal auxiliary and base KV widths (an LP auxiliary)"
+                "`predictor_init` identity needs equal auxiliary and base KV widths (an LP auxiliary)"
             ) from None
     pair = kvm.KVPredictionModel(base, aux, predictor)
     pair.base.freeze()
     pair.auxiliary.train()
     mx.eval(pair.parameters())
     info["layer_map"] = layer_map
-    return pair, tok, base_folder, info
+    return BuiltPair(pair, tok, base_folder, info)
 
 
 # ---- training -----------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class KVPRunSpec:
+class KVPRunSpec(trainer.RunSpec):
     out: str
     base: str
     aux: str = "prune:0.5"  # prune:0.75|0.5|0.25 (KVP-LP) or a stored model (KVP-C)
@@ -126,29 +139,22 @@ class KVPRunSpec:
     train_embeddings: bool = True  # False: the auxiliary's (and baseline's) embedding and head stay as initialized
     train: trainer.TrainConfig = field(default_factory=lambda: trainer.TrainConfig(lr=1e-3))
 
-    @classmethod
-    def from_dict(cls, d: dict) -> KVPRunSpec:
-        d = dict(d)
-        d["train"] = trainer.TrainConfig.from_dict(d.get("train", {}))
-        return cls(**d)
+    POSITIVE = ("seq_len", "batch_size", "eval_windows")
 
     def validate(self) -> None:
-        for name in ("seq_len", "batch_size", "eval_windows"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        super().validate()
         for name in ("lambda_kv", "lambda_aux", "z_loss"):
             v = getattr(self, name)
             if v is not None and (not math.isfinite(v) or v < 0):
-                raise UserError(f"{name.replace('_', '-')} must be >= 0, got {v}")
+                raise UserError(f"`{name}` must be >= 0, got {v}")
         kind, _ = parse_aux(self.aux)
         if self.predictor_init not in ("default", "identity"):
-            raise UserError(f"--predictor-init must be default or identity, got {self.predictor_init!r}")
+            raise UserError(f"`predictor_init` must be default or identity, got {self.predictor_init!r}")
         if self.baseline and kind != "prune":
             raise UserError(
-                "--baseline trains the OE-LP baseline of a layer-pruned auxiliary (--aux prune:X); the "
+                "`baseline` trains the OE-LP baseline of a layer-pruned auxiliary (`aux` prune:X); the "
                 "baseline of KVP-C is the auxiliary's original weights, which `kvp eval` uses as they are"
             )
-        self.train.validate()
 
 
 def _z(logits: mx.array) -> mx.array:
@@ -203,6 +209,22 @@ def eval_pair(pair: kvm.KVPredictionModel, windows: np.ndarray, batch_size: int 
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def _pair_config(spec: KVPRunSpec, pair, base_folder: Path, base_hash: str, info: dict, lambda_kv: float) -> dict:
+    """The pair's config.json (without the predictor's args): the base by reference, the aux, the λs, sizes."""
+    return {
+        "base": {"name": spec.base, "path": str(base_folder.resolve()), "sha256": base_hash},
+        "aux": {k: v for k, v in info.items() if k != "layer_map"},
+        "layer_map": info["layer_map"],
+        "lambda_kv": lambda_kv,
+        "lambda_aux": spec.lambda_aux,
+        "params": {
+            "base": pair.base.args.n_params,
+            "aux": pair.auxiliary.args.n_params,
+            "predictor": pair.predictor.n_params(),
+        },
+    }
+
+
 def train_kvp(
     spec: KVPRunSpec, resume: bool = False, force: bool = False, callback: Optional[Callable] = None, given=()
 ) -> dict:
@@ -219,18 +241,7 @@ def train_kvp(
             raise UserError(f"the base model {base_folder} changed since this run started")
         n_base = pair.base.args.num_hidden_layers
         lambda_kv = 1.0 / n_base if spec.lambda_kv is None else spec.lambda_kv
-        meta = {
-            "base": {"name": spec.base, "path": str(base_folder.resolve()), "sha256": base_hash},
-            "aux": {k: v for k, v in info.items() if k != "layer_map"},
-            "layer_map": info["layer_map"],
-            "lambda_kv": lambda_kv,
-            "lambda_aux": spec.lambda_aux,
-            "params": {
-                "base": pair.base.args.n_params,
-                "aux": pair.auxiliary.args.n_params,
-                "predictor": pair.predictor.n_params(),
-            },
-        }
+        meta = _pair_config(spec, pair, base_folder, base_hash, info, lambda_kv)
         if run.rank == 0:
             atomic.write_json(run.dir / BASE_FILE, meta["base"])
 
@@ -240,7 +251,7 @@ def train_kvp(
         windows = data.eval_windows(val_tokens, spec.seq_len, spec.eval_windows)
         if spec.seq_len > pair.base.args.max_position_embeddings:
             raise UserError(
-                f"--seq-len {spec.seq_len} is longer than the base's context "
+                f"`seq_len` {spec.seq_len} is longer than the base's context "
                 f"({pair.base.args.max_position_embeddings} tokens)"
             )
         callback(
@@ -316,20 +327,29 @@ def _train_baseline(model: lm.Model, run: trainer.Run, batches, windows, tok, ca
 # ---- loading and inference ----------------------------------------------------------------------------------------
 
 
-def load_pair(ref: str, expect_base: Optional[str] = None):
-    """(pair, tokenizer, folder, config) from a KV Prediction folder (`store.load` refuses a base whose weights
-    changed since training); with `expect_base` (e.g. `mlxsuite generate BASE --kvp DIR`) also a pair trained for
-    another base."""
+class StoredPair(NamedTuple):
+    """A trained KV Prediction pair as loaded from its folder."""
+
+    pair: kvm.KVPredictionModel
+    tokenizer: Any
+    folder: Path
+    config: dict  # its config.json: the base reference, aux, layer map, λs
+
+
+def load_pair(ref: str, expect_base: Optional[str] = None) -> StoredPair:
+    """A KV Prediction folder for inference (`store.load`'s rule: a quantized base or auxiliary is dequantized on
+    the CPU; it refuses a base whose weights changed since training); with `expect_base` (the base a command
+    names beside the pair) also a pair trained for another base."""
     if not any((path / store.CONFIG_FILE).is_file() for path in (Path(ref).expanduser(), store.models_dir() / ref)):
         raise UserError(f"KVP folder not found: {ref} (not a folder, and not in the store {store.models_dir()})")
-    loaded = store.load(ref, store.KVP_TYPE)
+    loaded = store.load(ref, store.KVP_TYPE, dequantize=True)
     base = loaded.config["base"]
     if expect_base is not None:
         folder = store.resolve(expect_base).resolve()
         same = folder == Path(base["path"]).resolve()  # then `store.load` has just checked its hash
         if not same and store.weights_hash(folder) != base["sha256"]:
             raise UserError(f"{loaded.folder} was trained for the base {base['name']}, not {expect_base}")
-    return loaded.model, loaded.tokenizer, loaded.folder, loaded.config
+    return StoredPair(loaded.model, loaded.tokenizer, loaded.folder, loaded.config)
 
 
 def prompt_fill(pair: kvm.KVPredictionModel) -> tuple[list, Callable]:

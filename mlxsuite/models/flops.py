@@ -7,24 +7,37 @@ The vocabulary paper's budget formula C ≈ 6·(N_nv + V·d)·H·f(V) is a law o
 
 from __future__ import annotations
 
+from typing import Optional
+
 from mlxsuite.models import lm
 
 
 def forward(args: lm.ModelArgs, n_tokens: int, offset: int = 0, logits_tokens: int = 1) -> int:
     """Running `n_tokens` positions after `offset` cached ones:
 
-    - linear layers on every token: 2·n·layers·(d·q + 2·d·kv + q·d + 3·d·f), q = heads·head_dim, kv =
-      kv_heads·head_dim;
-    - causal attention: each (query, key) pair a query sees costs 2·head_dim for q·k and 2·head_dim for the
-      weighted sum of values, per query head and layer;
+    - linear layers on every token: 2·n·Σ_layers (d·q + 2·d·kv + q·d + 3·d·f), q = heads·head_dim, kv =
+      kv_heads·head_dim, f the FFN width (per layer: OpenELM's vary);
+    - causal attention (a sliding-window layer's queries see at most the window): each (query, key) pair a query
+      sees costs 2·head_dim for q·k and 2·head_dim for the weighted sum of values, per query head and layer;
     - the LM head on `logits_tokens` positions (prefill needs only the last): 2·V·d each."""
-    d, hd = args.hidden_size, args.head_dim
-    q, kv = args.num_attention_heads * hd, args.num_key_value_heads * hd
-    per_layer = d * q + 2 * d * kv + q * d + 3 * d * args.intermediate_size
-    linear = 2 * n_tokens * args.num_hidden_layers * per_layer
-    keys_seen = n_tokens * offset + n_tokens * (n_tokens + 1) // 2
-    attention = 4 * args.num_hidden_layers * q * keys_seen
+    d = args.hidden_size
+    widths = [args.layer_widths(i) for i in range(args.num_hidden_layers)]  # (q, kv, ffn) per layer
+    linear = 2 * n_tokens * sum(d * q + 2 * d * kv + q * d + 3 * d * f for q, kv, f in widths)
+    attention = 0
+    for i, (q, _, _) in enumerate(widths):
+        window = args.sliding_window if args.is_sliding(i) else None
+        attention += 4 * q * keys_seen(n_tokens, offset, window)
     return linear + attention + 2 * logits_tokens * d * args.vocab_size
+
+
+def keys_seen(n_tokens: int, offset: int, window: Optional[int] = None) -> int:
+    """(query, key) pairs of `n_tokens` causal queries after `offset` cached positions: Σ min(p + 1, window) over
+    their positions p."""
+    lo, hi = offset + 1, offset + n_tokens  # each query sees p + 1 keys, for p + 1 in [lo, hi]
+    if window is None:
+        return (lo + hi) * n_tokens // 2
+    below = max(0, min(hi, window) - lo + 1)
+    return below * (2 * lo + below - 1) // 2 + window * max(0, hi - max(lo - 1, window))
 
 
 def prefill(args: lm.ModelArgs, prompt_tokens: int, batch: int = 1) -> int:

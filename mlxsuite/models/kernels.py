@@ -1,4 +1,5 @@
-"""Fast CPU kernels for the decoder's non-matmul work: RoPE from a table, causal softmax attention, SiLU·mul.
+"""Fast CPU kernels for the decoder's non-matmul work: RoPE from a table, causal softmax attention, SiLU·mul and
+GELU-tanh·mul.
 
 MLX's CPU backend has no fused attention (the scores are materialized) and its `exp`/`sigmoid`/`rope` are scalar
 code, tens of ns per element, so for small models the softmax, SiLU and RoPE cost more than the matmuls. These
@@ -10,10 +11,12 @@ kernels compute the same functions with:
   scale folded into the queries' rotation;
 - the softmax denominator as a matmul with a ones vector.
 
-`select` decides once per forward whether they apply (the CPU, a C++ compiler for mx.compile, float32, plain RoPE
-on the full head, plain KV caches); the layers of `models/lm.py` then use them in place of `mx.fast.rope`,
-`scaled_dot_product_attention` and `swiglu`. Results match the plain path to float32 rounding, values and
-gradients (tests/test_kernels.py). Compiling whole layers does not pay: building the graph is 1–2 % of a chunk's
+`select` decides once per forward whether they apply (the CPU, a C++ compiler for mx.compile, float32, mlx-lm's
+KV caches, sliding windows' rotating ones included); a variant they do not cover runs the plain op for that op only
+(a RoPE other than `nn.RoPE`). The layers of `models/lm.py` then use them in place of `mx.fast.rope`,
+`scaled_dot_product_attention`, `swiglu` and `nn.gelu_approx` (Gemma's GELU-tanh gate: SiLU's kernel with its own
+argument). Results match the plain path to float32 rounding, values and gradients (tests/test_kernels.py,
+tests/test_families.py). Compiling whole layers does not pay: building the graph is 1–2 % of a chunk's
 time, and every new chunk shape would retrace.
 """
 
@@ -25,37 +28,60 @@ from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, RotatingKVCache
 
 from mlxsuite.platform import compiler_available
 
 
 class CPUKernels:
-    """The kernels of one forward pass over positions offset, offset+1, …, offset+n−1."""
+    """The kernels of one forward pass over positions offset, offset+1, …, offset+n−1. Keys are the last L positions
+    in order (a KVCache's; a sliding window's RotatingKVCache's after a multi-token update; after a one-token update
+    its order is rotated, but the one query may see all of them); a cache of another kind (a RotatingKVCache that
+    keeps a prefix, a quantized one) runs the plain ops (`for_cache`). A RoPE other than plain `nn.RoPE` (long-rope,
+    Llama 3's) is applied by the layer's own module (`rope`)."""
 
-    def __init__(self, rope: nn.RoPE, offset: int, n: int):
-        self.offset = offset
-        self.traditional = rope.traditional
-        self.cos, self.sin = rope_table(rope, offset, n)
+    def __init__(self, offset: int, n: int, partial: bool = False):
+        self.offset, self.n = offset, n
+        self.partial = partial  # some layers run the plain ops (they need masks)
+        self.tables: dict = {}
 
-    def rope(self, x: mx.array, scale: float = 1.0) -> mx.array:
-        """RoPE at this forward's positions on (B, heads, n, head_dim), times `scale` (the softmax scale for q)."""
+    def for_cache(self, cache) -> Optional[CPUKernels]:
+        return self if covered(cache) else None
+
+    def rope(self, x: mx.array, rope: nn.Module, scale: float = 1.0) -> mx.array:
+        """`rope` at this forward's positions on (B, heads, n, head_dim), times `scale` (the softmax scale for q)."""
+        if type(rope) is not nn.RoPE:
+            x = rope(x, offset=self.offset)
+            return x * mx.array(scale, dtype=x.dtype) if scale != 1.0 else x
+        key = (rope.dims, rope.base, rope.scale)
+        if key not in self.tables:
+            self.tables[key] = rope_table(rope, self.offset, self.n)
+        cos, sin = self.tables[key]
         scale = mx.array(scale, dtype=x.dtype)
-        if self.traditional:  # rotate consecutive pairs
-            a, b = _rotate(x[..., 0::2], x[..., 1::2], self.cos, self.sin, scale)
-            return mx.stack([a, b], axis=-1).reshape(x.shape)
-        half = x.shape[-1] // 2
-        a, b = _rotate(x[..., :half], x[..., half:], self.cos, self.sin, scale)
-        return mx.concatenate([a, b], axis=-1)
+        rest = x[..., rope.dims :] * scale if rope.dims < x.shape[-1] else None
+        if rope.traditional:  # rotate consecutive pairs
+            a, b = _rotate(x[..., 0 : rope.dims : 2], x[..., 1 : rope.dims : 2], cos, sin, scale)
+            out = mx.stack([a, b], axis=-1).reshape(*x.shape[:-1], rope.dims)
+        else:
+            half = rope.dims // 2
+            out = mx.concatenate(_rotate(x[..., :half], x[..., half : rope.dims], cos, sin, scale), axis=-1)
+        return out if rest is None else mx.concatenate([out, rest], axis=-1)
 
-    def attention(self, q: mx.array, k: mx.array, v: mx.array) -> mx.array:
+    def attention(self, q: mx.array, k: mx.array, v: mx.array, softcap=None, window=None) -> mx.array:
         """softmax(q kᵀ + causal mask) v for queries at this forward's positions (q already scaled); GQA by
-        grouping the query heads that share a KV head."""
+        grouping the query heads that share a KV head. `softcap`: scores → cap·tanh(scores/cap) first (Gemma 2);
+        `window`: a query sees the last `window` positions only."""
         B, H, n, D = q.shape
         kv_heads, L = k.shape[1], k.shape[2]
         rep = H // kv_heads
         scores = (q.reshape(B, kv_heads, rep * n, D) @ k.swapaxes(-1, -2)).reshape(B, kv_heads, rep, n, L)
-        causal = mx.arange(self.offset, self.offset + n)[:, None] >= mx.arange(L)[None]
+        if softcap is not None:
+            scores = soft_cap(scores, softcap)
+        query_pos = mx.arange(self.offset, self.offset + n)[:, None]
+        key_pos = mx.arange(self.offset + n - L, self.offset + n)[None]  # the last L positions
+        causal = query_pos >= key_pos
+        if window is not None:
+            causal = causal & (query_pos < key_pos + window)
         scores = mx.where(causal, scores, -mx.inf)
         row_max = mx.stop_gradient(scores.max(axis=-1, keepdims=True))
         weights = fast_exp(_shift(scores, row_max)).reshape(B, kv_heads, rep * n, L)
@@ -64,6 +90,10 @@ class CPUKernels:
     @staticmethod
     def silu_mul(g: mx.array, u: mx.array) -> mx.array:
         return silu_mul(g, u)
+
+    @staticmethod
+    def gelu_tanh_mul(g: mx.array, u: mx.array) -> mx.array:
+        return gelu_tanh_mul(g, u)
 
 
 _enabled = True
@@ -86,21 +116,20 @@ def select(layers: list, h: mx.array, cache: list) -> Optional[CPUKernels]:
     if not available(layers, h.dtype, cache):
         return None
     offset = cache[0].offset if cache[0] is not None else 0
-    return CPUKernels(layers[0].self_attn.rope, offset, h.shape[1])
+    return CPUKernels(offset, h.shape[1], partial=not all(covered(c) for c in cache))
+
+
+def covered(cache) -> bool:
+    """Whether the kernels' attention applies with this layer cache (None: no cache)."""
+    return cache is None or type(cache) is KVCache or (type(cache) is RotatingKVCache and cache.keep == 0)
 
 
 def available(layers: list, dtype, cache: list = ()) -> bool:
-    """Whether the kernels apply: the CPU, a C++ compiler (mx.compile), float32, plain RoPE on the whole head and
-    the same in every layer, plain KV caches."""
+    """Whether the kernels apply: the CPU, a C++ compiler (mx.compile), float32, KV caches of mlx-lm's plain or
+    rotating kind (a layer whose cache `covered` refuses runs the plain ops)."""
     if not _enabled or mx.default_device().type != mx.DeviceType.cpu or dtype != mx.float32:
         return False
-    if not compiler_available() or any(c is not None and type(c) is not KVCache for c in cache):
-        return False
-    rope = layers[0].self_attn.rope
-    if type(rope) is not nn.RoPE or rope.dims != layers[0].self_attn.head_dim:
-        return False
-    key = (rope.dims, rope.base, rope.scale, rope.traditional)
-    return all((r.dims, r.base, r.scale, r.traditional) == key for r in (layer.self_attn.rope for layer in layers))
+    return compiler_available() and all(c is None or type(c) in (KVCache, RotatingKVCache) for c in cache)
 
 
 def rope_table(rope: nn.RoPE, start: int, n: int) -> tuple[mx.array, mx.array]:
@@ -203,3 +232,51 @@ def _silu_mul_vjp(primals, cotangent, output):
     g, u = primals
     s = _sigmoid_finish(*_exp_neg(g))
     return _silu_mul_grads(g, u, s, cotangent)
+
+
+# GELU-tanh (Gemma's gate, nn.gelu_approx) is x·sigmoid(z), z = 2·sqrt(2/π)·(x + 0.044715·x³): the SiLU kernel's
+# structure with z in place of x.
+_GELU_C, _GELU_A = 2 * math.sqrt(2 / math.pi), 0.044715
+
+
+@mx.compile
+def _gelu_z(g):
+    return _GELU_C * (g + _GELU_A * (g * g * g))
+
+
+@mx.compile
+def _gelu_mul_grads(g, u, s, cotangent):
+    gs = g * s
+    dz = _GELU_C * (1.0 + (3 * _GELU_A) * (g * g))
+    return cotangent * u * (s + gs * (1.0 - s) * dz), cotangent * gs
+
+
+@mx.custom_function
+def gelu_tanh_mul(g: mx.array, u: mx.array) -> mx.array:
+    """gelu_approx(g) · u = g · u / (1 + exp(-z)), vectorized, with its exact derivative."""
+    return _silu_finish(g, u, *_exp_neg(_gelu_z(g)))
+
+
+@gelu_tanh_mul.vjp
+def _gelu_tanh_mul_vjp(primals, cotangent, output):
+    g, u = primals
+    s = _sigmoid_finish(*_exp_neg(_gelu_z(g)))
+    return _gelu_mul_grads(g, u, s, cotangent)
+
+
+# Gemma 2's soft-capping cap·tanh(s/cap) = cap − 2·cap / (1 + exp(2s/cap)) with the fast exp (MLX's CPU tanh is
+# scalar code, and the scores are chunk × context per head); past |2s/cap| = 88 tanh is ±1 to float32 rounding.
+@mx.compile
+def _cap_arg(scores, inv_half_cap):
+    return mx.clip(scores * inv_half_cap, _EXP_MIN, _EXP_MAX)
+
+
+@mx.compile
+def _cap_finish(e, cap):
+    return cap - (cap + cap) / (1.0 + e)
+
+
+def soft_cap(scores: mx.array, cap: float) -> mx.array:
+    """cap · tanh(scores / cap), vectorized (the fast exp's exact VJP carries the gradient)."""
+    c = mx.array(cap, dtype=scores.dtype)
+    return _cap_finish(fast_exp(_cap_arg(scores, 2.0 / c)), c)

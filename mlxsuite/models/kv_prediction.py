@@ -1,8 +1,8 @@
 """KV Prediction (Horton et al., Apple 2024, arXiv:2410.08391): an auxiliary model's KV cache, mapped by a learned
 per-layer linear predictor, stands in for the base model's prompt cache, so the base only runs one token at prefill.
 
-Reference: PyTorch `apple/corenet`, `corenet/modeling/models/language_modeling/kv_prediction.py` (notes:
-shared/papers/kv-prediction.md). Where paper and code differ this file follows the code:
+Reference: PyTorch `apple/corenet`, `corenet/modeling/models/language_modeling/kv_prediction.py`. Where paper and
+code differ this file follows the code:
 
 - the auxiliary runs on the prompt minus its last token; the base computes the last token's own KV (the paper's
   t_A(N) + t_P(N) + t_B(1) implies the aux sees all N tokens);
@@ -23,7 +23,6 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxsuite.models import kernels as fast_kernels
 from mlxsuite.models.lm import Model
 
 
@@ -45,12 +44,13 @@ class PredictorArgs:
 
     @classmethod
     def for_models(cls, base: Model, aux: Model, layer_map: list[int]) -> PredictorArgs:
-        b, a = base.args, aux.args
+        aux_attn = [layer.self_attn for layer in aux.layers]
+        base_attn = [layer.self_attn for layer in base.layers]
         return cls(
             layer_map=list(layer_map),
-            aux_kv_dims=[a.num_key_value_heads * a.head_dim] * a.num_hidden_layers,
-            base_kv_heads=[b.num_key_value_heads] * b.num_hidden_layers,
-            base_head_dims=[b.head_dim] * b.num_hidden_layers,
+            aux_kv_dims=[a.n_kv_heads * a.head_dim for a in aux_attn],
+            base_kv_heads=[b.n_kv_heads for b in base_attn],
+            base_head_dims=[b.head_dim for b in base_attn],
         )
 
     @classmethod
@@ -61,7 +61,7 @@ class PredictorArgs:
         return asdict(self)
 
 
-# ---- layer mapping (notes §1.5) --------------------------------------------------------------------------------
+# ---- layer mapping ------------------------------------------------------------------------------------------
 
 
 def contiguous_layer_map(n_base: int, n_aux: int) -> list[int]:
@@ -199,7 +199,7 @@ class KVPredictionModel(nn.Module):
         return base_logits, aux_logits, keys, [v for _, v in kv]
 
     def base_targets(self, inputs: mx.array) -> tuple[list[mx.array], list[mx.array]]:
-        """The base's true KV (keys after k-norm, before RoPE; raw values), without gradient (notes §3.1)."""
+        """The base's true KV (keys after k-norm, before RoPE; raw values), without gradient."""
         tap: list = []
         self.base.model(inputs, tap=tap)  # only the tapped keys/values are used: the rest is never computed
         keys = [layer.self_attn.normalize_keys(k) for layer, (k, _) in zip(self.base.layers, tap)]
@@ -207,9 +207,10 @@ class KVPredictionModel(nn.Module):
 
     def fill(self, chunk: mx.array, aux_cache: list, base_cache: list, stacked: Optional[tuple] = None) -> list:
         """The prefill plug-in: the auxiliary runs `chunk` into its own cache (its attention needs the earlier
-        chunks), the predictor maps its raw KV (one batched GEMM with `stacked`, from `predictor.stacked()`), and
-        `write_predicted` puts them into the base's cache: what the base's forward with `kv` writes, without the
-        per-layer graph. Returns the caches' arrays to evaluate (no aux head is computed)."""
+        chunks), the predictor maps its raw KV (one batched GEMM over every base layer with `stacked`, from
+        `predictor.stacked()`), and the base's forward with `kv` writes the predicted keys (base k-norm, base RoPE
+        at their absolute positions) and values into the base's cache. Returns the caches' arrays to evaluate:
+        nothing else is computed (no aux head, no base queries, attention or MLP)."""
         tap: list = []
         self.auxiliary(chunk, aux_cache, tap=tap)
         aux_keys, aux_values = [k for k, _ in tap], [v for _, v in tap]
@@ -217,41 +218,21 @@ class KVPredictionModel(nn.Module):
             keys, values = self.predictor(aux_keys, aux_values)
         else:
             keys, values = self.predictor.batched(aux_keys, aux_values, stacked)
-        write_predicted(self.base, base_cache, keys, values)
+        self.base(chunk, base_cache, kv=list(zip(keys, values)))
         return [c.state for c in aux_cache + base_cache]
 
 
-def write_predicted(base: Model, cache: list, keys, values) -> None:
-    """Predicted raw keys and values (per base layer: lists, or stacked on a leading axis) into the base's cache as
-    its forward with `kv` writes them: the layer's k-norm, then RoPE at the cache's positions (for stacked keys
-    without k-norm, one RoPE over every layer: the layers share it), then each layer's cache write."""
-    layers = base.layers
-    attn, offset, dtype = layers[0].self_attn, cache[0].offset, base.model.norm.weight.dtype
-    kernels = None
-    if fast_kernels.available(layers, dtype, cache):
-        kernels = fast_kernels.CPUKernels(attn.rope, offset, keys[0].shape[-2])
-    if isinstance(keys, mx.array) and not any("k_norm" in layer.self_attn for layer in layers):
-        keys = attn.finish_keys(keys.astype(dtype), offset, kernels)
-    else:
-        keys = [layer.self_attn.finish_keys(k.astype(dtype), offset, kernels) for layer, k in zip(layers, keys)]
-    for i, c in enumerate(cache):
-        c.update_and_fetch(keys[i], values[i].astype(dtype))
-
-
 def layer_pruned(base: Model, retained: list[int]) -> Model:
-    """KVP-LP auxiliary: a copy of the base keeping `retained` layers (renumbered), with their weights and the base's
-    embeddings, final norm and head."""
+    """KVP-LP auxiliary: a copy of the base keeping `retained` layers (renumbered), each with its own shape (OpenELM's
+    vary by layer) and weights, and the base's embeddings, final norm and head."""
     from mlx.utils import tree_flatten
 
-    from mlxsuite.models.lm import ModelArgs
-
-    args = ModelArgs.from_dict({**base.args.to_dict(), "num_hidden_layers": len(retained)})
-    aux = Model(args)
+    aux = Model(base.args.pruned(retained))
     new = {old: i for i, old in enumerate(retained)}
     weights = []
     for name, w in tree_flatten(base.parameters()):
         parts = name.split(".")
-        if parts[:2] == ["model", "layers"]:
+        if parts[1] == "layers":
             old = int(parts[2])
             if old not in new:
                 continue

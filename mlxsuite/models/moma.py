@@ -26,7 +26,6 @@ which positions it processed, so later tokens attend only to those.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -156,8 +155,9 @@ class Block(nn.Module):
         if args.ffn == "dense":
             self.mlp = lm.MLP(args)
         else:
-            self.moe = SparseFFN(args.hidden_size, args.intermediate_size, args.groups, args.ffn == "moma",
-                                 args.capacity)
+            self.moe = SparseFFN(
+                args.hidden_size, args.intermediate_size, args.groups, args.ffn == "moma", args.capacity
+            )
         self.is_mod = args.is_mod_layer(index)
         if self.is_mod:
             self.mod_router = nn.Linear(args.hidden_size, 1, bias=False)
@@ -244,8 +244,16 @@ class MomaModel(nn.Module):
         self.layers = [Block(args, i) for i in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, inputs: mx.array, cache=None, *, mode: str = "infer", n_image: Optional[int] = None,
-                 collect: Optional[list] = None, routes: Optional[list] = None) -> mx.array:
+    def __call__(
+        self,
+        inputs: mx.array,
+        cache=None,
+        *,
+        mode: str = "infer",
+        n_image: Optional[int] = None,
+        collect: Optional[list] = None,
+        routes: Optional[list] = None,
+    ) -> mx.array:
         if mode not in ("train", "infer"):
             raise ValueError(f"unknown mode {mode!r}")
         if mode == "train" and cache is not None:
@@ -264,29 +272,25 @@ class MomaModel(nn.Module):
         return self.norm(h)
 
 
-class Model(nn.Module):
+class Model(lm.CausalLM):
     def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.model_type = args.model_type
-        self.model = MomaModel(args)
-        if not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        super().__init__(args, MomaModel(args))
 
-    def __call__(self, inputs: mx.array, cache=None, *, mode: str = "infer", n_image: Optional[int] = None,
-                 collect: Optional[list] = None, routes: Optional[list] = None) -> mx.array:
+    def __call__(
+        self,
+        inputs: mx.array,
+        cache=None,
+        *,
+        mode: str = "infer",
+        n_image: Optional[int] = None,
+        collect: Optional[list] = None,
+        routes: Optional[list] = None,
+    ) -> mx.array:
         """Logits (B, L, V). mode "infer" (the default, as in mlx-lm: `model(tokens, cache)`): causal routing by the
         auxiliary routers, with an optional per-layer cache (`make_cache`). mode "train": expert choice over this
         batch, which holds exactly `n_image` image tokens (a static count from the data layout); `collect` gathers
         the auxiliary routers' logits and targets, `routes` the selections."""
-        h = self.model(inputs, cache, mode=mode, n_image=n_image, collect=collect, routes=routes)
-        if self.args.tie_word_embeddings:
-            return self.model.embed_tokens.as_linear(h)
-        return self.lm_head(h)
-
-    @property
-    def layers(self):
-        return self.model.layers
+        return self.logits(self.model(inputs, cache, mode=mode, n_image=n_image, collect=collect, routes=routes))
 
     def make_cache(self) -> list:
         return [MoDCache() if layer.is_mod else KVCache() for layer in self.layers]
@@ -314,25 +318,7 @@ class Model(nn.Module):
             m.unfreeze()
 
 
-def init_weights(model: Model, seed: int = 0) -> None:
-    """lm.init_weights' scheme: N(0, sqrt(2/(5d))) everywhere, output projections (o_proj, down_proj, also the
-    stacked experts') std 1/sqrt(d)/n_layers; norms one. Every expert gets its own draw."""
-    args = model.args
-    d, n_layers = args.hidden_size, args.num_hidden_layers
-    std = math.sqrt(2 / (5 * d))
-    out_std = 1 / math.sqrt(d) / n_layers
-    flat = tree_flatten(model.parameters())
-    keys = mx.random.split(mx.random.key(seed), len(flat))
-    params = {}
-    for key, (name, p) in zip(keys, flat):
-        if name.endswith("bias"):
-            params[name] = mx.zeros_like(p)
-        elif "norm" in name:
-            params[name] = mx.ones_like(p)
-        else:
-            s = out_std if name.endswith(("o_proj.weight", "down_proj.weight", "down_proj")) else std
-            params[name] = s * mx.random.normal(p.shape, dtype=p.dtype, key=key)
-    model.update(tree_unflatten(list(params.items())))
+init_weights = lm.init_weights  # one init for every model here (every expert its own draw)
 
 
 def build(args: ModelArgs, seed: int = 0) -> Model:

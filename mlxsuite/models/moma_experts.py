@@ -121,8 +121,9 @@ class SparseFFN(nn.Module):
                 ctx.routes.append(target)
         return idx, gates
 
-    def __call__(self, x: mx.array, is_image: mx.array, active: Optional[mx.array], counts: list[int],
-                 ctx: Context) -> mx.array:
+    def __call__(
+        self, x: mx.array, is_image: mx.array, active: Optional[mx.array], counts: list[int], ctx: Context
+    ) -> mx.array:
         """x (N, D); is_image (N,); active (N,) bool or None (MoD: tokens this layer processes); counts: the static
         number of tokens each group sees in this layer (sets the capacity k_e = count·c/E_M)."""
         members = self.members(is_image, active)

@@ -25,15 +25,15 @@ def eta(dense_final: float, flops: list[float], losses: list[float], dense_total
     """Speed-up factor η = F_dense / t*, t* = FLOPs at which the loss curve first reaches dense's final loss
     (linear interpolation in log FLOPs between points). None when the curve never reaches it (η < 1 here)."""
     prev = None
-    for f, l in zip(flops, losses):
-        if l <= dense_final:
+    for f, loss in zip(flops, losses):
+        if loss <= dense_final:
             if prev is None:
                 t = f
             else:
                 f0, l0 = prev
-                t = f0 * (f / f0) ** ((l0 - dense_final) / (l0 - l)) if l0 != l else f
+                t = f0 * (f / f0) ** ((l0 - dense_final) / (l0 - loss)) if l0 != loss else f
             return dense_total / t if t > 0 else None
-        prev = (f, l)
+        prev = (f, loss)
     return None
 
 
@@ -96,6 +96,27 @@ def etas(dense: dict, run: dict, validation: bool = False) -> dict:
     return {name: eta(dense[p + k][-1], run[p + "flops"], run[p + k], dense["total_flops"]) for name, k in ETA_KEYS}
 
 
+def _row(variant: str, run: dict, dense_c: dict) -> dict:
+    """A variant's line of the comparison: final losses, η against dense, throughput, router accuracy."""
+    c = run["curves"]
+    m = run["config"]["mlxsuite"]
+    routers = m.get("routers", {})
+    return {
+        "variant": variant,
+        "params": m["params"],
+        "flops_per_token": m["flops_per_token"],
+        "total_flops": c["total_flops"],
+        "final_train": {k: c[k][-1] for k in KEYS},
+        "final": {k: c[f"val_{k}"][-1] for k in KEYS},
+        "final_causal": routers.get("val_causal"),
+        "eta": etas(dense_c, c),
+        "eta_val": etas(dense_c, c, validation=True),
+        "tokens_per_s": c["tokens_per_s"],
+        "throughput_ratio": c["tokens_per_s"] / dense_c["tokens_per_s"] if dense_c["tokens_per_s"] else None,
+        "router_acc": routers.get("router_acc"),
+    }
+
+
 def compare(
     variants: list[str],
     flops_budget: float,
@@ -155,27 +176,7 @@ def compare(
             train_routers(name, callback=callback, resume=resume, force=not resume)
         runs[v] = {"folder": folder, "config": store.read_config(folder), "curves": curves(folder)}
 
-    dense_c = runs["dense"]["curves"]
-    rows = []
-    for v, run in runs.items():
-        c = run["curves"]
-        m = run["config"]["mlxsuite"]
-        routers = m.get("routers", {})
-        row = {
-            "variant": v,
-            "params": m["params"],
-            "flops_per_token": m["flops_per_token"],
-            "total_flops": c["total_flops"],
-            "final_train": {k: c[k][-1] for k in KEYS},
-            "final": {k: c[f"val_{k}"][-1] for k in KEYS},
-            "final_causal": routers.get("val_causal"),
-            "eta": etas(dense_c, c),
-            "eta_val": etas(dense_c, c, validation=True),
-            "tokens_per_s": c["tokens_per_s"],
-            "throughput_ratio": c["tokens_per_s"] / dense_c["tokens_per_s"] if dense_c["tokens_per_s"] else None,
-            "router_acc": routers.get("router_acc"),
-        }
-        rows.append(row)
+    rows = [_row(v, run, runs["dense"]["curves"]) for v, run in runs.items()]
     result = {
         "budget_flops": flops_budget,
         "image_fraction": frac,

@@ -10,7 +10,6 @@ as the per-token modality index (§3.3: modality indices from the host).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,45 +18,11 @@ from mlxsuite import store
 from mlxsuite.data import corpus as data
 from mlxsuite.data.tokenizer import Tokenizer, train_tokenizer
 from mlxsuite.moma.images import ImageSet, ImageTokenizer, load_images
-from mlxsuite.moma.spec import MomaRunSpec
+from mlxsuite.moma.spec import Layout, MomaRunSpec
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 
 ASSETS = ("tokenizer.model", "codebook.safetensors")
-
-
-@dataclass
-class Layout:
-    """The unified vocabulary: text ids [0, text_size), image codes, then BOI, EOI."""
-
-    text_size: int
-    num_codes: int
-    bos: int
-    eos: int
-
-    @property
-    def image_start(self) -> int:
-        return self.text_size
-
-    @property
-    def image_end(self) -> int:
-        return self.text_size + self.num_codes
-
-    @property
-    def boi(self) -> int:
-        return self.image_end
-
-    @property
-    def eoi(self) -> int:
-        return self.image_end + 1
-
-    @property
-    def size(self) -> int:
-        return self.image_end + 2
-
-    def is_image(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids)
-        return (ids >= self.image_start) & (ids < self.image_end)
 
 
 class MixedData:

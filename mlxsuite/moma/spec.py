@@ -4,18 +4,51 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
+
+import numpy as np
 
 from mlxsuite.models import flops, lm
 from mlxsuite.models import moma as mm
 from mlxsuite.platform.errors import UserError
 from mlxsuite.train import trainer
 
-if TYPE_CHECKING:
-    from mlxsuite.moma.data import Layout
-
 VARIANT_RE = re.compile(r"^(dense|moe(\d+)x|moma(\d+)t(\d+)i)(\+mod)?$")
 DEFAULT_VARIANTS = "dense,moe8x,moma4t4i,moma4t4i+mod"
+
+
+@dataclass
+class Layout:
+    """The unified vocabulary: text ids [0, text_size), image codes, then BOI, EOI."""
+
+    text_size: int
+    num_codes: int
+    bos: int
+    eos: int
+
+    @property
+    def image_start(self) -> int:
+        return self.text_size
+
+    @property
+    def image_end(self) -> int:
+        return self.text_size + self.num_codes
+
+    @property
+    def boi(self) -> int:
+        return self.image_end
+
+    @property
+    def eoi(self) -> int:
+        return self.image_end + 1
+
+    @property
+    def size(self) -> int:
+        return self.image_end + 2
+
+    def is_image(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        return (ids >= self.image_start) & (ids < self.image_end)
 
 
 def paper_schedule(**overrides) -> trainer.TrainConfig:
@@ -54,7 +87,7 @@ def variant_name(fields: dict) -> str:
 
 
 @dataclass
-class MomaRunSpec:
+class MomaRunSpec(trainer.RunSpec):
     out: str
     variant: str = "moma4t4i"
     mod: bool = False
@@ -81,33 +114,26 @@ class MomaRunSpec:
     router_lr: float = 1e-2
     train: trainer.TrainConfig = field(default_factory=paper_schedule)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> MomaRunSpec:
-        d = dict(d)
-        d["train"] = trainer.TrainConfig.from_dict(d.get("train", {}))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+    POSITIVE = (
+        "seq_len",
+        "batch_size",
+        "codebook_size",
+        "patch",
+        "image_size",
+        "text_tokens",
+        "eval_batches",
+        "router_steps",
+    )
 
     def validate(self) -> None:
         parse_variant(self.variant, self.mod)
         if self.preset not in lm.PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(lm.PRESETS)}")
-        for name in (
-            "seq_len",
-            "batch_size",
-            "codebook_size",
-            "patch",
-            "image_size",
-            "text_tokens",
-            "eval_batches",
-            "router_steps",
-        ):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        super().validate()
         if self.image_size % self.patch:
             raise UserError(f"patch size {self.patch} does not divide the image size {self.image_size}")
         if not self.router_lr > 0:
             raise UserError(f"router learning rate must be positive, got {self.router_lr}")
-        self.train.validate()
 
     def micro_rows(self, processes: int) -> int:
         """Rows of one micro-batch in one process: the expert-choice batch."""
@@ -216,5 +242,5 @@ def check_divisible(args: mm.ModelArgs, rows: int, seq_len: int, image_tokens_pe
         if n % e:
             raise UserError(
                 f"{what} sees {n} tokens per micro-batch, which does not divide into {e} experts: "
-                "change --batch-size, --seq-len or the variant"
+                "change `batch_size`, `seq_len` or the variant"
             )

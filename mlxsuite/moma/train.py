@@ -106,12 +106,42 @@ def _upcycle_source(spec: MomaRunSpec) -> Optional[mm.Model]:
         return None
     source, src_spec, src_folder = load_run(spec.upcycle_from)
     if source.args.ffn != "moma" or source.args.groups != [1, 1]:
-        raise UserError(f"--upcycle-from needs a moma1t1i run, {spec.upcycle_from} is {src_spec.variant}")
+        raise UserError(f"`upcycle_from` needs a moma1t1i run, {spec.upcycle_from} is {src_spec.variant}")
     if parse_variant(spec.variant, spec.mod)["ffn"] != "moma":
-        raise UserError("upcycling makes a moma<T>t<I>i model: choose such a --variant")
+        raise UserError("upcycling makes a moma<T>t<I>i model: choose such a `variant`")
     spec.assets = str(src_folder)
     spec.data_offset = src_spec.train.steps + src_spec.data_offset
     return source
+
+
+def _run_config(spec: MomaRunSpec, args, layout, train_data, imtok) -> tuple[dict, dict]:
+    """(what the run trains, for the progress callback; the run's config.json)."""
+    fpt = flops.moma_train_per_token(args, spec.seq_len, train_data.image_fraction)["total"]
+    tokens_per_step = spec.batch_size * spec.seq_len
+    info = {
+        "variant": variant_name(parse_variant(spec.variant, spec.mod)),
+        "layers": args.num_hidden_layers,
+        "params": args.n_params_total,
+        "flops_per_token": fpt,
+        "vocab": layout.size,
+        "text_vocab": layout.text_size,
+        "image_codes": layout.num_codes,
+        "images_per_row": train_data.images_per_row,
+        "image_fraction": train_data.image_fraction,
+    }
+    config = {
+        **args.to_dict(),
+        "mlxsuite": {
+            "format": 1,
+            "kind": "moma",
+            **info,
+            "tokens_per_step": tokens_per_step,
+            "routers_trained": args.ffn == "dense" and not args.mod,
+            "image_size": imtok.size,
+            "patch": imtok.patch,
+        },
+    }
+    return info, config
 
 
 def train_moma(
@@ -151,32 +181,8 @@ def train_moma(
     model = mm.build(args, seed=spec.seed)
     if source is not None:
         mm.upcycle(model, source)
-    fpt = flops.moma_train_per_token(args, spec.seq_len, train_data.image_fraction)["total"]
-    tokens_per_step = spec.batch_size * spec.seq_len
-    info = {
-        "variant": variant_name(parse_variant(spec.variant, spec.mod)),
-        "layers": args.num_hidden_layers,
-        "params": args.n_params_total,
-        "flops_per_token": fpt,
-        "vocab": layout.size,
-        "text_vocab": layout.text_size,
-        "image_codes": layout.num_codes,
-        "images_per_row": train_data.images_per_row,
-        "image_fraction": train_data.image_fraction,
-    }
+    info, config = _run_config(spec, args, layout, train_data, imtok)
     callback("model", info)
-    config = {
-        **args.to_dict(),
-        "mlxsuite": {
-            "format": 1,
-            "kind": "moma",
-            **info,
-            "tokens_per_step": tokens_per_step,
-            "routers_trained": args.ffn == "dense" and not args.mod,
-            "image_size": imtok.size,
-            "patch": imtok.patch,
-        },
-    }
     if rank == 0:
         atomic.write_json(folder / "config.json", config)
 

@@ -98,7 +98,7 @@ def folder(path: Path, force: bool = False) -> Iterator[Path]:
     existing one only with `force`), on error it is removed."""
     path = Path(path)
     if path.exists() and not force:
-        raise UserError(f"{path} exists: choose another name or pass --force")
+        raise UserError(f"{path} exists: choose another name or pass `force`")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path.parent)
     tmp = temp_path(path, keep_suffix=False)

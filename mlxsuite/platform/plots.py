@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 
+from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 
-MISSING = "--plot needs matplotlib: pip install 'mlxsuite[plot]'"
+MISSING = "`plot` needs matplotlib: pip install 'mlxsuite[plot]'"
 
 
 def require_matplotlib() -> None:
@@ -34,18 +35,16 @@ def check_path(path) -> None:
     require_matplotlib()
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise UserError(f"--plot writes a PNG: give a file name ending in .png, got {path}")
+        raise UserError(f"`plot` writes a PNG: give a file name ending in .png, got {path}")
     if path.is_dir():
-        raise UserError(f"--plot {path} is a folder: give a file name")
+        raise UserError(f"`plot` {path} is a folder: give a file name")
     if not path.parent.resolve().is_dir():
-        raise UserError(f"--plot {path}: folder {path.parent} does not exist")
+        raise UserError(f"`plot` {path}: folder {path.parent} does not exist")
 
 
 def save(fig, path, dpi: int = 120) -> None:
     """Write the figure atomically (a temporary sibling, then renamed) and close it."""
     from pathlib import Path
-
-    from mlxsuite.platform import atomic
 
     try:
         atomic.write_file(Path(path), lambda tmp: fig.savefig(tmp, dpi=dpi))

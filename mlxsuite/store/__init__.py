@@ -3,15 +3,17 @@
 A model folder holds `config.json`, weights (`model*.safetensors`) and a tokenizer (`tokenizer.model`, ours, or
 `tokenizer.json`). What it holds is told by the config's `model_type`, as in mlx-lm:
 
-- `llama`, `mistral`, `qwen2`, `qwen3`: a language model (`models.lm`): ours, mlx-lm's, or a Hugging Face
-  snapshot; float, quantized at any bit width or mixed-bit. Loaded by mlx-lm's own loader
-  (`mlx_lm.utils.load_model`: sanitize, per-layer quantization) with this project's model classes;
+- a family of `models.lm.FAMILIES` (llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, openelm): a language
+  model: ours, mlx-lm's, or a Hugging Face snapshot; float, quantized at any bit width or mixed-bit. Loaded by
+  mlx-lm's own loader (`mlx_lm.utils.load_model`: sanitize, per-layer quantization) with this project's classes;
+- any other model_type mlx-lm runs: a language model through mlx-lm's own class (`models.mlx_lm_class`), for
+  profiling, generation and evaluation only (`require_own_forward` refuses it elsewhere);
 - `moma`: a MoMa run (`models.moma`), the same way;
 - `kv_prediction`: a KV Prediction pair: the base by reference (path, name and sha256 of its weights), the trained
   auxiliary as a model folder in `aux/`, the predictor in `predictor.safetensors`.
 
-Everything is written through `mlxsuite.atomic` (temporary sibling, then rename). Only safetensors are read;
-pickle checkpoints are refused.
+References are resolved by `store.refs`. Everything is written through `platform.atomic` (temporary sibling, then
+rename). Only safetensors are read; pickle checkpoints are refused.
 """
 
 from __future__ import annotations
@@ -25,103 +27,36 @@ from pathlib import Path
 from typing import Any, Optional
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.utils import dequantize_model
+from mlx_lm.utils import load_model as mlx_lm_load_model
 
+from mlxsuite.convert.checkpoint import (
+    CONFIG_FILE,
+    PICKLE_SUFFIXES,
+    WEIGHTS_FILE,
+    read_config,
+    refuse_pickle_message,
+)
 from mlxsuite.data.tokenizer import UNIGRAM_FILE, load_tokenizer
+from mlxsuite.models import family, get_classes, lm, moma
+from mlxsuite.models import kv_prediction as kvm
+from mlxsuite.models.mlx_lm_class import SEAMS_MISSING, MlxLmClass
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
+from mlxsuite.store.refs import KVP_TYPE, check_weights, models_dir, output_path, resolve, source_folder
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-KVP_TYPE = "kv_prediction"
 AUX_DIR = "aux"
 PREDICTOR_FILE = "predictor.safetensors"
 KINDS = {"lm": "a language model", "moma": "a MoMa run", KVP_TYPE: "a KV Prediction pair"}
 
 
-def models_dir() -> Path:
-    """MLXSUITE_MODELS, else the `models/` folder of the checkout this package runs from, else ./models."""
-    env = os.environ.get("MLXSUITE_MODELS")
-    if env:
-        return Path(env)
-    checkout = Path(__file__).resolve().parents[1] / "models"
-    if (checkout / "README.md").exists():
-        return checkout
-    return Path.cwd() / "models"
-
-
-def output_path(name_or_path: str) -> Path:
-    """Where a command writes a model: a bare name goes into the store, anything with a slash is a path."""
-    if os.sep in name_or_path or name_or_path.startswith("."):
-        return Path(name_or_path)
-    return models_dir() / name_or_path
-
-
-# ---- references -------------------------------------------------------------------------------------------------
-
-
-def resolve(ref: str) -> Path:
-    """A model folder from a reference: a folder path (ours, mlx-lm's, a Hugging Face snapshot), a name in the
-    store, a `.gguf` file (converted once into the cache, `convert_gguf.gguf_model_folder`), or a Hugging Face repo
-    id or cache folder (`hub.resolve_repo`: the cache first, a download only when allowed). Refuses pickles."""
-    path = Path(ref).expanduser()
-    if path.suffix.lower() == ".gguf" and path.is_file():
-        from mlxsuite.convert.from_gguf import gguf_model_folder
-
-        return gguf_model_folder(path)
-    for path in (path, models_dir() / ref):
-        if path.is_dir():
-            check_weights(path)
-            return path
-    if Path(ref).suffix in PICKLE_SUFFIXES:
-        raise UserError(refuse_pickle_message(Path(ref)))
-    from mlxsuite.store.hub import resolve_repo
-
-    snapshot = resolve_repo(ref)
-    if snapshot is not None:
-        check_weights(snapshot)
-        return snapshot
-    raise UserError(
-        f"model not found: {ref} (not a folder, a .gguf file, a Hugging Face repo id, or a name in the "
-        f"store {models_dir()})"
-    )
-
-
-def refuse_pickle_message(path: Path) -> str:
-    return (
-        f"refusing to load {path}: pickle checkpoints can run arbitrary code when loaded; convert it to safetensors "
-        "first (in a trusted environment: torch.load(..., weights_only=True) then safetensors.torch.save_file)"
-    )
-
-
-def check_weights(folder: Path) -> None:
-    if any(folder.glob("*.safetensors")):
-        return
-    pickles = [p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
-    if pickles:
-        raise UserError(refuse_pickle_message(pickles[0]))
-    if (folder / CONFIG_FILE).is_file() and read_config(folder).get("model_type") == KVP_TYPE:
-        raise UserError(f"{folder} has no trained predictor yet (training unfinished? resume it)")
-    raise UserError(f"{folder} has no weights (*.safetensors)")
-
-
-def read_config(folder: Path) -> dict:
-    try:
-        return json.loads((Path(folder) / CONFIG_FILE).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{folder} has no config.json") from None
-    except ValueError as e:
-        raise UserError(f"{folder}/config.json is not valid JSON: {e}") from None
-
-
 def kind_of(config: dict, folder: Path) -> str:
-    from mlxsuite.models import family, lm
-
     if config.get("model_type") == KVP_TYPE:
         return KVP_TYPE
     try:
-        return "lm" if family(config) is lm else "moma"
+        return "moma" if family(config) is moma else "lm"  # mlx-lm's own classes: "lm"
     except ValueError as e:
         raise UserError(f"{folder}: {e}") from None
 
@@ -160,10 +95,11 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
-def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: Optional[bool] = False) -> Loaded:
+def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: bool = False) -> Loaded:
     """Load any model folder (by reference) in eval mode. `kind` refuses other kinds in one line. `dequantize`
-    turns quantized layers back into float ones (None: on the CPU only, where MLX's quantized matmul does not use
-    the BLAS and runs ~40× slower than float32; said in `notes`); `dtype` casts the floating-point weights."""
+    (for inference) applies the one rule: on the CPU quantized layers become float32 ones (MLX's CPU quantized
+    matmul does not use the BLAS and runs ~40× slower; said in `notes`), on a GPU they stay quantized; False keeps
+    the weights as stored. A pair's base and auxiliary follow the same rule. `dtype` casts the float weights."""
     folder = resolve(ref)
     config = read_config(folder)
     found = kind_of(config, folder)
@@ -173,11 +109,13 @@ def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: Optional[
         return _load_pair(folder, config, dtype, dequantize)
     model = _load_weights(folder)
     notes = []
-    if dequantize is None:
-        dequantize = mx.default_device().type == mx.DeviceType.cpu
-    if dequantize and _is_quantized(model):
-        from mlx_lm.utils import dequantize_model
-
+    if not isinstance(model, lm.CausalLM):
+        model = MlxLmClass(model, config)
+        notes.append(
+            f"{folder.name}: model_type {model.model_type!r} has no family here: it runs through mlx-lm's own class "
+            "(no fused CPU kernels, no KV Prediction, no training)"
+        )
+    if dequantize and mx.default_device().type == mx.DeviceType.cpu and _is_quantized(model):
         model = dequantize_model(model)
         model.set_dtype(dtype or mx.float32)  # GGUF and mlx-lm scales are half precision: the BLAS wants float32
         notes.append(
@@ -191,7 +129,16 @@ def load(ref: str, kind: Optional[str] = None, dtype=None, dequantize: Optional[
     return Loaded(model, load_tokenizer(folder), folder, config, found, notes)
 
 
-def load_model(ref: str, dtype=None, dequantize: Optional[bool] = False):
+def require_own_forward(model, folder: Path, what: str) -> None:
+    """Refuse, in one line, a model that runs through mlx-lm's own class where `what` needs this project's forward."""
+    if isinstance(model, MlxLmClass):
+        raise UserError(
+            f"{folder}: model_type {model.model_type!r} runs here only through mlx-lm's own class; {what} needs "
+            f"{SEAMS_MISSING}, which the families {', '.join(lm.FAMILIES)} have"
+        )
+
+
+def load_model(ref: str, dtype=None, dequantize: bool = False):
     """(language model, tokenizer, folder): the common case of `load`."""
     loaded = load(ref, "lm", dtype, dequantize)
     return loaded.model, loaded.tokenizer, loaded.folder
@@ -200,16 +147,12 @@ def load_model(ref: str, dtype=None, dequantize: Optional[bool] = False):
 def _hint(kind: str) -> str:
     return {
         "moma": ": use the `mlxsuite moma` commands",
-        KVP_TYPE: ": pass its base model (with --kvp for KV Prediction)",
+        KVP_TYPE: ": pass its base model (with `kvp` for KV Prediction)",
     }.get(kind, "")
 
 
 def _load_weights(folder: Path):
     """mlx-lm's loader (sanitize, per-layer quantization, strict names and shapes) with this project's classes."""
-    from mlx_lm.utils import load_model as mlx_lm_load_model
-
-    from mlxsuite.models import get_classes
-
     try:
         model, _ = mlx_lm_load_model(folder, lazy=True, get_model_classes=get_classes)
     except (ValueError, TypeError, KeyError) as e:
@@ -229,15 +172,11 @@ def _first_line(e: Exception) -> str:
 
 
 def _is_quantized(model) -> bool:
-    import mlx.nn as nn
-
     return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
 
 
 def _load_pair(folder: Path, config: dict, dtype, dequantize) -> Loaded:
     """A KV Prediction pair; refuses a base whose weights changed since the pair was trained."""
-    from mlxsuite.models import kv_prediction as kvm
-
     ref = config["base"]
     base = load(ref["path"] if Path(ref["path"]).is_dir() else ref["name"], "lm", dtype, dequantize)
     if weights_hash(base.folder) != ref["sha256"]:

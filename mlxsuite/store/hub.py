@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from mlxsuite.models.lm import FAMILIES as SUPPORTED_MODEL_TYPES  # the model_types this project opens
+from mlxsuite.models import supported
+from mlxsuite.models.lm import FAMILIES
 from mlxsuite.platform.errors import UserError
 
 # mlx_lm.utils.DEFAULT_ALLOW_PATTERNS without code and pickles: config, tokenizer, chat template, safetensors weights
@@ -129,9 +130,11 @@ def _download(repo: str, revision: Optional[str]) -> Path:
             model_type = json.loads(Path(config_file).read_text()).get("model_type")
         except (ValueError, AttributeError):
             raise UserError(f"{where}: config.json is not valid JSON") from None
-        if model_type not in SUPPORTED_MODEL_TYPES:
+        if not supported(model_type):
             found = f"model_type {model_type!r}" if model_type else "no model_type"
-            raise UserError(f"{where} has {found}; supported: {', '.join(SUPPORTED_MODEL_TYPES)} (nothing downloaded)")
+            raise UserError(
+                f"{where} has {found}; supported: {', '.join(FAMILIES)} and mlx-lm's architectures (nothing downloaded)"
+            )
         snapshot = Path(
             huggingface_hub.snapshot_download(
                 repo, revision=revision, cache_dir=str(cache_dir()), allow_patterns=ALLOW_PATTERNS

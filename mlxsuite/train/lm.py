@@ -26,14 +26,16 @@ from mlxsuite.data.tokenizer import (
     unigram_probs,
 )
 from mlxsuite.models import lm
+from mlxsuite.models.mlx_lm_class import implementation
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 from mlxsuite.train import trainer
 from mlxsuite.train.evaluate import evaluate_lm, lm_loss
+from mlxsuite.vocab import scaling
 
 
 @dataclass
-class LMRunSpec:
+class LMRunSpec(trainer.RunSpec):
     out: str
     preset: str = "tiny"
     vocab_size: int = 2048
@@ -47,22 +49,15 @@ class LMRunSpec:
     model_overrides: dict = field(default_factory=dict)
     train: trainer.TrainConfig = field(default_factory=trainer.TrainConfig)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> LMRunSpec:
-        d = dict(d)
-        d["train"] = trainer.TrainConfig.from_dict(d.get("train", {}))
-        return cls(**d)
+    POSITIVE = ("seq_len", "batch_size", "eval_windows", "vocab_size")
 
     def validate(self) -> None:
         if self.preset not in lm.PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(lm.PRESETS)}")
-        for name in ("seq_len", "batch_size", "eval_windows", "vocab_size"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        super().validate()
         context = lm.preset_args(self.preset, 1, **self.model_overrides).max_position_embeddings
         if not self.init_from and self.seq_len > context:
-            raise UserError(f"--seq-len {self.seq_len} is longer than the model's context ({context} tokens)")
-        self.train.validate()
+            raise UserError(f"`seq_len` {self.seq_len} is longer than the model's context ({context} tokens)")
 
 
 def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus):
@@ -86,6 +81,39 @@ def prepare_tokenizer(spec: LMRunSpec, folder: Path, corpus: data.Corpus):
         Tokenizer(src).save(folder)
         return Tokenizer(path)
     return train_tokenizer(corpus.train, spec.vocab_size, path)
+
+
+def _model(spec: LMRunSpec, tok) -> tuple[lm.Model, lm.ModelArgs, dict]:
+    """The model to train (from a preset, or a stored float model), its args and where it came from."""
+    if spec.init_from:
+        model, _, src = store.load_model(spec.init_from)
+        store.require_own_forward(model, src, "training")
+        if "quantization" in store.read_config(src):
+            raise UserError(f"{src} is quantized: train from a float model (convert from-hf without `quantize`)")
+        model.train()
+        args = model.args
+        origin = {"init_from": str(src)}
+    else:
+        args = lm.preset_args(spec.preset, tok.vocab_size, **spec.model_overrides)
+        model = lm.build(args, seed=spec.seed)
+        origin = {"preset": spec.preset}
+    if spec.seq_len > args.max_position_embeddings:
+        raise UserError(
+            f"`seq_len` {spec.seq_len} is longer than the model's context ({args.max_position_embeddings} tokens)"
+        )
+    if args.vocab_size < tok.vocab_size:
+        raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model only {args.vocab_size} embeddings")
+    return model, args, origin
+
+
+def _unigram(folder: Path, tok, train_tokens, rank: int):
+    """The unigram table of the run's tokenizer (for L_u): the folder's, else counted and saved (rank 0)."""
+    unigram = load_unigram(folder)
+    if unigram is None or len(unigram) != tok.vocab_size:
+        unigram = unigram_probs(train_tokens, tok.vocab_size)
+        if rank == 0:
+            save_unigram(folder, unigram)
+    return unigram
 
 
 def train_lm(
@@ -118,31 +146,11 @@ def train_lm(
 
         train_tokens = data.token_stream(tok, corpus, "train")
         val_tokens = data.token_stream(tok, corpus, "val")
-        unigram = load_unigram(folder)
-        if unigram is None or len(unigram) != tok.vocab_size:
-            unigram = unigram_probs(train_tokens, tok.vocab_size)
-            if rank == 0:
-                save_unigram(folder, unigram)
+        unigram = _unigram(folder, tok, train_tokens, rank)
         windows = data.eval_windows(val_tokens, spec.seq_len, spec.eval_windows)
         chars = data.chars_in(corpus, "val", tok, windows.shape[0] * spec.seq_len + 1)
 
-        if spec.init_from:
-            model, _, src = store.load_model(spec.init_from)
-            if "quantization" in store.read_config(src):
-                raise UserError(f"{src} is quantized: train from a float model (convert from-hf without --quantize)")
-            model.train()
-            args = model.args
-            origin = {"init_from": str(src)}
-        else:
-            args = lm.preset_args(spec.preset, tok.vocab_size, **spec.model_overrides)
-            model = lm.build(args, seed=spec.seed)
-            origin = {"preset": spec.preset}
-        if spec.seq_len > args.max_position_embeddings:
-            raise UserError(
-                f"--seq-len {spec.seq_len} is longer than the model's context ({args.max_position_embeddings} tokens)"
-            )
-        if args.vocab_size < tok.vocab_size:
-            raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model only {args.vocab_size} embeddings")
+        model, args, origin = _model(spec, tok)
         if rank == 0 and not (folder / "config.json").exists():
             atomic.write_json(folder / "config.json", {**args.to_dict(), "mlxsuite": {"format": 1, **origin}})
         callback(
@@ -186,8 +194,6 @@ def auto_vocab_size(
     V), else the paper's compute-optimal budget for that N_nv. Rounded to a multiple of 128 as in the paper's
     configs; at least `minimum` (byte fallback plus a useful merge table). The published fit was made at 33M–3B
     non-vocabulary parameters, so for the tiny presets this is an extrapolation."""
-    from mlxsuite.vocab import scaling
-
     if preset not in lm.PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(lm.PRESETS)}")
     args = lm.preset_args(preset, 1)
@@ -216,7 +222,7 @@ def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128,
         corpus_spec = store.read_config(folder).get("mlxsuite", {}).get("corpus")
         if corpus_spec not in (None, "stdlib") and not Path(corpus_spec).exists():
             raise UserError(
-                f"{folder} was trained on {corpus_spec}, which is gone: pass --corpus (stdlib: the embedded corpus)"
+                f"{folder} was trained on {corpus_spec}, which is gone: pass `corpus` (stdlib: the embedded corpus)"
             )
     corpus = data.load_corpus(corpus_spec)
     val = data.token_stream(tok, corpus, "val")
@@ -227,4 +233,5 @@ def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128,
     if unigram is None:
         unigram = unigram_probs(data.token_stream(tok, corpus, "train"), tok.vocab_size)
     chars = data.chars_in(corpus, "val", tok, w.shape[0] * seq_len + 1)
-    return {"model": str(folder), "corpus": corpus.name, **evaluate_lm(model, w, np.asarray(unigram), chars)}
+    metrics = evaluate_lm(model, w, np.asarray(unigram), chars)
+    return {"model": str(folder), "corpus": corpus.name, "implementation": implementation(model), **metrics}

@@ -14,10 +14,10 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -58,18 +58,40 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("steps", "grad_accum", "save_every", "eval_every", "log_every"):
             if getattr(self, name) <= 0:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+                raise UserError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0:
             raise UserError(f"learning rate must be positive, got {self.lr}")
         if self.warmup < 0:
-            raise UserError(f"warmup must be >= 0, got {self.warmup}")
+            raise UserError(f"`warmup` must be >= 0, got {self.warmup}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown learning-rate schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
         if not 0 <= self.min_lr_ratio <= 1:
-            raise UserError(f"min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+            raise UserError(f"`min_lr_ratio` must be in [0, 1], got {self.min_lr_ratio}")
 
 
 SCHEDULES = ("cosine", "linear")
+
+
+class RunSpec:
+    """The base of every recipe's run spec (a dataclass with `out`, `train: TrainConfig` and the recipe's settings),
+    what `open_run` saves as run/spec.json and rebuilds on resume. A recipe lists its positive integer fields in
+    `POSITIVE` and adds its own checks to `validate`."""
+
+    POSITIVE: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The spec from its saved dict (keys it no longer has are dropped)."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["train"] = TrainConfig.from_dict(d.get("train", {}))
+        return cls(**d)
+
+    def validate(self) -> None:
+        for name in self.POSITIVE:
+            if getattr(self, name) <= 0:
+                raise UserError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
+        self.train.validate()
 
 
 def lr_schedule(cfg: TrainConfig):
@@ -196,7 +218,7 @@ def _changed(spec, saved, given: Iterable[str]) -> list[str]:
         for obj, old in ((spec, saved), (getattr(spec, "train", None), getattr(saved, "train", None))):
             if obj is not None and hasattr(obj, name) and hasattr(old, name):
                 if getattr(obj, name) != getattr(old, name):
-                    out.append(f"--{name.replace('_', '-')} {getattr(obj, name)} (the run has {getattr(old, name)})")
+                    out.append(f"`{name}` {getattr(obj, name)} (the run has {getattr(old, name)})")
                 break
     return out
 
@@ -216,14 +238,14 @@ def open_run(folder: Path, spec, resume: bool, force: bool, group=None, given: I
         changed = _changed(spec, saved, given)
         if changed:
             raise UserError(
-                "--resume continues a run with the settings it began with; these differ: "
+                "`resume` continues a run with the settings it began with; these differ: "
                 + ", ".join(changed)
-                + " (drop them, or start over with --force)"
+                + " (drop them, or start over with `force`)"
             )
         spec = saved
     spec.validate()
     if not resume and folder.exists() and not force:
-        raise UserError(f"{folder} exists: pass --resume to continue its run or --force to start over")
+        raise UserError(f"{folder} exists: pass `resume` to continue its run or `force` to start over")
     barrier(group)  # every rank has checked before rank 0 writes anything
     made = tuple(p for p in folder.absolute().parents if not p.exists())
     if group.rank() == 0 and not resume:
@@ -287,17 +309,58 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     optimizer = make_optimizer(cfg)
     optimizer.init(model.trainable_parameters())
+    start = _start_step(run_dir, model, optimizer, resume, rank)
+    _reseed(cfg.seed, start)
+    mx.eval(model.parameters(), optimizer.state)
+    step_fn, state = _step_function(model, loss_fn, optimizer, cfg, group)
 
-    start = 0
+    callback("start", {"step": start, "steps": cfg.steps, "rank": rank, "world": world})
+    log_path = run_dir / METRICS
+    window = _Window()
+    metrics: dict = {}
+    for step in range(start, cfg.steps):
+        micro = _stack([_to_mx(m) for m in _split(batches(step), cfg.grad_accum)])
+        loss, grad_norm, aux = step_fn(micro)
+        mx.eval(state, loss, grad_norm, aux)
+        window.losses.append(loss)
+        window.tokens += tokens_per_row * _rows(micro) * world
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            metrics = window.metrics(done, grad_norm, aux, optimizer, group)
+            _log(log_path, rank, {"event": "train", **metrics})
+            callback("step", metrics)
+            window = _Window()
+        if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+            val = {"step": done, **evaluate(model)}
+            _log(log_path, rank, {"event": "eval", **val})
+            callback("eval", val)
+            metrics.update({f"val_{k}": v for k, v in val.items() if k != "step"})
+            window.t0 = time.perf_counter()
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            _reseed(cfg.seed, done)
+            if rank == 0:
+                path = save_checkpoint(run_dir, done, model, optimizer, {"config": asdict(cfg)})
+                callback("save", {"step": done, "path": str(path)})
+            window.t0 = time.perf_counter() if done % cfg.log_every == 0 else window.t0
+    callback("end", metrics)
+    return metrics
+
+
+def _start_step(run_dir: Path, model, optimizer, resume: bool, rank: int) -> int:
+    """The step to start from: the checkpoint's on resume (the log cut back to it), else 0 (a fresh log)."""
     if resume and has_checkpoint(run_dir):
         start = load_checkpoint(run_dir, model, optimizer)["step"]
         if rank == 0:
             _rewrite_metrics(run_dir / METRICS, start)
-    elif rank == 0:
+        return start
+    if rank == 0:
         (run_dir / METRICS).unlink(missing_ok=True)
-    _reseed(cfg.seed, start)
-    mx.eval(model.parameters(), optimizer.state)
+    return 0
 
+
+def _step_function(model, loss_fn: Callable, optimizer, cfg: TrainConfig, group):
+    """(one optimizer step over `cfg.grad_accum` micro-batches → (loss, grad norm, the recipe's metrics), the state
+    it changes); compiled with `cfg.compile`. Gradients are averaged over the ranks and clipped."""
     value_and_grad = nn.value_and_grad(model, loss_fn)
     accum = cfg.grad_accum
 
@@ -322,50 +385,34 @@ def train(
     state = [model.state, optimizer.state, mx.random.state]
     if cfg.compile:
         step_fn = partial(mx.compile, inputs=state, outputs=state)(step_fn)
+    return step_fn, state
 
-    callback("start", {"step": start, "steps": cfg.steps, "rank": rank, "world": world})
-    log_path = run_dir / METRICS
-    window_loss, window_tokens, window_t0 = [], 0, time.perf_counter()
-    metrics: dict = {}
-    for step in range(start, cfg.steps):
-        micro = _stack([_to_mx(m) for m in _split(batches(step), accum)])
-        loss, grad_norm, aux = step_fn(micro)
-        mx.eval(state, loss, grad_norm, aux)
-        window_loss.append(loss)
-        window_tokens += tokens_per_row * _rows(micro) * world
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            losses = mx.distributed.all_sum(mx.stack(window_loss), group=group) / world
-            names = sorted(aux)  # the recipe's own metrics, averaged over the ranks as the loss is
-            extra = mx.distributed.all_sum(mx.stack([aux[k] for k in names]), group=group) / world if names else []
-            dt = time.perf_counter() - window_t0
-            metrics = {
-                "step": done,
-                "loss": float(losses[-1].item()),
-                "loss_avg": float(losses.mean().item()),
-                "lr": float(optimizer.learning_rate.item()),
-                "grad_norm": float(grad_norm.item()),
-                "tokens_per_s": window_tokens / dt if dt > 0 else 0.0,
-                "peak_memory_bytes": mx.get_peak_memory(),
-                **{k: float(extra[i].item()) for i, k in enumerate(names)},
-            }
-            _log(log_path, rank, {"event": "train", **metrics})
-            callback("step", metrics)
-            window_loss, window_tokens, window_t0 = [], 0, time.perf_counter()
-        if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-            val = {"step": done, **evaluate(model)}
-            _log(log_path, rank, {"event": "eval", **val})
-            callback("eval", val)
-            metrics.update({f"val_{k}": v for k, v in val.items() if k != "step"})
-            window_t0 = time.perf_counter()
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            _reseed(cfg.seed, done)
-            if rank == 0:
-                path = save_checkpoint(run_dir, done, model, optimizer, {"config": asdict(cfg)})
-                callback("save", {"step": done, "path": str(path)})
-            window_t0 = time.perf_counter() if done % cfg.log_every == 0 else window_t0
-    callback("end", metrics)
-    return metrics
+
+@dataclass
+class _Window:
+    """The steps since the last log line: their losses, tokens and start time."""
+
+    losses: list = field(default_factory=list)
+    tokens: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def metrics(self, done: int, grad_norm, aux: dict, optimizer, group) -> dict:
+        """The log line: loss (last and window mean) and the recipe's metrics, averaged over the ranks."""
+        world = group.size()
+        losses = mx.distributed.all_sum(mx.stack(self.losses), group=group) / world
+        names = sorted(aux)
+        extra = mx.distributed.all_sum(mx.stack([aux[k] for k in names]), group=group) / world if names else []
+        dt = time.perf_counter() - self.t0
+        return {
+            "step": done,
+            "loss": float(losses[-1].item()),
+            "loss_avg": float(losses.mean().item()),
+            "lr": float(optimizer.learning_rate.item()),
+            "grad_norm": float(grad_norm.item()),
+            "tokens_per_s": self.tokens / dt if dt > 0 else 0.0,
+            "peak_memory_bytes": mx.get_peak_memory(),
+            **{k: float(extra[i].item()) for i, k in enumerate(names)},
+        }
 
 
 def _rows(micro) -> int:

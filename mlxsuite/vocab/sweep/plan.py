@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from mlxsuite.data.tokenizer import min_vocab_size
+from mlxsuite.models.lm import PRESETS, preset_args
 from mlxsuite.platform.errors import UserError
 from mlxsuite.vocab import scaling
 
@@ -82,8 +83,6 @@ def budget_tag(c: float) -> str:
 
 def plan_runs(grid: SweepGrid, settings: SweepSettings) -> list[RunPlan]:
     """Every (budget, preset, V) run with its step count: D = C / (6(N_nv + V·d)) tokens, steps = D / (batch·seq)."""
-    from mlxsuite.models.lm import PRESETS
-
     if not grid.budgets or not grid.presets or not grid.vocab_sizes:
         raise UserError("a sweep needs at least one budget, one preset and one vocabulary size")
     for p in grid.presets:
@@ -107,8 +106,6 @@ def plan_runs(grid: SweepGrid, settings: SweepSettings) -> list[RunPlan]:
 def plan_one(c: float, preset: str, vocab: int, settings: SweepSettings) -> RunPlan:
     """The run of `preset` at vocabulary `vocab` that spends budget `c`: D = C / (6(N_nv + V·d)) tokens, in whole
     steps of batch·seq tokens."""
-    from mlxsuite.models.lm import preset_args
-
     args = preset_args(preset, vocab)
     n = args.n_nonvocab_params + args.n_vocab_params
     steps = round(c / (6 * n) / settings.tokens_per_step)
@@ -180,8 +177,6 @@ def estimate_seconds(plans: list[RunPlan], new_tokenizers: Optional[int] = None)
 def closest_preset(nnv: float, flops: float, compression: scaling.Compression = scaling.PAPER_COMPRESSION) -> dict:
     """The trainable preset nearest to N_nv (in ln N_nv), with the vocabulary approach 3 (published constants) gives
     it at this budget: only that approach handles a model that is not compute-optimal for the budget."""
-    from mlxsuite.models.lm import PRESETS, preset_args
-
     shapes = {name: preset_args(name, vocab_size=4096) for name in PRESETS}
     name = min(shapes, key=lambda k: abs(math.log(shapes[k].n_nonvocab_params / nnv)))
     p_nnv, p_d = shapes[name].n_nonvocab_params, shapes[name].hidden_size

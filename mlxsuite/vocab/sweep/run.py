@@ -15,8 +15,11 @@ import mlx.core as mx
 
 from mlxsuite import store
 from mlxsuite.data.corpus import load_corpus
+from mlxsuite.models.lm import PRESETS, preset_args
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
+from mlxsuite.train.lm import LMRunSpec, eval_model, train_lm
+from mlxsuite.train.trainer import TrainConfig, has_checkpoint
 from mlxsuite.vocab.sweep import ranks
 from mlxsuite.vocab.sweep.analysis import analyze
 from mlxsuite.vocab.sweep.plan import (
@@ -62,7 +65,58 @@ def _load_doc(folder: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())
     except ValueError:
-        raise UserError(f"{path} is not valid JSON: remove it or pass --force to start over") from None
+        raise UserError(f"{path} is not valid JSON: remove it or pass `force` to start over") from None
+
+
+def _open_doc(folder: Path, settings: SweepSettings, force: bool) -> Optional[dict]:
+    """The sweep already in `folder` (None: a new one), refused when its format or settings differ; with `force`
+    the folder is emptied first (only if it holds a sweep)."""
+    doc = None if force else _load_doc(folder)
+    if force and folder.exists():
+        if not (folder / SWEEP_FILE).exists() and any(folder.iterdir()):
+            raise UserError(f"{folder} is not a sweep folder (no {SWEEP_FILE}): refusing to delete it")
+        shutil.rmtree(folder)
+    if doc is not None and doc.get("format") != FORMAT:
+        raise UserError(
+            f"{folder} holds a sweep of format {doc.get('format')} (this mlxsuite writes {FORMAT}: "
+            "tokenizers without byte fallback): use another `out` or pass `force`"
+        )
+    if doc is not None and doc.get("settings") != asdict(settings):
+        old = doc.get("settings", {})
+        diff = ", ".join(f"{k}: {old.get(k)!r} → {v!r}" for k, v in asdict(settings).items() if old.get(k) != v)
+        raise UserError(f"{folder} holds a sweep with other settings ({diff}): use another `out` or pass `force`")
+    if doc is None and folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} exists and is not a sweep: use another `out` or pass `force`")
+    return doc
+
+
+def _run_one(folder: Path, doc: dict, plans: list, i: int, settings: SweepSettings, callback) -> None:
+    """Train run `i` of the plan (or take its finished metrics) and record it in the sweep's document."""
+    plan = plans[i]
+    run_folder = _run_folder(folder, plan)
+    metrics = finished_metrics(run_folder)
+    skipped = metrics is not None
+    seconds = doc["runs"].get(plan.name, {}).get("seconds")
+    windows = settings.eval_windows(doc["tokenizers"][str(plan.vocab)]["tokens_per_char"])
+    if not skipped:
+        start = time.perf_counter()
+        metrics = _train_one(
+            plan, run_folder, _tokenizer_path(folder, plan.vocab), settings, windows, i, len(plans), callback
+        )
+        seconds = time.perf_counter() - start
+    doc["runs"][plan.name] = {**asdict(plan), **_pick(metrics), "eval_windows": windows, "seconds": seconds}
+    _save(folder, doc)
+    callback(
+        "run_end",
+        {
+            "index": i,
+            "total": len(plans),
+            "run": plan.name,
+            "metrics": _pick(metrics),
+            "skipped": skipped,
+            "seconds": seconds,
+        },
+    )
 
 
 def run_sweep(
@@ -135,14 +189,14 @@ def _open(folder: Path, grid: SweepGrid, settings: SweepSettings, force: bool) -
     if doc is not None and doc.get("format") != FORMAT:
         raise UserError(
             f"{folder} holds a sweep of format {doc.get('format')} (this mlxsuite writes {FORMAT}: "
-            "tokenizers without byte fallback): use another --out or pass --force"
+            "tokenizers without byte fallback): use another `out` or pass `force`"
         )
     if doc is not None and doc.get("settings") != asdict(settings):
         old = doc.get("settings", {})
         diff = ", ".join(f"{k}: {old.get(k)!r} → {v!r}" for k, v in asdict(settings).items() if old.get(k) != v)
-        raise UserError(f"{folder} holds a sweep with other settings ({diff}): use another --out or pass --force")
+        raise UserError(f"{folder} holds a sweep with other settings ({diff}): use another `out` or pass `force`")
     if doc is None and folder.exists() and any(folder.iterdir()):
-        raise UserError(f"{folder} exists and is not a sweep: use another --out or pass --force")
+        raise UserError(f"{folder} exists and is not a sweep: use another `out` or pass `force`")
     if doc is None:
         load_corpus(settings.corpus)  # a new sweep checks its corpus before writing
     folder.mkdir(parents=True, exist_ok=True)
@@ -253,8 +307,6 @@ def _merge(parts: list[dict]) -> dict:
 
 def _family() -> list[tuple[int, int]]:
     """(N_nv, d) of mlxsuite's small presets: the model family approach 2 fits γ on (the paper: its 7 families)."""
-    from mlxsuite.models.lm import PRESETS, preset_args
-
     shapes = (preset_args(name, 1) for name in PRESETS if not name.startswith("vocab-"))
     return [(a.n_nonvocab_params, a.hidden_size) for a in shapes]
 
@@ -278,9 +330,6 @@ def _train_one(
     callback,
     group=None,
 ) -> dict:
-    from mlxsuite.train.lm import LMRunSpec, train_lm
-    from mlxsuite.train.trainer import TrainConfig, has_checkpoint
-
     spec = LMRunSpec(
         out=str(run_folder.resolve()),
         preset=plan.preset,
@@ -308,8 +357,6 @@ def _train_one(
 
     metrics = train_lm(spec, resume=resume, force=not resume, callback=forward, group=group)
     if "val_lu" not in metrics:  # resumed from a checkpoint at the last step: the loop had nothing left to do
-        from mlxsuite.train.lm import eval_model
-
         ev = eval_model(str(run_folder.resolve()), settings.corpus, settings.seq_len, eval_windows)
         metrics = {f"val_{k}": v for k, v in ev.items() if k in ("ce", "lu", "bpc")}
         _store_final(run_folder, metrics)
