@@ -283,8 +283,7 @@ def _several(key: str) -> Callable[[list[dict]], bool]:
 
 
 def _beside_base(recs: list[dict]) -> bool:
-    """Reductions vs the base matter with modes other than the base and mlx-lm (which has its own column)."""
-    return any(r["ttft_reduction_vs_base"] is not None and r["mode"] not in ("base", "mlx-lm") for r in recs)
+    return any(r["ttft_reduction_vs_base"] is not None and r["mode"] not in ("base", *RUNTIMES) for r in recs)
 
 
 COLUMNS = [
@@ -400,6 +399,7 @@ def footer(report: dict, cols: list[Column]) -> list[str]:
 
 RATIOS = ("TTFT red.", "FLOPs red.", "TTFT/FLOPs", "decode vs base", "vs uncached", "vs mlx-lm", "decode vs mlx-lm")
 RATIOS += ("vs llama.cpp", "decode vs llama.cpp")
+RUNTIMES = ("mlx-lm", "llama.cpp")  # their ratio columns replace the reductions vs the base
 
 
 def _plural(n: int, word: str) -> str:
