@@ -78,8 +78,8 @@ def ttft(
     modes: Optional[str] = typer.Option(
         None,
         "--modes",
-        help="Comma-separated modes: base, mlx-lm, aux, kvp (aux and kvp need --kvp). "
-        "Default: base, or base,aux,kvp with --kvp.",
+        help="Comma-separated modes: base, mlx-lm, aux, kvp (aux and kvp need --kvp), llama.cpp (a .gguf MODEL or "
+        "--gguf). Default: base, or base,aux,kvp with --kvp.",
     ),
     kvp: Optional[str] = typer.Option(
         None,
@@ -125,6 +125,18 @@ def ttft(
         "--compare-mlx-lm",
         help="Also time mlx-lm's generate_step on the same weights (batch 1), interleaved, and report the ratio.",
     ),
+    compare_llama_cpp: bool = typer.Option(
+        False,
+        "--compare-llama-cpp",
+        help="Also time llama.cpp (llama-cpp-python, the llama-cpp extra) on MODEL's GGUF file (MODEL itself, or "
+        "--gguf), batch 1, interleaved, with as many threads as the BLAS, and report the ratio.",
+    ),
+    gguf: Optional[Path] = typer.Option(
+        None,
+        "--gguf",
+        help="The GGUF file llama.cpp runs for MODEL when MODEL is a folder or store name (e.g. the file it was "
+        "converted from). One MODEL only.",
+    ),
     paper_regime: bool = typer.Option(
         False,
         "--paper-regime",
@@ -159,6 +171,10 @@ def ttft(
     names = _model_names(model, models, kvp)
     output = _output_format(output, json_out, wide)
     mode_names = _mode_names(modes, kvp, compare_mlx_lm)
+    if compare_llama_cpp and "llama.cpp" not in mode_names:
+        mode_names.append("llama.cpp")
+    ggufs = _gguf_files(names, gguf, "llama.cpp" in mode_names)
+    lib.check_mode_names(mode_names, kvp=kvp is not None)
     configs = _configs(paper_regime, prompt_lengths, batch_sizes)
     positive("--reps", reps)
     positive("--prefill-step", prefill_step)
@@ -177,6 +193,8 @@ def ttft(
         setup, what, notes = lib.open_setup(name, kvp, vocab_size, dt, seed, prefill_step or default_prefill_step())
         for note in notes:
             print_note(note)
+        if name in ggufs:
+            setup.gguf = str(ggufs[name])
         setups.append(setup)
         described.append(what)
         lib.check_configs(setup.model.args, configs, reps, warmup, prefix_cache, generation_tokens)
@@ -253,6 +271,26 @@ def _print_report(report: dict, output: str, wide: bool, plot: Optional[Path]) -
         )
     if plot is not None:
         err.print(f"plot written to {plot}", highlight=False, soft_wrap=True)
+
+
+def _gguf_files(names: list[str], gguf: Optional[Path], llama_cpp: bool) -> dict[str, Path]:
+    """The GGUF file llama.cpp runs for each model: --gguf, or the model itself when it is a .gguf file."""
+    if gguf is not None:
+        if not llama_cpp:
+            raise UserError("--gguf is the file llama.cpp runs: add --compare-llama-cpp (or the llama.cpp mode)")
+        if len(names) > 1:
+            raise UserError("--gguf belongs to one model: measure one MODEL with it, or give each model as a .gguf")
+        if gguf.suffix.lower() != ".gguf" or not gguf.expanduser().is_file():
+            raise UserError(f"--gguf {gguf}: not a .gguf file")
+        return {names[0]: gguf.expanduser()}
+    if not llama_cpp:
+        return {}
+    for name in names:
+        if not (name.lower().endswith(".gguf") and Path(name).expanduser().is_file()):
+            raise UserError(
+                f"llama.cpp runs GGUF files: give MODEL as a .gguf file, or --gguf FILE ({name} is neither)"
+            )
+    return {name: Path(name).expanduser() for name in names}
 
 
 def _rich_table(recs: list[dict], cols):

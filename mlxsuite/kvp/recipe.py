@@ -359,9 +359,11 @@ def load_pair(ref: str, expect_base: Optional[str] = None) -> StoredPair:
 
 def prompt_fill(pair: kvm.KVPredictionModel) -> tuple[list, Callable]:
     """KV Prediction's plug-in for the one prefill (`generate.prefill`, `generate.generate_tokens`): a new base
-    prompt cache and the fill that writes predicted KV into it, chunk by chunk (the aux keeps its own cache)."""
+    prompt cache and the fill that writes predicted KV into it, chunk by chunk (the aux keeps its own cache; the
+    predictor's maps stacked once per prompt run as one batched GEMM per chunk)."""
     base_cache, aux_cache = pair.base.make_cache(), pair.auxiliary.make_cache()
-    return base_cache, lambda chunk: pair.fill(chunk, aux_cache, base_cache)
+    stacked = pair.predictor.stacked()
+    return base_cache, lambda chunk: pair.fill(chunk, aux_cache, base_cache, stacked)
 
 
 def flops_reduction(pair: kvm.KVPredictionModel) -> float:
