@@ -53,7 +53,8 @@ def turn(base, pair, base_cache, aux_cache, unseen: mx.array, new: mx.array) -> 
     if pair is not None:
         if unseen.size:
             fill_cache(pair.auxiliary, unseen.tolist(), aux_cache)
-        fill = lambda chunk: pair.fill(chunk, aux_cache, base_cache)  # noqa: E731
+        stacked = pair.predictor.stacked()  # as chat.py: the predictor batched across layers
+        fill = lambda chunk: pair.fill(chunk, aux_cache, base_cache, stacked)  # noqa: E731
     mx.eval(mx.argmax(prefill(base, new, base_cache, fill=fill), axis=-1))
     return time.perf_counter() - start
 

@@ -17,12 +17,14 @@ import json
 import time
 from functools import partial
 
+import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
+
+# isort: split
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
-import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 from mlxsuite.models import lm
 from mlxsuite.models import moma as mm
 from mlxsuite.models.flops import moma_train_per_token

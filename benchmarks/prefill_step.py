@@ -17,9 +17,11 @@ import math
 import os
 import platform as _platform
 
+import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
+
+# isort: split
 import mlx.core as mx
 
-import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
 from mlxsuite import platform
 from mlxsuite.bench import ttft
 from mlxsuite.generate import prefill, sample

@@ -19,11 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlxsuite  # noqa: F401  (the fast BLAS before mlx.core)
+
+# isort: split
 import mlx.core as mx
 import mlx.nn as nn
 from convert_memory import child_peak_mb
-
-import mlxsuite  # noqa: F401  (the fast BLAS before mlx.core)
 
 DEFAULT = Path.home() / ".cache" / "mlxsuite" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 

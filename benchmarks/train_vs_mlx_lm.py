@@ -20,6 +20,9 @@ import statistics
 import tempfile
 import time
 
+import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
+
+# isort: split
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
@@ -27,7 +30,6 @@ from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 from mlx_lm.tuner import trainer as lm_trainer
 
-import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 from mlxsuite import platform
 from mlxsuite.data.corpus import Batches
 from mlxsuite.models import kernels, lm

@@ -19,9 +19,11 @@ import argparse
 import os
 import platform as _platform
 
+import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
+
+# isort: split
 import mlx.core as mx
 
-import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized BLAS)
 from mlxsuite import platform
 from mlxsuite.bench import ttft
 from mlxsuite.generate import default_prefill_step, prefill, sample

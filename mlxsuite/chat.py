@@ -185,8 +185,8 @@ class Conversation:
         seen = self.aux_cache[0].offset
         if seen < keep:
             fill_cache(self.pair.auxiliary, ids[seen:keep], self.aux_cache, self.prefill_step)
-        pair, aux_cache, base_cache = self.pair, self.aux_cache, self.cache
-        return lambda chunk: pair.fill(chunk, aux_cache, base_cache)
+        pair, aux_cache, base_cache, stacked = self.pair, self.aux_cache, self.cache, self.pair.predictor.stacked()
+        return lambda chunk: pair.fill(chunk, aux_cache, base_cache, stacked)  # the predictor batched across layers
 
 
 def _trim(cache: list, keep: int) -> None:

@@ -3,7 +3,8 @@
 Stages (each reported through `callback("stage", …)`; the trainer's and the measurements' events in between):
 
 1. base: tokenizer + a small base LM (`train_lm`), store name `{name}-lm`;
-2. kvp: an LP-0.50 KV Prediction pair for it (`train_kvp`: layer-pruned aux + predictor), store name `{name}-kvp`;
+2. kvp: an LP-0.50 KV Prediction pair for it (`train_kvp`: layer-pruned aux + predictor), store name `{name}-kvp`
+   (`{name}-{model}-kvp` on a model of the user's: a folder holding another base's pair is refused, never replaced);
 3. quality: base, the paper's baseline (OE-LP, trained beside the pair), the jointly trained auxiliary and KV
    Prediction on held-out text (`evaluate_kvp`): continuation loss, first-token accuracy, agreement with the
    base's greedy continuation (and the 1-shot code task with `code` > 0: on the toy model it reads 0 % for all);
@@ -21,6 +22,7 @@ about 7 minutes, under 10.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -42,7 +44,7 @@ RESULTS_FILE = "quickstart.json"
 
 @dataclass
 class QuickstartConfig:
-    name: str = "quickstart"  # store names: {name}-lm (the base) and {name}-kvp (the pair)
+    name: str = "quickstart"  # store names: {name}-lm (the base) and {name}-kvp (the pair; {name}-{model}-kvp)
     model: Optional[str] = None  # a model of the user's as the base (any model reference) instead of training one
     preset: str = "tiny"  # d=128, 4 layers: LP-0.50 keeps 2
     vocab_size: int = 2048
@@ -75,13 +77,48 @@ class QuickstartConfig:
 
     @property
     def kvp_name(self) -> str:
-        return f"{self.name}-kvp"
+        """{name}-kvp for the trained base; {name}-{model}-kvp on a model of the user's, so that the pairs of
+        different bases never share a folder."""
+        return f"{self.name}-{model_slug(self.model)}-kvp" if self.model else f"{self.name}-kvp"
 
     def quality_settings(self) -> dict:
         return {k: getattr(self, k) for k in ("corpus", "prompt_len", "cont_len", "samples", "agree_tokens", "code")}
 
     def ttft_settings(self) -> dict:
         return {"lengths": list(self.lengths), "reps": self.reps, "warmup": self.warmup}
+
+
+def model_slug(ref: str) -> str:
+    """A store-name part from a model reference: `smollm2`, `Qwen/Qwen2.5-0.5B@main` -> `qwen2.5-0.5b`,
+    `~/x/SmolLM2-135M.Q4_1.gguf` -> `smollm2-135m.q4_1`."""
+    name = Path(ref.split("@")[0].rstrip("/\\")).name
+    if name.lower().endswith(".gguf"):
+        name = name[: -len(".gguf")]
+    return re.sub(r"[^a-z0-9._]+", "-", name.lower()).strip("-.") or "model"
+
+
+def _check_own_pair(folder: Path, base_folder: Path) -> None:
+    """Refuse to overwrite a folder that holds something other than this quickstart's pair: a pair (or an
+    interrupted pair run) made for another base, or anything that is not a pair."""
+    if not folder.exists():
+        return
+    recorded = None
+    if (folder / store.CONFIG_FILE).is_file():
+        config = store.read_config(folder)
+        if config.get("model_type") == store.KVP_TYPE:
+            recorded = config["base"]["path"]
+    elif (folder / "run" / "spec.json").is_file():
+        from mlxsuite.kvp.recipe import BASE_FILE
+
+        started = folder / "run" / BASE_FILE
+        recorded = json.loads(started.read_text())["path"] if started.is_file() else str(base_folder.resolve())
+    if recorded is None:
+        raise UserError(f"{folder} exists and is not a KV Prediction pair; give the quickstart another name")
+    if Path(recorded).resolve() != base_folder.resolve():
+        raise UserError(
+            f"{folder} holds the KV Prediction pair of another base ({recorded}); give the quickstart another "
+            "name, or remove that folder"
+        )
 
 
 def _stage(callback, index: int, name: str, title: str, reused: bool = False) -> None:
@@ -185,6 +222,8 @@ def _base_stage(cfg: QuickstartConfig, fresh: bool, callback) -> tuple[Path, boo
             callback, 1, "base", f"tokenizer + base LM ({cfg.preset}, V={cfg.vocab_size}, {cfg.steps} steps)", base_done
         )
     if not base_done:
+        if base_folder.exists() and not (base_folder / "run" / "spec.json").is_file():
+            raise UserError(f"{base_folder} exists and is not a quickstart's base; give the quickstart another name")
         spec = LMRunSpec(
             out=cfg.base_name,
             preset=cfg.preset,
@@ -225,6 +264,7 @@ def _kvp_stage(cfg: QuickstartConfig, fresh: bool, callback, base_folder: Path, 
         pair_done,
     )
     if not pair_done:
+        _check_own_pair(kvp_folder, base_folder)
         spec = KVPRunSpec(
             out=cfg.kvp_name,
             base=cfg.base_name,

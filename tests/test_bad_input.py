@@ -17,7 +17,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A store with a micro LM ("base") and a micro MoMa run ("mm"), and corpora good and bad."""
+    """A store with a micro LM ("base"), a KV Prediction pair on it ("pair") and a micro MoMa run ("mm"), and
+    corpora good and bad."""
     root = tmp_path_factory.mktemp("bad")
     good = root / "good.txt"
     good.write_text(stdlib_text())
@@ -70,6 +71,7 @@ def world(tmp_path_factory):
             "2",
             "--quiet",
         ],
+        ["kvp", "train", "base", "--out", "pair", "--steps", "1", "--seq-len", "32", "--batch-size", "4", "--quiet"],
     ):
         r = subprocess.run([str(BIN / "mlxsuite"), *args], env=e, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -86,7 +88,7 @@ CASES = [
     (["train", "--out", "b1", "--corpus", "{root}/empty.txt"], "empty"),
     (["train", "--out", "b1", "--corpus", "{root}/binary.txt"], "binary"),
     (["train", "--out", "b1", "--corpus", "{root}/latin1.txt"], "UTF-8"),
-    (["train", "--out", "b1", "--preset", "micro", "--corpus", "{root}/tiny.txt"], "--vocab-size"),
+    (["train", "--out", "b1", "--preset", "micro", "--corpus", "{root}/tiny.txt"], "too small for any vocabulary"),
     (
         [
             "train",
@@ -129,6 +131,20 @@ CASES = [
     ),
     (["bench", "ttft", "base", "--plot", "{root}/no/such/t.png"], "does not exist"),
     (["eval", "{root}/truncated"], "corrupt"),
+    (["convert", "to-mlx-lm", "{root}/truncated", "c1"], "corrupt"),
+    (["convert", "quantize", "{root}/truncated", "c1"], "corrupt"),
+    (["convert", "prune", "{root}/truncated", "c1", "--keep", "0.5"], "corrupt"),
+    (["convert", "from-hf", "{root}/truncated", "c1"], "corrupt"),
+    (["convert", "to-mlx-lm", "pair", "c1"], "is a KV Prediction pair, not a language model"),
+    (["convert", "prune", "mm", "c1", "--keep", "0.5"], "is a MoMa run, not a language model"),
+    (["kvp", "train", "{root}/truncated", "--out", "k1", "--steps", "1"], "corrupt"),
+    (["bench", "ttft", "{root}/truncated"], "corrupt"),
+    (["kvp", "eval", "{root}/halfpair"], "incomplete"),
+    (["eval", "base", "--seq-len", "100000"], "context"),
+    (["kvp", "eval", "pair", "--prompt-len", "100000"], "context"),
+    (["train", "--out", "b1", "--steps", "6", "--warmup", "20"], "--warmup 20"),
+    (["kvp", "train", "base", "--out", "k1", "--steps", "6", "--warmup", "7"], "--warmup 7"),
+    (["eval", "{root}/halfpair"], "incomplete"),
 ]
 
 
@@ -139,6 +155,8 @@ def test_bad_input_one_line_exit_2_store_unchanged(world, args, needle, capsys, 
         shutil.copytree(world / "store" / "base", world / "truncated")
         w = world / "truncated" / "model.safetensors"
         w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+        (world / "halfpair" / "run").mkdir(parents=True)  # a pair's training interrupted before its first save
+        (world / "halfpair" / "run" / "spec.json").write_text("{}")
     before = listing(world / "store")
     code, out, err = run_cli(capsys, *[a.format(root=world) for a in args])
     assert code == 2, (out, err)
@@ -259,3 +277,85 @@ def test_a_failed_first_run_leaves_no_store_behind(tmp_path, monkeypatch, capsys
     code, _, err = run_cli(capsys, "kvp", "train", "nosuch", "--out", "p")
     assert code == 2 and err.count("\n") == 1 and "nosuch" in err
     assert not store.exists()
+
+
+def test_default_warmup_fits_a_short_run():
+    """The default warm-up (20) on a 6-step run is shortened to a tenth of it; a given one is refused."""
+    from mlxsuite.cli.common import _fit_warmup
+    from mlxsuite.platform.errors import UserError
+    from mlxsuite.train.trainer import TrainConfig
+
+    config = TrainConfig(steps=6)
+    _fit_warmup(config, frozenset({"steps"}))
+    assert config.warmup == 0
+    config = TrainConfig(steps=300)
+    _fit_warmup(config, frozenset({"steps"}))
+    assert config.warmup == 20
+    with pytest.raises(UserError, match="--warmup 20 is longer than --steps 6"):
+        _fit_warmup(TrainConfig(steps=6, warmup=20), frozenset({"steps", "warmup"}))
+
+
+def test_convert_writes_bare_names_to_the_store(world, capsys, monkeypatch, tmp_path):
+    """One output rule for every convert command: a bare name goes to the store, a path where it points."""
+    store = tmp_path / "store"
+    shutil.copytree(world / "store" / "base", store / "base")
+    monkeypatch.setenv("MLXSUITE_MODELS", str(store))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "convert", "to-mlx-lm", "base", "exported")
+    assert code == 0, err
+    assert (store / "exported" / "config.json").is_file() and not (tmp_path / "exported").exists()
+    code, out, err = run_cli(capsys, "convert", "to-mlx-lm", "base", "./here/exported")
+    assert code == 0, err
+    assert (tmp_path / "here" / "exported" / "config.json").is_file()
+
+
+def test_tables_in_a_pipe_are_whole(world, capsys, monkeypatch):
+    """stdout not a terminal (here captured, as in a pipe or a file): every number, header and method name of
+    `kvp eval`'s table and `doctor`'s BLAS path in full, never cut to "…"."""
+    monkeypatch.setenv("MLXSUITE_MODELS", str(world / "store"))
+    args = ["kvp", "eval", "pair", "--corpus", str(world / "good.txt"), "--samples", "2", "--prompt-len", "8"]
+    args += ["--cont-len", "4", "--agree-tokens", "2", "--code", "0"]
+    code, table, err = run_cli(capsys, *args)
+    assert code == 0, err
+    code, doc, err = run_cli(capsys, *args, "--json")
+    doc = json.loads(doc)
+    assert "…" not in table and "first-token acc" in table and "FLOPs red." in table
+    for method, d in doc["methods"].items():
+        assert method in table and f"{d['ce']:.4f}" in table and f"{d['first_acc']:.3f}" in table
+    assert str(world / "store" / "pair") in table
+    code, table, err = run_cli(capsys, "doctor")
+    assert code == 0, err
+    code, doc, err = run_cli(capsys, "doctor", "--json")
+    library = json.loads(doc)["blas"]["library"]
+    assert "…" not in table and (library is None or str(library) in table)
+
+
+def test_brackets_in_messages_and_paths_are_printed_as_they_are(world, capsys, monkeypatch, tmp_path):
+    """Text in square brackets is not rich markup: a path with [bold] in it, the plot extra's name."""
+    monkeypatch.setenv("MLXSUITE_MODELS", str(world / "store"))
+    odd = tmp_path / "[bold]x[/bold]" / "m"
+    code, out, err = run_cli(capsys, "eval", str(odd))
+    assert code == 2 and str(odd) in err, err
+    from mlxsuite.cli import common
+
+    common.print_note("pip install 'mlxsuite[plot]'")
+    assert "mlxsuite[plot]" in capsys.readouterr().err
+
+
+def test_progress_on_stderr_with_json(world, capsys, monkeypatch, tmp_path):
+    """--json keeps stdout to one document and progress still goes to stderr (plain lines off a terminal); a
+    KV Prediction run's validation line names its metrics (it was an empty `val `)."""
+    store = tmp_path / "store"
+    shutil.copytree(world / "store" / "base", store / "base")
+    monkeypatch.setenv("MLXSUITE_MODELS", str(store))
+    args = ["--seq-len", "32", "--batch-size", "4", "--eval-windows", "2", "--eval-every", "2", "--corpus"]
+    code, out, err = run_cli(
+        capsys, "kvp", "train", "base", "--out", "k", "--steps", "2", *args, str(world / "good.txt"), "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["folder"] and "kvp step" in err
+    val = [line for line in err.splitlines() if ": val" in line]
+    assert val and all("kvp_ce" in line for line in val), err
+    code, out, err = run_cli(capsys, "eval", "base", "--json", "--seq-len", "32", "--windows", "2")
+    assert code == 0 and json.loads(out)["ce"] > 0, err
+    assert "evaluating batches" in err and "eval" in err

@@ -40,6 +40,7 @@ ARGUMENTS = {
     "SRC",
     "DIR",
     "FILE",
+    "NAME...",
 }
 
 
@@ -122,3 +123,24 @@ def test_progress_bar_on_a_terminal_is_rich(monkeypatch):
     with open(os.devnull, "w") as devnull:
         p = common.Progress(console=Console(file=devnull))
         assert p.plain and p.disable  # rich's bar off, plain lines on
+
+
+def test_help_at_80_columns_shows_every_option_whole(monkeypatch):
+    """Every command's --help at COLUMNS=80: each option's full long name(s), choices unbroken, no `<bool>`
+    metavar on plain flags."""
+    monkeypatch.setenv("COLUMNS", "80")
+    root = typer.main.get_command(app)
+    for path in COMMANDS:
+        cmd = root
+        for name in path:
+            cmd = cmd.commands[name]
+        ctx = cmd.context_class(cmd, info_name=" ".join(("mlxsuite", *path)), terminal_width=80)
+        text = cmd.get_help(ctx)
+        assert "<bool>" not in text and "╭" not in text, (path, text)  # no rich panel: its columns cut names
+        for param in cmd.params:
+            if param.param_type_name != "option" or param.hidden:
+                continue
+            for name in param.opts + param.secondary_opts:
+                assert re.search(rf"(^|[\s,/]){re.escape(name)}([\s,=]|$)", text, re.M), (path, name, text)
+        for line in text.splitlines():  # a metavar (<a|b|c>, <int>) is never split over two lines
+            assert not re.search(r"<[\w.|-]+$", line), (path, line)

@@ -77,3 +77,31 @@ def test_batches_are_a_function_of_the_step_and_shard_by_rank():
         np.testing.assert_array_equal(b, again(step))
         shards = [data.Batches(tokens, 16, 8, seed=3, rank=r, size=2)(step) for r in range(2)]
         np.testing.assert_array_equal(np.concatenate([shards[0], shards[1]])[np.argsort(np.r_[0:8:2, 1:8:2])], b)
+
+
+def test_suggested_vocabulary_sizes_are_accepted(tmp_path):
+    """Every vocabulary size an error suggests trains: follow each suggestion (a small corpus that fits none says
+    so instead of suggesting one)."""
+    import re
+
+    from mlxsuite.data.tokenizer import train_tokenizer
+    from mlxsuite.platform.errors import UserError
+
+    corpora = {
+        "tiny": ["hello world, a tiny corpus\n" * 40],
+        "mixed": ["".join(f"{chr(0x4E00 + i)} word{i % 50} x = {i}\n" for i in range(400))],
+    }
+    followed = 0
+    for texts in corpora.values():
+        for size in (100, 320, 8192):
+            try:
+                train_tokenizer(texts, size, tmp_path / "t.model")
+                continue
+            except UserError as e:
+                hint = re.search(r"(?:`vocab_size`|--vocab-size|>=) (\d+)", str(e))
+                if hint is None:
+                    assert "corpus" in str(e), e
+                    continue
+            train_tokenizer(texts, int(hint.group(1)), tmp_path / "t.model")  # the suggestion trains
+            followed += 1
+    assert followed >= 3

@@ -71,6 +71,7 @@ def test_unsupported_model_type_is_refused_before_weights(hf_home, tmp_path, mon
     import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hub, "check_reachable", lambda where: None)  # the Hub is this test's fakes
     fetched = []
 
     def hf_hub_download(repo, filename, **kw):
@@ -150,3 +151,21 @@ def test_commands_take_a_cached_repo_id(hf_home, tmp_path, capsys):
     assert mx.allclose(ours.model(tokens), ref(tokens), atol=1e-5)
     code, _, err = run_cli(capsys, "generate", "org/tiny", "-p", "x", "-m", "2")
     assert code == 2 and "no tokenizer" in err  # found, loaded, and refused for what it lacks: one line
+
+
+def test_unreachable_hub_is_one_line_naming_offline_mode(hf_home, monkeypatch, capsys):
+    """A Hub that cannot be reached: one line naming HF_HUB_OFFLINE=1, before huggingface_hub's own retries."""
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    for name in hub._PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+    def retrying_download(*a, **k):
+        raise AssertionError("huggingface_hub was asked to download (it retries for ~30 s)")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", retrying_download)
+    code, out, err = run(capsys, "convert", "from-hf", "org/name", "x")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "cannot be reached" in err and "HF_HUB_OFFLINE=1" in err and "127.0.0.1:9" in err

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 import mlxsuite  # noqa: F401  (fast BLAS before mlx.core)
 from mlxsuite.bench import ttft
-from mlxsuite.quickstart import QuickstartConfig, run_quickstart
+from mlxsuite.platform.errors import UserError
+from mlxsuite.quickstart import QuickstartConfig, model_slug, run_quickstart
 
 
 def tiny_config(corpus) -> QuickstartConfig:
@@ -70,14 +73,44 @@ def test_quickstart_tables_and_reuse(small_corpus, monkeypatch):
     assert [row["prompt_tokens"] for row in third["ttft"]["table"]] == [16]
     # --model: the same pipeline on a model the user brings (here the base just trained): nothing trains a base,
     # the pair is built on that model's weights (its predictor from the identity, as `quickstart --model` does)
+    # under the same --name, and the first pair stays byte-identical (its name is derived from the model)
     events.clear()
-    mine = QuickstartConfig(
-        **{**cfg.__dict__, "name": "mine", "model": r["base"]["folder"], "predictor_init": "identity"}
-    )
+    first_pair = folder_bytes(Path(r["kvp"]["folder"]))
+    mine = QuickstartConfig(**{**cfg.__dict__, "model": r["base"]["folder"], "predictor_init": "identity"})
     theirs = run_quickstart(mine, callback=lambda e, i: events.append((e, i)))
     assert [i["reused"] for e, i in events if e == "stage"] == [True, False, False, False]
-    assert theirs["base"]["params"] == r["base"]["params"] and theirs["kvp"]["folder"] != r["kvp"]["folder"]
+    assert theirs["base"]["params"] == r["base"]["params"] and theirs["kvp"]["name"] == "qs-qs-lm-kvp"
     assert theirs["quality"]["methods"]["base"]["continuation_ce"] == q["methods"]["base"]["continuation_ce"]
+    assert folder_bytes(Path(r["kvp"]["folder"])) == first_pair
+    # a name that holds another base's pair is refused, not overwritten
+    other = QuickstartConfig(**{**mine.__dict__, "name": "qs-qs-lm", "model": None, "steps": 1})
+    other_base = Path(theirs["kvp"]["folder"]).parent / other.base_name
+    shutil.copytree(r["base"]["folder"], other_base)
+    (other_base / "model.safetensors").write_bytes((other_base / "model.safetensors").read_bytes() + b" ")
+    second_pair = folder_bytes(Path(theirs["kvp"]["folder"]))
+    assert other.kvp_name == theirs["kvp"]["name"]
+    with pytest.raises(UserError, match="pair of another base"):
+        run_quickstart(other)
+    assert folder_bytes(Path(theirs["kvp"]["folder"])) == second_pair
+
+
+def folder_bytes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "ref,slug",
+    [
+        ("smollm2", "smollm2"),
+        ("Qwen/Qwen2.5-0.5B@main", "qwen2.5-0.5b"),
+        ("~/x/SmolLM2-135M.Q4_1.gguf", "smollm2-135m.q4_1"),
+        ("./models/my model/", "my-model"),
+    ],
+)
+def test_model_slug(ref, slug):
+    assert model_slug(ref) == slug
+    assert QuickstartConfig(model=ref).kvp_name == f"quickstart-{slug}-kvp"
+    assert QuickstartConfig().kvp_name == "quickstart-kvp"
 
 
 def test_quickstart_cli_json(small_corpus, monkeypatch, capsys):

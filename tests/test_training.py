@@ -34,7 +34,7 @@ def _train_args(corpus, out, steps=24, batch=8, extra=()):
         "--steps",
         str(steps),
         "--warmup",
-        "4",
+        str(min(4, steps)),  # a warm-up longer than the run is refused
         "--save-every",
         "8",
         "--eval-every",

@@ -3,14 +3,15 @@ decode)` yields the first token ids (B,), lazy is fine, then `decode` more token
 spends, and (optionally) how to make a prompt cache holding a prefix. `base` is our prefill, `mlx-lm` is mlx-lm's
 `generate_step` on the same weights; with a KV Prediction pair (`Setup.kvp`, whose base is
 `Setup.model`) `aux` is the auxiliary alone (prefilled exactly as the base) and `kvp` is KV Prediction's prompt
-step (aux on N−1 tokens, predictor per chunk, base on the last token), which decodes with the base alone. More
-modes plug in with `register_mode` (benchmarks/ttft_vs_mlx_lm.py adds two).
+step (aux on N−1 tokens, predictor per chunk, base on the last token), which decodes with the base alone.
+`llama.cpp` runs the model's GGUF file through llama-cpp-python (`bench/llama_cpp.py`). More modes plug in with
+`register_mode` (benchmarks/ttft_vs_mlx_lm.py adds two).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,6 +35,8 @@ class Setup:
     kvp: Optional[KVPredictionModel] = None  # a KV Prediction pair on `model` (the aux and kvp modes)
     name: str = "model"  # how the report names the model
     tokenizer: Any = None  # times tokenization of the random prompts' text when given
+    context: int = 0  # the most tokens a trial holds (prompt + decode); 0: the model's context
+    gguf: Optional[str] = None  # the model's GGUF file (the llama.cpp mode runs it)
 
 
 Run = Callable[[mx.array, Optional[list], int], Iterator]
@@ -46,15 +49,23 @@ class Mode:
     flops: Callable[[int, int, int], int]  # (prompt_tokens, batch, cached_tokens) -> FLOPs before the first token
     max_batch: Optional[int] = None  # None: any batch size
     prefix_cache: Optional[Callable[[mx.array], list]] = None  # tokens (B, P) -> a prompt cache holding them
+    info: dict = field(default_factory=dict)  # what the report states about the mode (e.g. llama.cpp's threads)
+    mlx_memory: bool = True  # False: it does not allocate through MLX (no peak memory to report)
 
 
 ModeBuilder = Callable[[Setup], Mode]
 MODES: dict[str, ModeBuilder] = {}
 KVP_MODES = ("aux", "kvp")  # need a KV Prediction pair: Setup.kvp
+REFERENCE_MODES = {"mlx-lm": "mlx_lm", "llama.cpp": "llama_cpp"}  # other runtimes: the report's ratios against them
 
 
-def register_mode(name: str, builder: ModeBuilder) -> None:
+REQUIREMENTS: dict[str, Callable[[], Any]] = {}  # mode name -> a check that raises UserError when it cannot run
+
+
+def register_mode(name: str, builder: ModeBuilder, requirement: Optional[Callable[[], Any]] = None) -> None:
     MODES[name] = builder
+    if requirement is not None:
+        REQUIREMENTS[name] = requirement
 
 
 def check_mode_names(names: list[str], kvp: bool = False) -> None:
@@ -64,6 +75,8 @@ def check_mode_names(names: list[str], kvp: bool = False) -> None:
     for name in names:
         if name not in MODES:
             raise UserError(f"unknown mode {name!r}: choose from {', '.join(MODES)}")
+        if name in REQUIREMENTS:
+            REQUIREMENTS[name]()
         if name in KVP_MODES and not kvp:
             raise UserError(
                 f"mode {name!r} needs a KV Prediction pair: add `kvp` DIR (a folder from `mlxsuite kvp train`)"

@@ -47,6 +47,9 @@ FIELDS: dict[str, type] = {
     "ttft_reduction_vs_uncached": float,
     "speedup_vs_mlx_lm": float,
     "speedup_vs_mlx_lm_paired": float,
+    **dict.fromkeys(
+        ("decode_vs_mlx_lm", "speedup_vs_llama_cpp", "speedup_vs_llama_cpp_paired", "decode_vs_llama_cpp"), float
+    ),
     "tokenize_ms": float,
     "tokenize_tokens": int,
     "params": int,
@@ -75,6 +78,7 @@ FIELDS: dict[str, type] = {
     "fused_prefill": bool,
     "gemm_gflops": float,
     "gemm_dtype": str,
+    **{f"llama_cpp_{k}": t for k, t in (("version", str), ("threads", int), ("batch", int), ("gguf", str))},
     "gemm_n": int,
     "reps": int,
     "warmup": int,
@@ -123,6 +127,7 @@ def records(report: dict) -> list[dict]:
     for r in report["results"]:
         t, d, m = r["ttft_s"], r.get("decode_tps"), models.get(r["model"], {})
         kvp = m.get("kvp")
+        llama = (report.get("mode_info") or {}).get(r["model"], {}).get("llama.cpp", {})
         rec = {
             "model": r["model"],
             "mode": r["mode"],
@@ -144,7 +149,7 @@ def records(report: dict) -> list[dict]:
             "gflop": r["flops"] / 1e9,
             "gflops_per_s": r["gflops_per_s"],
             "roofline": r["gflops_per_s"] / peak,
-            "peak_memory_gb": r["peak_memory_bytes"] / 1e9,
+            "peak_memory_gb": None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 1e9,
             "tokenize_ms": 1e3 * r["tokenize_s"]["median"] if "tokenize_s" in r else None,
             "params": m.get("params"),
             "nonvocab_params": m.get("nonvocab_params"),
@@ -154,6 +159,7 @@ def records(report: dict) -> list[dict]:
             "aux_layers": kvp["aux_layers"] if kvp and r["mode"] in ("aux", "kvp") else None,
             "kvp_param_ratio": kvp["param_ratio"] if kvp and r["mode"] in ("aux", "kvp") else None,
             "implementation": m.get("implementation"),
+            **{f"llama_cpp_{k}": llama.get(k) for k in ("version", "threads", "batch", "gguf")},
             **run,
         }
         out.append({k: rec.get(k, r.get(k)) for k in FIELDS})
@@ -277,8 +283,7 @@ def _several(key: str) -> Callable[[list[dict]], bool]:
 
 
 def _beside_base(recs: list[dict]) -> bool:
-    """Reductions vs the base matter with modes other than the base and mlx-lm (which has its own column)."""
-    return any(r["ttft_reduction_vs_base"] is not None and r["mode"] not in ("base", "mlx-lm") for r in recs)
+    return any(r["ttft_reduction_vs_base"] is not None and r["mode"] not in ("base", *RUNTIMES) for r in recs)
 
 
 COLUMNS = [
@@ -315,6 +320,9 @@ COLUMNS = [
         priority=7,
     ),
     Column("vs mlx-lm", _num(".2f", "speedup_vs_mlx_lm", suffix="×"), _any("speedup_vs_mlx_lm"), priority=6),
+    Column("decode vs mlx-lm", _num(".2f", "decode_vs_mlx_lm", suffix="×"), _any("decode_vs_mlx_lm"), priority=4),
+    Column("vs llama.cpp", _num(".2f", "speedup_vs_llama_cpp", suffix="×"), _any("speedup_vs_llama_cpp"), priority=6),
+    Column("decode vs llama.cpp", _num(".2f", "decode_vs_llama_cpp", "×"), _any("decode_vs_llama_cpp"), priority=4),
     Column("tokenize ms", _ms("tokenize_ms"), _any("tokenize_ms"), wide=True),
 ]
 LEGEND = {
@@ -329,6 +337,8 @@ LEGEND = {
     "decode vs base": "decode tok/s / the base's",
     "vs uncached": "the uncached prompt's median TTFT / this one (its first tokens in a prompt cache)",
     "vs mlx-lm": "mlx-lm's median TTFT / this mode's (> 1: faster)",
+    "vs llama.cpp": "llama.cpp's median TTFT / this mode's (> 1: faster)",
+    **{f"decode vs {x}": f"decode tok/s / {x}'s (median of per-round ratios)" for x in ("mlx-lm", "llama.cpp")},
 }
 
 
@@ -362,6 +372,12 @@ def footer(report: dict, cols: list[Column]) -> list[str]:
         + f"{report['prefill_step']}"
         + (" (fused CPU prefill)" if report.get("fused_prefill") else "")
         + "."
+        + "".join(  # how modes that state their settings ran (llama.cpp: threads, batch, file)
+            f" {mode} ({model}): {info['summary']}."
+            for model, modes in (report.get("mode_info") or {}).items()
+            for mode, info in modes.items()
+            if "summary" in info
+        )
     )
     run = (
         f"Median of {_plural(report['reps'], 'timed round')} after {report['warmup']} untimed pass(es), "
@@ -381,7 +397,9 @@ def footer(report: dict, cols: list[Column]) -> list[str]:
     return [machine, run] + (["; ".join(legend) + "."] if legend else [])
 
 
-RATIOS = ("TTFT red.", "FLOPs red.", "TTFT/FLOPs", "decode vs base", "vs uncached", "vs mlx-lm")
+RATIOS = ("TTFT red.", "FLOPs red.", "TTFT/FLOPs", "decode vs base", "vs uncached", "vs mlx-lm", "decode vs mlx-lm")
+RATIOS += ("vs llama.cpp", "decode vs llama.cpp")
+RUNTIMES = ("mlx-lm", "llama.cpp")  # their ratio columns replace the reductions vs the base
 
 
 def _plural(n: int, word: str) -> str:

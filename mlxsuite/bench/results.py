@@ -12,7 +12,7 @@ from typing import Any, Optional
 import mlx.core as mx
 import numpy as np
 
-from mlxsuite.bench.modes import Mode, Setup, weights_summary
+from mlxsuite.bench.modes import REFERENCE_MODES, Mode, Setup, weights_summary
 from mlxsuite.kvp.recipe import flops_reduction
 from mlxsuite.models.lm import Model
 
@@ -120,17 +120,18 @@ def _paired(ref: list[float], mine: list[float]) -> float:
     return statistics.median(r / m for r, m in zip(ref, mine))
 
 
-def add_ratios(rows: list[dict], times: dict[str, list[float]]) -> None:
-    """speedup_vs_mlx_lm = mlx-lm's median TTFT / this mode's (> 1: faster than mlx-lm), and the median of the
-    per-round ratios (each pair measured back to back, so less sensitive to drifting load)."""
-    if "mlx-lm" not in times:
-        return
-    ref = times["mlx-lm"]
-    for row in rows:
-        if row["mode"] != "mlx-lm":
+def add_ratios(rows: list[dict], times: dict[str, list[float]], decode_s: dict[str, list[float]]) -> None:
+    """For each other runtime measured (mlx-lm, llama.cpp): speedup_vs_X = X's median TTFT / this mode's (> 1:
+    faster), and the median of the per-round ratios (each pair back to back, less sensitive to drifting load);
+    with decoding, decode_vs_X = this mode's decode tokens/s / X's (median of per-round ratios)."""
+    for ref_mode, suffix in [(m, s) for m, s in REFERENCE_MODES.items() if m in times]:
+        ref = times[ref_mode]
+        for row in [r for r in rows if r["mode"] != ref_mode]:
             mine = times[row["mode"]]
-            row["speedup_vs_mlx_lm"] = statistics.median(ref) / statistics.median(mine)
-            row["speedup_vs_mlx_lm_paired"] = _paired(ref, mine)
+            row[f"speedup_vs_{suffix}"] = statistics.median(ref) / statistics.median(mine)
+            row[f"speedup_vs_{suffix}_paired"] = _paired(ref, mine)
+            if row["decode_tokens"]:
+                row[f"decode_vs_{suffix}"] = _paired(decode_s[ref_mode], decode_s[row["mode"]])
 
 
 def add_reductions(rows: list[dict], times: dict[str, list[float]], decode_s: dict[str, list[float]]) -> None:

@@ -25,13 +25,13 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple, Optional
 
 import mlx.core as mx
 
 from mlxsuite import platform
-from mlxsuite.bench import results
+from mlxsuite.bench import llama_cpp, results  # noqa: F401  (llama_cpp registers its mode)
 from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through this module)
     KVP_MODES,
     MODES,
@@ -240,7 +240,7 @@ def plan(
         raise UserError(f"models measured together need distinct names, got {', '.join(names)}")
     for s in setups:
         check_configs(s.model.args, configs, reps, warmup, cached, decode)
-    built = [build_modes(mode_names, s) for s in setups]
+    built = [build_modes(mode_names, replace(s, context=max(T for T, _ in configs) + decode)) for s in setups]
     if cached:
         for m in (m for modes in built for m in modes if m.prefix_cache is None):
             raise UserError(
@@ -283,7 +283,7 @@ def measure(plan: Plan, progress: Optional[ProgressCallback] = None) -> Measured
             u.ttft[mode.name].append(dt)
             if dec is not None:
                 u.decode_s[mode.name].append(dec)
-            u.peak[mode.name] = max(u.peak[mode.name], peak)
+            u.peak[mode.name] = max(u.peak[mode.name], peak) if mode.mlx_memory else None
     progress(total, total, "done")
     return Measured(probes, load_start, _load_average())
 
@@ -320,7 +320,7 @@ def report(plan: Plan, measured: Measured) -> dict:
     rows = []
     for u in plan.units:
         unit_rows = [results.row(u, m, rates[dtype_name(model_dtype(u.setup.model))]) for m in u.modes]
-        results.add_ratios(unit_rows, u.ttft)
+        results.add_ratios(unit_rows, u.ttft, u.decode_s)
         results.add_reductions(unit_rows, u.ttft, u.decode_s)
         rows += unit_rows
     results.add_cache_reductions(rows)
@@ -338,6 +338,7 @@ def report(plan: Plan, measured: Measured) -> dict:
         "dtype": dtype,
         "params": {"total": first.model.args.n_params, "nonvocab": first.model.args.n_nonvocab_params},
         "models": [results.model_info(s) for s in plan.setups],
+        "mode_info": {u.setup.name: {m.name: m.info for m in u.modes if m.info} for u in plan.units},
         "prefill_step": first.prefill_step,
         "fused_prefill": not isinstance(first.model, MlxLmClass)
         and kernels.available(first.model.layers, model_dtype(first.model)),

@@ -8,10 +8,12 @@ import sys
 import time
 
 import typer
+from rich.text import Text
 
 from mlxsuite import __version__  # loads the fast BLAS before anything imports mlx.core
 from mlxsuite.cli import (
     bench,
+    cache,
     chat,
     convert,
     doctor,
@@ -29,6 +31,7 @@ from mlxsuite.cli.flags import with_flags
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="mlxsuite",
     help="Train, convert and profile small language models in MLX.",
     no_args_is_help=True,
@@ -48,6 +51,7 @@ app.add_typer(convert.app, name="convert")
 app.add_typer(bench.app, name="bench")
 app.add_typer(kvp.app, name="kvp")
 app.add_typer(moma.app, name="moma")
+app.add_typer(cache.app, name="cache")
 
 
 def _print_version(value: bool) -> None:
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="mlxsuite")
     except UserError as e:
-        _fail(2, f"[red]error:[/red] {with_flags(str(e))}")
+        _fail(2, with_flags(str(e)), error=True)
     except KeyboardInterrupt:
         _fail(130, "interrupted")
     except Exception as e:
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             print(e.ctx.get_help())
             sys.exit(0)
         if _is(e, "UsageError"):
-            _fail(2, f"[red]error:[/red] {' '.join(e.format_message().split())}")
+            _fail(2, " ".join(e.format_message().split()), error=True)
         if _is(e, "Exit"):
             rv = e.exit_code
         elif _is(e, "Abort"):
@@ -116,9 +120,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(rv)
 
 
-def _fail(code: int, message: str) -> None:
-    """One line on stderr (from rank 0 only under mlx.launch) and exit `code`."""
+def _fail(code: int, message: str, error: bool = False) -> None:
+    """One line on stderr (from rank 0 only under mlx.launch) and exit `code`; the message as it is (a path or
+    text in square brackets is not rich markup)."""
     if _rank() != 0:
         _exit_quietly(code)
-    err.print(message, highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "red"), " ", message) if error else message, highlight=False, soft_wrap=True)
     sys.exit(code)

@@ -8,15 +8,29 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import typer
+from rich.text import Text
 
 from mlxsuite import platform
 from mlxsuite.bench import report as report_lib
 from mlxsuite.bench import ttft as lib
-from mlxsuite.cli.common import Device, Dtype, Progress, device_option, dtype_option, err, out, parse_int_list, positive
+from mlxsuite.cli.common import (
+    Device,
+    Dtype,
+    Progress,
+    device_option,
+    dtype_option,
+    err,
+    out,
+    parse_int_list,
+    positive,
+    print_note,
+)
 from mlxsuite.generate import default_prefill_step
 from mlxsuite.platform.errors import UserError
 
-app = typer.Typer(help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="Benchmarks: time to first token, decode speed, prompt caching.", no_args_is_help=True
+)
 
 DEFAULT_LENGTHS = "128,512,1024"
 TABLE_WIDTH = 100  # the default table drops its lowest-priority columns until it fits (all of them with --wide)
@@ -34,14 +48,14 @@ def _progress(header: str):
         MofNCompleteColumn(),
         TextColumn("runs"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[what]}", style="dim"),
+        TextColumn("{task.fields[what]}", style="dim", markup=False),
         transient=True,
     ) as bar:
         task = bar.add_task("ttft runs", total=None, what="")
 
         def update(done: int, total: int, what: str) -> None:
             if not bar.tasks[0].total:
-                bar.console.print(header, highlight=False, soft_wrap=True)
+                bar.console.print(Text.assemble(("ttft", "bold"), " ", header), highlight=False, soft_wrap=True)
             bar.update(task, completed=done, total=total, what=what)
 
         yield update
@@ -64,8 +78,8 @@ def ttft(
     modes: Optional[str] = typer.Option(
         None,
         "--modes",
-        help="Comma-separated modes: base, mlx-lm, aux, kvp (aux and kvp need --kvp). "
-        "Default: base, or base,aux,kvp with --kvp.",
+        help="Comma-separated modes: base, mlx-lm, aux, kvp (aux and kvp need --kvp), llama.cpp (a .gguf MODEL or "
+        "--gguf). Default: base, or base,aux,kvp with --kvp.",
     ),
     kvp: Optional[str] = typer.Option(
         None,
@@ -111,6 +125,18 @@ def ttft(
         "--compare-mlx-lm",
         help="Also time mlx-lm's generate_step on the same weights (batch 1), interleaved, and report the ratio.",
     ),
+    compare_llama_cpp: bool = typer.Option(
+        False,
+        "--compare-llama-cpp",
+        help="Also time llama.cpp (llama-cpp-python, the llama-cpp extra) on MODEL's GGUF file (MODEL itself, or "
+        "--gguf), batch 1, interleaved, with as many threads as the BLAS, and report the ratio.",
+    ),
+    gguf: Optional[Path] = typer.Option(
+        None,
+        "--gguf",
+        help="The GGUF file llama.cpp runs for MODEL when MODEL is a folder or store name (e.g. the file it was "
+        "converted from). One MODEL only.",
+    ),
     paper_regime: bool = typer.Option(
         False,
         "--paper-regime",
@@ -145,6 +171,10 @@ def ttft(
     names = _model_names(model, models, kvp)
     output = _output_format(output, json_out, wide)
     mode_names = _mode_names(modes, kvp, compare_mlx_lm)
+    if compare_llama_cpp and "llama.cpp" not in mode_names:
+        mode_names.append("llama.cpp")
+    ggufs = _gguf_files(names, gguf, "llama.cpp" in mode_names)
+    lib.check_mode_names(mode_names, kvp=kvp is not None)
     configs = _configs(paper_regime, prompt_lengths, batch_sizes)
     positive("--reps", reps)
     positive("--prefill-step", prefill_step)
@@ -162,12 +192,14 @@ def ttft(
     for name in names:
         setup, what, notes = lib.open_setup(name, kvp, vocab_size, dt, seed, prefill_step or default_prefill_step())
         for note in notes:
-            err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+            print_note(note)
+        if name in ggufs:
+            setup.gguf = str(ggufs[name])
         setups.append(setup)
         described.append(what)
         lib.check_configs(setup.model.args, configs, reps, warmup, prefix_cache, generation_tokens)
     header = (
-        f"[bold]ttft[/bold] {'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
+        f"{'; '.join(described)} on {used_device}: {len(configs)} configuration(s)"
         + (f" (uncached and {prefix_cache} cached)" if prefix_cache else "")
         + f" × {len(mode_names)} mode(s), {warmup} warm-up pass(es), {reps} timed round(s)"
     )
@@ -223,11 +255,11 @@ def _configs(paper_regime: bool, prompt_lengths: Optional[str], batch_sizes: Opt
 def _print_report(report: dict, output: str, wide: bool, plot: Optional[Path]) -> None:
     recs = report_lib.records(report)
     for warning in report_lib.spread_warnings(recs):
-        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("warning:", "yellow"), " ", warning), highlight=False, soft_wrap=True)
     if plot is not None:
         report_lib.plot(recs, plot)
     for note in report["notes"]:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        print_note(note)
     if output == "table":
         _table(recs, report, wide)
     elif output == "md":
@@ -239,6 +271,26 @@ def _print_report(report: dict, output: str, wide: bool, plot: Optional[Path]) -
         )
     if plot is not None:
         err.print(f"plot written to {plot}", highlight=False, soft_wrap=True)
+
+
+def _gguf_files(names: list[str], gguf: Optional[Path], llama_cpp: bool) -> dict[str, Path]:
+    """The GGUF file llama.cpp runs for each model: --gguf, or the model itself when it is a .gguf file."""
+    if gguf is not None:
+        if not llama_cpp:
+            raise UserError("--gguf is the file llama.cpp runs: add --compare-llama-cpp (or the llama.cpp mode)")
+        if len(names) > 1:
+            raise UserError("--gguf belongs to one model: measure one MODEL with it, or give each model as a .gguf")
+        if gguf.suffix.lower() != ".gguf" or not gguf.expanduser().is_file():
+            raise UserError(f"--gguf {gguf}: not a .gguf file")
+        return {names[0]: gguf.expanduser()}
+    if not llama_cpp:
+        return {}
+    for name in names:
+        if not (name.lower().endswith(".gguf") and Path(name).expanduser().is_file()):
+            raise UserError(
+                f"llama.cpp runs GGUF files: give MODEL as a .gguf file, or --gguf FILE ({name} is neither)"
+            )
+    return {name: Path(name).expanduser() for name in names}
 
 
 def _rich_table(recs: list[dict], cols):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import io
 import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Literal, Optional
 
 import rich.progress
@@ -19,8 +22,32 @@ from rich.text import Text
 from mlxsuite.platform.errors import UserError
 from mlxsuite.train.trainer import TrainConfig
 
-err = Console(stderr=True)  # progress, notes and errors
-out = Console()  # results (tables, or one JSON document with --json)
+# markup off: paths, names and messages print as they are ("[plot]" stays); styled parts are Text objects, or
+# `markup=True` with the user's text escaped
+# soft_wrap: a line is never broken at the console's width (80 columns in a file or a pipe)
+err = Console(stderr=True, markup=False, soft_wrap=True)  # progress, notes and errors
+out = Console(markup=False, soft_wrap=True)  # results (tables, or one JSON document with --json)
+
+
+def print_whole(renderable) -> None:
+    """A table (or tables) on stdout: as rich fits it on a terminal; in a pipe or a file at its natural width, so
+    that every cell, header and title is there in full (never squeezed to 80 columns or cut to "…")."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    Console(width=natural_width(renderable), markup=False, highlight=False).print(renderable)
+
+
+def natural_width(renderable) -> int:
+    wide = Console(file=io.StringIO(), width=10_000, markup=False, highlight=False)
+    wide.print(renderable)
+    return max((len(line.rstrip()) for line in wide.file.getvalue().splitlines()), default=1)
+
+
+def print_note(note: str) -> None:
+    """`note: …` on stderr, the text as it is."""
+    err.print(Text.assemble(("note:", "yellow"), " ", note), highlight=False, soft_wrap=True)
+
 
 # ---- shared declarations: the model argument, device and dtype choices (validated by the parser) ----------------
 
@@ -81,6 +108,51 @@ class Progress(rich.progress.Progress):
         if not finished and task.time_remaining is not None:
             parts.append(f"ETA {_clock(task.time_remaining)}")
         self.console.print("  ".join(parts), markup=False, highlight=False, soft_wrap=True)
+
+
+STATUS_DELAY = 2.0  # seconds of work before `status` prints its line when stderr is not a terminal
+
+
+@contextlib.contextmanager
+def status(text: str):
+    """A spinner with `text` on a terminal; elsewhere the text as one line on stderr once the work has taken
+    STATUS_DELAY seconds (a spinner there shows nothing; bad input found at once stays a one-line error)."""
+    if err.is_terminal:
+        with err.status(text):
+            yield
+        return
+    import threading
+
+    timer = threading.Timer(STATUS_DELAY, lambda: err.print(text, highlight=False))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+@contextlib.contextmanager
+def task_progress(label: str):
+    """Progress of a measurement on stderr, with or without --json (a bar on a terminal, a plain line every few
+    seconds elsewhere), fed by the library's `progress(done, total, what)` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn(label, style="bold", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[what]}", style="dim", markup=False),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None, what="")
+
+        def update(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, what=what)
+
+        yield update
 
 
 def _clock(seconds: Optional[float]) -> str:
@@ -174,12 +246,13 @@ class TrainProgress:
         elif event == "step" and self.task is not None:
             stats = f"loss {info['loss']:.3f}  {info['tokens_per_s']:,.0f} tok/s"
             self.progress.update(self.task, completed=info["step"], stats=stats)
-        elif event == "eval":
-            parts = [f"{k} {v:.4f}" for k, v in info.items() if k in ("ce", "lu", "bpc", "ppl") or k.startswith("loss")]
-            self.progress.console.print(f"step {info['step']}: val " + "  ".join(parts))
+        elif event == "eval":  # every metric the recipe reports (ce, lu, bpc; kvp_ce, aux_ce, k_l1; loss_text…)
+            parts = [f"{k} {v:.4f}" for k, v in info.items() if isinstance(v, Real) and not isinstance(v, Integral)]
+            if parts:
+                self.progress.console.print(f"step {info['step']}: val " + "  ".join(parts), highlight=False)
         elif event in ("corpus", "tokenizer", "model", "baseline"):
             text = "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in info.items())
-            self.progress.console.print(f"[dim]{event}: {text}[/dim]")
+            self.progress.console.print(f"{event}: {text}", style="dim", highlight=False, soft_wrap=True)
 
 
 # The options of every training command (`train`, `kvp train`, `moma train`), declared once. The trainer's (name →
@@ -188,7 +261,7 @@ class TrainProgress:
 TRAIN_OPTIONS = {
     "steps": ("--steps", "Optimizer steps."),
     "lr": ("--lr", "Peak learning rate, reached after the warm-up."),
-    "warmup": ("--warmup", "Linear warm-up steps."),
+    "warmup": ("--warmup", "Linear warm-up steps, at most --steps (a tenth of --steps when the default is longer)."),
     "schedule": ("--lr-schedule", "Decay after the warm-up: cosine (the vocabulary paper's) or linear (MoMa's)."),
     "min_lr_ratio": ("--min-lr-ratio", "The decay ends at lr × this."),
     "grad_accum": ("--grad-accum", "Split each batch into this many micro-batches (same result, less memory)."),
@@ -247,6 +320,7 @@ def train_options(**defaults):
             given = frozenset(
                 n for n in ctx.params if ctx.get_parameter_source(n).name not in ("DEFAULT", "DEFAULT_MAP")
             )
+            _fit_warmup(config, given)
             flags = RunFlags(**{name: kwargs.pop(name) for name in RUN_OPTIONS}, given=given)
             return command(*args, train=config, run=flags, **kwargs)
 
@@ -261,6 +335,19 @@ def train_options(**defaults):
     return decorate
 
 
+def _fit_warmup(config, given: frozenset) -> None:
+    """A warm-up longer than the run never reaches the peak learning rate: refused when given, and the default
+    shortened to a tenth of a run shorter than it."""
+    if config.warmup <= config.steps or "steps" not in given:  # without --steps: the default, or the resumed run's
+        return
+    if "warmup" in given:
+        raise UserError(
+            f"--warmup {config.warmup} is longer than --steps {config.steps}: the learning rate would never reach "
+            "--lr (give a warm-up of at most --steps)"
+        )
+    config.warmup = config.steps // 10
+
+
 def run_training(
     train_fn, spec, run: RunFlags, label: str, summary: Callable[[dict], str], progress_class=None
 ) -> None:
@@ -268,7 +355,7 @@ def run_training(
     import mlx.core as mx
 
     rank = mx.distributed.init().rank()
-    with (progress_class or TrainProgress)(quiet=run.quiet or run.json_out or rank != 0, label=label) as progress:
+    with (progress_class or TrainProgress)(quiet=run.quiet or rank != 0, label=label) as progress:
         result = train_fn(spec, resume=run.resume, force=run.force, callback=progress, given=run.given)
     if rank != 0:
         return

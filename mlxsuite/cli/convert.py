@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from mlxsuite.cli.common import Dtype, Progress, err, out, print_json
+from mlxsuite.cli.common import Dtype, Progress, err, out, print_json, print_note
 from mlxsuite.convert import derive, hf
 from mlxsuite.convert import from_gguf as gguf_convert
 from mlxsuite.convert import to_gguf as gguf_export
@@ -22,7 +22,9 @@ from mlxsuite.platform.errors import UserError
 from mlxsuite.store.refs import output_path, source_folder
 
 app = typer.Typer(
-    help="Convert weights: from Hugging Face / mlx-lm / GGUF, to mlx-lm / GGUF, prune, quantize.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Convert weights: from Hugging Face / mlx-lm / GGUF, to mlx-lm / GGUF, prune, quantize.",
+    no_args_is_help=True,
 )
 
 FORCE = typer.Option(False, "--force", help="Replace OUT if it exists.")
@@ -60,7 +62,7 @@ def _progress(what: str):
         MofNCompleteColumn(),
         TextColumn("tensors"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[name]}", style="dim"),
+        TextColumn("{task.fields[name]}", style="dim", markup=False),
         console=err,
         transient=True,
     ) as bar:
@@ -86,7 +88,7 @@ def _report(result, what: str, json_out: bool) -> None:
         )
         return
     for note in result.notes:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        print_note(note)
     out.print(
         f"{what} {result.path}: {result.n_tensors} tensors, {result.nbytes / 2**20:.1f} MiB in {result.shards} "
         f"shard{'s' if result.shards != 1 else ''}",
@@ -221,13 +223,15 @@ def to_gguf(
 @app.command("to-mlx-lm")
 def to_mlx_lm(
     model: str = typer.Argument(..., metavar="MODEL", help="Model name in the store, or a path."),
-    out_dir: str = typer.Argument(..., metavar="OUT", help="Folder to write (mlx_lm.load opens it)."),
+    out_dir: str = typer.Argument(
+        ..., metavar="OUT", help="Store name, or a path (with a slash): the folder mlx_lm.load opens."
+    ),
     force: bool = FORCE,
     json_out: bool = JSON,
 ):
     """Export a model for mlx-lm (`mlx_lm.load` / `mlx_lm.generate`), with a tokenizer.json for its tokenizer."""
     with _progress("exporting") as progress:
-        result = derive.to_mlx_lm(model, Path(out_dir), force=force, progress=progress)
+        result = derive.to_mlx_lm(model, _out_path(out_dir), force=force, progress=progress)
     _report(result, f"wrote ({result.config['model_type']} for mlx-lm)", json_out)
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from mlxsuite import platform
-from mlxsuite.cli.common import out, print_json
+from mlxsuite.cli.common import print_json, print_whole
+from mlxsuite.platform.blas import blas_threads_set_by_user
 
 
 def doctor(
@@ -54,16 +56,16 @@ def doctor(
             )
         )
     if info["blas_advice"]:
-        rows.append(("[yellow]install[/yellow]", info["blas_advice"]))
+        rows.append((Text("install", style="yellow"), info["blas_advice"]))
     for k, v in rows:
         table.add_row(k, v)
-    out.print(table)
+    print_whole(table)
 
 
 def _threads(n: int) -> str:
     why = (
         "as your environment sets"
-        if platform.blas_threads_set_by_user()
+        if blas_threads_set_by_user()
         else "the cores idle at start; OPENBLAS_NUM_THREADS sets it"
     )
     return f"{n} thread{'' if n == 1 else 's'} ({why})"

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mlxsuite.cli.common import err, model_argument, out, positive, print_json
+from mlxsuite.cli.common import model_argument, positive, print_json, print_whole, task_progress
 from mlxsuite.train.lm import eval_model
 
 
@@ -26,8 +26,8 @@ def evaluate(
     """Evaluate a stored model on a corpus's validation split."""
     positive("seq-len", seq_len)
     positive("windows", windows)
-    with err.status("evaluating"):
-        result = eval_model(model, corpus, seq_len, windows)
+    with task_progress("eval") as progress:
+        result = eval_model(model, corpus, seq_len, windows, progress=progress)
     if json_out:
         print_json(result)
         return
@@ -42,4 +42,4 @@ def evaluate(
         f"{result['bpc']:.4f}",
         f"{result['lu']:.4f}",
     )
-    out.print(table)
+    print_whole(table)

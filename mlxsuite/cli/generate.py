@@ -20,7 +20,7 @@ from mlxsuite.chat import (
     prompt_ids,
     save_prompt_cache_file,
 )
-from mlxsuite.cli.common import err, model_argument, print_json
+from mlxsuite.cli.common import err, model_argument, print_json, print_note
 from mlxsuite.generate import generate_ids
 from mlxsuite.kvp.recipe import load_pair, prompt_fill
 from mlxsuite.platform.errors import UserError
@@ -93,7 +93,7 @@ def load_generator(model: str, kvp: Optional[str]):
         loaded = store.load(model, "lm", dequantize=True)
         m, tok, folder, pair = loaded.model, loaded.tokenizer, loaded.folder, None
         for note in loaded.notes:
-            err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+            print_note(note)
     if tok is None:
         raise UserError(f"{folder} has no tokenizer")
     return m, tok, folder, pair

@@ -7,13 +7,23 @@ from typing import Literal, Optional
 import typer
 
 from mlxsuite import platform
-from mlxsuite.cli.common import Device, device_option, out, print_json, run_training, train_options
+from mlxsuite.cli.common import (
+    Device,
+    device_option,
+    out,
+    print_json,
+    print_whole,
+    run_training,
+    task_progress,
+    train_options,
+)
 from mlxsuite.kvp.evaluate import evaluate_kvp, plot_kv_errors
 from mlxsuite.kvp.recipe import KVPRunSpec, train_kvp
 from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="KV Prediction: train an auxiliary model and KV predictor, evaluate it "
     "(generate with `mlxsuite generate BASE --kvp DIR`).",
     no_args_is_help=True,
@@ -131,7 +141,10 @@ def evaluate(
     platform.set_device(device)
     if plot:
         check_path(plot)
-    result = evaluate_kvp(kvp_dir, corpus, prompt_len, cont_len, samples, agree_tokens, code, seed)
+    with task_progress("kvp eval") as progress:
+        result = evaluate_kvp(
+            kvp_dir, corpus, prompt_len, cont_len, samples, agree_tokens, code, seed, progress=progress
+        )
     if plot:
         plot_kv_errors(result, plot)
         result["plot"] = plot
@@ -162,7 +175,7 @@ def evaluate(
             for _, key in columns[1:]
         ]
         table.add_row(m, *cells, f"{f:.3g}", f"{base_f / f:.2f}×")
-    out.print(table)
+    print_whole(table)
     out.print(f"parameter ratio base/aux (the paper's FLOPs reduction): {fl['param_ratio']:.2f}×")
     k, v = result["kv_error"]["k_l1"], result["kv_error"]["v_l1"]
     out.print("per-layer L1  keys: " + " ".join(f"{x:.3f}" for x in k))

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import typer
+from rich.text import Text
 
-from mlxsuite.cli.common import TrainProgress, out, positive, print_json, run_training, train_options
+from mlxsuite.cli.common import TrainProgress, out, positive, print_json, print_whole, run_training, train_options
 from mlxsuite.moma.compare import compare as run_compare
 from mlxsuite.moma.compare import plot_curves
 from mlxsuite.moma.generate import caption_image, generate_image
@@ -17,7 +18,11 @@ from mlxsuite.moma.train import train_routers as run_train_routers
 from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 
-app = typer.Typer(help="MoMa: mixed-modal early-fusion models with modality-aware experts.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="MoMa: mixed-modal early-fusion models with modality-aware experts.",
+    no_args_is_help=True,
+)
 
 
 SCHEDULE_HELP = "Decay after warm-up: linear (the MoMa paper's) or cosine."
@@ -42,14 +47,17 @@ class MomaTrainProgress(TrainProgress):
             super().__call__(event, info)
         elif event == "variant":
             self.progress.console.print(
-                f"[bold]{info['variant']}[/bold]: {info['steps']} steps, "
-                f"{info['flops_per_token']:,.0f} FLOPs/token" + (" (done)" if info["done"] else "")
+                Text.assemble(
+                    (info["variant"], "bold"),
+                    f": {info['steps']} steps, {info['flops_per_token']:,.0f} FLOPs/token"
+                    + (" (done)" if info["done"] else ""),
+                )
             )
         elif event == "model":
             self.progress.console.print(
-                "[dim]model: "
-                + "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in info.items())
-                + "[/dim]"
+                "model: " + "  ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in info.items()),
+                style="dim",
+                soft_wrap=True,
             )
         else:
             super().__call__(event, info)
@@ -130,7 +138,7 @@ def train_routers(
     if steps is not None:
         positive("steps", steps)
     rank = mx.distributed.init().rank()
-    with MomaTrainProgress(quiet=quiet or json_out or rank != 0, label="routers") as progress:
+    with MomaTrainProgress(quiet=quiet or rank != 0, label="routers") as progress:
         result = run_train_routers(run, steps=steps, callback=progress, resume=resume, force=force)
     if rank != 0:
         return
@@ -227,7 +235,7 @@ def compare(
         captions=captions,
         train=dict(lr=lr, schedule=lr_schedule, min_lr_ratio=min_lr_ratio, compile=compile, warmup=10),
     )
-    with MomaTrainProgress(quiet=quiet or json_out, label="compare") as progress:
+    with MomaTrainProgress(quiet=quiet, label="compare") as progress:
         result = run_compare(names, flops, prefix=prefix, base=base, callback=progress)
     if json_out:
         if plot:
@@ -236,12 +244,7 @@ def compare(
         print_json({k: v for k, v in result.items()})
         return
     t = _compare_table(result, flops)
-    if out.is_terminal:
-        out.print(t)
-    else:  # a pipe or file: don't squeeze the table into 80 columns
-        from rich.console import Console
-
-        Console(width=200).print(t)
+    print_whole(t)
     out.print(
         "η: dense FLOPs / FLOPs at which the variant's training loss (centred local fit in log FLOPs, same "
         "batches for every variant) first reaches dense's final training loss; – means not reached within the "

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.text import Text
 
-from mlxsuite.cli.common import TrainProgress, err, out, print_json
+from mlxsuite.cli.common import TrainProgress, err, out, print_json, print_whole
 from mlxsuite.quickstart import QuickstartConfig, run_quickstart
 
 
@@ -24,9 +25,9 @@ class QuickstartProgress(TrainProgress):
             if not self.started:
                 self.progress.start()
                 self.started = True
-            state = " [green](done before: reused)[/green]" if info["reused"] else ""
-            stage = f"[bold cyan]stage {info['index']}/{info['total']}[/bold cyan]"
-            self.progress.console.print(f"{stage} {info['title']}{state}", soft_wrap=True)
+            state = (" (done before: reused)", "green") if info["reused"] else ""
+            stage = (f"stage {info['index']}/{info['total']}", "bold cyan")
+            self.progress.console.print(Text.assemble(stage, " ", info["title"], state), soft_wrap=True)
             self.measure_task = None
         elif event == "measure":
             if self.measure_task is None:
@@ -40,7 +41,11 @@ class QuickstartProgress(TrainProgress):
 
 
 def quickstart(
-    name: str = typer.Option("quickstart", "--name", help="Store name prefix: NAME-lm (base) and NAME-kvp (the pair)."),
+    name: str = typer.Option(
+        "quickstart",
+        "--name",
+        help="Store name prefix: NAME-lm (base) and NAME-kvp (the pair; NAME-MODEL-kvp with --model).",
+    ),
     model: Optional[str] = typer.Option(
         None,
         "--model",
@@ -77,7 +82,7 @@ def quickstart(
             lengths=(128, 512, 1024, 2048),
             reps=reps,
         )
-    with QuickstartProgress(quiet=json_out) as progress:
+    with QuickstartProgress() as progress:
         result = run_quickstart(cfg, fresh, callback=progress)
     if json_out:
         print_json(result)
@@ -132,22 +137,21 @@ def render(result: dict) -> None:
     base, kvp, q = result["base"], result["kvp"], result["quality"]
     t, qt = _ttft_view(result["ttft"]["table"]), _quality_view(q)
     err.print("")
+    preset = base["preset"] + ", " if base["preset"] else ""
     out.print(
-        f"[bold]base[/bold] {base['folder']} ({base['preset'] + ', ' if base['preset'] else ''}{base['layers']} "
-        f"layers, {base['params']:,} params"
-        f"{', reused' if base['reused'] else ''}); [bold]KV Prediction[/bold] {kvp['folder']} "
-        f"(LP-{kvp['aux'].get('keep', 0):.2f}: {kvp['aux_layers']} layers, parameter ratio {kvp['param_ratio']:.2f}×"
-        f"{', reused' if kvp['reused'] else ''})",
+        Text.assemble(
+            ("base", "bold"),
+            f" {base['folder']} ({preset}{base['layers']} layers, {base['params']:,} params"
+            f"{', reused' if base['reused'] else ''}); ",
+            ("KV Prediction", "bold"),
+            f" {kvp['folder']} (LP-{kvp['aux'].get('keep', 0):.2f}: {kvp['aux_layers']} layers, parameter ratio "
+            f"{kvp['param_ratio']:.2f}×{', reused' if kvp['reused'] else ''})",
+        ),
         highlight=False,
         soft_wrap=True,
     )
     tables = Columns([t, qt], padding=(0, 4))
-    if out.is_terminal:
-        out.print(tables)
-    else:  # a pipe or a file gets the tables side by side, not squeezed to 80 columns
-        from rich.console import Console
-
-        Console(width=max(out.width, 140)).print(tables)
+    print_whole(tables)
     load = result["ttft"]["load_average"]
     out.print(
         f"TTFT on {result['ttft']['device']}, prefill step {result['ttft']['prefill_step']}, median of "

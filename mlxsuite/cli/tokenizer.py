@@ -7,11 +7,11 @@ from typing import Optional
 import typer
 
 from mlxsuite import store
-from mlxsuite.cli.common import err, out, positive, print_json
+from mlxsuite.cli.common import out, positive, print_json, status
 from mlxsuite.data import corpus as data
 from mlxsuite.data.tokenizer import train_tokenizer_folder
 
-app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="Train and inspect tokenizers.", no_args_is_help=True)
 
 
 @app.command("train")
@@ -28,7 +28,7 @@ def train(
     positive("vocab size", vocab_size)
     c = data.load_corpus(corpus)
     path = store.output_path(out_name)
-    with err.status(f"training a {vocab_size}-piece tokenizer on {c.name}"):
+    with status(f"training a {vocab_size}-piece tokenizer on {c.name}"):
         result = train_tokenizer_folder(path, c, vocab_size, force)
     if json_out:
         print_json(result)

@@ -11,13 +11,15 @@ import typer
 from rich.table import Table
 
 from mlxsuite.cli import vocab_sweep
-from mlxsuite.cli.common import err, out, parse_int_list, positive, print_json
+from mlxsuite.cli.common import err, out, parse_int_list, positive, print_json, print_whole
 from mlxsuite.platform.atomic import write_json
 from mlxsuite.platform.errors import UserError
 from mlxsuite.vocab import scaling
 from mlxsuite.vocab.sweep import closest_preset, measure_compression
 
-app = typer.Typer(help="Vocabulary scaling laws: predict, plan, fit compression, sweep.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="Vocabulary scaling laws: predict, plan, fit compression, sweep.", no_args_is_help=True
+)
 
 
 class Approach(StrEnum):
@@ -103,7 +105,7 @@ def predict(
     for name, p in preds.items():
         budget = f"{p.flops:.4g}" + (" (optimal)" if math.isclose(p.flops, c_opt, rel_tol=1e-12) else "")
         table.add_row(name, f"{p.vocab:,}", f"{p.nv:,}", budget)
-    out.print(table)
+    print_whole(table)
     root = scaling.derivative_root(nnv, d, f)
     out.print(
         f"Approach 2 scales N_v ∝ N_nv^{law.gamma:.4f} (the scaling of the roots of ∂C/∂V = 0) from the paper's "
@@ -152,7 +154,7 @@ def plan(
     ]
     for label, key in rows:
         table.add_row(label, _human(result[key]), _human(p[key]))
-    out.print(table)
+    print_whole(table)
     if p["vocab"] < 320:
         out.print("Note: the preset's vocabulary is below 320, the smallest tokenizer mlxsuite trains.")
 
@@ -192,7 +194,7 @@ def fit_compression(
     fit = scaling.Compression.from_dict(doc)
     for v, m, y in zip(doc["sizes"], doc["tokens_per_char"], doc["fitted"]):
         table.add_row(f"{v:,}", f"{m:.5f}", f"{y:.5f}", f"{(y - m) / m:+.2%}")
-    out.print(table)
+    print_whole(table)
     out.print(
         f"f(V) = {fit.a:.8g}·ln²V {fit.b:+.8g}·lnV {fit.c:+.8g}  (V clamped at {fit.clamp:,.0f}); "
         f"R² = {doc['r2']:.5f}, relative MSE = {doc['relative_mse']:.3g}",

@@ -10,7 +10,7 @@ import mlx.core as mx
 import typer
 from rich.table import Table
 
-from mlxsuite.cli.common import Progress, err, out, parse_int_list, positive, print_json
+from mlxsuite.cli.common import Progress, err, out, parse_int_list, positive, print_json, print_whole
 from mlxsuite.platform.errors import UserError
 from mlxsuite.platform.plots import check_path
 from mlxsuite.vocab import scaling
@@ -72,7 +72,7 @@ class _SweepProgress:
         elif event == "shared_tokenizer":
             how = f"trained in {info['seconds']:.0f} s" if info["trained"] else "reused"
             p.console.print(
-                f"[dim]tokenizer V={info['vocab']:,} {how}: {info['tokens_per_char']:.4f} tokens/char[/dim]"
+                f"tokenizer V={info['vocab']:,} {how}: {info['tokens_per_char']:.4f} tokens/char", style="dim"
             )
         elif event == "run_start":
             if self.run_task is not None:
@@ -136,7 +136,7 @@ def _print_across_sizes(a: dict) -> None:
         cells = [f"{v[p]:,.0f}" + ("" if flags[p] == "interior" else " (edge)") if p in v else "" for p in presets]
         slopes = [_e(e[k]) if k in e else "" for k in ("vocab_exponent", "nv_exponent", "paper_nv_exponent")]
         table.add_row(f"{e['budget']:.3g}", *cells, *slopes)
-    out.print(table)
+    print_whole(table)
     if across["vocab_exponent"] is not None:
         out.print(
             "at a fixed budget (pooled over budgets): optimal V ∝ "
@@ -180,7 +180,7 @@ def _print_runs(doc: dict) -> None:
             f"{r['ce']:.4f}",
             f"{r['bpc']:.4f}",
         )
-    out.print(table)
+    print_whole(table)
 
 
 def _print_optimal_vocab(a: dict) -> None:
@@ -200,7 +200,7 @@ def _print_optimal_vocab(a: dict) -> None:
             f"{m['measured_best_vocab']:,}",
             f"{bpc['vocab']:,.0f}" if bpc else "",
         )
-    out.print(table)
+    print_whole(table)
     out.print(
         "★ = the model size with the lowest L_u at that budget; flag other than interior: the minimum is at the "
         "grid's edge (low/high-edge) or the parabola is not convex (the measured best is shown)",
@@ -224,7 +224,7 @@ def _print_optimal_vocab(a: dict) -> None:
             v = next((x["vocab"] for x in fit.get("vocab", []) if x["budget"] == o["budget"]), None)
             cells.append("" if v is None else f"{v:,.0f}")
         table.add_row(f"{o['budget']:.3g}", *cells)
-    out.print(table)
+    print_whole(table)
     _print_fits(a)
 
 
@@ -326,7 +326,7 @@ def _print_plan(plans: list, settings, json_out: bool) -> None:
         table.add_column(col, justify="left" if col == "run" else "right")
     for p in plans:
         table.add_row(p.name, f"{p.nnv:,}", f"{p.nv:,}", f"{p.steps:,}", f"{p.tokens:,}", f"{p.flops:.3g}")
-    out.print(table)
+    print_whole(table)
     out.print(
         f"estimated time: ~{est / 60:.0f} min on 2 busy CPU cores (training at "
         f"{sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, run start-up and tokenizers included)",

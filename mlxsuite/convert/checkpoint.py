@@ -107,14 +107,18 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             header = json.loads(f.read(n))
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not a readable safetensors file: {e}") from None
-    out = {}
+    out, end = {}, 0
     for name, meta in header.items():
         if name == "__metadata__":
             continue
         try:
             out[name] = TensorInfo(path, str(meta["dtype"]), tuple(int(s) for s in meta["shape"]))
-        except (KeyError, TypeError, ValueError):
+            end = max(end, int(meta["data_offsets"][1]))
+        except (KeyError, TypeError, ValueError, IndexError):
             raise UserError(f"{path}: malformed header entry for tensor {name}") from None
+    size = path.stat().st_size
+    if size < 8 + n + end:  # the data a converter reads lazily, long after its output folder is made
+        raise UserError(f"{path} is truncated or corrupt: its header describes {8 + n + end:,} bytes, it has {size:,}")
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Optional
 
 import mlx.core as mx
 
+from mlxsuite import store
 from mlxsuite.convert import quantization
 from mlxsuite.convert.checkpoint import (
     ST_FLOAT,
@@ -57,6 +58,10 @@ def open_model_folder(name_or_path: str) -> ModelFolder:
     """A model folder of this project by reference, every tensor checked against its config."""
     folder = resolve(name_or_path)
     config = read_config(folder)
+    kind = store.kind_of(config, folder)
+    if kind != "lm":
+        aux = f": its auxiliary is the model folder {folder / store.AUX_DIR}" if kind == store.KVP_TYPE else ""
+        raise UserError(f"{folder} is {store.KINDS[kind]}, not a language model{aux}")
     try:
         args = lm.ModelArgs.from_dict(config)
     except (TypeError, ValueError) as e:

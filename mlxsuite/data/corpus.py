@@ -128,14 +128,17 @@ def _cache_dir() -> Path:
     return cache_dir() / "tokens"
 
 
-def encode_docs(tokenizer, docs: list[str], max_tokens: int | None = None) -> np.ndarray:
-    """Documents encoded and joined with EOS after each, as int32; stops once `max_tokens` are reached."""
+def encode_docs(tokenizer, docs: list[str], max_tokens: int | None = None, progress=None) -> np.ndarray:
+    """Documents encoded and joined with EOS after each, as int32; stops once `max_tokens` are reached.
+    `progress(documents done, documents)` follows the work."""
     out, n = [], 0
     batch = 64
     for i in range(0, len(docs), batch):
         for ids in tokenizer.encode_batch(docs[i : i + batch]):
             out.append(np.asarray(ids + [tokenizer.eos_id], dtype=np.int32))
             n += len(ids) + 1
+        if progress is not None:
+            progress(min(i + batch, len(docs)), len(docs))
         if max_tokens is not None and n >= max_tokens:
             break
     stream = np.concatenate(out) if out else np.zeros(0, np.int32)
@@ -145,7 +148,7 @@ def encode_docs(tokenizer, docs: list[str], max_tokens: int | None = None) -> np
 CACHE_LIMIT_BYTES = 1 << 30  # token streams kept on disk; the least recently used go first
 
 
-def token_stream(tokenizer, corpus: Corpus, split: str, max_tokens: int | None = None) -> np.ndarray:
+def token_stream(tokenizer, corpus: Corpus, split: str, max_tokens: int | None = None, progress=None) -> np.ndarray:
     """The split's token stream, cached on disk per (tokenizer content, corpus, split, limit), at most
     CACHE_LIMIT_BYTES of them."""
     docs = corpus.train if split == "train" else corpus.val
@@ -158,7 +161,7 @@ def token_stream(tokenizer, corpus: Corpus, split: str, max_tokens: int | None =
             return stream
         except (OSError, ValueError):
             pass
-    stream = encode_docs(tokenizer, docs, max_tokens)
+    stream = encode_docs(tokenizer, docs, max_tokens, progress)
     if corpus.fingerprint:
         try:
             atomic.write_file(path, lambda tmp: np.save(tmp, stream))

@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -80,6 +81,7 @@ def _lines(texts: list[str], max_lines: int) -> Iterator[str]:
 MIN_VOCAB_BYTE_FALLBACK = 320  # 256 byte ids + 4 specials + the characters
 MIN_VOCAB_NO_FALLBACK = 128  # 5 specials (with the newline) + ~100 characters of English text or code at 99.99 %
 CHARACTER_COVERAGE_NO_FALLBACK = 0.9999
+SMALL_CORPUS_CHARS = 2_000_000  # below this a corpus may not support even the smallest vocabulary
 
 
 def min_vocab_size(byte_fallback: bool = True) -> int:
@@ -90,53 +92,92 @@ def train_tokenizer(
     texts: list[str], vocab_size: int, out_file: str | Path, max_lines: int = 200_000, byte_fallback: bool = True
 ) -> Tokenizer:
     """Train a BPE tokenizer of exactly `vocab_size` pieces on about `max_lines` lines sampled from `texts`."""
+    smallest = min_vocab_size(byte_fallback)
+    if vocab_size < smallest:
+        why = "byte fallback alone needs 260 ids" if byte_fallback else "the characters alone need ~100 ids"
+        if sum(map(len, texts)) > SMALL_CORPUS_CHARS:  # a corpus of a few MB supports the smallest size
+            raise UserError(f"vocabulary size {vocab_size} is too small: {why}, use >= {smallest}")
+        try:  # a small corpus may not: tried (in well under a second), so that the size suggested trains
+            _train_bpe(texts, smallest, max_lines, byte_fallback)
+        except RuntimeError as e:
+            raise UserError(_vocab_size_message(e, texts, vocab_size, max_lines, byte_fallback)) from None
+        raise UserError(f"vocabulary size {vocab_size} is too small: {why}, use >= {smallest}")
+    try:
+        model = _train_bpe(texts, vocab_size, max_lines, byte_fallback)
+    except RuntimeError as e:
+        raise UserError(_vocab_size_message(e, texts, vocab_size, max_lines, byte_fallback)) from None
+    atomic.write_file(Path(out_file), lambda tmp: tmp.write_bytes(model))
+    return Tokenizer(out_file)
+
+
+def _train_bpe(texts: list[str], vocab_size: int, max_lines: int, byte_fallback: bool) -> bytes:
+    """SentencePiece BPE trained in memory (no temporary path ends up in the model's trainer_spec.model_prefix)."""
     import sentencepiece as spm
 
-    if vocab_size < min_vocab_size(byte_fallback):
-        why = "byte fallback alone needs 260 ids" if byte_fallback else "the characters alone need ~100 ids"
-        raise UserError(f"vocabulary size {vocab_size} is too small: {why}, use >= {min_vocab_size(byte_fallback)}")
     chars = {}
     if not byte_fallback:
         chars = {"user_defined_symbols": ["\n"], "character_coverage": CHARACTER_COVERAGE_NO_FALLBACK}
-    model = io.BytesIO()  # trained in memory: no temporary path ends up in the model (trainer_spec.model_prefix)
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_lines(texts, max_lines),
-            model_writer=model,
-            vocab_size=vocab_size,
-            model_type="bpe",
-            byte_fallback=byte_fallback,
-            split_digits=True,
-            split_by_unicode_script=True,
-            allow_whitespace_only_pieces=True,
-            remove_extra_whitespaces=False,
-            normalization_rule_name="nfkc",
-            pad_id=3,
-            max_sentence_length=10000,
-            shuffle_input_sentence=False,
-            hard_vocab_limit=True,
-            num_threads=os.cpu_count() or 1,
-            minloglevel=2,
-            **chars,
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_lines(texts, max_lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=byte_fallback,
+        split_digits=True,
+        split_by_unicode_script=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="nfkc",
+        pad_id=3,
+        max_sentence_length=10000,
+        shuffle_input_sentence=False,
+        hard_vocab_limit=True,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+        **chars,
+    )
+    return model.getvalue()
+
+
+def _vocab_bound(error: RuntimeError) -> Optional[tuple[str, int]]:
+    """("max", M) when SentencePiece says the corpus supports at most M pieces, ("min", N) when its characters
+    need N ids, else None."""
+    fits = re.search(r"value <= (\d+)", str(error))
+    if fits:
+        return "max", int(fits.group(1))
+    needs = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(error))
+    return ("min", int(needs.group(1))) if needs else None
+
+
+def _vocab_size_message(error: RuntimeError, texts, vocab_size: int, max_lines: int, byte_fallback: bool) -> str:
+    """The one line for a failed training; a vocabulary size it suggests is one that trains (tried here)."""
+    bound = _vocab_bound(error)
+    if bound is None:
+        return f"tokenizer training failed at vocabulary size {vocab_size}: {str(error).splitlines()[0]}"
+    kind, value = bound
+    if kind == "max" and value < min_vocab_size(byte_fallback):
+        return (
+            f"the corpus is too small for any vocabulary: it supports at most {value} pieces, fewer than the "
+            f"{min_vocab_size(byte_fallback)} a tokenizer needs; use a larger corpus"
         )
-    except RuntimeError as e:
-        fits = re.search(r"value <= (\d+)", str(e))
-        if fits:
-            raise UserError(
-                f"the corpus is too small for a vocabulary of {vocab_size}: it supports at most "
-                f"{fits.group(1)} pieces, pass `vocab_size` {fits.group(1)} or less"
-            ) from None
-        needs = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
-        if needs:
-            raise UserError(
-                f"vocabulary size {vocab_size} is too small for this corpus: its characters alone need "
-                f"{needs.group(1)} ids, pass `vocab_size` {needs.group(1)} or more"
-            ) from None
-        raise UserError(
-            f"tokenizer training failed at vocabulary size {vocab_size}: {str(e).splitlines()[0]}"
-        ) from None
-    atomic.write_file(Path(out_file), lambda tmp: tmp.write_bytes(model.getvalue()))
-    return Tokenizer(out_file)
+    if kind == "max":
+        text = f"the corpus is too small for a vocabulary of {vocab_size}: it supports at most {value} pieces"
+    else:
+        text = f"vocabulary size {vocab_size} is too small for this corpus: its characters alone need {value} ids"
+    if _trains(texts, value, max_lines, byte_fallback):
+        return f"{text}, pass `vocab_size` {value} or {'less' if kind == 'max' else 'more'}"
+    return f"{text}; no vocabulary size fits it (at least {min_vocab_size(byte_fallback)}): use a larger corpus"
+
+
+def _trains(texts, vocab_size: int, max_lines: int, byte_fallback: bool) -> bool:
+    if vocab_size < min_vocab_size(byte_fallback):
+        return False
+    try:
+        _train_bpe(texts, vocab_size, max_lines, byte_fallback)
+    except RuntimeError:
+        return False
+    return True
 
 
 def train_tokenizer_folder(path: Path, corpus: Corpus, vocab_size: int, force: bool = False) -> dict:

@@ -249,6 +249,12 @@ def evaluate_kvp(
         baseline = load_baseline(folder, config)
     else:
         (pair, tok, baseline), folder = loaded, Path(ref)
+    context, longest = pair.base.args.max_position_embeddings, prompt_len + max(cont_len, agree_tokens)
+    if longest > context:
+        raise UserError(
+            f"a prompt of {prompt_len} tokens and {longest - prompt_len} more exceed the base's context "
+            f"({context} tokens)"
+        )
     ms = methods(pair, baseline)
     c = data.load_corpus(corpus)
     rows = data.eval_windows(data.token_stream(tok, c, "val"), prompt_len + cont_len - 1, samples)

@@ -340,8 +340,13 @@ def load_pair(ref: str, expect_base: Optional[str] = None) -> StoredPair:
     """A KV Prediction folder for inference (`store.load`'s rule: a quantized base or auxiliary is dequantized on
     the CPU; it refuses a base whose weights changed since training); with `expect_base` (the base a command
     names beside the pair) also a pair trained for another base."""
-    if not any((path / store.CONFIG_FILE).is_file() for path in (Path(ref).expanduser(), store.models_dir() / ref)):
+    folders = [path for path in (Path(ref).expanduser(), store.models_dir() / ref) if path.is_dir()]
+    if not folders:
         raise UserError(f"KVP folder not found: {ref} (not a folder, and not in the store {store.models_dir()})")
+    if not (folders[0] / store.CONFIG_FILE).is_file():
+        if (folders[0] / "run").is_dir():
+            raise UserError(store.incomplete_message(folders[0]))
+        raise UserError(f"{folders[0]} is not a KV Prediction pair (no config.json)")
     loaded = store.load(ref, store.KVP_TYPE, dequantize=True)
     base = loaded.config["base"]
     if expect_base is not None:
@@ -354,9 +359,11 @@ def load_pair(ref: str, expect_base: Optional[str] = None) -> StoredPair:
 
 def prompt_fill(pair: kvm.KVPredictionModel) -> tuple[list, Callable]:
     """KV Prediction's plug-in for the one prefill (`generate.prefill`, `generate.generate_tokens`): a new base
-    prompt cache and the fill that writes predicted KV into it, chunk by chunk (the aux keeps its own cache)."""
+    prompt cache and the fill that writes predicted KV into it, chunk by chunk (the aux keeps its own cache; the
+    predictor's maps stacked once per prompt run as one batched GEMM per chunk)."""
     base_cache, aux_cache = pair.base.make_cache(), pair.auxiliary.make_cache()
-    return base_cache, lambda chunk: pair.fill(chunk, aux_cache, base_cache)
+    stacked = pair.predictor.stacked()
+    return base_cache, lambda chunk: pair.fill(chunk, aux_cache, base_cache, stacked)
 
 
 def flops_reduction(pair: kvm.KVPredictionModel) -> float:

@@ -18,12 +18,12 @@ attention repeats them over query heads as usual.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from mlxsuite.models.lm import Model
-from mlxsuite.models.lm import ModelArgs
 
 
 @dataclass
@@ -129,6 +129,28 @@ class KVPredictor(nn.Module):
             values.append(self._map(self.value_transforms[i], aux_values[j], heads))
         return keys, values
 
+    def stacked(self) -> Optional[tuple[mx.array, mx.array]]:
+        """Every map's weight (transposed) and bias, keys' then values', stacked for `batched`: (2·n_base, in, out)
+        and (2·n_base, 1, out); None when the layers' widths differ (then the maps run layer by layer)."""
+        maps = self.key_transforms + self.value_transforms
+        if len({t.weight.shape for t in maps}) != 1 or len(set(self.args.base_kv_heads)) != 1:
+            return None
+        return mx.stack([t.weight.T for t in maps]), mx.stack([t.bias for t in maps])[:, None]
+
+    def batched(self, aux_keys: list[mx.array], aux_values: list[mx.array], stacked: tuple) -> tuple:
+        """`__call__` as one batched GEMM over every base layer's keys and values (`stacked` from `stacked()`):
+        predicted raw keys and values, each (n_base, B, h_B, T, d_B)."""
+        weights, biases = stacked
+        layer_map = self.args.layer_map
+        # stacked with the heads already merged (B, T, h, d): one copy, and the GEMM's input is contiguous
+        x = mx.stack(
+            [aux_keys[j].swapaxes(1, 2) for j in layer_map] + [aux_values[j].swapaxes(1, 2) for j in layer_map]
+        )
+        n2, B, T, h, d = x.shape
+        y = mx.addmm(biases, x.reshape(n2, B * T, h * d), weights)
+        y = y.reshape(n2, B, T, self.args.base_kv_heads[0], -1).transpose(0, 1, 3, 2, 4)
+        return y[: n2 // 2], y[n2 // 2 :]
+
     def set_identity(self) -> None:
         """Identity weights, zero biases (needs equal in/out widths): the tests' reference, and an optional warm start
         for a layer-pruned auxiliary (`kvp train --predictor-init identity`; the paper uses the default init)."""
@@ -183,13 +205,20 @@ class KVPredictionModel(nn.Module):
         keys = [layer.self_attn.normalize_keys(k) for layer, (k, _) in zip(self.base.layers, tap)]
         return [mx.stop_gradient(k) for k in keys], [mx.stop_gradient(v) for _, v in tap]
 
-    def fill(self, chunk: mx.array, aux_cache: list, base_cache: list) -> list:
+    def fill(self, chunk: mx.array, aux_cache: list, base_cache: list, stacked: Optional[tuple] = None) -> list:
         """The prefill plug-in: the auxiliary runs `chunk` into its own cache (its attention needs the earlier
-        chunks), the predictor maps its raw KV, and the base's forward with `kv` writes the predicted keys (base
-        k-norm, base RoPE at their absolute positions) and values into the base's cache. Returns the caches'
-        arrays to evaluate: nothing else is computed (no aux head, no base queries, attention or MLP)."""
-        _, kv = self.predict(chunk, aux_cache)
-        self.base(chunk, base_cache, kv=kv)
+        chunks), the predictor maps its raw KV (one batched GEMM over every base layer with `stacked`, from
+        `predictor.stacked()`), and the base's forward with `kv` writes the predicted keys (base k-norm, base RoPE
+        at their absolute positions) and values into the base's cache. Returns the caches' arrays to evaluate:
+        nothing else is computed (no aux head, no base queries, attention or MLP)."""
+        tap: list = []
+        self.auxiliary(chunk, aux_cache, tap=tap)
+        aux_keys, aux_values = [k for k, _ in tap], [v for _, v in tap]
+        if stacked is None:
+            keys, values = self.predictor(aux_keys, aux_values)
+        else:
+            keys, values = self.predictor.batched(aux_keys, aux_values, stacked)
+        self.base(chunk, base_cache, kv=list(zip(keys, values)))
         return [c.state for c in aux_cache + base_cache]
 
 

@@ -45,7 +45,15 @@ from mlxsuite.models import kv_prediction as kvm
 from mlxsuite.models.mlx_lm_class import SEAMS_MISSING, MlxLmClass
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
-from mlxsuite.store.refs import KVP_TYPE, check_weights, models_dir, output_path, resolve, source_folder
+from mlxsuite.store.refs import (
+    KVP_TYPE,
+    check_weights,
+    incomplete_message,
+    models_dir,
+    output_path,
+    resolve,
+    source_folder,
+)
 
 AUX_DIR = "aux"
 PREDICTOR_FILE = "predictor.safetensors"

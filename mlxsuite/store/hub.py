@@ -110,6 +110,42 @@ def _cache_folder_snapshot(folder: Path) -> Path:
     raise UserError(f"{folder} is a Hugging Face cache folder with {what}: give the snapshot folder")
 
 
+CONNECT_TIMEOUT = 3.0  # seconds per attempt to open a connection to the Hub (two attempts)
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def check_reachable(where: str) -> None:
+    """One line within seconds when the Hub cannot be reached (huggingface_hub itself retries for ~30 s, logging each
+    retry): a TCP connection to the endpoint, a short timeout, one retry. Skipped behind a proxy, which it cannot
+    see through."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return
+    url = urlsplit(endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    for attempt in range(2):
+        try:
+            socket.create_connection((url.hostname, port), timeout=CONNECT_TIMEOUT).close()
+            return
+        except OSError as e:
+            reason = str(e) or type(e).__name__
+            if attempt == 0:
+                time.sleep(0.5)
+    raise UserError(
+        f"{where} is not in the Hugging Face cache ({cache_dir()}) and the Hub ({url.geturl()}) cannot be reached "
+        f"({reason}); to use only the cache, set HF_HUB_OFFLINE=1"
+    )
+
+
 def _download(repo: str, revision: Optional[str]) -> Path:
     import huggingface_hub
     from huggingface_hub.errors import (
@@ -122,6 +158,7 @@ def _download(repo: str, revision: Optional[str]) -> Path:
     )
 
     where = f"{repo}{'@' + revision if revision else ''}"
+    check_reachable(where)
     try:
         config_file = huggingface_hub.hf_hub_download(
             repo, "config.json", revision=revision, cache_dir=str(cache_dir())
@@ -148,7 +185,8 @@ def _download(repo: str, revision: Optional[str]) -> Path:
         raise UserError(f"{where}: no such revision") from None
     except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: the Hub could not be reached
         raise UserError(
-            f"{where} is not in the Hugging Face cache ({cache_dir()}) and the Hub cannot be reached"
+            f"{where} is not in the Hugging Face cache ({cache_dir()}) and the Hub cannot be reached; to use only "
+            "the cache, set HF_HUB_OFFLINE=1"
         ) from None
     except EntryNotFoundError:
         raise UserError(f"{where} has no config.json: not a transformers checkpoint") from None

@@ -66,7 +66,14 @@ def check_weights(folder: Path) -> None:
         raise UserError(refuse_pickle_message(pickles[0]))
     if (folder / CONFIG_FILE).is_file() and read_config(folder).get("model_type") == KVP_TYPE:
         raise UserError(f"{folder} has no trained predictor yet (training unfinished? resume it)")
+    if (folder / "run").is_dir():
+        raise UserError(incomplete_message(folder))
     raise UserError(f"{folder} has no weights (*.safetensors)")
+
+
+def incomplete_message(folder: Path) -> str:
+    """What to say of a model folder whose training run was interrupted before its weights were written."""
+    return f"{folder} is incomplete: its training was interrupted before it finished (resume it, or start over)"
 
 
 def source_folder(ref: str | Path) -> Path:

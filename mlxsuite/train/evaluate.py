@@ -27,9 +27,10 @@ def evaluate_lm(
     unigram: Optional[np.ndarray] = None,
     chars: Optional[int] = None,
     batch_size: int = 8,
+    progress=None,
 ) -> dict:
     """CE (nats/token), perplexity, L_u (if a unigram table is given) and bits/char (if `chars` is given) over
-    (N, T+1) windows."""
+    (N, T+1) windows. `progress(batches done, batches)` follows the work."""
     log_uni = mx.array(np.log(unigram).astype(np.float32)) if unigram is not None else None
     ce_sum, lu_sum, n = 0.0, 0.0, 0
     for i in range(0, len(windows), batch_size):
@@ -43,6 +44,8 @@ def evaluate_lm(
         ce_sum += parts[0].item()
         lu_sum += parts[1].item() if log_uni is not None else 0.0
         n += targets.size
+        if progress is not None:
+            progress(i // batch_size + 1, -(-len(windows) // batch_size))
     if n == 0:
         return {}
     out = {"ce": ce_sum / n, "ppl": math.exp(min(ce_sum / n, 50.0)), "tokens": n}

@@ -212,12 +212,24 @@ def auto_vocab_size(
     return {"vocab_size": vocab, "predicted_vocab": pred.vocab, "nnv": nnv, "flops": pred.flops}
 
 
-def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128, windows: int = 64) -> dict:
+def eval_model(
+    name: str, corpus_spec: Optional[str] = None, seq_len: int = 128, windows: int = 64, progress=None
+) -> dict:
     """Validation metrics of a stored model on a corpus's validation split (default: that of the corpus the model
-    was trained on, as its config records it; the embedded corpus for models trained elsewhere)."""
+    was trained on, as its config records it; the embedded corpus for models trained elsewhere).
+    `progress(done, total, what)` follows each stage (tokenizing, evaluating)."""
+
+    def stage(what: str):
+        return None if progress is None else lambda done, total: progress(done, total, what)
+
     model, tok, folder = store.load_model(name)
     if tok is None:
         raise UserError(f"{folder} has no tokenizer")
+    if seq_len > model.args.max_position_embeddings:
+        raise UserError(
+            f"validation windows of {seq_len} tokens are longer than the model's context "
+            f"({model.args.max_position_embeddings} tokens)"
+        )
     if corpus_spec is None:
         corpus_spec = store.read_config(folder).get("mlxsuite", {}).get("corpus")
         if corpus_spec not in (None, "stdlib") and not Path(corpus_spec).exists():
@@ -225,13 +237,14 @@ def eval_model(name: str, corpus_spec: Optional[str] = None, seq_len: int = 128,
                 f"{folder} was trained on {corpus_spec}, which is gone: pass `corpus` (stdlib: the embedded corpus)"
             )
     corpus = data.load_corpus(corpus_spec)
-    val = data.token_stream(tok, corpus, "val")
+    val = data.token_stream(tok, corpus, "val", progress=stage("tokenizing the validation documents"))
     w = data.eval_windows(val, seq_len, windows)
     if len(w) == 0:
         raise UserError(f"validation text is shorter than one window of {seq_len} tokens")
     unigram = load_unigram(folder)
     if unigram is None:
-        unigram = unigram_probs(data.token_stream(tok, corpus, "train"), tok.vocab_size)
+        train = data.token_stream(tok, corpus, "train", progress=stage("tokenizing the training documents (for L_u)"))
+        unigram = unigram_probs(train, tok.vocab_size)
     chars = data.chars_in(corpus, "val", tok, w.shape[0] * seq_len + 1)
-    metrics = evaluate_lm(model, w, np.asarray(unigram), chars)
+    metrics = evaluate_lm(model, w, np.asarray(unigram), chars, progress=stage("evaluating batches"))
     return {"model": str(folder), "corpus": corpus.name, "implementation": implementation(model), **metrics}
