@@ -69,7 +69,7 @@ def test_missing_extra_is_one_line(capsys, monkeypatch, tmp_path):
     assert "llama-cpp-python" in line and "mlxsuite[llama-cpp]" in line
 
 
-def test_non_gguf_model_is_refused(capsys):
+def test_non_gguf_model_is_refused(stand_in, capsys):
     code, _, stderr = run_cli(capsys, "bench", "ttft", "micro", "--modes", "base,llama.cpp", "-p", "8")
     assert code == 2 and "\n" not in stderr.strip() and "GGUF" in stderr and "micro" in stderr
 
