@@ -63,9 +63,15 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
     ),
     "kvp_k_and_v_swapped_in_predicted_cache": (
         "mlxsuite/models/kv_prediction.py",
+        "self.base(chunk, base_cache, kv=list(zip(keys, values)))",
+        "self.base(chunk, base_cache, kv=list(zip(values, keys)))",
+        [L + "::test_kvp_prefill_writes_the_predicted_kv_into_the_base_cache"],
+    ),
+    "kvp_k_and_v_swapped_in_training": (
+        "mlxsuite/models/kv_prediction.py",
         "return aux_logits, list(zip(keys, values))",
         "return aux_logits, list(zip(values, keys))",
-        [L + "::test_kvp_prefill_writes_the_predicted_kv_into_the_base_cache"],
+        [L + "::test_kvp_loss_and_every_term_by_hand"],
     ),
     "kvp_no_rope_on_predicted_keys": (
         "mlxsuite/models/lm.py",
