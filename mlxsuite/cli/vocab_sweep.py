@@ -153,15 +153,6 @@ def _print_sweep(doc: dict) -> None:
     _print_runs(doc)
     _print_optimal_vocab(a)
     _print_fits(a)
-    grows = a["vocab_grows_with_compute"]
-    if grows is not None:
-        out.print(
-            f"measured optimal V {'grows' if grows else 'does not grow monotonically'} with compute across the "
-            "budgets here",
-            highlight=False,
-        )
-    for n in a["notes"]:
-        out.print(f"note: {n}", highlight=False)
 
 
 def _print_runs(doc: dict) -> None:
@@ -225,7 +216,6 @@ def _print_optimal_vocab(a: dict) -> None:
             cells.append("" if v is None else f"{v:,.0f}")
         table.add_row(f"{o['budget']:.3g}", *cells)
     print_whole(table)
-    _print_fits(a)
 
 
 def _print_free(a: dict) -> None:

@@ -90,35 +90,6 @@ def _open_doc(folder: Path, settings: SweepSettings, force: bool) -> Optional[di
     return doc
 
 
-def _run_one(folder: Path, doc: dict, plans: list, i: int, settings: SweepSettings, callback) -> None:
-    """Train run `i` of the plan (or take its finished metrics) and record it in the sweep's document."""
-    plan = plans[i]
-    run_folder = _run_folder(folder, plan)
-    metrics = finished_metrics(run_folder)
-    skipped = metrics is not None
-    seconds = doc["runs"].get(plan.name, {}).get("seconds")
-    windows = settings.eval_windows(doc["tokenizers"][str(plan.vocab)]["tokens_per_char"])
-    if not skipped:
-        start = time.perf_counter()
-        metrics = _train_one(
-            plan, run_folder, _tokenizer_path(folder, plan.vocab), settings, windows, i, len(plans), callback
-        )
-        seconds = time.perf_counter() - start
-    doc["runs"][plan.name] = {**asdict(plan), **_pick(metrics), "eval_windows": windows, "seconds": seconds}
-    _save(folder, doc)
-    callback(
-        "run_end",
-        {
-            "index": i,
-            "total": len(plans),
-            "run": plan.name,
-            "metrics": _pick(metrics),
-            "skipped": skipped,
-            "seconds": seconds,
-        },
-    )
-
-
 def run_sweep(
     out: str,
     grid: SweepGrid,
@@ -181,22 +152,7 @@ def run_sweep(
 
 def _open(folder: Path, grid: SweepGrid, settings: SweepSettings, force: bool) -> dict:
     """Rank 0: the sweep document of `folder` (new, or the one there if its settings match), saved with this grid."""
-    doc = None if force else _load_doc(folder)
-    if force and folder.exists():
-        if not (folder / SWEEP_FILE).exists() and any(folder.iterdir()):
-            raise UserError(f"{folder} is not a sweep folder (no {SWEEP_FILE}): refusing to delete it")
-        shutil.rmtree(folder)
-    if doc is not None and doc.get("format") != FORMAT:
-        raise UserError(
-            f"{folder} holds a sweep of format {doc.get('format')} (this mlxsuite writes {FORMAT}: "
-            "tokenizers without byte fallback): use another `out` or pass `force`"
-        )
-    if doc is not None and doc.get("settings") != asdict(settings):
-        old = doc.get("settings", {})
-        diff = ", ".join(f"{k}: {old.get(k)!r} → {v!r}" for k, v in asdict(settings).items() if old.get(k) != v)
-        raise UserError(f"{folder} holds a sweep with other settings ({diff}): use another `out` or pass `force`")
-    if doc is None and folder.exists() and any(folder.iterdir()):
-        raise UserError(f"{folder} exists and is not a sweep: use another `out` or pass `force`")
+    doc = _open_doc(folder, settings, force)
     if doc is None:
         load_corpus(settings.corpus)  # a new sweep checks its corpus before writing
     folder.mkdir(parents=True, exist_ok=True)
