@@ -13,13 +13,19 @@ from mlxsuite.cli.common import err, model_argument
 from mlxsuite.cli.generate import (
     kvp_option,
     load_generator,
+    min_p_option,
     print_stats,
     prompt_cache_option,
+    repetition_penalty_option,
     same_model,
     sampling_options,
+    seed_option,
     system_prompt_option,
+    temp_option,
     template_config_option,
     template_kwargs,
+    top_k_option,
+    top_p_option,
 )
 from mlxsuite.platform.errors import UserError
 
@@ -27,16 +33,12 @@ from mlxsuite.platform.errors import UserError
 def chat(
     model: str = model_argument(),
     max_tokens: int = typer.Option(256, "--max-tokens", "-m", help="Tokens per answer at most (EOS stops earlier)."),
-    temp: float = typer.Option(0.0, "--temp", help="Sampling temperature; 0 is greedy."),
-    top_p: float = typer.Option(
-        0.0, "--top-p", help="Nucleus sampling: keep the smallest set of probability p (0: off)."
-    ),
-    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below min-p times the top probability (0: off)."),
-    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens only (0: all)."),
-    repetition_penalty: Optional[float] = typer.Option(
-        None, "--repetition-penalty", help="Penalty (>1) on tokens of the last 20."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sampler."),
+    temp: float = temp_option(),
+    top_p: float = top_p_option(),
+    min_p: float = min_p_option(),
+    top_k: int = top_k_option(),
+    repetition_penalty: Optional[float] = repetition_penalty_option(),
+    seed: int = seed_option(),
     system_prompt: Optional[str] = system_prompt_option(),
     chat_template_config: Optional[str] = template_config_option(),
     prompt_cache_file: Optional[Path] = prompt_cache_option(),

@@ -43,6 +43,30 @@ def kvp_option():
     )
 
 
+def temp_option():
+    return typer.Option(0.0, "--temp", help="Sampling temperature; 0 is greedy.")
+
+
+def top_p_option():
+    return typer.Option(0.0, "--top-p", help="Nucleus sampling: keep the smallest set of probability p (0: off).")
+
+
+def min_p_option():
+    return typer.Option(0.0, "--min-p", help="Drop tokens below min-p times the top probability (0: off).")
+
+
+def top_k_option():
+    return typer.Option(0, "--top-k", help="Sample among the k most likely tokens only (0: all).")
+
+
+def repetition_penalty_option():
+    return typer.Option(None, "--repetition-penalty", help="Penalty (>1) on tokens of the last 20.")
+
+
+def seed_option():
+    return typer.Option(0, "--seed", help="Seed of the sampler.")
+
+
 def system_prompt_option():
     return typer.Option(None, "--system-prompt", help="System message for the chat template.")
 
@@ -130,16 +154,12 @@ def generate(
     model: str = model_argument(),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text ('-' reads stdin)."),
     max_tokens: int = typer.Option(100, "--max-tokens", "-m", help="Tokens to generate at most (EOS stops earlier)."),
-    temp: float = typer.Option(0.0, "--temp", help="Sampling temperature; 0 is greedy."),
-    top_p: float = typer.Option(
-        0.0, "--top-p", help="Nucleus sampling: keep the smallest set of probability p (0: off)."
-    ),
-    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below min-p times the top probability (0: off)."),
-    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens only (0: all)."),
-    repetition_penalty: Optional[float] = typer.Option(
-        None, "--repetition-penalty", help="Penalty (>1) on tokens of the last 20."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sampler."),
+    temp: float = temp_option(),
+    top_p: float = top_p_option(),
+    min_p: float = min_p_option(),
+    top_k: int = top_k_option(),
+    repetition_penalty: Optional[float] = repetition_penalty_option(),
+    seed: int = seed_option(),
     system_prompt: Optional[str] = system_prompt_option(),
     ignore_chat_template: bool = typer.Option(
         False, "--ignore-chat-template", help="Feed the prompt raw even when the tokenizer has a template."
