@@ -25,7 +25,7 @@ import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized B
 import mlx.core as mx
 
 from mlxsuite import store
-from mlxsuite.bench.modes import copy_cache
+from mlxsuite.generate import copy_cache
 from mlxsuite.chat import fill_cache
 from mlxsuite.convert.hf import pruned_layers
 from mlxsuite.generate import prefill

@@ -7,12 +7,13 @@ logits, and the Python that builds the graph (issue 26, item 2).
 Two measurements per prompt length, alternated over `--reps` rounds, medians:
 
 1. End to end: the one prefill (`mlxsuite.generate.prefill`, chunks of `--step`, the cache evaluated after each
-   chunk, then the last token and its greedy token), as `bench ttft` times it; and the same loop with the graph
-   building (Python: every layer's ops recorded lazily) timed apart from MLX's evaluation of it.
+   chunk, the last chunk's last position through the head, its greedy token), as `bench ttft` times it; and the
+   same loop with the graph building (Python: every layer's ops recorded lazily) timed apart from MLX's evaluation.
 2. Per op: the same computation with every op evaluated on its own (`mx.eval` after each), timed and summed by
    kind. It walks the model's own pieces (norms, `Attention.project`/`finish_*`, the KV cache, `kernels`) in the
    order of `TransformerBlock`, skips what the prefill never computes (the last layer's attention output and MLP
-   for chunk positions, the chunks' logits), and checks that its last-token logits equal the prefill's.
+   for the positions of every chunk but the last, any logits but the last position's), and checks that its
+   last-token logits equal the prefill's.
 
 The shares are of the per-op sum; the footer gives that sum against the end-to-end time (the difference is what
 evaluating op by op costs or saves: scheduling, fusion, cache locality) and the Python share of the end-to-end
@@ -54,8 +55,7 @@ KINDS = {  # kind -> what the table calls it
     "residual": "residual adds",
     "gemm_mlp": "GEMM MLP gate/up/down",
     "silu": "SiLU·mul",
-    "last_layers": "last token: the layers",
-    "logits": "last token: norm, head, argmax",
+    "logits": "last position: norm, head, argmax",
 }
 GEMMS = ("gemm_qkv", "gemm_o", "gemm_mlp")
 
@@ -66,12 +66,9 @@ class OpTimer:
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
         self.flops: dict[str, float] = defaultdict(float)
-        self.last = False  # the last token's step: its layers go to one kind
         self.count = 0  # ops evaluated
 
     def __call__(self, kind: str, fn, *args, flops: float = 0.0, **kwargs):
-        if self.last and kind != "logits":
-            kind = "last_layers"
         mx.synchronize()
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
@@ -137,15 +134,16 @@ def profiled_forward(model, tokens: mx.array, cache: list, t: OpTimer, hidden_on
         u = t("gemm_mlp", mlp.up_proj, x, flops=_flops(x, mlp.up_proj))
         a = t("silu", K.silu_mul if K is not None else swiglu, g, u)
         h = t("residual", mx.add, h, t("gemm_mlp", mlp.down_proj, a, flops=_flops(a, mlp.down_proj)))
-    return t("logits", lambda: model.logits(model.model.norm(h))[:, -1])
+    return t("logits", lambda: model.logits(model.model.norm(h)[:, -1]))
 
 
 def profiled_prefill(model, tokens: mx.array, step: int) -> tuple[OpTimer, mx.array]:
-    t, cache, n = OpTimer(), model.make_cache(), tokens.shape[1]
-    for start in range(0, n - 1, step):
-        profiled_forward(model, tokens[:, start : min(start + step, n - 1)], cache, t, hidden_only=True)
-    t.last = True
-    logits = profiled_forward(model, tokens[:, -1:], cache, t, hidden_only=False)
+    """As `generate.prefill` with the model's own forward: whole chunks, the last one (last token included) through
+    every layer and only its last position through the head."""
+    t, cache, last = OpTimer(), model.make_cache(), (tokens.shape[1] - 1) // step * step
+    for start in range(0, last, step):
+        profiled_forward(model, tokens[:, start : start + step], cache, t, hidden_only=True)
+    logits = profiled_forward(model, tokens[:, last:], cache, t, hidden_only=False)
     t("logits", lambda: sample(logits))
     return t, logits
 
@@ -159,14 +157,14 @@ def end_to_end(model, tokens: mx.array, step: int) -> float:
 
 def build_vs_eval(model, tokens: mx.array, step: int) -> tuple[float, float]:
     """The prefill's loop (generate.prefill with the default fill) with graph building and evaluation timed apart."""
-    cache, n, build, run = model.make_cache(), tokens.shape[1], 0.0, 0.0
-    for start in [*range(0, n - 1, step), None]:
+    cache, last, build, run = model.make_cache(), (tokens.shape[1] - 1) // step * step, 0.0, 0.0
+    for start in [*range(0, last, step), None]:
         mx.synchronize()
         t0 = time.perf_counter()
         if start is None:
-            out = sample(model(tokens[:, -1:], cache)[:, -1])
+            out = sample(model.last_logits(tokens[:, last:], cache))
         else:
-            model(tokens[:, start : min(start + step, n - 1)], cache)
+            model(tokens[:, start : start + step], cache)
             out = [c.state for c in cache]
         t1 = time.perf_counter()
         mx.eval(out)

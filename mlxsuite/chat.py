@@ -22,8 +22,7 @@ from typing import Optional
 
 import mlx.core as mx
 
-from mlxsuite.bench.modes import copy_cache
-from mlxsuite.generate import Generation, default_prefill_step, generate_ids, model_fill
+from mlxsuite.generate import Generation, copy_cache, default_prefill_step, generate_ids, model_fill
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 

@@ -1,12 +1,13 @@
 """The one prefill and the one decode loop, in the manner of mlx-lm's `generate_step` with a `prompt_cache`.
 
-Prefill writes all prompt tokens but the last into a prompt cache (a list of per-layer caches from
-`model.make_cache()`), in chunks of `prefill_step` tokens, evaluating only the cache after each chunk (logits of
-prompt positions are never computed); the last prompt token goes through the model and gives the first token's
-logits. How a chunk enters the cache is a plug-in, `fill`: by default the model's own forward; KV Prediction plugs
-in its auxiliary model and predictor, which write predicted keys and values into the base's cache
-(`mlxsuite.kvp.prompt_fill`). Generation takes a prompt cache, so a cache that already holds a prefix (a saved
-prompt, KV Prediction's predicted prefix) continues with the rest of the prompt.
+Prefill writes the prompt into a prompt cache (a list of per-layer caches from `model.make_cache()`), in chunks of
+`prefill_step` tokens, evaluating only the cache after each chunk (logits of prompt positions are never computed);
+the last chunk gives the first token's logits from its last position alone (`last_logits`), where the model has it;
+otherwise (mlx-lm's classes, a plug-in fill) the last prompt token goes through the model on its own. How a chunk
+enters the cache is a plug-in, `fill`: by default the model's own forward; KV Prediction plugs in its auxiliary
+model and predictor, which write predicted keys and values into the base's cache (`mlxsuite.kvp.prompt_fill`).
+Generation takes a prompt cache, so a cache that already holds a prefix (a saved prompt, KV Prediction's predicted
+prefix) continues with the rest of the prompt.
 
 DEFAULT_PREFILL_STEP: on the CPU, benchmarks/prefill_step.py (presets small and base, 512/1024/2048 tokens, steps
 64-2048, two runs on 2 shared cores at load averages 4 and 7-11) gave 256 the best score in both runs (geometric
@@ -51,8 +52,9 @@ def model_fill(model, cache: list) -> Fill:
 def prefill(
     model, tokens: mx.array, cache: list, prefill_step: Optional[int] = None, fill: Optional[Fill] = None
 ) -> mx.array:
-    """Write `tokens` (B, L) into `cache` — all but the last through `fill` (default `model_fill`) in chunks of
-    `prefill_step`, the last through the model — and return the last token's logits (B, V)."""
+    """Write `tokens` (B, L) into `cache` in chunks of `prefill_step` and return the last token's logits (B, V):
+    with the model's own forward, the last chunk through `model.last_logits`; with a plug-in `fill` (or a model
+    without `last_logits`), all but the last token through `fill`, the last through the model."""
     step = prefill_step or default_prefill_step()
     if step < 1:
         raise ValueError(f"prefill_step must be positive, got {step}")
@@ -61,10 +63,30 @@ def prefill(
     L = tokens.shape[1]
     if L == 0:
         raise ValueError("empty prompt")
+    if fill is None and hasattr(model, "last_logits"):
+        # The model's own forward: the last chunk (with the last token) goes through the model once and only its
+        # last position reaches the head, rather than the weights being read once more for one token.
+        fill, last = model_fill(model, cache), (L - 1) // step * step
+        for start in range(0, last, step):
+            mx.eval(fill(tokens[:, start : start + step]))
+        return model.last_logits(tokens[:, last:], cache)
     fill = fill or model_fill(model, cache)
     for start in range(0, L - 1, step):
         mx.eval(fill(tokens[:, start : min(start + step, L - 1)]))
     return model(tokens[:, -1:], cache)[:, -1]
+
+
+def copy_cache(cache: list) -> list:
+    """A prompt cache with the same contents in new arrays (updates of the copy never reach the original); a
+    rotating cache keeps its window and position (its attributes are copied, its arrays duplicated)."""
+    out = []
+    for c in cache:
+        new = type(c).__new__(type(c))
+        new.__dict__.update(c.__dict__)
+        new.state = tuple(mx.array(a) if isinstance(a, mx.array) else a for a in c.state)  # KVCache's has its offset
+        out.append(new)
+    mx.eval([[a for a in c.state if isinstance(a, mx.array)] for c in out])
+    return out
 
 
 def sample(logits: mx.array, temperature: float = 0.0, top_k: int = 0) -> mx.array:

@@ -29,7 +29,7 @@ LAYERS = {
     "mlxsuite.moma": 5,
     "mlxsuite.vocab": 5,
     "mlxsuite.bench": 6,
-    "mlxsuite.chat": 6,  # conversations over generate; takes bench.modes.copy_cache (which belongs in generate)
+    "mlxsuite.chat": 6,  # conversations over generate and a KV Prediction pair
     "mlxsuite.quickstart": 7,
     "mlxsuite.cli": 8,
     "mlxsuite.__main__": 8,

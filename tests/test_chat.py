@@ -278,3 +278,26 @@ def test_chat_continues_a_saved_prompt_cache(chat_model, tmp_path, capsys):
     save_prompt_cache(str(theirs), cache, {"model": meta["model"], "tokenizer_config": "{}"})
     r = cli(*args, "--prompt-cache-file", str(theirs), stdin="x\n")
     assert r.returncode == 2 and "does not record its prompt" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_copy_cache_duplicates_a_rotating_window():
+    """A copied prompt cache (chat's saved system prompt, bench's prefix) continues exactly as the original would,
+    a sliding window's rotating cache included, and its updates never reach the original."""
+    from mlx_lm.models.cache import KVCache, RotatingKVCache
+
+    from mlxsuite.generate import copy_cache
+
+    mx.random.seed(0)
+    caches = [KVCache(), RotatingKVCache(max_size=4)]
+    k, v = mx.random.normal((1, 2, 6, 8)), mx.random.normal((1, 2, 6, 8))
+    for c in caches:
+        c.update_and_fetch(k, v)
+    copies = copy_cache(caches)
+    saved = [[mx.array(a) for a in c.state] for c in caches]
+    step = mx.random.normal((1, 2, 1, 8))
+    for c, d, before in zip(caches, copies, saved):
+        assert type(d) is type(c) and d.offset == c.offset == 6
+        got = d.update_and_fetch(step, step)
+        assert all(mx.array_equal(a, b) for a, b in zip(c.state, before))  # the original is untouched
+        want = c.update_and_fetch(step, step)
+        assert all(mx.array_equal(a, b) for a, b in zip(got, want)) and d.offset == c.offset == 7

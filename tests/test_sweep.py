@@ -201,6 +201,38 @@ def test_optimal_vocab_against_nnv_at_fixed_budget_and_its_bootstrap_spread():
     assert analysis._statistics(rows_with(0.0), tpc)["vocab_vs_nnv_exponent"] == pytest.approx(0.3, abs=1e-6)
 
 
+def test_optimal_vocab_against_nnv_at_equal_data():
+    """Runs whose optimum is V* = 500·(N_nv/1e5)^0.2·(D/1e5)^0.5, D = C / (6(N_nv + V*·d)) the tokens trained at V*
+    (solved by iteration): the joint fit reads 0.2 and 0.5, and at a fixed budget, where the larger model trains on
+    fewer tokens, the optimal V falls with N_nv (the fixed-C exponent is near 0.2 − 0.5), as the sweep here found."""
+    grid, settings = sw.SweepGrid(), sw.SweepSettings()
+    grid.vocab_sizes = [128, 181, 256, 362, 512, 724, 1024]
+    plans = sw.plan_runs(grid, settings)
+
+    def v_star(p) -> float:
+        v = 300.0
+        for _ in range(60):
+            v = 500 * (p.nnv / 1e5) ** 0.2 * (p.budget / (6 * (p.nnv + v * p.d)) / 1e5) ** 0.5
+        return v
+
+    rows = []
+    for p in plans:
+        lu = -0.5 * math.log(p.budget / 1e10) + 0.2 * (math.log(p.vocab) - math.log(v_star(p))) ** 2
+        rows.append({**vars(p), "lu": lu})
+    tpc = {v: 0.7 - 0.1 * math.log2(v / 128) for v in grid.vocab_sizes}
+    a = sw.analyze(rows, tpc, replicates=10)
+    assert all(m["flag"] == "interior" for m in a["per_model"])
+    both = a["vocab_vs_nnv"]["with_data"]
+    assert both["points"] == len(grid.budgets) * 3
+    assert both["nnv_exponent"] == pytest.approx(0.2, abs=1e-4) and both["data_exponent"] == pytest.approx(
+        0.5, abs=1e-4
+    )
+    assert a["vocab_vs_nnv"]["vocab_exponent"] == pytest.approx(0.2 - 0.5, abs=0.05)
+    assert a["spread"]["vocab_vs_nnv_at_equal_data_exponent"]["median"] == pytest.approx(0.2, abs=1e-3)
+    one_size = [r for r in rows if r["preset"] == "micro"]
+    assert sw.analyze(one_size, tpc, replicates=0)["vocab_vs_nnv"]["with_data"] is None
+
+
 def test_edge_extensions_add_one_vocabulary_beyond_an_unbracketed_optimum():
     settings = sw.SweepSettings()
     plans = sw.plan_runs(sw.SweepGrid([4e10], ["micro", "mini"], [128, 256, 512]), settings)

@@ -543,7 +543,7 @@ def test_chunked_prefill_equals_full_forward(overrides):
     fused_runs = kernels.available(model.layers, mx.float32)
     assert fused_runs == ttft.platform.compiler_available()
     for fused in (True, False) if fused_runs else (False,):
-        for step in (1, 7, 16, 44, 1000):
+        for step in (1, 7, 15, 16, 44, 45, 1000):  # 15 and 45 divide the prompt: its last chunk is whole
             cache = model.make_cache()
             with kernels_on(fused):
                 logits = prefill(model, tokens, cache, step)

@@ -252,17 +252,6 @@ def weights_summary(model) -> dict:
     return {"size_gb": size, "type": kind, "implementation": implementation(model)}
 
 
-def copy_cache(cache: list) -> list:
-    """A prompt cache with the same contents in new arrays (a trial's updates never reach the original)."""
-    out = []
-    for c in cache:
-        new = type(c)()
-        new.state = tuple(mx.array(a) if isinstance(a, mx.array) else a for a in c.state)
-        out.append(new)
-    mx.eval([[a for a in c.state if isinstance(a, mx.array)] for c in out])
-    return out
-
-
 # ---- the models under test ------------------------------------------------------------------------------------
 
 PRESET_VOCAB = 4096  # a preset's vocabulary size unless given

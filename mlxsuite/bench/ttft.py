@@ -40,7 +40,6 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
     Setup,
     build_modes,
     check_mode_names,
-    copy_cache,
     mlx_lm_model,
     open_setup,
     prefill_mode,
@@ -48,6 +47,7 @@ from mlxsuite.bench.modes import (  # noqa: F401  (the modes' API, used through 
     weights_summary,
 )
 from mlxsuite.bench.results import Unit, dtype_name, model_dtype, summarize  # noqa: F401  (summarize: API)
+from mlxsuite.generate import copy_cache
 from mlxsuite.models import kernels
 from mlxsuite.models.lm import ModelArgs
 from mlxsuite.models.mlx_lm_class import MlxLmClass

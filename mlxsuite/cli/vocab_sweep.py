@@ -146,6 +146,14 @@ def _print_across_sizes(a: dict) -> None:
             f"γ = {_e(across['paper_gamma_compute_optimal'])} (0.42 / 0.5)",
             highlight=False,
         )
+    both = across.get("with_data")
+    if both is not None:
+        out.print(
+            f"at equal tokens trained ({both['points']} interior optima): optimal V ∝ "
+            f"N_nv^{_spread(both['nnv_exponent'], a, 'vocab_vs_nnv_at_equal_data')} · "
+            f"D^{_spread(both['data_exponent'], a, 'vocab_vs_data')}",
+            highlight=False,
+        )
 
 
 def _print_sweep(doc: dict) -> None:

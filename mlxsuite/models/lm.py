@@ -409,6 +409,10 @@ class Model(CausalLM):
         """Logits (B, L, V); `tap` and `kv` as in `Decoder.__call__`."""
         return self.logits(self.model(inputs, cache, tap, kv))
 
+    def last_logits(self, inputs: mx.array, cache: list) -> mx.array:
+        """Logits (B, V) of the last position of `inputs` only: the head is a large matmul per position."""
+        return self.logits(self.model(inputs, cache)[:, -1])
+
     def make_cache(self) -> list:
         """Per layer a KVCache, or for a sliding-window layer a RotatingKVCache of the window (as mlx-lm)."""
         windows = [layer.self_attn.window for layer in self.layers]

@@ -8,6 +8,7 @@ loaded): nothing here imports `mlx.core` at module level, so MLX is imported ins
 
 from __future__ import annotations
 
+import functools
 import os
 import platform as _pyplatform
 import shutil
@@ -83,6 +84,7 @@ def parse_dtype(name: str | None):
     return getattr(mx, name)
 
 
+@functools.cache  # asked on every forward: a PATH search is a quarter of a millisecond
 def compiler_available() -> bool:
     """mx.compile on Linux JIT-builds kernels with the system C++ compiler and silently skips fusion without one."""
     if sys.platform == "darwin":

@@ -341,6 +341,9 @@ def _statistics(rows: list[dict], tokens_per_char: dict[int, float]) -> dict:
     across = spread.vocab_vs_nnv(per_model)
     out["vocab_vs_nnv_exponent"] = across["vocab_exponent"]
     out["nv_vs_nnv_exponent"] = across["nv_exponent"]
+    if across["with_data"] is not None:
+        out["vocab_vs_nnv_at_equal_data_exponent"] = across["with_data"]["nnv_exponent"]
+        out["vocab_vs_data_exponent"] = across["with_data"]["data_exponent"]
     for p in presets:
         pts = [(m["budget"], m["vocab"]) for m in per_model if m["preset"] == p]
         if len(pts) >= 2:

@@ -3,7 +3,9 @@
 - `vocab_vs_nnv`: at each budget, how the optimal V (and N_v = V·d) moves with N_nv across the swept sizes; pooled
   over the budgets with one intercept per budget (the exponent "at fixed C"). The paper's claim: at a fixed budget,
   more non-vocabulary parameters want a larger vocabulary; along the compute-optimal frontier N_v ∝ N_nv^0.83
-  (0.42 / 0.5). Beside it, the paper's own approach 3 (published constants) at the same (N_nv, C).
+  (0.42 / 0.5). Beside it, the paper's own approach 3 (published constants) at the same (N_nv, C); and the optimal
+  V against N_nv and the tokens trained together (`vocab_vs_nnv_and_data`): at a fixed C a larger model trains on
+  fewer tokens, so the two effects meet there.
 - `bootstrap`: the spread of any statistics of the runs, resampling the runs of every (budget, preset) cell with
   replacement (each replicate keeps at least 3 distinct V per cell, so every cell still has a parabola).
 """
@@ -65,7 +67,21 @@ def vocab_vs_nnv(per_model: list[dict]) -> dict:
         "paper_nv_exponent_at_fixed_c": _pooled_slope(groups_paper),
         "paper_gamma_compute_optimal": scaling.PAPER_ISOFLOPS.nv.exponent / scaling.PAPER_ISOFLOPS.nnv.exponent,
         "sizes": len({m["nnv"] for m in per_model}),
+        "with_data": vocab_vs_nnv_and_data(per_model),
     }
+
+
+def vocab_vs_nnv_and_data(per_model: list[dict]) -> dict | None:
+    """ln V_opt = a + x·ln N_nv + y·ln D over the interior (size, budget) optima, D the tokens a run at V_opt trains
+    (C / (6(N_nv + V·d))): x is how the optimal V moves with N_nv at equal data, y with data at equal size; at a
+    fixed budget D ∝ 1/N_nv roughly, so V ∝ N_nv^(x − y) there. None without 2 sizes and 4 interior optima."""
+    cells = [m for m in per_model if m["flag"] == "interior"]
+    if len({m["nnv"] for m in cells}) < 2 or len(cells) < 4:
+        return None
+    tokens = [m["budget"] / (6 * (m["nnv"] + m["vocab"] * m["d"])) for m in cells]
+    A = np.array([[1.0, math.log(m["nnv"]), math.log(t)] for m, t in zip(cells, tokens)])
+    coef = np.linalg.lstsq(A, np.log([m["vocab"] for m in cells]), rcond=None)[0]
+    return {"nnv_exponent": float(coef[1]), "data_exponent": float(coef[2]), "points": len(cells)}
 
 
 def _resample(rows: list[dict], rng: np.random.Generator) -> list[dict]:
