@@ -107,8 +107,6 @@ def profiled_forward(model, tokens: mx.array, cache: list, t: OpTimer, hidden_on
     where the prefill's evaluation of the cache stops; else it returns the last position's logits."""
     h = t("embed", model.model.embed_tokens, tokens)
     K = fast_kernels.select(model.layers, h, cache)
-    if K is not None:
-        t("rope", list, (K.cos, K.sin))
     mask = None if K is not None else create_attention_mask(h, cache[0])
     B, L, _ = h.shape
     for i, (layer, c) in enumerate(zip(model.layers, cache)):

@@ -22,7 +22,15 @@ from typing import Optional
 
 import mlx.core as mx
 
-from mlxsuite.generate import Generation, copy_cache, default_prefill_step, generate_ids, model_fill
+from mlxsuite.generate import (
+    Generation,
+    copy_cache,
+    default_prefill_step,
+    generate_ids,
+    model_fill,
+    release,
+    reserve,
+)
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
 
@@ -82,8 +90,12 @@ def fill_cache(model, ids: list[int], cache: Optional[list] = None, prefill_step
     """Write `ids` into a prompt cache (new unless given) through the one prefill's default fill, in chunks."""
     cache = model.make_cache() if cache is None else cache
     fill, step = model_fill(model, cache), prefill_step or default_prefill_step()
-    for start in range(0, len(ids), step):
-        mx.eval(fill(mx.array([ids[start : start + step]])))
+    grown = reserve(cache, len(ids))
+    try:
+        for start in range(0, len(ids), step):
+            mx.eval(fill(mx.array([ids[start : start + step]])))
+    finally:
+        release(grown)
     return cache
 
 
@@ -185,7 +197,12 @@ class Conversation:
         if seen < keep:
             fill_cache(self.pair.auxiliary, ids[seen:keep], self.aux_cache, self.prefill_step)
         pair, aux_cache, base_cache, stacked = self.pair, self.aux_cache, self.cache, self.pair.predictor.stacked()
-        return lambda chunk: pair.fill(chunk, aux_cache, base_cache, stacked)  # the predictor batched across layers
+
+        def fill(chunk: mx.array) -> list:
+            return pair.fill(chunk, aux_cache, base_cache, stacked)  # the predictor batched across layers
+
+        fill.caches = aux_cache  # room reserved in the auxiliary's cache too
+        return fill
 
 
 def _trim(cache: list, keep: int) -> None:

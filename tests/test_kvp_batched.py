@@ -86,3 +86,34 @@ def test_batched_predictor_equals_the_maps():
     assert bk.shape == (4, 2, 2, 5, 16) == bv.shape
     for i in range(4):
         assert mx.allclose(bk[i], keys[i], atol=1e-5) and mx.allclose(bv[i], values[i], atol=1e-5)
+
+
+def test_prefill_reserves_the_prompt_in_every_cache_it_writes(monkeypatch):
+    """mlx-lm's KVCache grows 256 positions at a time and copies what it holds each time (quadratic in the prompt):
+    the prefill reserves the whole prompt at the first write, in the base's cache and in the auxiliary's the fill
+    carries, then gives mlx-lm's growth back; logits and caches equal those of mlx-lm's growth."""
+    from mlx_lm.models.cache import KVCache
+
+    from mlxsuite import generate
+
+    pair = _pair(False, None, "LP")
+    tokens = mx.random.randint(0, 61, (1, 600))
+    cache, fill = prompt_fill(pair)
+    capacity = []
+
+    def spy(chunk):
+        out = fill(chunk)
+        capacity.append((cache[0].keys.shape[2], fill.caches[0].keys.shape[2]))
+        return out
+
+    spy.caches = fill.caches
+    logits = prefill(pair.base, tokens, cache, 100, spy)
+    assert capacity[0] == (768, 768) and len(capacity) == 6  # 600 tokens reserved at once (rounded up to 256)
+    assert all(c.step == KVCache.step == 256 for c in cache + fill.caches)  # growth given back for the decode
+    monkeypatch.setattr(generate, "reserve", lambda cache, n: [])
+    grown_cache, grown_fill = prompt_fill(pair)
+    grown = prefill(pair.base, tokens, grown_cache, 100, grown_fill)
+    assert mx.array_equal(logits, grown)
+    for a, b in zip(cache + fill.caches, grown_cache + grown_fill.caches):
+        assert a.offset == b.offset == (600 if a in cache else 599)  # the aux never sees the last token
+        assert all(mx.array_equal(x, y) for x, y in zip(a.keys_and_values(), b.keys_and_values()))

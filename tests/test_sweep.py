@@ -162,7 +162,7 @@ def test_optimal_vocab_against_nnv_at_fixed_budget_and_its_bootstrap_spread():
     brackets it, and every cell is bracketed by the grid; with noise the spread widens but still holds the truth."""
     from mlxsuite.vocab.sweep import analysis
 
-    grid, settings = sw.SweepGrid(), sw.SweepSettings()
+    grid, settings = sw.SweepGrid(budgets=[3.5e10, 5e10, 7e10, 1e11]), sw.SweepSettings()
     grid.vocab_sizes = [128, 181, 256, 362, 512, 724, 1024]
     plans = sw.plan_runs(grid, settings)
     nnv = {p.preset: p.nnv for p in plans}
@@ -205,7 +205,7 @@ def test_optimal_vocab_against_nnv_at_equal_data():
     """Runs whose optimum is V* = 500·(N_nv/1e5)^0.2·(D/1e5)^0.5, D = C / (6(N_nv + V*·d)) the tokens trained at V*
     (solved by iteration): the joint fit reads 0.2 and 0.5, and at a fixed budget, where the larger model trains on
     fewer tokens, the optimal V falls with N_nv (the fixed-C exponent is near 0.2 − 0.5), as the sweep here found."""
-    grid, settings = sw.SweepGrid(), sw.SweepSettings()
+    grid, settings = sw.SweepGrid(budgets=[3.5e10, 5e10, 7e10, 1e11]), sw.SweepSettings()
     grid.vocab_sizes = [128, 181, 256, 362, 512, 724, 1024]
     plans = sw.plan_runs(grid, settings)
 

@@ -326,8 +326,8 @@ def _print_plan(plans: list, settings, json_out: bool) -> None:
         table.add_row(p.name, f"{p.nnv:,}", f"{p.nv:,}", f"{p.steps:,}", f"{p.tokens:,}", f"{p.flops:.3g}")
     print_whole(table)
     out.print(
-        f"estimated time: ~{est / 60:.0f} min on 2 busy CPU cores (training at "
-        f"{sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, run start-up and tokenizers included)",
+        f"estimated time: ~{est / 60:.0f} min in one process (training at {sw.ASSUMED_FLOPS_PER_S:.0e} FLOPs/s, "
+        "run start-up and tokenizers included; `mlx.launch -n N` divides it by about N)",
         highlight=False,
     )
 
@@ -372,11 +372,12 @@ def sweep(
     an interrupted sweep (finished runs are kept, a half-finished run resumes from its checkpoint) and redoes the
     analysis, e.g. with --free-exponents.
 
-    Default: budgets 3.5e10, 5e10, 7e10, 1e11 × micro, mini, midi (N_nv 0.1M-1.55M) × V = 128, 205, 328, 524, 839
-    (60 runs), planned to take about 54 minutes on 2 busy CPU cores; --quick 24 runs. Besides the optimal V against
-    compute, the optimal V against N_nv at each budget (the paper: larger models want larger vocabularies), every
-    exponent with a bootstrap spread over the runs. --extend-edges N adds up to N vocabularies beyond an optimum
-    that sits on the grid's edge. --dry-run prints the plan and a time estimate for any grid.
+    Default: budgets 1e11, 1.8e11, 3.2e11, 5.6e11 × micro, mini, midi (N_nv 0.1M-1.55M) × V = 128, 205, 328, 524,
+    839 (60 runs), about 45 minutes in one process on 2 cores (20 under `mlx.launch -n 2`); --quick 24 runs.
+    Besides the optimal V against compute, the optimal V against N_nv at each budget (the paper: larger models want
+    larger vocabularies) and against N_nv and tokens together, every exponent with a bootstrap spread over the runs.
+    --extend-edges N adds up to N vocabularies beyond an optimum that sits on the grid's edge. --dry-run prints the
+    plan and a time estimate for any grid.
 
     Under `mlx.launch -n N -- mlxsuite vocab sweep …` (several machines: a hostfile) every process trains its share
     of the runs and rank 0 fits, prints and plots when all are done: the same result as one process.

@@ -363,7 +363,12 @@ def prompt_fill(pair: kvm.KVPredictionModel) -> tuple[list, Callable]:
     predictor's maps stacked once per prompt run as one batched GEMM per chunk)."""
     base_cache, aux_cache = pair.base.make_cache(), pair.auxiliary.make_cache()
     stacked = pair.predictor.stacked()
-    return base_cache, lambda chunk: pair.fill(chunk, aux_cache, base_cache, stacked)
+
+    def fill(chunk: mx.array) -> list:
+        return pair.fill(chunk, aux_cache, base_cache, stacked)
+
+    fill.caches = aux_cache  # the prefill reserves the prompt's room in the auxiliary's cache too
+    return base_cache, fill
 
 
 def flops_reduction(pair: kvm.KVPredictionModel) -> float:

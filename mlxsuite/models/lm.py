@@ -171,8 +171,6 @@ for _name, _cfg in PRESETS.items():
 
 
 def preset_args(name: str, vocab_size: int, **overrides) -> ModelArgs:
-    if name not in PRESETS:
-        raise KeyError(name)
     return ModelArgs(**{**PRESETS[name], "vocab_size": vocab_size, **overrides})
 
 
@@ -428,11 +426,9 @@ def init_weights(model: CausalLM, seed: int = 0) -> None:
     1 + w norms: w zero)."""
     args = model.args
     d, n_layers = args.hidden_size, args.num_hidden_layers
-    std = math.sqrt(2 / (5 * d))
-    out_std = 1 / math.sqrt(d) / n_layers
-    flat = tree_flatten(model.parameters())
+    std, out_std = math.sqrt(2 / (5 * d)), 1 / math.sqrt(d) / n_layers
+    flat, params = tree_flatten(model.parameters()), {}
     keys = mx.random.split(mx.random.key(seed), len(flat))
-    params = {}
     for key, (name, p) in zip(keys, flat):
         if name.endswith("bias"):
             params[name] = mx.zeros_like(p)

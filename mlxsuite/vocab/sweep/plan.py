@@ -14,24 +14,24 @@ from mlxsuite.vocab import scaling
 
 # The default grid: three model sizes spanning 15x in N_nv (micro, mini, midi: d = 32 per layer, heads of 32, MLP 8d/3
 # rounded up to 16, the rule micro and tiny follow) × 4 budgets × 5 vocabularies = 60 runs, planned to stay within an
-# hour on 2 busy cores (`estimate_seconds`). Measured on micro (BENCHMARKS.md), the optimum of L_u sits at the low edge
-# V = 128 at 3e10 FLOPs and moves to ~170 at 4e10 and ~250 at 1e11, so the budgets start above 3e10; the vocabularies
-# (128·1.6^k) reach ~3x micro's largest optimum, room for the larger sizes' (the paper: larger at fixed C). At these
-# budgets mini and midi are far larger than compute-optimal (few hundred and few dozen steps): the sweep measures the
-# optimal V of over-sized models at a fixed budget, and the envelope (approach 1) is mostly micro.
-DEFAULT_BUDGETS = (3.5e10, 5e10, 7e10, 1e11)
+# hour in one process on 2 cores (`estimate_seconds`). Measured here (BENCHMARKS.md, issue 24): at 3.5e10-1e11 FLOPs
+# mini and midi train a few dozen steps and 8 of 12 (size, budget) optima sit on the grid's low edge (V = 128, the
+# smallest tokenizer); at 1e11-5.6e11 micro's optimum moves 263 → 504, mini's 170 → 486, and 9 of 12 are interior
+# (midi's still at the edge below 5.6e11). The vocabularies (128·1.6^k) reach ~1.7x the largest optimum measured.
+# Even so every size is far larger than compute-optimal for these budgets (0.04-7 tokens per parameter).
+DEFAULT_BUDGETS = (1e11, 1.8e11, 3.2e11, 5.6e11)
 DEFAULT_PRESETS = ("micro", "mini", "midi")
 DEFAULT_VOCAB_SIZES = (128, 205, 328, 524, 839)
 QUICK_BUDGETS = (4e10, 8e10)  # --quick: 3 sizes × 2 budgets × 4 vocabularies = 24 runs
 QUICK_VOCAB_SIZES = (128, 205, 328, 524)
-TIME_BUDGET_S = 60 * 60  # what the default sweep must stay within on 2 shared cores
+TIME_BUDGET_S = 60 * 60  # what the default sweep must stay within in one process on 2 cores
 
-# Time model, measured on 2 CPU cores shared with other jobs (median load average 6): training at ~2e9 "6ND"
-# FLOPs/s for micro; every run ~20 s besides (corpus, token streams, model build, compile, checkpoints, final
-# evaluation); every tokenizer ~20 s (training, then encoding the whole training split once). A quiet machine is
-# several times faster (the micro-only sweep: 3.7 min quiet against 45 min at load 3.3).
-ASSUMED_FLOPS_PER_S = 2e9
-RUN_OVERHEAD_S = 20.0
+# Time model per process, fitted to two 60-run sweeps under `mlx.launch -n 2` on the 2-core machine of BENCHMARKS.md
+# (load 1-6: 3.8e12 FLOPs in 7.7 min, 1.7e13 in 20.5 min): training at ~9e9 "6ND" FLOPs/s, every run ~7 s besides
+# (corpus, token streams, model build, compile, checkpoints, final evaluation), every tokenizer ~20 s (training, then
+# encoding the whole training split once). Rounded down to 8e9 for machines busier than that one.
+ASSUMED_FLOPS_PER_S = 8e9
+RUN_OVERHEAD_S = 7.0
 TOKENIZER_S = 20.0
 MIN_STEPS = 5
 
@@ -165,8 +165,8 @@ def run_seconds(plan: RunPlan) -> float:
 
 
 def estimate_seconds(plans: list[RunPlan], new_tokenizers: Optional[int] = None) -> float:
-    """Wall time of the runs on 2 busy CPU cores by the measured time model above; `new_tokenizers` defaults to one
-    per vocabulary size in the plans."""
+    """Wall time of the runs in one process by the measured time model above; `new_tokenizers` defaults to one per
+    vocabulary size in the plans."""
     if new_tokenizers is None:
         new_tokenizers = len({p.vocab for p in plans})
     return (
