@@ -122,9 +122,33 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
     ),
     "fused_kernels_never_selected": (
         "mlxsuite/models/kernels.py",
-        "    if not available(layers, h.dtype, cache):\n        return None",
-        "    if True:\n        return None",
+        "    if h.shape[1] == 1 or not available(layers, h.dtype, cache):",
+        "    if True:",
         [K],
+    ),
+    "attention_block_queries_at_the_chunk_start": (
+        "mlxsuite/models/kernels.py",
+        "                    self.offset + s,",
+        "                    self.offset,",
+        [K],
+    ),
+    "attention_block_misses_its_last_key": (
+        "mlxsuite/models/kernels.py",
+        "            keys = self.offset + end - first_key",
+        "            keys = self.offset + end - first_key - 1",
+        [K],
+    ),
+    "prefill_reserves_nothing": (
+        "mlxsuite/generate.py",
+        '    grown = reserve([*cache, *getattr(fill, "caches", ())], L)',
+        "    grown = []",
+        ["tests/test_kvp_batched.py"],
+    ),
+    "last_chunk_logits_of_its_first_position": (
+        "mlxsuite/models/lm.py",
+        "return self.logits(self.model(inputs, cache)[:, -1])",
+        "return self.logits(self.model(inputs, cache)[:, 0])",
+        ["tests/test_ttft.py"],
     ),
     "gelu_grad_drops_the_inner_derivative": (
         "mlxsuite/models/kernels.py",

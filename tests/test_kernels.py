@@ -170,8 +170,12 @@ def plain_attention(q, k, v, offset):
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=mask)
 
 
+@pytest.mark.parametrize("blocked", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_attention_values_and_gradients(seed):
+def test_attention_values_and_gradients(seed, blocked, monkeypatch):
+    """Whole, and in blocks (a score budget of 5: KV head groups apart, one or a few query rows per block)."""
+    if blocked:
+        monkeypatch.setattr(kernels, "SCORES_PER_BLOCK", 5)
     rng = np.random.default_rng(seed)
     B, kv_heads, rep, n, D = random_shape(rng, (1, 2), (1, 2), (1, 3), (1, 7), (2, 5))
     offset = int(rng.integers(0, 6))  # queries continue a cache of `offset` positions
@@ -193,6 +197,29 @@ def test_attention_values_and_gradients(seed):
     close(fused[0], numeric_grad(lambda a: (w64 * attention64(a, k64, v64, offset)).sum(), q64))
     close(fused[1], numeric_grad(lambda a: (w64 * attention64(q64, a, v64, offset)).sum(), k64))
     close(fused[2], numeric_grad(lambda a: (w64 * attention64(q64, k64, a, offset)).sum(), v64))
+
+
+@pytest.mark.parametrize("softcap,window", [(None, 3), (2.0, None), (2.0, 4)])
+def test_blocked_attention_equals_whole_with_softcap_and_windows(softcap, window, monkeypatch):
+    """The blocks (rows × KV groups, each over the keys up to its last query) give the whole attention's values and
+    gradients with soft-capping and sliding windows, queries continuing a cache, GQA."""
+    rng = np.random.default_rng(7)
+    offset, n, kv_heads, rep, D = 5, 6, 2, 2, 4
+    q = mx.array(rng.standard_normal((1, kv_heads * rep, n, D)).astype(np.float32))
+    k = mx.array(rng.standard_normal((1, kv_heads, offset + n, D)).astype(np.float32))
+    v = mx.array(rng.standard_normal((1, kv_heads, offset + n, D)).astype(np.float32))
+    ker = kernels.CPUKernels(offset, n)
+
+    def run(*a):
+        return ker.attention(*a, softcap=softcap, window=window)
+
+    loss = lambda *a: (run(*a) * mx.arange(run(*a).size).reshape(run(*a).shape)).sum()  # noqa: E731
+    whole, whole_grads = run(q, k, v), mx.grad(loss, argnums=(0, 1, 2))(q, k, v)
+    for budget in (1, 30, 100):
+        monkeypatch.setattr(kernels, "SCORES_PER_BLOCK", budget)
+        close(run(q, k, v), whole)
+        for a, b in zip(mx.grad(loss, argnums=(0, 1, 2))(q, k, v), whole_grads):
+            close(a, b)
 
 
 # ---- the whole decoder: fused = plain, values and gradients ------------------------------------------------------
