@@ -9,7 +9,8 @@ kernels compute the same functions with:
   ~2.5e-7), with its exact derivative (exp' = exp) supplied as a custom VJP, so training can use it too;
 - RoPE from a cos/sin table computed once per forward (the formula of `mx.fast.rope`'s fallback), the softmax
   scale folded into the queries' rotation;
-- the softmax denominator as a matmul with a ones vector.
+- the softmax denominator as a matmul with a ones vector;
+- above SCORES_PER_BLOCK scores, the attention in blocks (KV head groups, query rows), each pass in cache.
 
 `select` decides once per forward whether they apply (the CPU, a C++ compiler for mx.compile, float32, mlx-lm's
 KV caches, sliding windows' rotating ones included); a variant they do not cover runs the plain op for that op only
