@@ -16,7 +16,7 @@ import mlxsuite  # noqa: F401  (must come before mlx.core: loads the optimized B
 # isort: split
 import mlx.core as mx
 
-from mlxsuite.generate import default_prefill_step, release, reserve
+from mlxsuite.generate import default_prefill_step, reserved
 from mlxsuite.kvp.recipe import load_pair
 
 STAGES = ("auxiliary fill (taps)", "+ predictor", "+ base writes", "+ base last token")
@@ -34,23 +34,22 @@ def main() -> None:
 
     def run(stage: int) -> float:
         aux_cache, base_cache = pair.auxiliary.make_cache(), pair.base.make_cache()
-        grown = reserve(aux_cache + base_cache, L)
-        t0 = time.perf_counter()
-        for s in range(0, L - 1, S):
-            chunk, tap = tokens[:, s : min(s + S, L - 1)], []
-            pair.auxiliary(chunk, aux_cache, tap=tap)
-            out = [c.state for c in aux_cache]
-            if stage >= 1:
-                keys, values = pair.predictor.batched([k for k, _ in tap], [v for _, v in tap], stacked)
-                out += [keys, values]
-            if stage >= 2:
-                pair.base(chunk, base_cache, kv=list(zip(keys, values)))
-                out += [c.state for c in base_cache]
-            mx.eval(out)
-        if stage >= 3:
-            mx.eval(pair.base(tokens[:, -1:], base_cache)[:, -1])
-        release(grown)
-        return time.perf_counter() - t0
+        with reserved(aux_cache + base_cache, L):  # as the prefill does
+            t0 = time.perf_counter()
+            for s in range(0, L - 1, S):
+                chunk, tap = tokens[:, s : min(s + S, L - 1)], []
+                pair.auxiliary(chunk, aux_cache, tap=tap)
+                out = [c.state for c in aux_cache]
+                if stage >= 1:
+                    keys, values = pair.predictor.batched([k for k, _ in tap], [v for _, v in tap], stacked)
+                    out += [keys, values]
+                if stage >= 2:
+                    pair.base(chunk, base_cache, kv=list(zip(keys, values)))
+                    out += [c.state for c in base_cache]
+                mx.eval(out)
+            if stage >= 3:
+                mx.eval(pair.base(tokens[:, -1:], base_cache)[:, -1])
+            return time.perf_counter() - t0
 
     times: list[list[float]] = [[] for _ in STAGES]
     for _ in range(a.reps):

@@ -28,8 +28,7 @@ from mlxsuite.generate import (
     default_prefill_step,
     generate_ids,
     model_fill,
-    release,
-    reserve,
+    reserved,
 )
 from mlxsuite.platform import atomic
 from mlxsuite.platform.errors import UserError
@@ -90,12 +89,9 @@ def fill_cache(model, ids: list[int], cache: Optional[list] = None, prefill_step
     """Write `ids` into a prompt cache (new unless given) through the one prefill's default fill, in chunks."""
     cache = model.make_cache() if cache is None else cache
     fill, step = model_fill(model, cache), prefill_step or default_prefill_step()
-    grown = reserve(cache, len(ids))
-    try:
+    with reserved(cache, len(ids)):
         for start in range(0, len(ids), step):
             mx.eval(fill(mx.array([ids[start : start + step]])))
-    finally:
-        release(grown)
     return cache
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -68,6 +69,16 @@ def release(grown: list) -> None:
         c.__dict__.pop("step", None)
 
 
+@contextmanager
+def reserved(cache: list, n: int) -> Iterator[None]:
+    """`reserve` for the block, `release` after it, whatever happens inside."""
+    grown = reserve(cache, n)
+    try:
+        yield
+    finally:
+        release(grown)
+
+
 def prefill(
     model, tokens: mx.array, cache: list, prefill_step: Optional[int] = None, fill: Optional[Fill] = None
 ) -> mx.array:
@@ -82,8 +93,7 @@ def prefill(
     L = tokens.shape[1]
     if L == 0:
         raise ValueError("empty prompt")
-    grown = reserve([*cache, *getattr(fill, "caches", ())], L)
-    try:
+    with reserved([*cache, *getattr(fill, "caches", ())], L):
         if fill is None and hasattr(model, "last_logits"):
             # The model's own forward: the last chunk (with the last token) goes through the model once and only
             # its last position reaches the head, rather than the weights being read once more for one token.
@@ -95,8 +105,6 @@ def prefill(
         for start in range(0, L - 1, step):
             mx.eval(fill(tokens[:, start : min(start + step, L - 1)]))
         return model(tokens[:, -1:], cache)[:, -1]
-    finally:
-        release(grown)
 
 
 def copy_cache(cache: list) -> list:
