@@ -1,8 +1,11 @@
-"""The fused CPU attention whole against in blocks (`kernels.SCORES_PER_BLOCK`), paired in one process: the same
-prefill of a model (SmolLM2 by default) with the block size huge (one op over chunk × context scores) or the default
-(blocks of ≤ 1M scores), alternating ABBA, medians and per-pair ratios.
+"""The fused CPU attention at several block sizes (`kernels.SCORES_PER_BLOCK`) and CPU stream counts
+(`kernels.ATTENTION_STREAMS`), in one process: the same prefill of a model (SmolLM2 by default) in each configuration
+in turn (rotated each round; block size `whole` = one op over chunk × context scores), medians and the median
+per-round ratio of each configuration's time to the first one's.
 
-    scripts/get-smollm2.sh && OPENBLAS_NUM_THREADS=1 python benchmarks/attention_blocks.py --lengths 1024,2048 --pairs 5
+    scripts/get-smollm2.sh && OPENBLAS_NUM_THREADS=1 python benchmarks/attention_blocks.py --lengths 1024,2048 \
+        --blocks default,whole,262144 --rounds 5
+    OPENBLAS_NUM_THREADS=2 python benchmarks/attention_blocks.py --lengths 512,1024,2048 --streams 2,1
 """
 
 from __future__ import annotations
@@ -22,35 +25,46 @@ from mlxsuite.generate import prefill, sample
 from mlxsuite.models import kernels
 
 SMOLLM2 = Path.home() / ".cache" / "mlxsuite" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-BLOCKED = kernels.SCORES_PER_BLOCK
+DEFAULT = kernels.SCORES_PER_BLOCK
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default=str(SMOLLM2))
     p.add_argument("--lengths", default="1024,2048")
-    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--blocks", default="default,whole", help="block sizes in scores: numbers, default, whole")
+    p.add_argument("--streams", default="1", help="CPU stream counts for the attention's blocks")
+    p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
     model = store.load(a.model, "lm", dtype=mx.float32, dequantize=True).model
+    named = {"default": DEFAULT, "whole": 1 << 62}
+    configs = [
+        (b, named[b] if b in named else int(b), int(st)) for st in a.streams.split(",") for b in a.blocks.split(",")
+    ]
 
-    def run(tokens: mx.array, blocked: bool) -> float:
-        kernels.SCORES_PER_BLOCK = BLOCKED if blocked else 1 << 62
+    def run(tokens: mx.array, config: tuple) -> float:
+        _, kernels.SCORES_PER_BLOCK, kernels.ATTENTION_STREAMS = config
         t0 = time.perf_counter()
         mx.eval(sample(prefill(model, tokens, model.make_cache())))
         return time.perf_counter() - t0
 
     for n in (int(x) for x in a.lengths.split(",")):
         tokens = mx.random.randint(0, model.args.vocab_size, (1, n))
-        run(tokens, True), run(tokens, False)  # warm-up
-        blocked, whole = [], []
-        for i in range(a.pairs):
-            for b in (True, False) if i % 2 == 0 else (False, True):
-                (blocked if b else whole).append(run(tokens, b))
-        ratios = [w / b for b, w in zip(blocked, whole)]
-        print(
-            f"{n} tokens: blocked {statistics.median(blocked):.2f} s, whole {statistics.median(whole):.2f} s, "
-            f"whole / blocked {statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
-        )
+        for config in configs:
+            run(tokens, config)  # warm-up
+        times: dict[tuple, list[float]] = {config: [] for config in configs}
+        for r in range(a.rounds):
+            for config in configs[r % len(configs) :] + configs[: r % len(configs)]:
+                times[config].append(run(tokens, config))
+        for config in configs:
+            ratios = [t / t0 for t, t0 in zip(times[config], times[configs[0]])]
+            name, size, streams = config
+            print(
+                f"{n} tokens, blocks of {name} ({size if size < 1 << 62 else 'one block'}), {streams} stream(s): "
+                f"{statistics.median(times[config]):.2f} s, / first {statistics.median(ratios):.3f} "
+                f"({min(ratios):.2f}-{max(ratios):.2f})"
+            )
+        kernels.SCORES_PER_BLOCK, kernels.ATTENTION_STREAMS = DEFAULT, None
 
 
 if __name__ == "__main__":

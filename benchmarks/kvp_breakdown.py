@@ -18,6 +18,7 @@ import mlx.core as mx
 
 from mlxsuite.generate import default_prefill_step, reserved
 from mlxsuite.kvp.recipe import load_pair
+from mlxsuite.models.kv_prediction import write_base_kv
 
 STAGES = ("auxiliary fill (taps)", "+ predictor", "+ base writes", "+ base last token")
 
@@ -44,7 +45,7 @@ def main() -> None:
                     keys, values = pair.predictor.batched([k for k, _ in tap], [v for _, v in tap], stacked)
                     out += [keys, values]
                 if stage >= 2:
-                    pair.base(chunk, base_cache, kv=list(zip(keys, values)))
+                    write_base_kv(pair.base, list(zip(keys, values)), base_cache)
                     out += [c.state for c in base_cache]
                 mx.eval(out)
             if stage >= 3:

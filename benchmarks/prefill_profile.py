@@ -106,7 +106,7 @@ def profiled_forward(model, tokens: mx.array, cache: list, t: OpTimer, hidden_on
     """The model's forward over `tokens` continuing `cache`, op by op. With `hidden_only` (a prefill chunk) it stops
     where the prefill's evaluation of the cache stops; else it returns the last position's logits."""
     h = t("embed", model.model.embed_tokens, tokens)
-    K = fast_kernels.select(model.layers, h, cache)
+    K = fast_kernels.select(model.layers, h.shape[1], h.dtype, cache)
     mask = None if K is not None else create_attention_mask(h, cache[0])
     B, L, _ = h.shape
     for i, (layer, c) in enumerate(zip(model.layers, cache)):

@@ -52,6 +52,18 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
         "keys = [k for k, _ in kv]",
         [L + "::test_kvp_loss_and_every_term_by_hand"],
     ),
+    "kvp_fill_writes_keys_without_key_norm": (
+        "mlxsuite/models/kv_prediction.py",
+        "c.update_and_fetch(layer.self_attn.finish_keys(k, c.offset, kernels.for_cache(c) if kernels else None), v)",
+        "c.update_and_fetch(layer.self_attn.rope(k, offset=c.offset), v)",
+        ["tests/test_kvp.py::test_identity_predictor_reproduces_the_base"],
+    ),
+    "kvp_fill_writes_keys_at_position_0": (
+        "mlxsuite/models/kv_prediction.py",
+        "c.update_and_fetch(layer.self_attn.finish_keys(k, c.offset, kernels.for_cache(c) if kernels else None), v)",
+        "c.update_and_fetch(layer.self_attn.finish_keys(k, 0, None), v)",
+        ["tests/test_kvp.py::test_chunked_kvp_prefill_equals_the_unchunked_reference"],
+    ),
     "kvp_predictor_bias_dropped": (
         "mlxsuite/models/kv_prediction.py",
         "y = linear(x.transpose(0, 2, 1, 3).reshape(B, T, h * d))",

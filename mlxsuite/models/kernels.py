@@ -146,14 +146,14 @@ def disabled():
         _enabled = before
 
 
-def select(layers: list, h: mx.array, cache: list) -> Optional[CPUKernels]:
-    """The kernels for a forward of `layers` (this project's decoder layers) on hidden states h (B, n, d) with
-    `cache` (None entries: no cache), or None where they do not apply or do not pay (n = 1) and the plain MLX ops
-    run."""
-    if h.shape[1] == 1 or not available(layers, h.dtype, cache):
+def select(layers: list, n: int, dtype, cache: list) -> Optional[CPUKernels]:
+    """The kernels for a forward of `layers` (this project's decoder layers) over n positions of activations in
+    `dtype` with `cache` (None entries: no cache), or None where they do not apply or do not pay (n = 1) and the
+    plain MLX ops run."""
+    if n == 1 or not available(layers, dtype, cache):
         return None  # one token (a decode step): the plain ops are fewer ops, and per-op cost is all there is
     offset = cache[0].offset if cache[0] is not None else 0
-    return CPUKernels(offset, h.shape[1], partial=not all(covered(c) for c in cache))
+    return CPUKernels(offset, n, partial=not all(covered(c) for c in cache))
 
 
 def covered(cache) -> bool:

@@ -350,7 +350,7 @@ class Decoder(nn.Module):
         if self._embedding_scale is not None:
             h = h * self._embedding_scale
         cache = cache or [None] * len(self.layers)
-        kernels = fast_kernels.select(self.layers, h, cache)
+        kernels = fast_kernels.select(self.layers, h.shape[1], h.dtype, cache)
         masks = self.masks(h, cache) if kernels is None or kernels.partial else [None] * len(self.layers)
         for i, (layer, c) in enumerate(zip(self.layers, cache)):
             k = kernels.for_cache(c) if kernels is not None else None
