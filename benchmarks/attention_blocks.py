@@ -1,11 +1,9 @@
-"""The fused CPU attention at several block sizes (`kernels.SCORES_PER_BLOCK`) and CPU stream counts
-(`kernels.ATTENTION_STREAMS`), in one process: the same prefill of a model (SmolLM2 by default) in each configuration
-in turn (rotated each round; block size `whole` = one op over chunk × context scores), medians and the median
-per-round ratio of each configuration's time to the first one's.
+"""The fused CPU attention at several block sizes (`kernels.SCORES_PER_BLOCK`), in one process: the same prefill of
+a model (SmolLM2 by default) with each block size in turn (rotated each round; `whole` = one op over chunk × context
+scores), medians and the median per-round ratio of each size's time to the first size's.
 
     scripts/get-smollm2.sh && OPENBLAS_NUM_THREADS=1 python benchmarks/attention_blocks.py --lengths 1024,2048 \
         --blocks default,whole,262144 --rounds 5
-    OPENBLAS_NUM_THREADS=2 python benchmarks/attention_blocks.py --lengths 512,1024,2048 --streams 2,1
 """
 
 from __future__ import annotations
@@ -33,17 +31,14 @@ def main() -> None:
     p.add_argument("model", nargs="?", default=str(SMOLLM2))
     p.add_argument("--lengths", default="1024,2048")
     p.add_argument("--blocks", default="default,whole", help="block sizes in scores: numbers, default, whole")
-    p.add_argument("--streams", default="1", help="CPU stream counts for the attention's blocks")
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
     model = store.load(a.model, "lm", dtype=mx.float32, dequantize=True).model
     named = {"default": DEFAULT, "whole": 1 << 62}
-    configs = [
-        (b, named[b] if b in named else int(b), int(st)) for st in a.streams.split(",") for b in a.blocks.split(",")
-    ]
+    configs = [(b, named[b] if b in named else int(b)) for b in a.blocks.split(",")]
 
     def run(tokens: mx.array, config: tuple) -> float:
-        _, kernels.SCORES_PER_BLOCK, kernels.ATTENTION_STREAMS = config
+        kernels.SCORES_PER_BLOCK = config[1]
         t0 = time.perf_counter()
         mx.eval(sample(prefill(model, tokens, model.make_cache())))
         return time.perf_counter() - t0
@@ -58,13 +53,13 @@ def main() -> None:
                 times[config].append(run(tokens, config))
         for config in configs:
             ratios = [t / t0 for t, t0 in zip(times[config], times[configs[0]])]
-            name, size, streams = config
+            name, size = config
             print(
-                f"{n} tokens, blocks of {name} ({size if size < 1 << 62 else 'one block'}), {streams} stream(s): "
+                f"{n} tokens, blocks of {name} ({size if size < 1 << 62 else 'one block'}): "
                 f"{statistics.median(times[config]):.2f} s, / first {statistics.median(ratios):.3f} "
                 f"({min(ratios):.2f}-{max(ratios):.2f})"
             )
-        kernels.SCORES_PER_BLOCK, kernels.ATTENTION_STREAMS = DEFAULT, None
+        kernels.SCORES_PER_BLOCK = DEFAULT
 
 
 if __name__ == "__main__":
