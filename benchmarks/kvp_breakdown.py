@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     a = p.parse_args()
     pair = load_pair(a.pair)[0]
-    L, S, stacked = a.length, default_prefill_step(), pair.predictor.stacked()
+    L, S, stacked = a.length, default_prefill_step(a.length), pair.predictor.stacked()
     tokens = mx.random.randint(0, pair.base.args.vocab_size, (1, L))
 
     def run(stage: int) -> float:

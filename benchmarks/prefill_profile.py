@@ -242,20 +242,21 @@ def main() -> None:
     p.add_argument("--step", type=int, default=None, help="prefill chunk (default: the device's)")
     p.add_argument("--unfused", action="store_true", help="the plain MLX ops (no fast CPU kernels)")
     a = p.parse_args()
-    step = a.step or default_prefill_step()
+    steps = {n: a.step or default_prefill_step(n) for n in (int(s) for s in a.lengths.split(","))}
     model = store.load(a.model, "lm", dtype=mx.float32, dequantize=True).model
     load0 = os.getloadavg()[0]
     probe = GemmProbe()
     lengths = [int(s) for s in a.lengths.split(",")]
     with fast_kernels.disabled() if a.unfused else nullcontext():
-        results = [profile(model, n, step, a.reps, probe) for n in lengths]
-    chunks = {n: len(range(0, n - 1, step)) for n in lengths}
+        results = [profile(model, n, steps[n], a.reps, probe) for n in lengths]
+    chunks = {n: len(range(0, n - 1, steps[n])) for n in lengths}
     rate = statistics.median(probe.samples)
     print(markdown(results, rate, model.args.num_hidden_layers, chunks))
     blas = platform.blas_info()
     print(
         f"\n{Path(a.model).name}, float32, {'plain MLX ops' if a.unfused else 'fused CPU kernels'}, prefill step "
-        f"{step}, {a.reps} rounds (medians); {platform.cpu_name()}, {os.cpu_count()} cores, BLAS "
+        f"{'/'.join(str(steps[n]) for n in lengths)}, {a.reps} rounds (medians); {platform.cpu_name()}, "
+        f"{os.cpu_count()} cores, BLAS "
         f"{Path(blas.library).name} ({platform.blas_threads()} threads); load average {load0:.2f} → "
         f"{os.getloadavg()[0]:.2f}; MLX {mx.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )

@@ -88,7 +88,7 @@ def cache_prompt_ids(tokenizer, prompt: str, use_template: bool) -> list[int]:
 def fill_cache(model, ids: list[int], cache: Optional[list] = None, prefill_step: Optional[int] = None) -> list:
     """Write `ids` into a prompt cache (new unless given) through the one prefill's default fill, in chunks."""
     cache = model.make_cache() if cache is None else cache
-    fill, step = model_fill(model, cache), prefill_step or default_prefill_step()
+    fill, step = model_fill(model, cache), prefill_step or default_prefill_step(len(ids))
     with reserved(cache, len(ids)):
         for start in range(0, len(ids), step):
             mx.eval(fill(mx.array([ids[start : start + step]])))

@@ -13,8 +13,11 @@ DEFAULT_PREFILL_STEP: on the CPU, benchmarks/prefill_step.py (presets small and 
 64-2048, two runs on 2 shared cores at load averages 4 and 7-11) gave 256 the best score in both runs (geometric
 mean of time / best time: 1.005 and 1.038; 128: 1.084 and 1.047; 512: 1.139 and 1.127; mlx-lm's 2048: 1.52 and
 1.72); 256 was within 4% of the best in 10 of the 12 configurations and within 12% in all. Smaller chunks win on
-the CPU because the attention is unfused (the scores are chunk × context). On a GPU (not measured here) mlx-lm's
-2048 stays: users report larger chunks faster on Apple GPUs (lmstudio-js #506).
+the CPU because the attention is unfused (the scores are chunk × context). Since the attention runs in blocks
+(models/kernels.py), prompts above LONG_PROMPT_CPU[0] tokens take chunks of 128 on the CPU: on SmolLM2 (one BLAS
+thread, paired in one process) 128 against 256 took 0.90-0.92× the time at 1,536 and 2,048 tokens and 1.02-1.06×
+at 1,024 (BENCHMARKS.md, issue 26). On a GPU (not measured here) mlx-lm's 2048 stays: users report larger chunks
+faster on Apple GPUs (lmstudio-js #506).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from mlx_lm.models.cache import KVCache
 from mlxsuite.platform.errors import UserError
 
 DEFAULT_PREFILL_STEP = {"cpu": 256, "gpu": 2048}
+LONG_PROMPT_CPU = (1024, 128)  # above this many prompt tokens, this step on the CPU
 
 # A fill writes a chunk (B, n) of prompt tokens into the prompt cache and returns what to evaluate; it may carry
 # `caches`, other prompt caches it writes (KV Prediction's auxiliary's), which the prefill reserves room in too.
@@ -38,8 +42,11 @@ Fill = Callable[[mx.array], list]
 Processor = Callable[[mx.array], mx.array]  # logits (B, V) → logits, before sampling
 
 
-def default_prefill_step() -> int:
-    return DEFAULT_PREFILL_STEP["cpu" if mx.default_device().type == mx.DeviceType.cpu else "gpu"]
+def default_prefill_step(prompt_tokens: int = 0) -> int:
+    """The chunk size of a prefill of `prompt_tokens` on the default device."""
+    if mx.default_device().type != mx.DeviceType.cpu:
+        return DEFAULT_PREFILL_STEP["gpu"]
+    return LONG_PROMPT_CPU[1] if prompt_tokens > LONG_PROMPT_CPU[0] else DEFAULT_PREFILL_STEP["cpu"]
 
 
 def model_fill(model, cache: list) -> Fill:
@@ -82,10 +89,11 @@ def reserved(cache: list, n: int) -> Iterator[None]:
 def prefill(
     model, tokens: mx.array, cache: list, prefill_step: Optional[int] = None, fill: Optional[Fill] = None
 ) -> mx.array:
-    """Write `tokens` (B, L) into `cache` in chunks of `prefill_step` and return the last token's logits (B, V):
+    """Write `tokens` (B, L) into `cache` in chunks of `prefill_step` (default: `default_prefill_step(L)`) and
+    return the last token's logits (B, V):
     with the model's own forward, the last chunk through `model.last_logits`; with a plug-in `fill` (or a model
     without `last_logits`), all but the last token through `fill`, the last through the model."""
-    step = prefill_step or default_prefill_step()
+    step = prefill_step or default_prefill_step(tokens.shape[-1])
     if step < 1:
         raise ValueError(f"prefill_step must be positive, got {step}")
     if tokens.ndim == 1:

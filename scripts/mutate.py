@@ -75,8 +75,8 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
     ),
     "kvp_k_and_v_swapped_in_predicted_cache": (
         "mlxsuite/models/kv_prediction.py",
-        "self.base(chunk, base_cache, kv=list(zip(keys, values)))",
-        "self.base(chunk, base_cache, kv=list(zip(values, keys)))",
+        "write_base_kv(self.base, list(zip(keys, values)), base_cache)",
+        "write_base_kv(self.base, list(zip(values, keys)), base_cache)",
         [L + "::test_kvp_prefill_writes_the_predicted_kv_into_the_base_cache"],
     ),
     "kvp_k_and_v_swapped_in_training": (
@@ -134,7 +134,7 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
     ),
     "fused_kernels_never_selected": (
         "mlxsuite/models/kernels.py",
-        "    if h.shape[1] == 1 or not available(layers, h.dtype, cache):",
+        "    if n == 1 or not available(layers, dtype, cache):",
         "    if True:",
         [K],
     ),

@@ -570,3 +570,36 @@ def test_fused_prefill_continues_a_cache():
 def test_fused_path_only_where_it_applies():
     model = lm.build(lm.preset_args("micro", 64), seed=0, dtype=mx.bfloat16)
     assert not kernels.available(model.layers, model.model.norm.weight.dtype)
+
+
+def test_the_default_prefill_step_follows_the_prompt_length():
+    """On the CPU: chunks of 256 up to LONG_PROMPT_CPU's 1,024 tokens, of 128 above (generate.py's docstring has the
+    measurements); a step given is kept. The chunks a fill receives show which ran."""
+    if mx.default_device().type != mx.DeviceType.cpu:
+        pytest.skip("the length rule is the CPU's; a GPU takes 2048")
+    from mlxsuite.generate import LONG_PROMPT_CPU
+
+    model = lm.build(lm.preset_args("micro", 64), seed=0)
+    for length, given, want in [(1024, None, 256), (1025, None, LONG_PROMPT_CPU[1]), (1025, 300, 300)]:
+        widths, cache = [], model.make_cache()
+
+        def fill(chunk, widths=widths, cache=cache):
+            widths.append(chunk.shape[1])
+            model(chunk, cache)
+            return [c.state for c in cache]
+
+        prefill(model, mx.zeros((1, length), dtype=mx.int32), cache, given, fill)
+        assert set(widths[:-1]) == {want} and widths[-1] <= want, (length, given)
+
+
+def test_the_report_states_the_prefill_step_of_each_length():
+    from mlxsuite.bench.results import prefill_steps
+
+    rows = [
+        {"prefill_step": 256, "prompt_tokens": 128, "cached_tokens": 0},
+        {"prefill_step": 256, "prompt_tokens": 1024, "cached_tokens": 0},
+        {"prefill_step": 128, "prompt_tokens": 2048, "cached_tokens": 0},
+        {"prefill_step": 256, "prompt_tokens": 1536, "cached_tokens": 1024},  # 512 tokens prefilled
+    ]
+    assert prefill_steps(rows) == "256 at 128/512/1024 tokens, 128 at 2048 tokens"
+    assert prefill_steps(rows[:2]) == "256"

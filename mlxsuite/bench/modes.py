@@ -18,7 +18,7 @@ from typing import Any, Optional
 import mlx.core as mx
 
 from mlxsuite import store
-from mlxsuite.generate import generate_tokens, prefill, sample
+from mlxsuite.generate import default_prefill_step, generate_tokens, prefill, sample
 from mlxsuite.kvp.recipe import load_pair, prompt_fill
 from mlxsuite.models import flops, lm
 from mlxsuite.models.kv_prediction import KVPredictionModel
@@ -31,7 +31,7 @@ class Setup:
     """What a mode builder gets: the model under test and the settings shared by all modes."""
 
     model: Model
-    prefill_step: int
+    prefill_step: Optional[int]  # None: generate.default_prefill_step of each prompt length
     kvp: Optional[KVPredictionModel] = None  # a KV Prediction pair on `model` (the aux and kvp modes)
     name: str = "model"  # how the report names the model
     tokenizer: Any = None  # times tokenization of the random prompts' text when given
@@ -181,7 +181,12 @@ def _mlx_lm_mode(setup: Setup) -> Mode:
 
     def steps(tokens: mx.array, cache: list, max_tokens: int):
         return generate_step(
-            tokens[0], ref, stream=stream, max_tokens=max_tokens, prompt_cache=cache, prefill_step_size=step
+            tokens[0],
+            ref,
+            stream=stream,
+            max_tokens=max_tokens,
+            prompt_cache=cache,
+            prefill_step_size=step or default_prefill_step(tokens.shape[1]),
         )
 
     def run(tokens: mx.array, cache: Optional[list], decode: int) -> Iterator:
@@ -258,7 +263,7 @@ PRESET_VOCAB = 4096  # a preset's vocabulary size unless given
 
 
 def open_setup(
-    name: str, kvp: Optional[str], vocab_size: Optional[int], dtype, seed: int, prefill_step: int
+    name: str, kvp: Optional[str], vocab_size: Optional[int], dtype, seed: int, prefill_step: Optional[int]
 ) -> tuple[Setup, str, list[str]]:
     """(the setup for the model `name`, how to describe it, notes from loading it): a model folder or store name
     with its tokenizer (loaded for inference), or a preset with random weights; with `kvp`, the pair in that folder,

@@ -103,7 +103,6 @@ RUN_FIELDS = (
     "blas",
     "blas_threads",
     "dtype",
-    "prefill_step",
     "fused_prefill",
     "gemm_gflops",
     "gemm_dtype",
@@ -369,7 +368,7 @@ def footer(report: dict, cols: list[Column]) -> list[str]:
         f"{report['device']}: {report['chip']}{mem}, {report['cpu_count']} cores; "
         + f"{report['os']} {report['os_version']}".strip()
         + f", Python {report['python']}; {report['dtype']}, BLAS {report['blas']}{threads}, prefill step "
-        + f"{report['prefill_step']}"
+        + str(report.get("prefill_steps") or report["prefill_step"])
         + (" (fused CPU prefill)" if report.get("fused_prefill") else "")
         + "."
         + "".join(  # how modes that state their settings ran (llama.cpp: threads, batch, file)

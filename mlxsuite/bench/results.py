@@ -13,6 +13,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxsuite.bench.modes import REFERENCE_MODES, Mode, Setup, weights_summary
+from mlxsuite.generate import default_prefill_step
 from mlxsuite.kvp.recipe import flops_reduction
 from mlxsuite.models.lm import Model
 
@@ -75,6 +76,7 @@ def row(u: Unit, m: Mode, gemm_rate: float) -> dict:
         "roofline_fraction": count / ttft["median"] / 1e9 / gemm_rate,
         "peak_memory_bytes": u.peak[m.name],
         "decode_tokens": u.decode,
+        "prefill_step": u.setup.prefill_step or default_prefill_step(T - P),
     }
     if u.decode:
         row["decode_tps"] = summarize([u.decode / s for s in u.decode_s[m.name]])
@@ -159,3 +161,14 @@ def add_cache_reductions(rows: list[dict]) -> None:
         if r["cached_tokens"]:
             ref = uncached[(r["model"], r["mode"], r["prompt_tokens"], r["batch"])]
             r["ttft_reduction_vs_uncached"] = ref["ttft_s"]["median"] / r["ttft_s"]["median"]
+
+
+def prefill_steps(rows: list[dict]) -> str:
+    """The prefill's chunk size of each row (`row`), as one step or each step with the prompt lengths it ran."""
+    lengths: dict[int, set] = {}
+    for r in rows:
+        lengths.setdefault(r["prefill_step"], set()).add(r["prompt_tokens"] - r["cached_tokens"])
+    if len(lengths) == 1:
+        return str(next(iter(lengths)))
+    by_step = sorted(lengths.items(), reverse=True)
+    return ", ".join(f"{s} at {'/'.join(map(str, sorted(ts)))} tokens" for s, ts in by_step)

@@ -339,7 +339,8 @@ def report(plan: Plan, measured: Measured) -> dict:
         "params": {"total": first.model.args.n_params, "nonvocab": first.model.args.n_nonvocab_params},
         "models": [results.model_info(s) for s in plan.setups],
         "mode_info": {u.setup.name: {m.name: m.info for m in u.modes if m.info} for u in plan.units},
-        "prefill_step": first.prefill_step,
+        "prefill_step": first.prefill_step,  # None: by prompt length (each result's `prefill_step`)
+        "prefill_steps": results.prefill_steps(rows),
         "fused_prefill": not isinstance(first.model, MlxLmClass)
         and kernels.available(first.model.layers, model_dtype(first.model)),
         "reps": plan.reps,

@@ -25,7 +25,6 @@ from mlxsuite.cli.common import (
     positive,
     print_note,
 )
-from mlxsuite.generate import default_prefill_step
 from mlxsuite.platform.errors import UserError
 
 app = typer.Typer(
@@ -190,7 +189,7 @@ def ttft(
     dt = platform.parse_dtype(dtype)
     setups, described = [], []
     for name in names:
-        setup, what, notes = lib.open_setup(name, kvp, vocab_size, dt, seed, prefill_step or default_prefill_step())
+        setup, what, notes = lib.open_setup(name, kvp, vocab_size, dt, seed, prefill_step)
         for note in notes:
             print_note(note)
         if name in ggufs:
