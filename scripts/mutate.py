@@ -152,9 +152,15 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
     ),
     "prefill_reserves_nothing": (
         "mlxsuite/generate.py",
-        '    grown = reserve([*cache, *getattr(fill, "caches", ())], L)',
-        "    grown = []",
+        '    with reserved([*cache, *getattr(fill, "caches", ())], L):',
+        "    with reserved([], L):",
         ["tests/test_kvp_batched.py"],
+    ),
+    "long_prompts_keep_the_short_prefill_step": (
+        "mlxsuite/generate.py",
+        "return LONG_PROMPT_CPU[1] if prompt_tokens > LONG_PROMPT_CPU[0] else",
+        "return LONG_PROMPT_CPU[1] if prompt_tokens > 10 * LONG_PROMPT_CPU[0] else",
+        ["tests/test_ttft.py::test_the_default_prefill_step_follows_the_prompt_length"],
     ),
     "last_chunk_logits_of_its_first_position": (
         "mlxsuite/models/lm.py",
