@@ -24,6 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 K, L, F = "tests/test_kernels.py", "tests/test_losses.py", "tests/test_families.py"
 G = "tests/test_gguf_kquants.py"
+N, C = "tests/test_native_attention.py", "mlxsuite/models/attention.c"
+NATIVE = [N + "::test_native_attention_is_there_where_it_should_be", N + "::test_native_attention_equals_the_reference"]
+NATIVE += [N + "::test_native_attention_with_sliding_windows"]
 
 # name: (file, snippet, replacement, tests)
 MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
@@ -334,6 +337,50 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
         '"attn_q_norm": "self_attn.k_norm", "attn_k_norm": "self_attn.q_norm",',
         [G + "::test_qwen_architectures_round_trip"],
     ),
+    # ---- the native CPU attention (C)
+    "native_row_misses_its_own_key": (
+        C,
+        "int hi = pos + 1 - start < width ? (int)(pos + 1 - start) : width;",
+        "int hi = pos - start < width ? (int)(pos - start) : width;",
+        NATIVE,
+    ),
+    "native_softmax_not_normalized": (
+        C,
+        "for (int c = lo; c < hi; c++) s[c] *= inv;",
+        "for (int c = lo; c < hi; c++) s[c] *= 1.0f;",
+        NATIVE,
+    ),
+    "native_window_ignored": (
+        C,
+        "int lo = j->window > 0 && pos - j->window + 1 - start > 0 ? (int)(pos - j->window + 1 - start) : 0;",
+        "int lo = 0;",
+        NATIVE,
+    ),
+    "native_max_not_subtracted": (
+        C,
+        "float e = exp_nonpositive(s[c] - m);",
+        "float e = exp_nonpositive(s[c]);",
+        [N + "::test_native_attention_with_scores_far_from_zero"],
+    ),
+    "native_packed_rows_take_the_wrong_positions": (
+        C,
+        "long pos = j->query_pos + r0 + row % rows - j->key_pos;",
+        "long pos = j->query_pos + r0 + row / rep - j->key_pos;",
+        NATIVE,
+    ),
+    "native_exp_drops_the_cubic_term": (
+        C,
+        "g * (-0.055504108664821580f +",
+        "g * (0.0f * -0.055504108664821580f +",
+        NATIVE,
+    ),
+    "native_queries_of_the_wrong_group": (
+        C,
+        "j->q + (g * rep + a) * j->q_head",
+        "j->q + (g + a) * j->q_head",
+        NATIVE,
+    ),
+    "native_masked_keys_not_zeroed": (C, "for (int c = hi; c < width; c++) s[c] = 0.0f;", "", NATIVE),
 }
 
 

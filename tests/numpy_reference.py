@@ -24,13 +24,15 @@ def rope64(x, start, base, traditional=False, scale=1.0, rope_scale=1.0):
     return out * scale
 
 
-def attention64(q, k, v, offset=0, scale=1.0):
-    """softmax(scale·q kᵀ + causal mask) v, queries at positions offset.., GQA by repeating the KV heads."""
+def attention64(q, k, v, offset=0, scale=1.0, key_start=0, window=None):
+    """softmax(scale·q kᵀ + causal mask) v, queries at positions offset.., keys at key_start.., GQA by repeating the
+    KV heads; `window`: a query sees the last `window` positions only."""
     rep = q.shape[1] // k.shape[1]
     k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
     n, L = q.shape[2], k.shape[2]
     scores = scale * q @ k.swapaxes(-1, -2)
-    causal = np.arange(offset, offset + n)[:, None] >= np.arange(L)[None]
+    query_pos, key_pos = np.arange(offset, offset + n)[:, None], np.arange(key_start, key_start + L)[None]
+    causal = (query_pos >= key_pos) & (query_pos < key_pos + window if window else True)
     scores = np.where(causal, scores, -np.inf)
     p = np.exp(scores - scores.max(-1, keepdims=True))
     return (p / p.sum(-1, keepdims=True)) @ v

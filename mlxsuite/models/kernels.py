@@ -11,6 +11,8 @@ kernels compute the same functions with:
   scale folded into the queries' rotation;
 - the softmax denominator as a matmul with a ones vector;
 - above SCORES_PER_BLOCK scores, the attention in blocks (KV head groups, query rows), each pass in cache.
+- in a forward that writes a KV cache (no gradient is ever taken through it), the attention in C instead
+  (`native_attention`: MLX's CPU backend cannot fuse its passes, nor thread them), where it compiled.
 
 `select` decides once per forward whether they apply (the CPU, a C++ compiler for mx.compile, float32, mlx-lm's
 KV caches, sliding windows' rotating ones included); a variant they do not cover runs the plain op for that op only
@@ -31,6 +33,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import KVCache, RotatingKVCache
 
+from mlxsuite.models import native_attention
 from mlxsuite.platform import compiler_available
 
 
@@ -41,9 +44,10 @@ class CPUKernels:
     keeps a prefix, a quantized one) runs the plain ops (`for_cache`). A RoPE other than plain `nn.RoPE` (long-rope,
     Llama 3's) is applied by the layer's own module (`rope`)."""
 
-    def __init__(self, offset: int, n: int, partial: bool = False):
+    def __init__(self, offset: int, n: int, partial: bool = False, inference: bool = False):
         self.offset, self.n = offset, n
         self.partial = partial  # some layers run the plain ops (they need masks)
+        self.inference = inference  # every layer writes a KV cache: no gradient is taken (the native attention)
         self.tables: dict = {}
 
     def for_cache(self, cache) -> Optional[CPUKernels]:
@@ -76,6 +80,8 @@ class CPUKernels:
         B, H, n, _ = q.shape
         kv_heads, L = k.shape[1], k.shape[2]
         rep, first_key = H // kv_heads, self.offset + n - L  # the position of k[:, :, 0]
+        if self.inference and softcap is None and _native and native_attention.available():
+            return native_attention.attention(q, k, v, self.offset, first_key, window)
         if B * H * n * L <= SCORES_PER_BLOCK:
             return _attend(q, k, v, self.offset, first_key, softcap, window)
         rows, out = max(1, SCORES_PER_BLOCK // (B * rep * L)), []
@@ -132,18 +138,21 @@ def _attend(q, k, v, query_start: int, key_start: int, softcap=None, window=None
     return ((weights @ v) / (weights @ mx.ones((L, 1), dtype=weights.dtype))).reshape(B, H, n, D)
 
 
-_enabled = True
+_enabled = _native = True
 
 
 @contextmanager
-def disabled():
-    """Run the plain MLX ops inside this block (to compare the two paths)."""
-    global _enabled
-    before, _enabled = _enabled, False
+def disabled(native_only: bool = False):
+    """Run the plain MLX ops inside this block, or (`native_only`) these kernels with MLX's ops for the attention
+    instead of the native one (to compare the paths)."""
+    global _enabled, _native
+    before = _enabled, _native
+    _native = False
+    _enabled = _enabled and native_only
     try:
         yield
     finally:
-        _enabled = before
+        _enabled, _native = before
 
 
 def select(layers: list, n: int, dtype, cache: list) -> Optional[CPUKernels]:
@@ -153,7 +162,8 @@ def select(layers: list, n: int, dtype, cache: list) -> Optional[CPUKernels]:
     if n == 1 or not available(layers, dtype, cache):
         return None  # one token (a decode step): the plain ops are fewer ops, and per-op cost is all there is
     offset = cache[0].offset if cache[0] is not None else 0
-    return CPUKernels(offset, n, partial=not all(covered(c) for c in cache))
+    inference = all(c is not None for c in cache)
+    return CPUKernels(offset, n, partial=not all(covered(c) for c in cache), inference=inference)
 
 
 def covered(cache) -> bool:

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import platform as _pyplatform
-import shutil
 import subprocess
 import sys
 import warnings
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from mlxsuite.platform import atomic
+from mlxsuite.platform import atomic, native
 
 
 @dataclass
@@ -87,45 +86,15 @@ def _openblas_shim() -> str | None:
     names, so MLX cannot bind to it directly: compile a tiny forwarding library once (needs a C compiler, as
     mx.compile does) and cache it. None when the wheel or a compiler is missing."""
     spec = importlib.util.find_spec("scipy_openblas32")
-    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if spec is None or compiler is None or not spec.submodule_search_locations:
+    if spec is None or not spec.submodule_search_locations:
         return None
     lib_dir = Path(list(spec.submodule_search_locations)[0]) / "lib"
     lib = lib_dir / "libscipy_openblas.so"
     if not lib.exists():
         return None
-    key = hashlib.sha1(f"{lib.resolve()}|{lib.stat().st_mtime_ns}|{_SHIM_SOURCE}".encode()).hexdigest()[:16]
-    out = cache_dir() / f"libmlxsuite_openblas_{key}.so"
-    if out.exists():
-        return str(out)
-
-    def compile_into(tmp: Path) -> None:
-        src = atomic.temp_path(out.with_suffix(".c"))
-        try:
-            src.write_text(_SHIM_SOURCE)
-            cmd = [
-                compiler,
-                "-O2",
-                "-shared",
-                "-fPIC",
-                str(src),
-                "-o",
-                str(tmp),
-                f"-L{lib_dir}",
-                "-lscipy_openblas",
-                f"-Wl,-rpath,{lib_dir}",
-            ]
-            if subprocess.run(cmd, capture_output=True, timeout=120).returncode != 0:
-                raise OSError("compiler failed")
-        finally:
-            src.unlink(missing_ok=True)
-
-    try:
-        atomic.write_file(out, compile_into)
-        os.chmod(out, 0o755)
-        return str(out)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    # the wheel's mtime in a define: a reinstalled OpenBLAS gets a new shim
+    args = ["-O2", f"-L{lib_dir}", "-lscipy_openblas", f"-Wl,-rpath,{lib_dir}", f"-DLIB_MTIME={lib.stat().st_mtime_ns}"]
+    return native.build("mlxsuite_openblas", _SHIM_SOURCE, args, cache_dir())
 
 
 def _candidates() -> list[str]:
@@ -207,13 +176,16 @@ def blas_threads_set_by_user() -> bool:
     return any(v in os.environ for v in ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
 
 
+_SET_THREADS = ("MKL_Set_Num_Threads", "scipy_openblas_set_num_threads", "openblas_set_num_threads")
+
+
 def _set_threads(handle: ctypes.CDLL, path: str) -> None:
     """Set the GEMM thread count (default_blas_threads) unless the user set one."""
     if blas_threads_set_by_user():
         return
     ranks = int(os.environ.get("MLXSUITE_LOCAL_RANKS", "2")) if "MLX_RANK" in os.environ else 1
     n = default_blas_threads(os.cpu_count() or 1, os.getloadavg()[0], ranks)
-    for fn in ("MKL_Set_Num_Threads", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+    for fn in _SET_THREADS:
         if hasattr(handle, fn):
             getattr(handle, fn)(ctypes.c_int(n))
             return
@@ -272,6 +244,22 @@ def blas_threads() -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def single_threaded():
+    """The loaded BLAS runs each GEMM on the calling thread inside this block, for a caller that runs GEMMs on
+    threads of its own (OpenBLAS's own threads would contend with them); the thread count is restored after."""
+    before = blas_threads()
+    setter = next((f for f in _SET_THREADS if _HANDLE is not None and hasattr(_HANDLE, f)), None)
+    if before is None or before == 1 or setter is None:
+        yield
+        return
+    getattr(_HANDLE, setter)(ctypes.c_int(1))
+    try:
+        yield
+    finally:
+        getattr(_HANDLE, setter)(ctypes.c_int(before))
+
+
 def system_openblas() -> list[str]:
     """System OpenBLAS libraries exporting the standard cblas names (none needs a compiler)."""
     found = [ctypes.util.find_library("openblas")] if ctypes.util.find_library("openblas") else []
@@ -290,8 +278,7 @@ def blas_advice(info: BlasInfo | None = None) -> str | None:
     info = info or blas_info()
     if sys.platform != "linux" or info.status != "stock" or info.library != "reference":
         return None
-    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler or system_openblas():
+    if native.c_compiler() or system_openblas():
         return None
     mkl = "pip install 'mlxsuite[mkl]' (Intel MKL, ~1 GB), or " if _pyplatform.machine() == "x86_64" else ""
     return f"no C compiler and no OpenBLAS found: {mkl}apt install libopenblas0 (or a C compiler: apt install gcc)"

@@ -40,8 +40,8 @@ CACHES = (
     ),
     Cache(
         "blas",
-        ("libmlxsuite_openblas_*.so", "blas-*.json"),
-        "the BLAS forwarding library compiled on first use and the BLAS self-test verdicts (Linux)",
+        ("libmlxsuite_openblas_*.so", "libmlxsuite_attention_*.so", "blas-*.json"),
+        "the C libraries compiled on first use (BLAS forwarding, fused CPU attention) and the BLAS self-test verdicts",
         "a few files, under 100 KB",
     ),
 )

@@ -1,0 +1,61 @@
+"""Small C libraries compiled once with the system C compiler and cached (the BLAS shim, the fused CPU attention).
+
+A library is keyed by its source, compiler arguments and the machine's CPU flags (`-march=native` code must not run
+on another CPU sharing the cache folder); it is written through the atomic path, so a killed compile leaves no
+half-written library. Without a compiler, or when it fails, `build` returns None and callers keep their fallback.
+
+This module must not import mlx.core at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from mlxsuite.platform import atomic
+
+
+def c_compiler() -> str | None:
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+@functools.cache
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
+def build(name: str, source: str, args: list[str], folder: Path) -> str | None:
+    """The path of lib`name`_<key>.so in `folder`, compiled from the C `source` with `args` (flags and libraries)
+    if not there yet; None without a C compiler or when the compiler fails."""
+    compiler = c_compiler()
+    if compiler is None:
+        return None
+    key = hashlib.sha1("|".join([source, *args, _cpu_flags()]).encode()).hexdigest()[:16]
+    out = folder / f"lib{name}_{key}.so"
+    if out.exists():
+        return str(out)
+
+    def compile_into(tmp: Path) -> None:
+        src = atomic.temp_path(out.with_suffix(".c"))
+        try:
+            src.write_text(source)
+            cmd = [compiler, "-shared", "-fPIC", str(src), "-o", str(tmp), *args]
+            if subprocess.run(cmd, capture_output=True, timeout=120).returncode != 0:
+                raise OSError("compiler failed")
+        finally:
+            src.unlink(missing_ok=True)
+
+    try:
+        atomic.write_file(out, compile_into)
+        os.chmod(out, 0o755)
+        return str(out)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
