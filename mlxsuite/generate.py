@@ -17,7 +17,10 @@ the CPU because the attention is unfused (the scores are chunk × context). Sinc
 (models/kernels.py), prompts above LONG_PROMPT_CPU[0] tokens take chunks of 128 on the CPU: on SmolLM2 (one BLAS
 thread, paired in one process) 128 against 256 took 0.90-0.92× the time at 1,536 and 2,048 tokens and 1.02-1.06×
 at 1,024 (BENCHMARKS.md, issue 26). On a GPU (not measured here) mlx-lm's 2048 stays: users report larger chunks
-faster on Apple GPUs (lmstudio-js #506).
+faster on Apple GPUs (lmstudio-js #506). Where the native attention runs the CPU's attention (models/attention.c:
+scores a block at a time in cache, whatever the chunk), larger chunks are faster too and the CPU takes 2048 as well:
+on SmolLM2, paired, 2048 against 256 took 0.89-0.95× the time at 512-2,048 tokens with one BLAS thread and
+0.75-0.81× with two (BENCHMARKS.md, issue 26, fourth session).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Optional
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
+from mlxsuite.models import native_attention
 from mlxsuite.platform.errors import UserError
 
 DEFAULT_PREFILL_STEP = {"cpu": 256, "gpu": 2048}
@@ -43,8 +47,9 @@ Processor = Callable[[mx.array], mx.array]  # logits (B, V) → logits, before s
 
 
 def default_prefill_step(prompt_tokens: int = 0) -> int:
-    """The chunk size of a prefill of `prompt_tokens` on the default device."""
-    if mx.default_device().type != mx.DeviceType.cpu:
+    """The chunk size of a prefill of `prompt_tokens` on the default device (the CPU's with the native attention
+    as a GPU's)."""
+    if mx.default_device().type != mx.DeviceType.cpu or native_attention.available():
         return DEFAULT_PREFILL_STEP["gpu"]
     return LONG_PROMPT_CPU[1] if prompt_tokens > LONG_PROMPT_CPU[0] else DEFAULT_PREFILL_STEP["cpu"]
 

@@ -165,6 +165,12 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
         "return LONG_PROMPT_CPU[1] if prompt_tokens > 10 * LONG_PROMPT_CPU[0] else",
         ["tests/test_ttft.py::test_the_default_prefill_step_follows_the_prompt_length"],
     ),
+    "cpu_prefill_step_ignores_the_native_attention": (
+        "mlxsuite/generate.py",
+        "if mx.default_device().type != mx.DeviceType.cpu or native_attention.available():",
+        "if mx.default_device().type != mx.DeviceType.cpu:",
+        ["tests/test_ttft.py::test_the_default_prefill_step_follows_the_prompt_length"],
+    ),
     "last_chunk_logits_of_its_first_position": (
         "mlxsuite/models/lm.py",
         "return self.logits(self.model(inputs, cache)[:, -1])",
@@ -346,8 +352,8 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
     ),
     "native_softmax_not_normalized": (
         C,
-        "for (int c = lo; c < hi; c++) s[c] *= inv;",
-        "for (int c = lo; c < hi; c++) s[c] *= 1.0f;",
+        "for (int d = 0; d < dim; d++) o[d] = p[d] * inv;",
+        "for (int d = 0; d < dim; d++) o[d] = p[d];",
         NATIVE,
     ),
     "native_window_ignored": (

@@ -135,3 +135,27 @@ def test_blas_threads_default_to_the_idle_cores():
     assert default_blas_threads(8, 2.6) == 5
     assert default_blas_threads(8, 0.0, ranks=2) == 4  # mlx.launch -n 2 on one machine
     assert default_blas_threads(2, 0.0, ranks=2) == 1
+
+
+# ---- C libraries compiled on first use (platform/native.py) ------------------------------------------------------
+
+
+def test_native_build_compiles_once_refuses_bad_source_and_keeps_the_recent_builds(tmp_path, monkeypatch):
+    import ctypes
+
+    import pytest
+
+    from mlxsuite.platform import native
+
+    if native.c_compiler() is None:
+        pytest.skip("no C compiler")
+    source = "int answer(void) { return %d; }\n"
+    path = native.build("t", source % 42, ["-O1"], tmp_path)
+    assert path and ctypes.CDLL(path).answer() == 42
+    monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
+    assert native.build("t", source % 42, ["-O1"], tmp_path) == path  # cached: no compiler run
+    monkeypatch.undo()
+    assert native.build("t", "int answer(void) { return 1 }", [], tmp_path) is None  # a compile error
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    builds = [native.build("t", source % i, ["-O1"], tmp_path) for i in range(native.KEPT + 2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(b).name for b in builds[-native.KEPT :])

@@ -573,14 +573,19 @@ def test_fused_path_only_where_it_applies():
 
 
 def test_the_default_prefill_step_follows_the_prompt_length():
-    """On the CPU: chunks of 256 up to LONG_PROMPT_CPU's 1,024 tokens, of 128 above (generate.py's docstring has the
-    measurements); a step given is kept. The chunks a fill receives show which ran."""
+    """On the CPU with MLX's attention ops: chunks of 256 up to LONG_PROMPT_CPU's 1,024 tokens, of 128 above; with
+    the native attention, 2048 as on a GPU (generate.py's docstring has the measurements); a step given is kept.
+    The chunks a fill receives show which ran."""
     if mx.default_device().type != mx.DeviceType.cpu:
         pytest.skip("the length rule is the CPU's; a GPU takes 2048")
     from mlxsuite.generate import LONG_PROMPT_CPU
+    from mlxsuite.models import native_attention
 
     model = lm.build(lm.preset_args("micro", 64), seed=0)
-    for length, given, want in [(1024, None, 256), (1025, None, LONG_PROMPT_CPU[1]), (1025, 300, 300)]:
+    cases = [(1024, None, 256), (1025, None, LONG_PROMPT_CPU[1]), (1025, 300, 300)]
+    if native_attention.available():
+        cases = [(4097, None, 2048), (1025, 300, 300)]
+    for length, given, want in cases:
         widths, cache = [], model.make_cache()
 
         def fill(chunk, widths=widths, cache=cache):

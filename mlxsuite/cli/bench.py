@@ -112,7 +112,7 @@ def ttft(
     prefill_step: Optional[int] = typer.Option(
         None,
         "--prefill-step",
-        help="Prefill chunk size (default: on the CPU 256, 128 above 1,024 prompt tokens; 2048 on a GPU).",
+        help="Prefill chunk size (default 2048; on a CPU without the native attention 256, 128 above 1,024 tokens).",
     ),
     device: Device = device_option(),
     dtype: Dtype = dtype_option(),

@@ -2,10 +2,11 @@
 
    Per (KV head, block of query rows): the rows of the query heads that share the KV head packed into one matrix,
    one GEMM for their scores against the keys the block sees, one pass per row over them while they are in cache
-   (mask, max, exp, sum, normalize), one GEMM for the weighted values, unpacked into the output. Work items are shared by `threads` threads (each GEMM single-threaded: the
-   caller sets the BLAS to one thread meanwhile). Queries are already scaled; the key at index c has position
-   key_pos + c, the query row r position query_pos + r; a row sees keys at positions <= its own, and with a window
-   w > 0 only the last w of them. Strides are in floats; the last axis of every array is contiguous. */
+   (mask, max, exp, sum), one GEMM for the weighted values, unpacked into the output divided by the sums. Work
+   items are shared by `threads` threads (each GEMM single-threaded: the caller sets the BLAS to one thread
+   meanwhile). Queries are already scaled; the key at index c has position key_pos + c, the query row r position
+   query_pos + r; a row sees keys at positions <= its own, and with a window w > 0 only the last w of them.
+   Strides are in floats; the last axis of every array is contiguous. */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -42,8 +43,9 @@ static inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
-/* One row of scores over keys [0, width): exp(s - max) / sum over the keys [lo, hi) it sees, 0 elsewhere. */
-static void softmax_row(float *s, int lo, int hi, int width) {
+/* One row of scores over keys [0, width): exp(s - max) over the keys [lo, hi) it sees, 0 elsewhere; returns
+   1 / their sum (the caller scales the row's output: dim multiplies instead of width). */
+static float softmax_row(float *s, int lo, int hi, int width) {
   if (hi < lo) hi = lo; /* never with the caller's positions; keeps the zeroing below in bounds */
   float m = -INFINITY;
 #pragma omp simd reduction(max : m)
@@ -57,9 +59,7 @@ static void softmax_row(float *s, int lo, int hi, int width) {
   }
   for (int c = 0; c < lo; c++) s[c] = 0.0f;
   for (int c = hi; c < width; c++) s[c] = 0.0f;
-  float inv = sum > 0.0f ? 1.0f / sum : 0.0f; /* 0: a row that sees no key (none here) */
-#pragma omp simd
-  for (int c = lo; c < hi; c++) s[c] *= inv;
+  return sum > 0.0f ? 1.0f / sum : 0.0f; /* 0: a row that sees no key (none here) */
 }
 
 static void run_item(const Job *j, int item, float *scores) {
@@ -74,6 +74,7 @@ static void run_item(const Job *j, int item, float *scores) {
   }
   int width = end - start;
   float *packed = scores + (size_t)rep * j->rows * j->keys; /* (rep * rows, dim): queries, then outputs */
+  float *inv_sum = packed + (size_t)rep * j->rows * dim;      /* per packed row */
   for (int a = 0; a < rep; a++)
     for (int i = 0; i < rows; i++)
       memcpy(packed + ((long)a * rows + i) * dim, j->q + (g * rep + a) * j->q_head + (r0 + i) * j->q_row, dim * 4);
@@ -83,12 +84,16 @@ static void run_item(const Job *j, int item, float *scores) {
     long pos = j->query_pos + r0 + row % rows - j->key_pos; /* the row sees keys start + c for c in [lo, hi) */
     int hi = pos + 1 - start < width ? (int)(pos + 1 - start) : width;
     int lo = j->window > 0 && pos - j->window + 1 - start > 0 ? (int)(pos - j->window + 1 - start) : 0;
-    softmax_row(scores + (long)row * width, lo, hi, width);
+    inv_sum[row] = softmax_row(scores + (long)row * width, lo, hi, width);
   }
   cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, m, dim, width, 1.0f, scores, width, v, j->v_row, 0.0f, packed, dim);
   for (int a = 0; a < rep; a++)
-    for (int i = 0; i < rows; i++)
-      memcpy(j->out + (g * rep + a) * j->o_head + (r0 + i) * j->o_row, packed + ((long)a * rows + i) * dim, dim * 4);
+    for (int i = 0; i < rows; i++) {
+      float *o = j->out + (g * rep + a) * j->o_head + (r0 + i) * j->o_row, inv = inv_sum[a * rows + i];
+      const float *p = packed + ((long)a * rows + i) * dim;
+#pragma omp simd
+      for (int d = 0; d < dim; d++) o[d] = p[d] * inv;
+    }
 }
 
 static void *worker(void *arg) {
@@ -106,7 +111,7 @@ int mlxsuite_attention(int heads, int kv_heads, int n, int keys, int dim, const 
   Job j = {heads, kv_heads, n, keys, dim, rows, q, k, v, q_head, q_row, k_head, k_row, v_head, v_row, out,
            o_head, o_row, query_pos, key_pos, window, 0, 0, 0};
   j.items = kv_heads * ((n + rows - 1) / rows);
-  j.scratch = (size_t)(heads / kv_heads) * rows * (keys + dim);
+  j.scratch = (size_t)(heads / kv_heads) * rows * (keys + dim + 1);
   if (threads > j.items) threads = j.items;
   pthread_t extra[64];
   int started = 0, failed = 0;

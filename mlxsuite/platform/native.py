@@ -2,13 +2,15 @@
 
 A library is keyed by its source, compiler arguments and the machine's CPU flags (`-march=native` code must not run
 on another CPU sharing the cache folder); it is written through the atomic path, so a killed compile leaves no
-half-written library. Without a compiler, or when it fails, `build` returns None and callers keep their fallback.
+half-written library; the KEPT most recently used builds of a library stay. Without a compiler, or when it fails,
+`build` returns None and callers keep their fallback.
 
 This module must not import mlx.core at import time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -17,6 +19,8 @@ import subprocess
 from pathlib import Path
 
 from mlxsuite.platform import atomic
+
+KEPT = 4  # builds of one library kept (the most recently used)
 
 
 def c_compiler() -> str | None:
@@ -41,6 +45,8 @@ def build(name: str, source: str, args: list[str], folder: Path) -> str | None:
     key = hashlib.sha1("|".join([source, *args, _cpu_flags()]).encode()).hexdigest()[:16]
     out = folder / f"lib{name}_{key}.so"
     if out.exists():
+        with contextlib.suppress(OSError):
+            os.utime(out)  # its time is its last use: the builds kept are the most recently used
         return str(out)
 
     def compile_into(tmp: Path) -> None:
@@ -56,6 +62,9 @@ def build(name: str, source: str, args: list[str], folder: Path) -> str | None:
     try:
         atomic.write_file(out, compile_into)
         os.chmod(out, 0o755)
-        return str(out)
     except (OSError, subprocess.TimeoutExpired):
         return None
+    builds = sorted(folder.glob(f"lib{name}_*.so"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[KEPT:]:
+        old.unlink(missing_ok=True)  # other sources, flags or CPUs (another checkout, an upgrade)
+    return str(out)
