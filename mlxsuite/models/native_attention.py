@@ -68,7 +68,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, query_pos: int, key_pos: in
     The last key is the last query's (a prefill chunk on its cache)."""
     B, H, n, D = q.shape
     kv_heads, L = k.shape[1], k.shape[2]
-    if key_pos + L != query_pos + n or H % kv_heads or q.dtype != mx.float32:
+    if key_pos + L != query_pos + n or H % kv_heads or {q.dtype, k.dtype, v.dtype} != {mx.float32}:
         raise ValueError(f"native attention: keys at {key_pos}..{key_pos + L}, queries at {query_pos}..{query_pos + n}")
     mx.eval(q, k, v)
     (qa, q_head, q_row), (ka, k_head, k_row), (va, v_head, v_row) = _view(q), _view(k), _view(v)
