@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import time
 from pathlib import Path
@@ -52,7 +53,7 @@ def main() -> None:
             return time.perf_counter() - t0
 
     m = platform.machine_info()
-    print(f"{m['chip']}, {m['blas']} on {m['blas_threads']} threads, load {m['load_average']:.2f}")
+    print(f"{m['chip']}, {m['blas']} on {m['blas_threads']} threads, load {os.getloadavg()[0]:.2f}")
     for n in (int(x) for x in a.lengths.split(",")):
         tokens = mx.random.randint(0, model.args.vocab_size, (1, n))
         for config in configs:
