@@ -65,7 +65,12 @@ def test_records_carry_statistics_and_metadata(capsys):
         assert r["mlx_version"] == mx.__version__ and r["python"] == platform.python_version()
         assert r["mlx_lm_version"] == importlib.metadata.version("mlx-lm")
         assert r["mlxsuite_version"] == mlxsuite.__version__
-        assert r["reps"] == 3 and r["warmup"] == 1 and r["order"] == "rotating" and r["prefill_step"] == default_prefill_step(T)
+        assert (
+            r["reps"] == 3
+            and r["warmup"] == 1
+            and r["order"] == "rotating"
+            and r["prefill_step"] == default_prefill_step(T)
+        )
         assert r["timestamp"].endswith("Z") and r["memory_gb"] > 0 and r["chip"]
 
 
