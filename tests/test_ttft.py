@@ -577,7 +577,7 @@ def test_fused_path_only_where_it_applies():
     assert not kernels.available(model.layers, model.model.norm.weight.dtype)
 
 
-def test_the_default_prefill_step_follows_the_prompt_length():
+def test_the_default_prefill_step_follows_the_prompt_length(monkeypatch):
     """On the CPU with MLX's attention ops: chunks of 256 up to LONG_PROMPT_CPU's 1,024 tokens, of 128 above; with
     the native attention, 2048 as on a GPU (generate.py's docstring has the measurements); a step given is kept.
     The chunks a fill receives show which ran."""
@@ -587,10 +587,10 @@ def test_the_default_prefill_step_follows_the_prompt_length():
     from mlxsuite.models import native_attention
 
     model = lm.build(lm.preset_args("micro", 64), seed=0)
-    cases = [(1024, None, 256), (1025, None, LONG_PROMPT_CPU[1]), (1025, 300, 300)]
-    if native_attention.available():
-        cases = [(4097, None, 2048), (1025, 300, 300)]
-    for length, given, want in cases:
+    cases = [(4097, None, 2048, True)] if native_attention.available() else []
+    cases += [(1024, None, 256, False), (1025, None, LONG_PROMPT_CPU[1], False), (1025, 300, 300, False)]
+    for length, given, want, native in cases:
+        monkeypatch.setattr(native_attention, "available", lambda native=native: native)
         widths, cache = [], model.make_cache()
 
         def fill(chunk, widths=widths, cache=cache):
