@@ -73,10 +73,10 @@ def attention(q: mx.array, k: mx.array, v: mx.array, query_pos: int, key_pos: in
     mx.eval(q, k, v)
     (qa, q_head, q_row), (ka, k_head, k_row), (va, v_head, v_row) = _view(q), _view(k), _view(v)
     out = np.empty((B, n, H, D), np.float32)
-    threads, rows = blas.blas_threads() or 1, max(8, GEMM_ROWS // (H // kv_heads))
+    kernel, threads, rows = _kernel(), blas.blas_threads() or 1, max(8, GEMM_ROWS // (H // kv_heads))
     with blas.single_threaded():
         for b in range(B):
-            rc = _kernel()(
+            rc = kernel(
                 H, kv_heads, n, L, D,
                 qa[b].ctypes.data, q_head, q_row, ka[b].ctypes.data, k_head, k_row, va[b].ctypes.data, v_head, v_row,
                 out[b].ctypes.data, D, H * D, query_pos, key_pos, window or 0, rows, threads,
