@@ -27,6 +27,12 @@ G = "tests/test_gguf_kquants.py"
 N, C = "tests/test_native_attention.py", "mlxsuite/models/attention.c"
 NATIVE = [N + "::test_native_attention_is_there_where_it_should_be", N + "::test_native_attention_equals_the_reference"]
 NATIVE += [N + "::test_native_attention_with_sliding_windows"]
+P = "tests/test_platform.py"
+SHIM = [
+    P + "::test_openblas_shim_forwards_the_standard_gemm_names",
+    P + "::test_one_row_and_one_column_products_match_numpy",
+    P + "::test_the_shim_gemm_of_one_row_or_column_called_directly",
+]
 
 # name: (file, snippet, replacement, tests)
 MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
@@ -387,6 +393,25 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
         NATIVE,
     ),
     "native_masked_keys_not_zeroed": (C, "for (int c = hi; c < width; c++) s[c] = 0.0f;", "", NATIVE),
+    # ---- the BLAS shim's GEMV paths (a wrong shim fails its self-test and is not loaded: the shim test sees that)
+    "gemv_one_row_transposes_the_wrong_side": (
+        "mlxsuite/platform/blas.py",
+        "scipy_cblas_##p##gemv(o, tb == NO_TRANS ? TRANS : NO_TRANS,",
+        "scipy_cblas_##p##gemv(o, tb == NO_TRANS ? NO_TRANS : TRANS,",
+        SHIM,
+    ),
+    "gemv_one_column_reads_b_contiguously": (
+        "mlxsuite/platform/blas.py",
+        "tb == NO_TRANS ? ldb : 1, beta, c, ldc);",
+        "1, beta, c, ldc);",
+        SHIM,
+    ),
+    "gemv_one_row_drops_the_accumulation": (
+        "mlxsuite/platform/blas.py",
+        "alpha, b, ldb, a, ta == NO_TRANS ? 1 : lda, beta, c, 1);",
+        "alpha, b, ldb, a, ta == NO_TRANS ? 1 : lda, 0, c, 1);",
+        SHIM,
+    ),
 }
 
 

@@ -22,6 +22,55 @@ def test_loaded_blas_matches_numpy():
     np.testing.assert_allclose(np.array(mx.array(a) @ mx.array(b)), a @ b, rtol=1e-4, atol=1e-4)
 
 
+def test_one_row_and_one_column_products_match_numpy():
+    """The shim sends them to GEMV: either side transposed, views into a wider matrix (leading dimension wider than
+    the row: a slice), batches, a nonzero accumulation (addmm's beta)."""
+    import mlx.core as mx
+
+    rng = np.random.default_rng(1)
+    wide = rng.standard_normal((3, 150, 230)).astype(np.float32)
+    w = mx.array(wide)
+    rows = [(w[0, 3:4, :70], wide[0, 3:4, :70]), (w[0, :70, 5:6].T, wide[0, :70, 5:6].T)]  # 1 × 70, plain and ᵀ
+    rows += [(w[:, 1:2, 10:80], wide[:, 1:2, 10:80])]  # batched
+    mats = [(w[1, 70:140, :90], wide[1, 70:140, :90]), (w[2, :90, 100:170].T, wide[2, :90, 100:170].T)]  # 70 × 90
+    for a, a_np in rows:
+        for b, b_np in mats:
+            np.testing.assert_allclose(np.array(a @ b), a_np @ b_np, rtol=1e-4, atol=1e-4)
+            column, column_np = a.swapaxes(-1, -2), a_np.swapaxes(-1, -2)  # 70 × 1
+            np.testing.assert_allclose(np.array(b.T @ column), b_np.T @ column_np, rtol=1e-4, atol=1e-4)
+    c = rng.standard_normal((1, 90)).astype(np.float32)
+    out = mx.addmm(mx.array(c), rows[0][0], mats[0][0], alpha=0.5, beta=2.0)
+    np.testing.assert_allclose(np.array(out), 2.0 * c + 0.5 * (rows[0][1] @ mats[0][1]), rtol=1e-4, atol=1e-4)
+
+
+def test_the_shim_gemm_of_one_row_or_column_called_directly():
+    """Through the C interface as any caller may use it (MLX copies a strided column first): every transpose, leading
+    dimensions wider than the matrices, alpha and beta, against float64 numpy."""
+    import ctypes
+
+    import pytest
+
+    path = blas._openblas_shim() if platform.blas_info().status == "loaded" else None
+    if path is None:
+        pytest.skip("needs the scipy-openblas32 wheel and a C compiler")
+    sgemm = ctypes.CDLL(path).cblas_sgemm
+    f, ptr = ctypes.c_float, ctypes.c_void_p
+    sgemm.argtypes = [ctypes.c_int] * 6 + [f, ptr, ctypes.c_int, ptr, ctypes.c_int, f, ptr, ctypes.c_int]
+    rng = np.random.default_rng(2)
+    for m, k, n in [(1, 70, 90), (90, 70, 1)]:
+        for ta in (False, True):
+            for tb in (False, True):
+                a = rng.standard_normal((k, m + 5) if ta else (m, k + 5)).astype(np.float32)  # 5 columns of padding
+                b = rng.standard_normal((n, k + 3) if tb else (k, n + 3)).astype(np.float32)
+                c = rng.standard_normal((m, n + 2)).astype(np.float32)
+                op_a = (a[:, :m].T if ta else a[:, :k]).astype(np.float64)
+                op_b = (b[:, :k].T if tb else b[:, :n]).astype(np.float64)
+                want = 0.5 * op_a @ op_b + 2.0 * c[:, :n]
+                args = (101, 112 if ta else 111, 112 if tb else 111, m, n, k, 0.5, a.ctypes.data, a.shape[1])
+                sgemm(*args, b.ctypes.data, b.shape[1], 2.0, c.ctypes.data, c.shape[1])
+                np.testing.assert_allclose(c[:, :n], want, rtol=1e-4, atol=1e-4, err_msg=f"{m, k, n, ta, tb}")
+
+
 CHILD = (
     "import json, mlxsuite; from dataclasses import asdict; print(json.dumps(asdict(mlxsuite.platform.blas_info())))"
 )
