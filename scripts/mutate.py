@@ -406,6 +406,12 @@ MUTATIONS: dict[str, tuple[str, str, str, list[str]]] = {
         "1, beta, c, ldc);",
         SHIM,
     ),
+    "blas_verdict_keyed_on_the_shims_last_use": (
+        "mlxsuite/platform/blas.py",
+        'stamp = f"ino{stat.st_ino}" if built_here else str(stat.st_mtime_ns)',
+        "stamp = str(stat.st_mtime_ns)",
+        [P + "::test_the_self_test_runs_once_per_library_not_once_per_process"],
+    ),
     "gemv_one_row_drops_the_accumulation": (
         "mlxsuite/platform/blas.py",
         "alpha, b, ldb, a, ta == NO_TRANS ? 1 : lda, beta, c, 1);",

@@ -91,6 +91,22 @@ def test_a_library_that_fails_the_self_test_falls_back_with_a_warning(tmp_path):
     assert "no optimized BLAS passed the self-test" in stderr
 
 
+def test_the_self_test_runs_once_per_library_not_once_per_process(tmp_path):
+    """The shim's mtime is its last use (`native.build` touches it): the verdict must not be keyed on it, or every
+    `import mlxsuite` would run the self-test in a child process again (~0.2 s) and leave another verdict file."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("MLXSUITE_BLAS", None)
+    first, _ = _child(env)
+    verdicts = sorted((tmp_path / "mlxsuite").glob("blas-*.json"))
+    second, _ = _child(env)
+    assert first == second and sorted((tmp_path / "mlxsuite").glob("blas-*.json")) == verdicts
+    stale = tmp_path / "mlxsuite" / "blas-0000000000000000.json"  # a verdict of an earlier key on the same library
+    stale.write_text(json.dumps({"ok": True, "detail": "", "library": first["library"]}))
+    for verdict in verdicts:
+        verdict.unlink()
+    assert _child(env)[0] == first and not stale.exists()
+
+
 def test_blas_can_be_disabled_and_user_variables_are_kept(tmp_path):
     info, _ = _child({**os.environ, "MLXSUITE_BLAS": "reference"})
     assert info["status"] == "disabled"

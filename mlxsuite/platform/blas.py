@@ -150,9 +150,11 @@ def _self_test(path: str) -> tuple[bool, str]:
     """Run the BLAS against numpy in a child process; cache the verdict."""
     try:
         stat = os.stat(path)
-        key_src = (
-            f"{os.path.realpath(path)}|{stat.st_mtime_ns}|{mlx_version()}|{os.environ.get('OPENBLAS_CORETYPE', '')}"
-        )
+        # a library built here is named by its source and flags, and its mtime is its last use (`native.build`): its
+        # inode (new on every rebuild) identifies it; any other library by its mtime
+        built_here = Path(path).parent == cache_dir()
+        stamp = f"ino{stat.st_ino}" if built_here else str(stat.st_mtime_ns)
+        key_src = f"{os.path.realpath(path)}|{stamp}|{mlx_version()}|{os.environ.get('OPENBLAS_CORETYPE', '')}"
     except OSError as e:
         return False, str(e)
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
@@ -174,7 +176,16 @@ def _self_test(path: str) -> tuple[bool, str]:
         ok, detail = False, f"self-test failed: {e}"
     with contextlib.suppress(OSError):
         atomic.write_text(cache, json.dumps({"ok": ok, "detail": detail, "library": path}))
+        _drop_older_verdicts(cache, path)
     return ok, detail
+
+
+def _drop_older_verdicts(kept: Path, library: str) -> None:
+    """Remove the other verdicts on this library (another build, MLX version or core type since): one per library."""
+    for other in kept.parent.glob("blas-*.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if other != kept and json.loads(other.read_text()).get("library") == library:
+                other.unlink()
 
 
 def default_blas_threads(cores: int, load: float, ranks: int = 1) -> int:
