@@ -148,17 +148,18 @@ def _openblas_coretype() -> str | None:
 
 def _self_test(path: str) -> tuple[bool, str]:
     """Run the BLAS against numpy in a child process; cache the verdict."""
+    folder = cache_dir()
     try:
         stat = os.stat(path)
         # a library built here is named by its source and flags, and its mtime is its last use (`native.build`): its
         # inode (new on every rebuild) identifies it; any other library by its mtime
-        built_here = Path(path).parent == cache_dir()
+        built_here = Path(path).parent == folder
         stamp = f"ino{stat.st_ino}" if built_here else str(stat.st_mtime_ns)
         key_src = f"{os.path.realpath(path)}|{stamp}|{mlx_version()}|{os.environ.get('OPENBLAS_CORETYPE', '')}"
     except OSError as e:
         return False, str(e)
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
-    cache = cache_dir() / f"blas-{key}.json"
+    cache = folder / f"blas-{key}.json"
     if cache.exists():
         try:
             verdict = json.loads(cache.read_text())
